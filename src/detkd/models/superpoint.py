@@ -1,0 +1,266 @@
+"""SuperPoint-family key-point detector and descriptor, with its post-processing.
+
+One network definition serves the teacher and every student: only the widths change.
+The module layout mirrors rpautrat/SuperPoint's PyTorch port (``backbone.{i}.{j}.conv/bn``,
+``detector.{0,1}``, ``descriptor.{0,1}``) so that its weights load as they are, and the
+Magic Leap names (``conv1a`` ... ``convDb``) map onto it one to one
+(:mod:`detkd.models.weights`).
+
+Shapes: images ``(B, 1, H, W)`` grey in ``[0, 1]`` (colour ``(B, 3, H, W)`` is converted);
+the network works on cells of 8x8 pixels, so ``H`` and ``W`` must be multiples of 8 in
+:meth:`SuperPoint.forward`; :meth:`SuperPoint.extract` pads any size.
+Key points are ``(x, y)`` pixel coordinates, the centre of the top-left pixel being ``(0, 0)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CELL = 8  # pixels per cell side; the encoder has three 2x2 poolings
+
+#: Named variants; widths are (block1, block2, block3, block4), the heads' hidden width,
+#: and the descriptor size. Parameter counts in the comments are exact.
+VARIANTS: dict[str, dict[str, Any]] = {
+    # DeTone et al. 2018: 1,300,865 parameters
+    "superpoint": {"channels": (64, 64, 128, 128), "head_channels": 256, "descriptor_dim": 256},
+    # GoodPoint "half the filters" (32-64-128): 346,465 parameters
+    "half": {"channels": (32, 32, 64, 64), "head_channels": 128, "descriptor_dim": 256},
+    # GoodPoint quarter student (32-32-64): 122,913 parameters
+    "tiny": {"channels": (32, 32, 32, 32), "head_channels": 64, "descriptor_dim": 256},
+}
+
+
+class ConvBlock(nn.Sequential):
+    """conv -> ReLU -> BatchNorm (rpautrat order); BatchNorm is an identity when disabled."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, relu: bool = True, batch_norm: bool = False,
+        bn_eps: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2)
+        self.activation = nn.ReLU(inplace=True) if relu else nn.Identity()
+        self.bn = nn.BatchNorm2d(c_out, eps=bn_eps) if batch_norm else nn.Identity()
+
+
+class SuperPoint(nn.Module):
+    """SuperPoint-family network: VGG encoder, 65-bin detector head, dense descriptor head."""
+
+    default_conf: dict[str, Any] = {
+        **VARIANTS["superpoint"],
+        "batch_norm": False,
+        "bn_eps": 1e-3,
+        # post-processing (reference-demo defaults)
+        "nms_radius": 4,  # pixels
+        "detection_threshold": 0.015,  # on the softmax heatmap
+        "remove_borders": 4,  # pixels
+        "max_keypoints": 1024,  # per image; -1 keeps all
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__()
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise ValueError(
+                f"Unknown SuperPoint option(s) {sorted(unknown)}; valid: {sorted(self.default_conf)}"
+            )
+        self.conf = {**self.default_conf, **conf}
+        self.conf["channels"] = tuple(self.conf["channels"])
+        c = self.conf
+        if len(c["channels"]) != 4:
+            raise ValueError(f"channels must have 4 widths (one per encoder block), got {c['channels']}")
+        bn = {"batch_norm": c["batch_norm"], "bn_eps": c["bn_eps"]}
+
+        stages = []
+        c_in = 1
+        for i, width in enumerate(c["channels"]):
+            layers: list[nn.Module] = [ConvBlock(c_in, width, 3, **bn), ConvBlock(width, width, 3, **bn)]
+            if i < 3:
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            stages.append(nn.Sequential(*layers))
+            c_in = width
+        self.backbone = nn.Sequential(*stages)
+        head = c["head_channels"]
+        self.detector = nn.Sequential(
+            ConvBlock(c_in, head, 3, **bn), ConvBlock(head, CELL * CELL + 1, 1, relu=False, **bn)
+        )
+        self.descriptor = nn.Sequential(
+            ConvBlock(c_in, head, 3, **bn), ConvBlock(head, c["descriptor_dim"], 1, relu=False, **bn)
+        )
+
+    # ------------------------------------------------------------------ dense outputs
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Dense outputs of the network.
+
+        Args:
+            image: ``(B, 1, H, W)`` or ``(B, 3, H, W)`` in ``[0, 1]``; ``H, W`` multiples of 8.
+
+        Returns:
+            ``logits``: ``(B, 65, H/8, W/8)`` detector scores before softmax (bin 64 = "no point");
+            ``heatmap``: ``(B, H, W)`` per-pixel key-point probability;
+            ``descriptors``: ``(B, D, H/8, W/8)`` L2-normalised dense descriptors;
+            ``features``: ``(B, C4, H/8, W/8)`` encoder output.
+        """
+        image = to_grey(image)
+        h, w = image.shape[-2:]
+        if h % CELL or w % CELL:
+            raise ValueError(
+                f"SuperPoint.forward needs H and W divisible by {CELL}, got {h}x{w}; "
+                "use extract(), which pads, or crop the image"
+            )
+        features = self.backbone(image)
+        logits = self.detector(features)
+        descriptors = F.normalize(self.descriptor(features), p=2, dim=1)
+        return {
+            "logits": logits,
+            "heatmap": logits_to_heatmap(logits),
+            "descriptors": descriptors,
+            "features": features,
+        }
+
+    # ------------------------------------------------------------------ sparse outputs
+    @torch.no_grad()
+    def extract(self, image: torch.Tensor, **overrides: Any) -> dict[str, list[torch.Tensor]]:
+        """Detect and describe key points.
+
+        Args:
+            image: ``(B, 1, H, W)`` / ``(B, 3, H, W)`` / ``(H, W)`` in ``[0, 1]``, any size.
+            overrides: post-processing options for this call (``nms_radius``,
+                ``detection_threshold``, ``remove_borders``, ``max_keypoints``).
+
+        Returns:
+            Lists with one entry per image: ``keypoints`` ``(N, 2)`` pixels (x, y),
+            ``scores`` ``(N,)`` heatmap values, ``descriptors`` ``(N, D)`` unit vectors.
+        """
+        bad = set(overrides) - {"nms_radius", "detection_threshold", "remove_borders", "max_keypoints"}
+        if bad:
+            raise ValueError(f"extract() does not take {sorted(bad)}")
+        conf = {**self.conf, **overrides}
+        if image.dim() == 2:
+            image = image[None, None]
+        image = to_grey(image)
+        h, w = image.shape[-2:]
+        padded = F.pad(image, (0, (-w) % CELL, 0, (-h) % CELL))
+        out = self(padded)
+        heatmap = out["heatmap"][:, :h, :w]
+        keypoints, scores = detect_keypoints(
+            heatmap,
+            nms_radius=conf["nms_radius"],
+            threshold=conf["detection_threshold"],
+            border=conf["remove_borders"],
+            max_keypoints=conf["max_keypoints"],
+        )
+        descriptors = [
+            sample_descriptors(kp[None], d[None])[0] for kp, d in zip(keypoints, out["descriptors"])
+        ]
+        return {"keypoints": keypoints, "scores": scores, "descriptors": descriptors}
+
+
+# ---------------------------------------------------------------------- functions
+def to_grey(image: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` RGB -> ``(B, 1, H, W)`` luminance (ITU-R 601); grey passes through."""
+    if image.dim() != 4 or image.shape[1] not in (1, 3):
+        raise ValueError(f"image must be (B, 1, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
+    if image.shape[1] == 3:
+        weights = image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        image = (image * weights).sum(1, keepdim=True)
+    return image
+
+
+def logits_to_heatmap(logits: torch.Tensor) -> torch.Tensor:
+    """Cell logits ``(B, 65, Hc, Wc)`` -> full-resolution probabilities ``(B, 8*Hc, 8*Wc)``.
+
+    Softmax over the 65 bins, drop the dustbin, then depth-to-space (bin ``8*r + c`` is
+    pixel ``(row r, column c)`` of the cell, as in SuperPoint).
+    """
+    probs = logits.softmax(dim=1)[:, :-1]
+    return F.pixel_shuffle(probs, CELL)[:, 0]
+
+
+def nms_mask(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    """Local maxima of ``(B, H, W)`` scores within a ``(2r+1)^2`` window (max-pool NMS)."""
+    if radius <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    pooled = F.max_pool2d(scores[:, None], kernel_size=2 * radius + 1, stride=1, padding=radius)[:, 0]
+    return scores == pooled
+
+
+def detect_keypoints(
+    heatmap: torch.Tensor,
+    nms_radius: int = 4,
+    threshold: float = 0.015,
+    border: int = 4,
+    max_keypoints: int = -1,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Key points from a heatmap: NMS, threshold, border removal, top-k.
+
+    Args:
+        heatmap: ``(B, H, W)`` probabilities.
+        nms_radius: suppression radius in pixels (0 disables NMS).
+        threshold: minimum heatmap value.
+        border: pixels to drop along each edge.
+        max_keypoints: keep the best ``k`` per image (``-1``: all).
+
+    Returns:
+        ``keypoints`` list of ``(N_b, 2)`` float (x, y) pixels, sorted by decreasing score,
+        and ``scores`` list of ``(N_b,)``.
+    """
+    if heatmap.dim() != 3:
+        raise ValueError(f"heatmap must be (B, H, W), got {tuple(heatmap.shape)}")
+    b, h, w = heatmap.shape
+    keep = nms_mask(heatmap, nms_radius) & (heatmap > threshold)
+    if border > 0:
+        inner = torch.zeros_like(keep)
+        inner[:, border : h - border, border : w - border] = True
+        keep &= inner
+    keypoints, scores = [], []
+    for i in range(b):
+        ys, xs = torch.nonzero(keep[i], as_tuple=True)
+        s = heatmap[i, ys, xs]
+        order = torch.argsort(s, descending=True)
+        if max_keypoints >= 0:
+            order = order[:max_keypoints]
+        keypoints.append(torch.stack([xs[order], ys[order]], dim=-1).to(heatmap.dtype))
+        scores.append(s[order])
+    return keypoints, scores
+
+
+def sample_descriptors(keypoints: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+    """Bilinearly sample dense descriptors at key points and L2-normalise them.
+
+    Cell ``(i, j)`` of the ``(Hc, Wc)`` map describes the 8x8 block whose centre is pixel
+    ``(8j + 3.5, 8i + 3.5)``; sampling interpolates between those centres.
+
+    Args:
+        keypoints: ``(B, N, 2)`` pixels (x, y).
+        descriptors: ``(B, D, Hc, Wc)``.
+
+    Returns:
+        ``(B, N, D)`` unit descriptors.
+    """
+    b, d, hc, wc = descriptors.shape
+    if keypoints.shape[0] != b or keypoints.shape[-1] != 2:
+        raise ValueError(
+            f"keypoints {tuple(keypoints.shape)} do not fit descriptors {tuple(descriptors.shape)}"
+        )
+    cell = (keypoints - (CELL / 2 - 0.5)) / CELL  # pixel -> cell-centre coordinates
+    scale = keypoints.new_tensor([max(wc - 1, 1), max(hc - 1, 1)])
+    grid = (cell / scale * 2 - 1)[:, None]  # (B, 1, N, 2)
+    sampled = F.grid_sample(descriptors, grid.to(descriptors.dtype), mode="bilinear", align_corners=True)
+    return F.normalize(sampled[:, :, 0].transpose(1, 2), p=2, dim=-1)
+
+
+def create_model(variant: str = "superpoint", **conf: Any) -> SuperPoint:
+    """Build a named variant (see :data:`VARIANTS`), with any option overridden."""
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown key-point model variant '{variant}'; choose one of {sorted(VARIANTS)}")
+    return SuperPoint(**{**VARIANTS[variant], **conf})
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable and frozen parameters (buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
