@@ -1,0 +1,17 @@
+"""The shared training engine: tasks plug models, data and losses into one loop."""
+
+from detkd.engine.checkpoint import atomic_save, load_checkpoint
+from detkd.engine.task import StreamDataset, Task
+from detkd.engine.trainer import (
+    ExistingRunError,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    read_history,
+)
+
+__all__ = [
+    "ExistingRunError", "NonFiniteLossError", "StreamDataset", "Task", "TrainConfig",
+    "TrainResult", "Trainer", "atomic_save", "load_checkpoint", "read_history",
+]

@@ -1,0 +1,94 @@
+"""What a task plugs into the engine, and the dataset shape the engine expects.
+
+A task is an ``nn.Module`` whose ``forward(batch)`` returns a dict of scalar tensors with a
+``"loss"`` entry (the rest is logged). It owns its models: the one it exposes through
+:meth:`Task.trainable` is optimised and checkpointed; modules registered with
+:meth:`Task.freeze` (a teacher) stay in eval mode without gradients, whatever the trainer does.
+The engine knows nothing else of a task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class Task(nn.Module):
+    """Base class of everything the :class:`~detkd.engine.Trainer` trains."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frozen: list[str] = []
+
+    # -- what subclasses provide ---------------------------------------------------
+    def trainable(self) -> nn.Module:
+        """The module whose parameters are optimised and saved (e.g. the student)."""
+        raise NotImplementedError
+
+    def train_dataset(self) -> Dataset:
+        """A :class:`StreamDataset`: item ``k`` exists for every ``k >= 0`` and depends on ``k`` only."""
+        raise NotImplementedError
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One training step's losses; must contain ``"loss"``."""
+        raise NotImplementedError
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Extra, picklable facts saved with each checkpoint (e.g. the model's config)."""
+        return {}
+
+    # -- frozen modules ------------------------------------------------------------
+    def freeze(self, name: str) -> None:
+        """Freeze submodule ``name``: no gradients, eval mode for good."""
+        module = getattr(self, name)
+        module.eval()
+        for param in module.parameters():
+            param.requires_grad_(False)
+        self._frozen.append(name)
+
+    def train(self, mode: bool = True) -> "Task":
+        super().train(mode)
+        for name in self._frozen:
+            getattr(self, name).eval()
+        return self
+
+
+class StreamDataset(Dataset):
+    """An endless, reproducible stream of training samples.
+
+    Sample ``k`` is built from source item ``k % num_items`` (in a per-epoch shuffled
+    order) with a random generator seeded by ``(seed, k)``. Any ``k`` can therefore be
+    rebuilt exactly, which is what makes resume and multi-process sharding exact.
+    Subclasses implement :meth:`num_items` and :meth:`make_sample`.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._orders: dict[int, np.ndarray] = {}
+
+    def num_items(self) -> int:
+        raise NotImplementedError
+
+    def make_sample(self, item: int, rng: np.random.Generator) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return 2**62  # endless; the trainer decides how many samples it draws
+
+    def source_index(self, k: int) -> int:
+        n = self.num_items()
+        epoch, position = divmod(k, n)
+        order = self._orders.get(epoch)
+        if order is None:
+            order = np.random.default_rng([self.seed, epoch, 7919]).permutation(n)
+            self._orders = {epoch: order}  # keep one epoch: memory stays flat
+        return int(order[position])
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        if k < 0:
+            raise IndexError(k)
+        return self.make_sample(self.source_index(k), np.random.default_rng([self.seed, k]))
