@@ -1,0 +1,212 @@
+"""``detkd`` command line: ``detkd keypoints distill | evaluate | match``, ``detkd config``.
+
+Options given on the command line override the YAML file given with ``--config``, which
+overrides the defaults (``detkd config keypoints-distill`` prints them all).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from detkd import __version__
+
+
+class FriendlyGroup(click.Group):
+    """Turns the errors users cause (bad files, bad configs) into one clear line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.secho(f"error: {err}", fg="red", err=True)
+            click.echo("(run with 'detkd --debug ...' for the full traceback)", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="detkd")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """detkd: distil big, slow detection models into small, fast students.
+
+    \b
+    Key points (SuperPoint family, no labels needed):
+      detkd keypoints distill --student tiny --out runs/kp1
+      detkd keypoints evaluate --model runs/kp1/student.pt --teacher default
+      detkd keypoints match a.jpg b.jpg --model runs/kp1/student.pt --plot m.png
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    logging.basicConfig(level=logging.INFO if not debug else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.group()
+def keypoints() -> None:
+    """Key-point detectors/descriptors: distil, evaluate, match."""
+
+
+def resolve_config(defaults: dict[str, Any], config_file: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """defaults <- YAML file <- command-line options (``None`` means "not given")."""
+    from detkd.config import load_config_file, merge_config, set_dotted
+
+    config = merge_config(defaults, load_config_file(config_file) if config_file else None, str(config_file))
+    for dotted, value in overrides.items():
+        if value is not None:
+            set_dotted(config, dotted, value)
+    return config
+
+
+def size_option(func: Callable) -> Callable:
+    func = click.option("--width", type=int, default=None, help="Training view width in pixels (multiple of 8). [default: 320]")(func)
+    return click.option("--height", type=int, default=None, help="Training view height in pixels (multiple of 8). [default: 240]")(func)
+
+
+@keypoints.command()
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML config; see 'detkd config keypoints-distill' for every key and default.")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
+              help="Teacher weights: Magic Leap superpoint_v1.pth, rpautrat superpoint_v6_from_tf.pth, "
+                   "or a detkd model/checkpoint. Default: the teacher shipped with detkd.")
+@click.option("--student", type=click.Choice(["superpoint", "half", "tiny"]), default=None,
+              help="Student variant: half (346K params) or tiny (123K). [default: tiny]")
+@click.option("--images", type=click.Path(exists=True), default=None,
+              help="Folder of unlabelled training photos (jpg/png/ppm/tif, any size, colour or grey). "
+                   "Default: the photos that ship with scikit-image.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder: student.pt, metrics, plots, TensorBoard logs, config.yaml.")
+@click.option("--steps", type=int, default=None, help="Optimiser steps in total. [default: 2000]")
+@click.option("--batch-size", type=int, default=None, help="Views per step. [default: 8]")
+@click.option("--lr", type=float, default=None, help="AdamW learning rate. [default: 1.5e-3]")
+@size_option
+@click.option("--eval-images", type=click.Path(exists=True), default=None,
+              help="Held-out photos for the final teacher-vs-student table (synthetic warps). "
+                   "Default: scikit-image's held-out photos.")
+@click.option("--hpatches", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Evaluate on an HPatches-format folder instead of synthetic pairs.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
+              help="Where to train. [default: auto]")
+@click.option("--precision", default=None, help="Fabric precision: 32-true, bf16-mixed, 16-mixed. [default: 32-true]")
+@click.option("--workers", type=int, default=None, help="Data-loading processes. [default: 0]")
+@click.option("--seed", type=int, default=None, help="Random seed of data and initialisation. [default: 0]")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def distill(config_file: Path | None, out: Path, resume: bool, **options: Any) -> None:
+    """Train a compact student on a SuperPoint teacher's outputs (no labels).
+
+    Teacher and student see the same randomly cropped, warped and noised views of your
+    photos; the student learns the teacher's heatmap, its gradients, its cell distribution
+    and its dense descriptors. At the end both are evaluated on the same held-out pairs.
+    """
+    from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, run_distillation
+
+    keys = {
+        "teacher": "teacher.checkpoint", "student": "student.variant", "images": "data.images",
+        "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr",
+        "height": "data.height", "width": "data.width", "eval_images": "eval.images",
+        "hpatches": "eval.hpatches", "device": "train.accelerator", "precision": "train.precision",
+        "workers": "train.num_workers", "seed": "train.seed",
+    }
+    config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, {keys[k]: v for k, v in options.items()})
+    run_distillation(config, out, resume=resume)
+
+
+@keypoints.command()
+@click.option("--model", "models", multiple=True, required=True,
+              help="Model to evaluate (repeatable): a detkd student.pt/checkpoint or SuperPoint weights; "
+                   "'default' is the shipped teacher. NAME=PATH sets the table row name.")
+@click.option("--teacher", default=None,
+              help="Also evaluate this teacher in the same run, first row ('default': the shipped one).")
+@click.option("--hpatches", type=click.Path(exists=True, file_okay=False), default=None,
+              help="HPatches-format folder (i_*/v_* sequences with 1.ppm..6.ppm and H_1_k).")
+@click.option("--images", type=click.Path(exists=True), default=None,
+              help="Folder of photos to build synthetic pairs from (seeded homographies and lighting). "
+                   "Default (without --hpatches): scikit-image's held-out photos.")
+@click.option("--pairs-per-image", type=int, default=4, show_default=True, help="Synthetic pairs per photo.")
+@click.option("--height", type=int, default=240, show_default=True, help="Synthetic pair height / HPatches max size.")
+@click.option("--width", type=int, default=320, show_default=True, help="Synthetic pair width.")
+@click.option("--max-keypoints", type=int, default=1000, show_default=True, help="Key points per image.")
+@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the synthetic pairs.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write metrics.json, metrics.md and match plots here.")
+def evaluate(models: tuple[str, ...], teacher: str | None, hpatches: str | None, images: str | None,
+             pairs_per_image: int, height: int, width: int, max_keypoints: int, seed: int, out: Path | None) -> None:
+    """Repeatability, localisation error, MMA@1-10, homography accuracy@1/3/5, matching score, F1."""
+    from detkd.tasks.keypoints import evaluate_and_report
+
+    named = {}
+    if teacher:
+        named["teacher"] = load_named_model(teacher)
+    for entry in models:
+        name, _, path = entry.rpartition("=")
+        named[name or Path(path).stem if path != "default" else name or "default"] = load_named_model(path)
+    eval_cfg = {"images": images, "hpatches": hpatches, "pairs_per_image": pairs_per_image,
+                "height": height, "width": width, "max_keypoints": max_keypoints, "seed": seed}
+    evaluate_and_report(named, eval_cfg, out)
+
+
+def load_named_model(source: str) -> Any:
+    from detkd.models.pretrained import default_keypoint_teacher_path
+    from detkd.models.weights import load_keypoint_model
+
+    path = default_keypoint_teacher_path() if source == "default" else Path(source)
+    return load_keypoint_model(path).eval()
+
+
+@keypoints.command()
+@click.argument("image0", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image1", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", default="default", show_default=True,
+              help="detkd student.pt / SuperPoint weights; 'default' is the shipped teacher.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Draw the matches into this PNG.")
+@click.option("--max-keypoints", type=int, default=1000, show_default=True, help="Key points per image.")
+@click.option("--ransac-threshold", type=float, default=3.0, show_default=True, help="RANSAC inlier threshold, pixels.")
+def match(image0: str, image1: str, model: str, plot: Path | None, max_keypoints: int, ransac_threshold: float) -> None:
+    """Match two images: mutual nearest neighbours, then a RANSAC homography."""
+    import torch
+
+    from detkd.data.images import read_image
+    from detkd.evaluation.keypoint_metrics import correct_matches, estimate_homography
+    from detkd.evaluation.matching import mutual_nearest_neighbours
+
+    net = load_named_model(model)
+    images = [read_image(p) for p in (image0, image1)]
+    feats = [net.extract(torch.from_numpy(im)[None, None], max_keypoints=max_keypoints) for im in images]
+    kp0, kp1 = feats[0]["keypoints"][0], feats[1]["keypoints"][0]
+    matches = mutual_nearest_neighbours(feats[0]["descriptors"][0], feats[1]["descriptors"][0])
+    homography = estimate_homography(kp0, kp1, matches, ransac_threshold=ransac_threshold)
+    inliers = None if homography is None else correct_matches(kp0, kp1, matches, homography, ransac_threshold)
+    n_in = int(inliers.sum()) if inliers is not None else 0
+    click.echo(f"{len(kp0)} / {len(kp1)} key points, {len(matches)} mutual matches, {n_in} RANSAC inliers")
+    if homography is not None:
+        click.echo("homography image0 -> image1:")
+        for row in homography.tolist():
+            click.echo("  " + "  ".join(f"{v: .6g}" for v in row))
+    if plot is not None:
+        from detkd.viz.plots import plot_matches
+
+        plot_matches(images[0], images[1], kp0, kp1, matches, inliers, plot,
+                     title=f"{Path(image0).name} - {Path(image1).name}: {n_in}/{len(matches)} RANSAC inliers")
+        click.echo(f"plot written to {plot}")
+
+
+@main.command("config")
+@click.argument("name", type=click.Choice(["keypoints-distill"]))
+def show_config(name: str) -> None:
+    """Print every option and default of a job as YAML (save it, edit it, pass it with --config)."""
+    from detkd.config import dump_config
+    from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG
+
+    click.echo(dump_config({"keypoints-distill": DEFAULT_DISTILL_CONFIG}[name]), nl=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Key-point distillation as an engine task, and the whole job a user runs.
+
+``run_distillation`` = load the teacher, build the student, train with the shared engine,
+save ``student.pt``, evaluate teacher and student on the same held-out pairs and write the
+results beside the resolved config. The task itself is small: both networks see the same
+batch, the loss module compares their outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detkd.config import save_config
+from detkd.data.augment import CropConfig, PhotometricConfig
+from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
+from detkd.data.keypoint_training import UnlabeledImageStream
+from detkd.distill.keypoints import KeypointDistillationLoss, KeypointDistillWeights
+from detkd.engine import Task, TrainConfig, Trainer
+from detkd.geometry.homography import HomographyConfig
+from detkd.models.pretrained import default_keypoint_teacher_path
+from detkd.models.superpoint import SuperPoint, count_parameters, create_model
+from detkd.models.weights import load_keypoint_model, save_keypoint_model
+
+log = logging.getLogger(__name__)
+
+#: Every option of ``detkd keypoints distill``; ``configs/keypoints_distill.yaml`` mirrors it.
+DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
+    "teacher": {
+        "checkpoint": None,  # SuperPoint weights (any supported format); null: the shipped teacher
+    },
+    "student": {
+        "variant": "tiny",  # superpoint | half | tiny
+        "batch_norm": True,  # BatchNorm after each conv (helps small students train)
+    },
+    "data": {
+        "images": None,  # folder of unlabelled photos; null: scikit-image's training photos
+        "height": 240,  # training view size, pixels (multiples of 8)
+        "width": 320,
+        "scale": [0.5, 1.0],  # random zoom of the photo before cropping
+        "homography_probability": 0.9,
+        "homography": {"perspective": 0.1, "scale": [0.8, 1.25], "rotation_deg": 25.0, "translation": 0.1},
+        "photometric": {
+            "probability": 0.5, "brightness": 0.2, "contrast": [0.6, 1.4], "gamma": [0.7, 1.5],
+            "noise_std": 0.03, "blur_sigma": 1.2, "shade": 0.4,
+        },
+        "cache": True,  # keep decoded photos in memory
+    },
+    "loss": {
+        "heatmap_mse": 120.0, "heatmap_gradient_mse": 150.0, "cell_kl": 1.0,
+        "descriptor_mse": 10.0, "descriptor_cosine": 1.0, "temperature": 1.0,
+    },
+    "train": {
+        "steps": 2000, "batch_size": 8, "lr": 1.5e-3, "weight_decay": 1e-4, "lr_decay": 0.98,
+        "lr_decay_every": 1000, "warmup_steps": 0, "grad_clip": 1.0, "checkpoint_every": 500,
+        "log_every": 10, "num_workers": 0, "seed": 0, "accelerator": "auto", "devices": 1,
+        "num_nodes": 1, "strategy": "auto", "precision": "32-true", "progress": True,
+    },
+    "eval": {
+        "images": None,  # held-out photos (synthetic pairs); null: scikit-image's held-out photos
+        "hpatches": None,  # an HPatches-format folder instead of synthetic pairs
+        "pairs_per_image": 4,
+        "height": 240,
+        "width": 320,
+        "max_keypoints": 1000,
+        "seed": 1234,
+    },
+}
+
+
+class KeypointDistillationTask(Task):
+    """Teacher (frozen) and student see the same images; the loss compares their outputs."""
+
+    def __init__(
+        self, teacher: SuperPoint, student: SuperPoint, loss: KeypointDistillationLoss, data: UnlabeledImageStream
+    ) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.student = student
+        self.loss = loss
+        self.data = data
+        self.freeze("teacher")
+
+    def trainable(self) -> nn.Module:
+        return self.student
+
+    def train_dataset(self) -> UnlabeledImageStream:
+        return self.data
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        image = batch["image"]
+        with torch.no_grad():
+            teacher_out = self.teacher(image)
+        return self.loss(teacher_out, self.student(image))
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"model_conf": dict(self.student.conf)}
+
+
+def homography_config(values: dict[str, Any]) -> HomographyConfig:
+    return HomographyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def load_teacher(checkpoint: str | Path | None) -> tuple[SuperPoint, str]:
+    """The teacher model (eval mode) and a description of where it came from."""
+    path = Path(checkpoint) if checkpoint else default_keypoint_teacher_path()
+    teacher = load_keypoint_model(path).eval()
+    origin = f"{path}" if checkpoint else f"detkd's shipped teacher ({path.name})"
+    return teacher, origin
+
+
+def build_student(teacher: SuperPoint, variant: str, batch_norm: bool) -> SuperPoint:
+    """A student of the named variant whose descriptors match the teacher's size."""
+    post = {k: teacher.conf[k] for k in ("nms_radius", "detection_threshold", "remove_borders", "max_keypoints")}
+    return create_model(variant, batch_norm=batch_norm, descriptor_dim=teacher.conf["descriptor_dim"], **post)
+
+
+def training_stream(config: dict[str, Any]) -> tuple[UnlabeledImageStream, str]:
+    """The training images of ``config['data']`` and a one-line description of them."""
+    data = config["data"]
+    for key in ("height", "width"):
+        if data[key] % 8:
+            raise ValueError(f"data.{key} must be a multiple of 8 (SuperPoint cells), got {data[key]}")
+    crop = CropConfig(
+        height=data["height"], width=data["width"], scale=tuple(data["scale"]),
+        homography=homography_config(data["homography"]),
+        homography_probability=data["homography_probability"],
+    )
+    photometric = PhotometricConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["photometric"].items()})
+    kwargs = {"crop": crop, "photometric": photometric, "seed": config["train"]["seed"], "cache": data["cache"]}
+    if data["images"]:
+        stream, scan = UnlabeledImageStream.from_folder(data["images"], **kwargs)
+        return stream, f"{data['images']}: {scan.summary()}"
+    photos = [builtin_photo(name) for name in BUILTIN_TRAIN_PHOTOS]
+    return UnlabeledImageStream(photos, **kwargs), f"scikit-image photos ({len(photos)}, training split)"
+
+
+@dataclass
+class DistillationOutcome:
+    """Where a distillation run left its results."""
+
+    out_dir: Path
+    student_path: Path
+    metrics: dict[str, dict[str, float]]
+    table: str
+
+
+def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool = False) -> DistillationOutcome:
+    """Train a student on the teacher's outputs, then evaluate both and write the report files.
+
+    Writes into ``out_dir``: ``config.yaml`` (resolved), ``student.pt``, ``checkpoints/``,
+    ``history.jsonl``, ``tensorboard/``, ``metrics.json``, ``metrics.md``, ``loss_curves.png``,
+    ``matches.png``.
+    """
+    out = Path(out_dir)
+    config = copy.deepcopy(config)
+    teacher, origin = load_teacher(config["teacher"]["checkpoint"])
+    student = build_student(teacher, config["student"]["variant"], config["student"]["batch_norm"])
+    stream, data_text = training_stream(config)
+    loss = KeypointDistillationLoss(KeypointDistillWeights.from_dict(config["loss"]))
+    train_cfg = TrainConfig.from_dict(config["train"])
+
+    print(f"teacher : {origin} ({count_parameters(teacher):,} parameters)")
+    print(f"student : {config['student']['variant']} ({count_parameters(student):,} parameters)")
+    print(f"images  : {data_text}")
+    print(f"run     : {train_cfg.steps} steps x {train_cfg.batch_size} views of "
+          f"{config['data']['height']}x{config['data']['width']} -> {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+
+    task = KeypointDistillationTask(teacher, student, loss, stream)
+    result = Trainer(train_cfg, out).fit(task, resume=resume)
+    student_path = save_keypoint_model(
+        student.eval(), out / "student.pt",
+        meta={"teacher": origin, "steps": result.step, "variant": config["student"]["variant"]},
+    )
+    print(f"student saved to {student_path} after {result.step} steps ({result.seconds:.0f} s this session)")
+
+    from detkd.viz.plots import plot_loss_curves
+
+    plot_loss_curves(result.history, out / "loss_curves.png", title="Key-point distillation")
+    metrics, table = evaluate_and_report({"teacher": teacher, "student": student}, config["eval"], out)
+    return DistillationOutcome(out, student_path, metrics, table)
+
+
+def evaluation_pairs(eval_cfg: dict[str, Any]) -> tuple[list[Any], str]:
+    """Image pairs with known homographies for ``eval_cfg`` and a description of them."""
+    from detkd.data.pairs import builtin_heldout_pairs, hpatches_pairs, synthetic_pairs_from_folder
+
+    size = (eval_cfg["height"], eval_cfg["width"])
+    if eval_cfg.get("hpatches"):
+        pairs = hpatches_pairs(eval_cfg["hpatches"], max_size=max(size))
+        return pairs, f"HPatches at {eval_cfg['hpatches']} ({len(pairs)} pairs)"
+    common = {"pairs_per_image": eval_cfg["pairs_per_image"], "size": size, "seed": eval_cfg["seed"]}
+    if eval_cfg.get("images"):
+        pairs = synthetic_pairs_from_folder(eval_cfg["images"], **common)
+        return pairs, f"synthetic pairs of {eval_cfg['images']} ({len(pairs)} pairs, seed {eval_cfg['seed']})"
+    pairs = builtin_heldout_pairs(**common)
+    return pairs, f"synthetic pairs of scikit-image held-out photos ({len(pairs)} pairs, seed {eval_cfg['seed']})"
+
+
+def evaluate_and_report(
+    models: dict[str, nn.Module], eval_cfg: dict[str, Any], out: str | Path | None
+) -> tuple[dict[str, dict[str, float]], str]:
+    """Evaluate ``models`` on the same pairs; print the table and, with ``out``, write the files."""
+    from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
+
+    pairs, pairs_text = evaluation_pairs(eval_cfg)
+    print(f"evaluating on {pairs_text}")
+    evaluation = evaluate_keypoint_models(models, pairs, max_keypoints=eval_cfg["max_keypoints"])
+    table = format_metrics_table(evaluation.summary)
+    print(table)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps({"pairs": pairs_text, "models": evaluation.summary}, indent=2))
+        (out / "metrics.md").write_text(f"Evaluated on {pairs_text}.\n\n{table}\n")
+        draw_example_matches(evaluation, out)
+    return evaluation.summary, table
+
+
+def draw_example_matches(evaluation: Any, out: Path) -> None:
+    """One PNG per model of the matches on the first evaluation pair."""
+    from detkd.viz.plots import plot_matches
+
+    for name, example in evaluation.examples.items():
+        plot_matches(
+            example.image0, example.image1, example.keypoints0, example.keypoints1, example.matches,
+            example.correct, out / f"matches_{name}.png", title=f"{name}: {example.pair_name}",
+        )
