@@ -67,6 +67,7 @@ def test_oracle_scores_perfectly():
     assert set(oracle.max_keypoints_seen) == {30}
     example = result.examples["oracle"]
     assert example.pair_name == pairs[0].name and bool(example.correct.all())
+    assert example.image0 is pairs[0].image0 and example.image1 is pairs[0].image1
     assert example.matches.shape == (30, 2) and example.homography_estimate is not None
 
 

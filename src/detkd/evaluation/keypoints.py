@@ -42,6 +42,8 @@ class MatchExample:
     """What a plot needs to draw one pair's matches for one model (tensors on the CPU)."""
 
     pair_name: str
+    image0: torch.Tensor  # (1, H0, W0) float in [0, 1] (the pair's tensor, not a copy)
+    image1: torch.Tensor  # (1, H1, W1)
     keypoints0: torch.Tensor  # (N, 2) pixels (x, y) in image 0
     keypoints1: torch.Tensor  # (M, 2) pixels in image 1
     matches: torch.Tensor  # (K, 2) long indices (i, j)
@@ -126,8 +128,14 @@ def evaluate_pair(
         "corner_error": math.nan if H_est is None else float(corner_error(H_est, H, *shape0)),
     }
     example = MatchExample(
-        pair.name, keypoints0, keypoints1, matches,
-        km.correct_matches(keypoints0, keypoints1, matches, H, CORRECT_THRESHOLD), H_est,
+        pair_name=pair.name,
+        image0=pair.image0,
+        image1=pair.image1,
+        keypoints0=keypoints0,
+        keypoints1=keypoints1,
+        matches=matches,
+        correct=km.correct_matches(keypoints0, keypoints1, matches, H, CORRECT_THRESHOLD),
+        homography_estimate=H_est,
     )
     return metrics, example
 
