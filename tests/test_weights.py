@@ -174,7 +174,9 @@ def test_rpautrat_v6_from_tf(tmp_path: Path, image: torch.Tensor, wrapper: str |
 def test_narrow_magicleap_style_weights_infer_widths(tmp_path: Path, image: torch.Tensor) -> None:
     tiny = VARIANTS["tiny"]
     c1, c2, c3, c4 = tiny["channels"]
-    state = make_magicleap_state(seed=1, c1=c1, c2=c2, c3=c3, c4=c4, head=tiny["head_channels"], dim=tiny["descriptor_dim"])
+    state = make_magicleap_state(
+        seed=1, c1=c1, c2=c2, c3=c3, c4=c4, head=tiny["head_channels"], dim=tiny["descriptor_dim"]
+    )
     path = tmp_path / "narrow.pth"
     torch.save(state, path)
     model = load_keypoint_model(path, max_keypoints=17)

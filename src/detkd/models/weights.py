@@ -305,7 +305,9 @@ def _interpret(obj: Any, name: str) -> tuple[str, dict[str, torch.Tensor], dict[
             )
         state = obj.get("state_dict")
         if not _is_tensor_dict(state):
-            raise WeightsMismatchError(f"'{name}' is a detkd key-point model file without a 'state_dict'; it is damaged.")
+            raise WeightsMismatchError(
+                f"'{name}' is a detkd key-point model file without a 'state_dict'; it is damaged."
+            )
         conf = dict(obj.get("conf") or _infer_rpautrat_conf(state))
         return MODEL_FORMAT, dict(state), conf
     if tag == CHECKPOINT_FORMAT:
@@ -522,9 +524,10 @@ def _report(
             lines.append(f"    ... (+{len(shown) - _REPORT_LIMIT} more)")
     if hint is None:
         hint = (
-            "is this a SuperPoint checkpoint? Pass Magic Leap's superpoint_v1.pth, rpautrat's "
-            "superpoint_v6_from_tf.pth, or a detkd model/checkpoint file; to build a model without "
-            "these weights choose a variant instead (--student/--variant superpoint|half|tiny)"
+            "is this a SuperPoint checkpoint? Pass (to --teacher or --model) Magic Leap's "
+            "superpoint_v1.pth, rpautrat's superpoint_v6_from_tf.pth, or a detkd student.pt / "
+            "training checkpoint; a student without weights is chosen by variant instead "
+            "(--student superpoint|half|tiny)"
         )
         if fmt != UNKNOWN_FORMAT:
             hint = (
