@@ -198,14 +198,51 @@ def match(image0: str, image1: str, model: str, plot: Path | None, max_keypoints
         click.echo(f"plot written to {plot}")
 
 
+@keypoints.command("train-teacher")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML config; see 'detkd config keypoints-teacher' for every key and default.")
+@click.option("--stage", "stages", multiple=True, type=click.Choice(["shapes", "adapt", "joint", "all"]),
+              default=("all",), show_default=True,
+              help="Stage(s) to run: shapes (MagicPoint on synthetic shapes), adapt (homographic "
+                   "adaptation of the photos), joint (detector + descriptor on warped photo pairs).")
+@click.option("--images", type=click.Path(exists=True), default=None,
+              help="Folder of unlabelled photos for adapt/joint. Default: scikit-image's training photos.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder: shapes/magicpoint.pt, adapt/ cache, joint/superpoint.pt (the teacher).")
+@click.option("--shapes-steps", type=int, default=None, help="Steps of the shapes stage. [default: 3000]")
+@click.option("--joint-steps", type=int, default=None, help="Steps of the joint stage. [default: 3000]")
+@click.option("--num-warps", type=int, default=None, help="Homographies per photo in adapt. [default: 64]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="Where to train.")
+@click.option("--precision", default=None, help="Fabric precision, e.g. bf16-mixed on a GPU.")
+@click.option("--resume", is_flag=True, help="Continue interrupted stages from their last checkpoints.")
+def train_teacher(config_file: Path | None, stages: tuple[str, ...], images: str | None, out: Path,
+                  shapes_steps: int | None, joint_steps: int | None, num_warps: int | None,
+                  device: str | None, precision: str | None, resume: bool) -> None:
+    """Train a SuperPoint-family teacher from nothing: shapes -> adapt -> joint (no labels, no downloads)."""
+    from detkd.tasks.keypoint_teacher import DEFAULT_TEACHER_CONFIG, STAGES, run_teacher_training
+
+    overrides: dict[str, Any] = {"adapt.images": images, "adapt.num_warps": num_warps}
+    for section in ("shapes", "joint"):
+        overrides[f"{section}.train.accelerator"] = device
+        overrides[f"{section}.train.precision"] = precision
+    config = resolve_config(DEFAULT_TEACHER_CONFIG, config_file, overrides)
+    chosen = STAGES if "all" in stages else tuple(s for s in STAGES if s in stages)
+    steps = {k: v for k, v in (("shapes", shapes_steps), ("joint", joint_steps)) if v is not None}
+    path = run_teacher_training(config, out, chosen, resume=resume, steps=steps)
+    click.echo(f"model written to {path}")
+
+
 @main.command("config")
-@click.argument("name", type=click.Choice(["keypoints-distill"]))
+@click.argument("name", type=click.Choice(["keypoints-distill", "keypoints-teacher"]))
 def show_config(name: str) -> None:
     """Print every option and default of a job as YAML (save it, edit it, pass it with --config)."""
     from detkd.config import dump_config
-    from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG
 
-    click.echo(dump_config({"keypoints-distill": DEFAULT_DISTILL_CONFIG}[name]), nl=False)
+    if name == "keypoints-distill":
+        from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG as defaults
+    else:
+        from detkd.tasks.keypoint_teacher import DEFAULT_TEACHER_CONFIG as defaults
+    click.echo(dump_config(defaults), nl=False)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,294 @@
+"""Train a SuperPoint-family teacher from nothing, as the SuperPoint paper does.
+
+Three stages, each on the shared engine (checkpoints, resume, progress, TensorBoard):
+
+1. ``shapes``: MagicPoint, the detector alone, on procedurally drawn synthetic shapes whose
+   corners are known exactly (cell-wise 65-bin cross-entropy).
+2. ``adapt``: homographic adaptation. For each real photo, the detector's heatmaps over many
+   random warps are warped back and averaged; NMS + threshold on the average give pseudo
+   ground-truth points. Cached per photo, so an interrupted run continues where it stopped.
+3. ``joint``: detector + descriptor on warped pairs of the photos: detector loss on the pseudo
+   labels of both views, descriptor hinge loss on cell correspondences (margins 1 / 0.2,
+   lambda_d 250), weighted by ``descriptor_weight``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from detkd.config import save_config
+from detkd.data.augment import PhotometricConfig
+from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo, read_image, scan_images
+from detkd.data.keypoint_pairs import PseudoLabelPairStream, resize_longer_side
+from detkd.data.synthetic_shapes import SyntheticShapesDataset
+from detkd.engine import Task, TrainConfig, Trainer
+from detkd.geometry.homography import HomographyConfig, sample_homography, warp_image
+from detkd.losses.superpoint import descriptor_hinge_loss, detector_loss, keypoint_map_to_cell_labels
+from detkd.models.superpoint import CELL, SuperPoint, create_model, detect_keypoints, logits_to_heatmap
+from detkd.models.weights import load_keypoint_model, save_keypoint_model
+
+log = logging.getLogger(__name__)
+
+_TRAIN_DEFAULTS = {
+    "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "lr_decay": 0.9, "lr_decay_every": 1000,
+    "warmup_steps": 100, "grad_clip": 1.0, "checkpoint_every": 250, "log_every": 10, "num_workers": 0,
+    "seed": 0, "accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto",
+    "precision": "32-true", "progress": True,
+}
+
+#: Every option of ``detkd keypoints train-teacher``; ``configs/keypoints_teacher.yaml`` mirrors it.
+DEFAULT_TEACHER_CONFIG: dict[str, Any] = {
+    "model": {"variant": "superpoint", "batch_norm": True},
+    "shapes": {
+        "height": 120, "width": 160,  # synthetic image size, pixels
+        "homography_probability": 0.8,  # share of samples warped (labels move with the pixels)
+        "train": {**_TRAIN_DEFAULTS, "steps": 3000},
+    },
+    "adapt": {
+        "images": None,  # folder of photos; null: scikit-image's training photos
+        "extra_images": [],  # more folders (e.g. tiles of an aerial orthophoto)
+        "longer_side": 320,  # photos are resized to this before adaptation and joint training
+        "num_warps": 64,  # random homographies per photo (the identity is always one of them)
+        "warps_per_batch": 16,
+        "threshold": 0.015,  # on the aggregated heatmap
+        "nms_radius": 4,
+        "seed": 0,
+    },
+    "joint": {
+        "height": 160, "width": 224,  # training view size (multiples of 8)
+        "descriptor_weight": 1e-4,  # weight of the hinge loss beside the detector losses (paper: 1e-4)
+        "positive_margin": 1.0, "negative_margin": 0.2, "lambda_d": 250.0,
+        "train": {**_TRAIN_DEFAULTS, "batch_size": 4, "steps": 3000},
+    },
+}
+
+
+def _train_config(section: dict[str, Any], steps: int | None) -> TrainConfig:
+    values = dict(section)
+    if steps is not None:
+        values["steps"] = steps
+    return TrainConfig.from_dict(values)
+
+
+def _valid_cells(valid_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` pixel mask -> ``(B, H/8, W/8)``: cells whose pixels are all valid."""
+    return -F.max_pool2d(-valid_mask[:, None], CELL)[:, 0]
+
+
+# ----------------------------------------------------------------------------- stage 1
+class MagicPointTask(Task):
+    """The detector head learns the corners of synthetic shapes."""
+
+    def __init__(self, model: SuperPoint, data: SyntheticShapesDataset) -> None:
+        super().__init__()
+        self.model, self.data = model, data
+
+    def trainable(self) -> nn.Module:
+        return self.model
+
+    def train_dataset(self) -> SyntheticShapesDataset:
+        return self.data
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.model.detector(self.model.backbone(batch["image"]))
+        labels = keypoint_map_to_cell_labels(batch["keypoint_map"], batch["valid_mask"])
+        loss = detector_loss(logits, labels, _valid_cells(batch["valid_mask"]))
+        return {"loss": loss, "detector": loss.detach()}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"model_conf": dict(self.model.conf)}
+
+
+# ----------------------------------------------------------------------------- stage 2
+@torch.no_grad()
+def homographic_adaptation(
+    model: SuperPoint, image: torch.Tensor, num_warps: int, rng: np.random.Generator,
+    warps_per_batch: int = 16, homography: HomographyConfig | None = None,
+) -> torch.Tensor:
+    """Heatmap of ``image`` averaged over random warps (SuperPoint's homographic adaptation).
+
+    Args:
+        image: ``(1, H, W)`` grey in ``[0, 1]``, ``H`` and ``W`` multiples of 8.
+        num_warps: warps in total; the first is the identity.
+
+    Returns:
+        ``(H, W)`` aggregated heatmap: the mean, over the warps that see a pixel, of the
+        heatmap warped back onto the image.
+    """
+    if image.dim() != 3 or image.shape[0] != 1:
+        raise ValueError(f"image must be (1, H, W), got {tuple(image.shape)}")
+    _, h, w = image.shape
+    cfg = homography or HomographyConfig(allow_outside=True, perspective=0.15, rotation_deg=30.0, scale=(0.7, 1.4))
+    homs = [torch.eye(3, dtype=torch.float64)] + [sample_homography(h, w, rng, cfg) for _ in range(num_warps - 1)]
+    total = torch.zeros(h, w)
+    counts = torch.zeros(h, w)
+    ones = torch.ones(1, 1, h, w)
+    for start in range(0, num_warps, warps_per_batch):
+        batch_h = torch.stack(homs[start : start + warps_per_batch]).float()
+        n = len(batch_h)
+        warped = warp_image(image[None].expand(n, 1, h, w), batch_h)
+        heat = model(warped)["heatmap"][:, None]
+        inverse = torch.linalg.inv(batch_h)
+        # Count only pixels the warped view really saw, away from its edges.
+        seen = warp_image(ones.expand(n, 1, h, w), batch_h)
+        seen = -F.max_pool2d(-seen, kernel_size=7, stride=1, padding=3)
+        total += (warp_image(heat * seen, inverse)[:, 0]).sum(0)
+        counts += (warp_image(seen, inverse)[:, 0]).sum(0)
+    return total / counts.clamp_min(1e-6)
+
+
+def _photo_sources(cfg: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
+    """(name, grey photo) for the adaptation stage: a folder and extra folders, or scikit-image's."""
+    folders = ([cfg["images"]] if cfg["images"] else []) + list(cfg["extra_images"] or [])
+    photos: list[tuple[str, np.ndarray]] = []
+    if not cfg["images"]:
+        photos += [(f"skimage-{name}", builtin_photo(name)) for name in BUILTIN_TRAIN_PHOTOS]
+    for folder in folders:
+        for path in scan_images(folder).paths:
+            photos.append((f"{Path(folder).name}-{path.stem}", read_image(path)))
+    return photos
+
+
+def run_adaptation(model: SuperPoint, cfg: dict[str, Any], cache_dir: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Pseudo-label every photo; results are cached in ``cache_dir`` (one ``.npz`` per photo).
+
+    The cache key holds the photo's pixels, the detector's weights and the options, so a
+    changed photo or detector is never silently reused.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    weights_digest = hashlib.sha1()
+    for tensor in model.state_dict().values():
+        weights_digest.update(tensor.detach().cpu().numpy().tobytes())
+    options = json.dumps({k: cfg[k] for k in ("longer_side", "num_warps", "threshold", "nms_radius", "seed")})
+    images, points = [], []
+    model.eval()
+    photos = _photo_sources(cfg)
+    for index, (name, photo) in enumerate(tqdm(photos, desc="homographic adaptation", unit="photo")):
+        image = resize_longer_side(photo, cfg["longer_side"])
+        h, w = (image.shape[0] // CELL) * CELL, (image.shape[1] // CELL) * CELL
+        image = np.ascontiguousarray(image[:h, :w])
+        key = hashlib.sha1(image.tobytes() + weights_digest.digest() + options.encode()).hexdigest()[:16]
+        path = cache_dir / f"{name}-{key}.npz"
+        if path.exists():
+            pts = np.load(path)["points"]
+        else:
+            rng = np.random.default_rng([cfg["seed"], index])
+            heat = homographic_adaptation(model, torch.from_numpy(image)[None], cfg["num_warps"], rng, cfg["warps_per_batch"])
+            kpts, _ = detect_keypoints(heat[None], nms_radius=cfg["nms_radius"], threshold=cfg["threshold"], border=4)
+            pts = kpts[0].numpy().astype(np.float32)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez_compressed(tmp, points=pts)
+            tmp.replace(path)
+        images.append(image)
+        points.append(pts)
+    counts = [len(p) for p in points]
+    print(f"pseudo labels: {len(points)} photos, {np.mean(counts):.0f} points per photo on average "
+          f"(min {min(counts)}, max {max(counts)})")
+    return images, points
+
+
+# ----------------------------------------------------------------------------- stage 3
+class JointSuperPointTask(Task):
+    """Detector on both views' pseudo labels + descriptor hinge loss between the views."""
+
+    def __init__(self, model: SuperPoint, data: PseudoLabelPairStream, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.model, self.data = model, data
+        self.descriptor_weight = cfg["descriptor_weight"]
+        self.margins = {k: cfg[k] for k in ("positive_margin", "negative_margin", "lambda_d")}
+
+    def trainable(self) -> nn.Module:
+        return self.model
+
+    def train_dataset(self) -> PseudoLabelPairStream:
+        return self.data
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        both = self.model(torch.cat([batch["image0"], batch["image1"]]))
+        n = batch["image0"].shape[0]
+        det = []
+        for view, sl in ((0, slice(0, n)), (1, slice(n, 2 * n))):
+            mask = batch[f"valid_mask{view}"]
+            labels = keypoint_map_to_cell_labels(batch[f"keypoint_map{view}"], mask)
+            det.append(detector_loss(both["logits"][sl], labels, _valid_cells(mask)))
+        desc = descriptor_hinge_loss(
+            both["descriptors"][:n], both["descriptors"][n:], batch["homography"],
+            _valid_cells(batch["valid_mask1"]), **self.margins,
+        )
+        loss = det[0] + det[1] + self.descriptor_weight * desc
+        return {"loss": loss, "detector": (det[0] + det[1]).detach(), "descriptor": desc.detach()}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"model_conf": dict(self.model.conf)}
+
+
+# ----------------------------------------------------------------------------- driver
+STAGES = ("shapes", "adapt", "joint")
+
+
+def run_teacher_training(
+    config: dict[str, Any], out_dir: str | Path, stages: tuple[str, ...] = STAGES,
+    resume: bool = False, steps: dict[str, int] | None = None,
+) -> Path:
+    """Run the given stages in order; each reads the previous stage's model from ``out_dir``.
+
+    Layout: ``out_dir/shapes/magicpoint.pt``, ``out_dir/adapt/*.npz``,
+    ``out_dir/joint/superpoint.pt`` (the teacher), each stage with its own checkpoints and logs.
+
+    Returns:
+        Path of the last model written.
+    """
+    out = Path(out_dir)
+    config = copy.deepcopy(config)
+    steps = steps or {}
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    magicpoint_path = out / "shapes" / "magicpoint.pt"
+    teacher_path = out / "joint" / "superpoint.pt"
+    last = magicpoint_path
+
+    if "shapes" in stages:
+        cfg = config["shapes"]
+        model = create_model(config["model"]["variant"], batch_norm=config["model"]["batch_norm"])
+        data = SyntheticShapesDataset(
+            height=cfg["height"], width=cfg["width"], seed=cfg["train"]["seed"],
+            homography_probability=cfg["homography_probability"],
+        )
+        train_cfg = _train_config(cfg["train"], steps.get("shapes"))
+        print(f"stage shapes: MagicPoint on synthetic shapes, {train_cfg.steps} steps x {train_cfg.batch_size}")
+        result = Trainer(train_cfg, out / "shapes").fit(MagicPointTask(model, data), resume=resume)
+        save_keypoint_model(model.eval(), magicpoint_path, meta={"stage": "shapes", "steps": result.step})
+        last = magicpoint_path
+
+    if "adapt" in stages or "joint" in stages:
+        if not magicpoint_path.exists():
+            raise FileNotFoundError(f"Stage 'adapt' needs the MagicPoint of stage 'shapes' at '{magicpoint_path}'")
+        detector = load_keypoint_model(magicpoint_path)
+        print("stage adapt: homographic adaptation of the photos (cached)")
+        images, points = run_adaptation(detector, config["adapt"], out / "adapt")
+
+    if "joint" in stages:
+        cfg = config["joint"]
+        model = load_keypoint_model(magicpoint_path).train()
+        data = PseudoLabelPairStream(
+            images, points, height=cfg["height"], width=cfg["width"], seed=cfg["train"]["seed"],
+            photometric=PhotometricConfig(),
+        )
+        train_cfg = _train_config(cfg["train"], steps.get("joint"))
+        print(f"stage joint: SuperPoint on warped photo pairs, {train_cfg.steps} steps x {train_cfg.batch_size} pairs")
+        result = Trainer(train_cfg, out / "joint").fit(JointSuperPointTask(model, data, cfg), resume=resume)
+        save_keypoint_model(model.eval(), teacher_path, meta={"stage": "joint", "steps": result.step,
+                                                               "photos": len(images)})
+        last = teacher_path
+    return last
