@@ -1,0 +1,133 @@
+"""The user's commands end to end on tiny data, and what they do with bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from detkd.cli.main import main
+from detkd.models.superpoint import create_model
+from detkd.models.weights import load_keypoint_model, save_keypoint_model
+
+TINY_EVAL = {"eval": {"pairs_per_image": 1, "height": 64, "width": 96, "max_keypoints": 100},
+             "train": {"log_every": 1, "checkpoint_every": 2, "progress": False}}
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    torch.manual_seed(0)
+    save_keypoint_model(create_model("tiny").eval(), tmp_path / "teacher.pt")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        pixels = (rng.random((50 + 10 * i, 70, 3)) * 255).astype(np.uint8)  # colour, smaller than the view
+        Image.fromarray(pixels).save(photos / f"p{i}.png")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY_EVAL))
+    return tmp_path
+
+
+def distill_args(ws, out, steps=2, extra=()):
+    return ["keypoints", "distill", "--config", str(ws / "config.yaml"), "--teacher", str(ws / "teacher.pt"),
+            "--images", str(ws / "photos"), "--eval-images", str(ws / "photos"), "--out", str(out),
+            "--steps", str(steps), "--batch-size", "2", "--height", "64", "--width", "96", *extra]
+
+
+def test_distill_writes_student_metrics_plots_and_config(workspace):
+    out = workspace / "run"
+    result = CliRunner().invoke(main, distill_args(workspace, out))
+    assert result.exit_code == 0, result.output
+    assert "teacher" in result.output and "student" in result.output and "HA@3" in result.output
+    for name in ("student.pt", "config.yaml", "metrics.json", "metrics.md", "history.jsonl",
+                 "loss_curves.png", "matches_student.png", "checkpoints/last.pt"):
+        assert (out / name).exists(), name
+    assert list((out / "tensorboard").iterdir())
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["train"]["steps"] == 2 and config["student"]["variant"] == "tiny"
+    metrics = json.loads((out / "metrics.json").read_text())["models"]
+    assert set(metrics) == {"teacher", "student"} and 0 <= metrics["student"]["repeatability"] <= 1
+    student = load_keypoint_model(out / "student.pt")
+    assert student.conf["channels"] == (32, 32, 32, 32)
+
+
+def test_resume_continues_and_an_existing_run_is_protected(workspace):
+    out = workspace / "run"
+    runner = CliRunner()
+    assert runner.invoke(main, distill_args(workspace, out, steps=2)).exit_code == 0
+    again = runner.invoke(main, distill_args(workspace, out, steps=4))
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = runner.invoke(main, distill_args(workspace, out, steps=4, extra=["--resume"]))
+    assert resumed.exit_code == 0, resumed.output
+    steps = [json.loads(line)["step"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_corrupt_image_is_skipped_and_named(workspace):
+    (workspace / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = CliRunner().invoke(main, distill_args(workspace, workspace / "run"))
+    assert result.exit_code == 0, result.output
+    assert "broken.jpg" in result.output and "1 skipped" in result.output
+
+
+def test_folder_without_readable_images_is_a_clear_error(workspace):
+    empty = workspace / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    args = distill_args(workspace, workspace / "run")
+    args[args.index("--images") + 1] = str(empty)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "No images in" in result.output and str(empty) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_teacher_of_the_wrong_architecture_gets_a_key_report(workspace):
+    torch.save({"backbone.weight": torch.zeros(3, 3), "head.bias": torch.zeros(2)}, workspace / "wrong.pt")
+    args = distill_args(workspace, workspace / "run")
+    args[args.index("--teacher") + 1] = str(workspace / "wrong.pt")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "wrong.pt" in result.output and "backbone.weight" in result.output
+    assert not (workspace / "run" / "checkpoints").exists()
+
+
+def test_unknown_config_key_is_rejected_with_its_name(workspace):
+    (workspace / "bad.yaml").write_text("train: {stepz: 3}\n")
+    args = distill_args(workspace, workspace / "run")
+    args[args.index("--config") + 1] = str(workspace / "bad.yaml")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "stepz" in result.output
+
+
+def test_evaluate_and_match_commands(workspace):
+    runner = CliRunner()
+    photos = sorted((workspace / "photos").iterdir())
+    result = runner.invoke(main, ["keypoints", "evaluate", "--teacher", str(workspace / "teacher.pt"),
+                                  "--model", f"mine={workspace / 'teacher.pt'}", "--images", str(workspace / "photos"),
+                                  "--pairs-per-image", "1", "--height", "64", "--width", "96",
+                                  "--out", str(workspace / "eval")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((workspace / "eval" / "metrics.json").read_text())["models"]
+    assert rows["teacher"] == rows["mine"]  # the same weights give the same numbers
+    plot = workspace / "m.png"
+    result = runner.invoke(main, ["keypoints", "match", str(photos[0]), str(photos[0]),
+                                  "--model", str(workspace / "teacher.pt"), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "mutual matches" in result.output and plot.exists()
+
+
+def test_shipped_config_file_lists_every_default():
+    from pathlib import Path
+
+    from detkd.config import load_config_file
+    from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG
+    from detkd.config import to_plain
+
+    shipped = load_config_file(Path(__file__).parents[1] / "configs" / "keypoints_distill.yaml")
+    assert shipped == to_plain(DEFAULT_DISTILL_CONFIG)
