@@ -1,0 +1,16 @@
+"""Training losses: SuperPoint teacher training (detector cross-entropy, descriptor hinge)."""
+
+from detkd.losses.superpoint import (
+    DUSTBIN,
+    cell_centres,
+    cell_correspondences,
+    descriptor_hinge_loss,
+    detector_loss,
+    keypoint_map_to_cell_labels,
+    valid_mask_to_cells,
+)
+
+__all__ = [
+    "DUSTBIN", "cell_centres", "cell_correspondences", "descriptor_hinge_loss", "detector_loss",
+    "keypoint_map_to_cell_labels", "valid_mask_to_cells",
+]

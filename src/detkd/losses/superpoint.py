@@ -1,0 +1,191 @@
+"""Losses for training a SuperPoint-style teacher from scratch (DeTone et al., CVPRW 2018).
+
+* Detector: the image is cut into 8x8 cells; each cell's label is the bin ``8*r + c`` of its key
+  point (pixel row ``r``, column ``c`` inside the cell, as in
+  :func:`detkd.models.superpoint.logits_to_heatmap`) or 64, the "no point" dustbin; the loss
+  is a 65-way cross-entropy per cell.
+* Descriptor: a hinge loss on all pairs of cells of two views related by a known homography;
+  a pair corresponds when the warped centre of the first cell is within 8 px of the second's.
+
+The network's outputs are ``logits (B, 65, Hc, Wc)`` and ``descriptors (B, D, Hc, Wc)`` with
+``Hc = H / 8``, ``Wc = W / 8``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from detkd.geometry.homography import warp_points
+from detkd.models.superpoint import CELL
+
+DUSTBIN = CELL * CELL  # label 64: no key point in the cell
+
+
+def _check_maps(name: str, tensor: torch.Tensor) -> None:
+    if tensor.dim() != 3:
+        raise ValueError(f"{name} must be (B, H, W), got {tuple(tensor.shape)}")
+    h, w = tensor.shape[-2:]
+    if h % CELL or w % CELL:
+        raise ValueError(f"{name} height and width must be multiples of {CELL}, got {h}x{w}")
+
+
+def keypoint_map_to_cell_labels(
+    keypoint_map: torch.Tensor,
+    valid_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-cell detector targets from a full-resolution key-point map.
+
+    Args:
+        keypoint_map: ``(B, H, W)``, 1 (anything > 0.5) at key-point pixels, else 0;
+            ``H`` and ``W`` multiples of 8.
+        valid_mask: ``(B, H, W)`` or ``None``; key points on invalid pixels (<= 0.5) are ignored.
+        generator: when a cell holds several key points, pick one **at random** with this
+            generator (as SuperPoint does); ``None`` picks **the first** deterministically, i.e.
+            the lowest bin: top-most row, then left-most column.
+
+    Returns:
+        ``(B, H/8, W/8)`` int64 labels in ``[0, 64]``: ``8*r + c`` for the key point at row
+        ``r``, column ``c`` of the cell, 64 (the dustbin) where the cell has none.
+    """
+    _check_maps("keypoint_map", keypoint_map)
+    points = (keypoint_map > 0.5).float()
+    if valid_mask is not None:
+        if valid_mask.shape != keypoint_map.shape:
+            raise ValueError(
+                f"valid_mask {tuple(valid_mask.shape)} must match keypoint_map {tuple(keypoint_map.shape)}"
+            )
+        points = points * (valid_mask > 0.5).float()
+    cells = F.pixel_unshuffle(points[:, None], CELL)  # (B, 64, Hc, Wc), channel 8*r + c
+    if generator is None:
+        scores = cells * 2.0  # argmax returns the first maximum
+    else:
+        noise = torch.rand(cells.shape, generator=generator, device=generator.device).to(cells.device)
+        scores = cells * (2.0 + noise)
+    dustbin = torch.ones_like(scores[:, :1])  # wins only where the cell is empty
+    return torch.cat([scores, dustbin], dim=1).argmax(dim=1)
+
+
+def valid_mask_to_cells(valid_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` pixel mask -> ``(B, H/8, W/8)`` bool: a cell is valid when all its 64 pixels are."""
+    _check_maps("valid_mask", valid_mask)
+    return F.pixel_unshuffle((valid_mask > 0.5).float()[:, None], CELL).amin(dim=1) > 0.5
+
+
+def detector_loss(
+    logits: torch.Tensor, labels: torch.Tensor, valid_cells: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cell-wise 65-bin cross-entropy, averaged over the valid cells.
+
+    Args:
+        logits: ``(B, 65, Hc, Wc)`` detector scores before softmax.
+        labels: ``(B, Hc, Wc)`` int64 in ``[0, 64]`` (see :func:`keypoint_map_to_cell_labels`).
+        valid_cells: ``(B, Hc, Wc)`` bool/float weights, or ``None`` for all cells.
+
+    Returns:
+        ``()`` mean cross-entropy in nats; 0 (still attached to the graph) if no cell is valid.
+    """
+    if logits.dim() != 4 or logits.shape[1] != DUSTBIN + 1:
+        raise ValueError(f"logits must be (B, {DUSTBIN + 1}, Hc, Wc), got {tuple(logits.shape)}")
+    b, _, hc, wc = logits.shape
+    if labels.shape != (b, hc, wc):
+        raise ValueError(f"labels must be {(b, hc, wc)} to match logits, got {tuple(labels.shape)}")
+    if labels.dtype != torch.long:
+        raise ValueError(f"labels must be int64 class indices, got {labels.dtype}")
+    ce = F.cross_entropy(logits, labels, reduction="none")  # (B, Hc, Wc)
+    if valid_cells is None:
+        return ce.mean()
+    if valid_cells.shape != (b, hc, wc):
+        raise ValueError(f"valid_cells must be {(b, hc, wc)}, got {tuple(valid_cells.shape)}")
+    weights = valid_cells.to(ce.dtype)
+    return (ce * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def cell_centres(hc: int, wc: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(Hc*Wc, 2)`` pixel centres ``(8j + 3.5, 8i + 3.5)`` of the cells, row-major."""
+    ys, xs = torch.meshgrid(
+        torch.arange(hc, device=device, dtype=dtype), torch.arange(wc, device=device, dtype=dtype), indexing="ij"
+    )
+    offset = (CELL - 1) / 2
+    return torch.stack([xs * CELL + offset, ys * CELL + offset], dim=-1).reshape(-1, 2)
+
+
+def cell_correspondences(
+    homography: torch.Tensor, hc: int, wc: int, radius: float = 8.0
+) -> torch.Tensor:
+    """Which cells of view 0 and view 1 correspond under ``homography``.
+
+    Args:
+        homography: ``(B, 3, 3)`` map from view-0 pixels to view-1 pixels.
+        hc, wc: cell grid size (the same in both views).
+        radius: pixels; a pair corresponds when the warped centre is within it (``<=``).
+
+    Returns:
+        ``(B, Hc*Wc, Hc*Wc)`` bool, ``[b, i, j]`` for view-0 cell ``i`` and view-1 cell ``j``,
+        cells numbered row-major.
+    """
+    centres = cell_centres(hc, wc, homography.device, torch.float64)
+    warped = warp_points(centres.expand(homography.shape[0], -1, 2), homography.to(torch.float64))
+    return torch.cdist(warped, centres[None].expand_as(warped)) <= radius
+
+
+def descriptor_hinge_loss(
+    desc0: torch.Tensor,
+    desc1: torch.Tensor,
+    homography: torch.Tensor,
+    valid_mask1: torch.Tensor | None = None,
+    positive_margin: float = 1.0,
+    negative_margin: float = 0.2,
+    lambda_d: float = 250.0,
+    correspondence_radius: float = 8.0,
+) -> torch.Tensor:
+    """SuperPoint's dense descriptor hinge loss between two views.
+
+    For every pair of cell ``hw`` in view 0 and ``h'w'`` in view 1, with ``s = 1`` when the
+    view-0 cell centre ``(8w + 3.5, 8h + 3.5)`` warped by ``homography`` lies within
+    ``correspondence_radius`` px of the view-1 centre (:func:`cell_correspondences`)::
+
+        l = lambda_d * s * max(0, m_p - d.d') + (1 - s) * max(0, d.d' - m_n)
+
+    with ``d, d'`` the L2-normalised descriptors. The result is the mean of ``l`` over all pairs
+    whose view-1 cell is valid (as in rpautrat/SuperPoint).
+
+    Note: with the paper's radius of 8 px (``<=``), under the identity the 4 neighbouring cells
+    (exactly 8 px away) count as correspondences too; rpautrat uses 7.5 px, which keeps only
+    the cell itself.
+
+    Args:
+        desc0, desc1: ``(B, D, Hc, Wc)`` dense descriptors (normalised here).
+        homography: ``(B, 3, 3)`` (or ``(3, 3)``, shared) map from view-0 to view-1 pixels.
+        valid_mask1: ``(B, Hc, Wc)`` bool/float cell mask of view 1, or ``None``.
+        positive_margin, negative_margin: ``m_p`` and ``m_n``.
+        lambda_d: weight of the positive term (positives are ~1/N of the pairs).
+        correspondence_radius: pixels.
+
+    Returns:
+        ``()`` loss; 0 (attached to the graph) if no view-1 cell is valid.
+    """
+    if desc0.dim() != 4 or desc0.shape != desc1.shape:
+        raise ValueError(
+            f"desc0 and desc1 must both be (B, D, Hc, Wc) of the same shape, got "
+            f"{tuple(desc0.shape)} and {tuple(desc1.shape)}"
+        )
+    b, d, hc, wc = desc0.shape
+    if homography.dim() == 2:
+        homography = homography.expand(b, 3, 3)
+    if homography.shape != (b, 3, 3):
+        raise ValueError(f"homography must be (3, 3) or ({b}, 3, 3), got {tuple(homography.shape)}")
+    s = cell_correspondences(homography, hc, wc, correspondence_radius).to(desc0.dtype)  # (B, N, N)
+    d0 = F.normalize(desc0.reshape(b, d, hc * wc), p=2, dim=1)
+    d1 = F.normalize(desc1.reshape(b, d, hc * wc), p=2, dim=1)
+    dot = torch.einsum("bdi,bdj->bij", d0, d1)
+    positive = lambda_d * s * F.relu(positive_margin - dot)
+    negative = (1 - s) * F.relu(dot - negative_margin)
+    loss = positive + negative
+    if valid_mask1 is None:
+        return loss.mean()
+    if valid_mask1.shape != (b, hc, wc):
+        raise ValueError(f"valid_mask1 must be {(b, hc, wc)}, got {tuple(valid_mask1.shape)}")
+    weights = valid_mask1.reshape(b, 1, hc * wc).to(loss.dtype)
+    return (loss * weights).sum() / (weights.sum() * hc * wc).clamp_min(1.0)

@@ -1,0 +1,156 @@
+"""SuperPoint training losses against numbers worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detkd.losses import (
+    cell_correspondences,
+    descriptor_hinge_loss,
+    detector_loss,
+    keypoint_map_to_cell_labels,
+    valid_mask_to_cells,
+)
+from detkd.models.superpoint import logits_to_heatmap
+
+
+# ------------------------------------------------------------------------------ labels
+def test_single_point_goes_to_its_bin():
+    kmap = torch.zeros(1, 16, 16)
+    kmap[0, 10, 3] = 1  # x = 3, y = 10 -> cell (row 1, col 0), inside it row 2, col 3
+    labels = keypoint_map_to_cell_labels(kmap)
+    assert labels.dtype == torch.long and labels.shape == (1, 2, 2)
+    assert labels.tolist() == [[[64, 64], [19, 64]]]
+
+
+def test_labels_agree_with_the_models_heatmap_layout():
+    torch.manual_seed(0)
+    kmap = torch.zeros(2, 24, 32)
+    ys, xs = torch.randint(0, 24, (2, 5)), torch.randint(0, 32, (2, 5))
+    for b in range(2):
+        kmap[b, ys[b], xs[b]] = 1
+    cells_with_one = F.pixel_unshuffle(kmap[:, None], 8).sum(1) <= 1
+    labels = keypoint_map_to_cell_labels(kmap)
+    heat = logits_to_heatmap(F.one_hot(labels, 65).permute(0, 3, 1, 2).float() * 50)
+    back = (heat > 0.5).float()
+    keep = cells_with_one.repeat_interleave(8, 1).repeat_interleave(8, 2)
+    assert torch.equal(back[keep], kmap[keep])
+
+
+def test_several_points_in_a_cell_first_or_random():
+    kmap = torch.zeros(1, 8, 8)
+    kmap[0, 1, 6] = 1  # bin 14
+    kmap[0, 5, 2] = 1  # bin 42
+    assert keypoint_map_to_cell_labels(kmap).item() == 14  # deterministic: first (lowest) bin
+    picks = {
+        keypoint_map_to_cell_labels(kmap, generator=torch.Generator().manual_seed(s)).item() for s in range(20)
+    }
+    assert picks == {14, 42}
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(keypoint_map_to_cell_labels(kmap, generator=g1), keypoint_map_to_cell_labels(kmap, generator=g2))
+
+
+def test_points_on_invalid_pixels_are_ignored():
+    kmap = torch.zeros(1, 8, 16)
+    kmap[0, 2, 2] = 1
+    kmap[0, 2, 10] = 1
+    valid = torch.ones(1, 8, 16)
+    valid[0, :, 8:] = 0
+    assert keypoint_map_to_cell_labels(kmap, valid).tolist() == [[[18, 64]]]
+    valid[0, 7, 0] = 0
+    assert valid_mask_to_cells(valid).tolist() == [[[False, False]]]
+    assert valid_mask_to_cells(torch.ones(1, 8, 16)).tolist() == [[[True, True]]]
+
+
+def test_label_shapes_are_checked():
+    with pytest.raises(ValueError, match="multiples of 8"):
+        keypoint_map_to_cell_labels(torch.zeros(1, 12, 16))
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        keypoint_map_to_cell_labels(torch.zeros(16, 16))
+    with pytest.raises(ValueError, match="match"):
+        keypoint_map_to_cell_labels(torch.zeros(1, 16, 16), torch.ones(1, 8, 16))
+
+
+# ------------------------------------------------------------------------------ detector
+def test_detector_loss_of_uniform_logits_is_log65():
+    labels = torch.randint(0, 65, (2, 3, 4))
+    loss = detector_loss(torch.zeros(2, 65, 3, 4), labels)
+    assert loss.item() == pytest.approx(math.log(65), abs=1e-6)
+
+
+def test_detector_loss_averages_over_valid_cells_only():
+    logits = torch.zeros(1, 65, 1, 2)
+    logits[0, 7, 0, 0] = 10.0  # cell 0 confidently right, cell 1 uniform
+    labels = torch.tensor([[[7, 64]]])
+    good = math.log(1 + 64 * math.exp(-10.0))  # -log(e^10 / (e^10 + 64))
+    assert detector_loss(logits, labels).item() == pytest.approx((good + math.log(65)) / 2, abs=1e-5)
+    assert detector_loss(logits, labels, torch.tensor([[[True, False]]])).item() == pytest.approx(good, abs=1e-5)  # float32 rounding
+    none = detector_loss(logits.requires_grad_(), labels, torch.zeros(1, 1, 2, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="labels"):
+        detector_loss(torch.zeros(1, 65, 2, 2), torch.zeros(1, 2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="65"):
+        detector_loss(torch.zeros(1, 64, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------ descriptor
+def _two_cells() -> tuple[torch.Tensor, torch.Tensor]:
+    # view 0: a0 = (2, 0) -> (1, 0) after normalisation, b0 = (0, 1)
+    # view 1: a1 = (0.6, 0.8), b1 = (3, 0) -> (1, 0)
+    desc0 = torch.tensor([[2.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)
+    desc1 = torch.tensor([[0.6, 0.8], [3.0, 0.0]]).T.reshape(1, 2, 1, 2)
+    return desc0, desc1
+    # dot products: a0.a1 = 0.6, a0.b1 = 1, b0.a1 = 0.8, b0.b1 = 0
+
+
+def test_hinge_loss_identity_only_same_cell():
+    d0, d1 = _two_cells()
+    eye = torch.eye(3)[None]
+    # radius 7.5: s = identity. positives: 250*(1-0.6)=100 and 250*(1-0)=250;
+    # negatives: max(0, 1-0.2)=0.8 and max(0, 0.8-0.2)=0.6 -> (100+250+0.8+0.6)/4 = 87.85
+    loss = descriptor_hinge_loss(d0, d1, eye, correspondence_radius=7.5)
+    assert loss.item() == pytest.approx(87.85, rel=1e-6)
+
+
+def test_hinge_loss_identity_paper_radius_takes_neighbours():
+    d0, d1 = _two_cells()
+    # radius 8: the neighbouring centre is exactly 8 px away, so all 4 pairs are positive:
+    # 250 * ((1-0.6) + (1-1) + (1-0.8) + (1-0)) / 4 = 100
+    assert cell_correspondences(torch.eye(3)[None], 1, 2, 8.0).all()
+    assert descriptor_hinge_loss(d0, d1, torch.eye(3)[None]).item() == pytest.approx(100.0, rel=1e-6)
+
+
+def test_hinge_loss_translation_and_valid_mask():
+    d0, d1 = _two_cells()
+    shift = torch.tensor([[[1.0, 0, 8], [0, 1, 0], [0, 0, 1]]])  # view 0 moved 8 px right
+    # a0's centre (3.5, 3.5) -> (11.5, 3.5) = b1's centre; b0 -> (19.5, 3.5), 8 px from b1
+    s = cell_correspondences(shift, 1, 2, 7.5)[0]
+    assert s.tolist() == [[False, True], [False, False]]
+    # a0-a1 neg 0.6-0.2=0.4; a0-b1 pos 250*(1-1)=0; b0-a1 neg 0.8-0.2=0.6; b0-b1 neg max(0,-0.2)=0
+    assert descriptor_hinge_loss(d0, d1, shift, correspondence_radius=7.5).item() == pytest.approx(0.25, rel=1e-6)
+    # only view-1 cell a1 valid: pairs (a0, a1) = 0.4 and (b0, a1) = 0.6 -> mean 0.5
+    valid = torch.tensor([[[1.0, 0.0]]])
+    loss = descriptor_hinge_loss(d0, d1, shift, valid, correspondence_radius=7.5)
+    assert loss.item() == pytest.approx(0.5, rel=1e-6)
+
+
+def test_hinge_loss_margins_batch_and_gradients():
+    d0, d1 = _two_cells()
+    # other margins, shared (3, 3) homography, batch of two identical pairs
+    loss = descriptor_hinge_loss(
+        d0.repeat(2, 1, 1, 1), d1.repeat(2, 1, 1, 1), torch.eye(3),
+        positive_margin=0.9, negative_margin=0.5, lambda_d=10.0, correspondence_radius=7.5,
+    )
+    # positives 10*(0.9-0.6)=3 and 10*0.9=9; negatives max(0, 1-0.5)=0.5, max(0, 0.8-0.5)=0.3
+    assert loss.item() == pytest.approx((3 + 9 + 0.5 + 0.3) / 4, rel=1e-6)
+    x = torch.randn(1, 8, 2, 3, requires_grad=True)
+    descriptor_hinge_loss(x, torch.randn(1, 8, 2, 3), torch.eye(3)[None]).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="same shape"):
+        descriptor_hinge_loss(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 3), torch.eye(3))
+    with pytest.raises(ValueError, match="homography"):
+        descriptor_hinge_loss(torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2), torch.eye(3).repeat(3, 1, 1))
