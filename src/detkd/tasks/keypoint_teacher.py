@@ -34,7 +34,12 @@ from detkd.data.keypoint_pairs import PseudoLabelPairStream, resize_longer_side
 from detkd.data.synthetic_shapes import SyntheticShapesDataset
 from detkd.engine import Task, TrainConfig, Trainer
 from detkd.geometry.homography import HomographyConfig, sample_homography, warp_image
-from detkd.losses.superpoint import descriptor_hinge_loss, detector_loss, keypoint_map_to_cell_labels
+from detkd.losses.superpoint import (
+    descriptor_hinge_loss,
+    detector_loss,
+    keypoint_map_to_cell_labels,
+    valid_mask_to_cells,
+)
 from detkd.models.superpoint import CELL, SuperPoint, create_model, detect_keypoints, logits_to_heatmap
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
 
@@ -69,6 +74,7 @@ DEFAULT_TEACHER_CONFIG: dict[str, Any] = {
         "height": 160, "width": 224,  # training view size (multiples of 8)
         "descriptor_weight": 1e-4,  # weight of the hinge loss beside the detector losses (paper: 1e-4)
         "positive_margin": 1.0, "negative_margin": 0.2, "lambda_d": 250.0,
+        "correspondence_radius": 7.5,  # pixels; 7.5 pairs a cell with its own warped cell only
         "train": {**_TRAIN_DEFAULTS, "batch_size": 4, "steps": 3000},
     },
 }
@@ -79,11 +85,6 @@ def _train_config(section: dict[str, Any], steps: int | None) -> TrainConfig:
     if steps is not None:
         values["steps"] = steps
     return TrainConfig.from_dict(values)
-
-
-def _valid_cells(valid_mask: torch.Tensor) -> torch.Tensor:
-    """``(B, H, W)`` pixel mask -> ``(B, H/8, W/8)``: cells whose pixels are all valid."""
-    return -F.max_pool2d(-valid_mask[:, None], CELL)[:, 0]
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -103,7 +104,7 @@ class MagicPointTask(Task):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.model.detector(self.model.backbone(batch["image"]))
         labels = keypoint_map_to_cell_labels(batch["keypoint_map"], batch["valid_mask"])
-        loss = detector_loss(logits, labels, _valid_cells(batch["valid_mask"]))
+        loss = detector_loss(logits, labels, valid_mask_to_cells(batch["valid_mask"]))
         return {"loss": loss, "detector": loss.detach()}
 
     def checkpoint_extra(self) -> dict[str, Any]:
@@ -206,7 +207,7 @@ class JointSuperPointTask(Task):
         super().__init__()
         self.model, self.data = model, data
         self.descriptor_weight = cfg["descriptor_weight"]
-        self.margins = {k: cfg[k] for k in ("positive_margin", "negative_margin", "lambda_d")}
+        self.margins = {k: cfg[k] for k in ("positive_margin", "negative_margin", "lambda_d", "correspondence_radius")}
 
     def trainable(self) -> nn.Module:
         return self.model
@@ -221,10 +222,10 @@ class JointSuperPointTask(Task):
         for view, sl in ((0, slice(0, n)), (1, slice(n, 2 * n))):
             mask = batch[f"valid_mask{view}"]
             labels = keypoint_map_to_cell_labels(batch[f"keypoint_map{view}"], mask)
-            det.append(detector_loss(both["logits"][sl], labels, _valid_cells(mask)))
+            det.append(detector_loss(both["logits"][sl], labels, valid_mask_to_cells(mask)))
         desc = descriptor_hinge_loss(
             both["descriptors"][:n], both["descriptors"][n:], batch["homography"],
-            _valid_cells(batch["valid_mask1"]), **self.margins,
+            valid_mask_to_cells(batch["valid_mask1"]), **self.margins,
         )
         loss = det[0] + det[1] + self.descriptor_weight * desc
         return {"loss": loss, "detector": (det[0] + det[1]).detach(), "descriptor": desc.detach()}
@@ -263,7 +264,7 @@ def run_teacher_training(
         model = create_model(config["model"]["variant"], batch_norm=config["model"]["batch_norm"])
         data = SyntheticShapesDataset(
             height=cfg["height"], width=cfg["width"], seed=cfg["train"]["seed"],
-            homography_probability=cfg["homography_probability"],
+            homography_probability=cfg["homography_probability"], photometric=PhotometricConfig(),
         )
         train_cfg = _train_config(cfg["train"], steps.get("shapes"))
         print(f"stage shapes: MagicPoint on synthetic shapes, {train_cfg.steps} steps x {train_cfg.batch_size}")
