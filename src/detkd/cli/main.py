@@ -207,6 +207,8 @@ def match(image0: str, image1: str, model: str, plot: Path | None, max_keypoints
                    "adaptation of the photos), joint (detector + descriptor on warped photo pairs).")
 @click.option("--images", type=click.Path(exists=True), default=None,
               help="Folder of unlabelled photos for adapt/joint. Default: scikit-image's training photos.")
+@click.option("--extra-images", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="More photo folders for adapt/joint, added to --images or the default (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder: shapes/magicpoint.pt, adapt/ cache, joint/superpoint.pt (the teacher).")
 @click.option("--shapes-steps", type=int, default=None, help="Steps of the shapes stage. [default: 3000]")
@@ -215,13 +217,15 @@ def match(image0: str, image1: str, model: str, plot: Path | None, max_keypoints
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="Where to train.")
 @click.option("--precision", default=None, help="Fabric precision, e.g. bf16-mixed on a GPU.")
 @click.option("--resume", is_flag=True, help="Continue interrupted stages from their last checkpoints.")
-def train_teacher(config_file: Path | None, stages: tuple[str, ...], images: str | None, out: Path,
+def train_teacher(config_file: Path | None, stages: tuple[str, ...], images: str | None,
+                  extra_images: tuple[str, ...], out: Path,
                   shapes_steps: int | None, joint_steps: int | None, num_warps: int | None,
                   device: str | None, precision: str | None, resume: bool) -> None:
     """Train a SuperPoint-family teacher from nothing: shapes -> adapt -> joint (no labels, no downloads)."""
     from detkd.tasks.keypoint_teacher import DEFAULT_TEACHER_CONFIG, STAGES, run_teacher_training
 
-    overrides: dict[str, Any] = {"adapt.images": images, "adapt.num_warps": num_warps}
+    overrides: dict[str, Any] = {"adapt.images": images, "adapt.num_warps": num_warps,
+                                 "adapt.extra_images": list(extra_images) or None}
     for section in ("shapes", "joint"):
         overrides[f"{section}.train.accelerator"] = device
         overrides[f"{section}.train.precision"] = precision

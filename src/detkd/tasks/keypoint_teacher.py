@@ -156,7 +156,9 @@ def _photo_sources(cfg: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
     if not cfg["images"]:
         photos += [(f"skimage-{name}", builtin_photo(name)) for name in BUILTIN_TRAIN_PHOTOS]
     for folder in folders:
-        for path in scan_images(folder).paths:
+        scan = scan_images(folder)
+        print(f"photos in {folder}: {scan.summary()}")
+        for path in scan.paths:
             photos.append((f"{Path(folder).name}-{path.stem}", read_image(path)))
     return photos
 
