@@ -1,0 +1,174 @@
+"""Key-point distillation benchmark: size, cost, CPU speed and accuracy of teacher and students.
+
+For the teacher and each student variant (``half``, ``tiny``):
+
+* parameters, GFLOPs of one 480x640 forward pass (``torch.utils.flop_counter``; 1 multiply-add
+  = 2 FLOPs), CPU latency of the network at 480x640 (median of repeated runs after warm-up,
+  teacher and students interleaved in one run so that the ratios are fair);
+* after distilling each student from the teacher for ``--steps`` steps with the same settings:
+  repeatability, localisation error, MMA@3, homography accuracy @1/3/5 px, matching score and
+  F1 on held-out synthetic pairs, teacher and students on the very same pairs.
+
+Held-out pairs: scikit-image's held-out photos and the held-out block of tiles of the real aerial
+orthophoto in ``../shared/data/trees`` (via ``benchmarks/tree_tiles.py``); neither was used to
+train the teacher or the students.
+
+    python benchmarks/keypoints.py --steps 800           # writes benchmarks/results/keypoints.{md,json,png}
+    python benchmarks/keypoints.py --quick --teacher T.pt  # smoke test, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from detkd.config import merge_config
+from detkd.data.pairs import builtin_heldout_pairs, synthetic_pairs_from_folder
+from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
+from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER
+from detkd.models.superpoint import SuperPoint, count_parameters
+from detkd.models.weights import load_keypoint_model
+from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, run_distillation
+from detkd.viz.plots import plot_accuracy_vs_latency
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tree_tiles import DEFAULT_SOURCE, write_tiles  # noqa: E402
+
+
+def gflops(model: SuperPoint, height: int, width: int) -> float:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.rand(1, 1, height, width))
+    return counter.get_total_flops() / 1e9
+
+
+def cpu_latencies(models: dict[str, SuperPoint], height: int, width: int, repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median forward time in ms per model, measured interleaved (round-robin) in one run."""
+    image = torch.rand(1, 1, height, width)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for model in models.values():
+                model(image)
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(image)
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def heldout_pairs(size: tuple[int, int], pairs_per_image: int, tiles_dir: Path) -> dict[str, list]:
+    common = {"pairs_per_image": pairs_per_image, "size": size, "seed": 1234}
+    pairs = {"photos": builtin_heldout_pairs(**common)}
+    if DEFAULT_SOURCE.exists():
+        write_tiles(DEFAULT_SOURCE, tiles_dir)
+        pairs["aerial"] = synthetic_pairs_from_folder(tiles_dir / "heldout", **common)
+    return pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, default=DEFAULT_KEYPOINT_TEACHER, help="teacher weights [shipped teacher]")
+    parser.add_argument("--students", nargs="+", default=["half", "tiny"], help="student variants [half tiny]")
+    parser.add_argument("--steps", type=int, default=800, help="distillation steps per student [800]")
+    parser.add_argument("--batch-size", type=int, default=8, help="views per step [8]")
+    parser.add_argument("--train-size", type=int, nargs=2, default=[160, 224], help="training view H W [160 224]")
+    parser.add_argument("--eval-size", type=int, nargs=2, default=[240, 320], help="evaluation pair H W [240 320]")
+    parser.add_argument("--pairs-per-image", type=int, default=4, help="synthetic pairs per held-out image [4]")
+    parser.add_argument("--latency-size", type=int, nargs=2, default=[480, 640], help="latency/GFLOPs input H W")
+    parser.add_argument("--repeats", type=int, default=20, help="timed forward passes per model [20]")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
+    parser.add_argument("--runs", type=Path, default=None, help="keep the distillation runs here [temporary]")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers meaningless)")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.batch_size, args.train_size, args.eval_size = 2, 2, [64, 96], [64, 96]
+        args.pairs_per_image, args.latency_size, args.repeats = 1, [120, 160], 2
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    teacher = load_keypoint_model(args.teacher).eval()
+    work = Path(tempfile.mkdtemp(prefix="detkd-bench-"))
+    runs = args.runs or work / "runs"
+    students: dict[str, SuperPoint] = {}
+    for variant in args.students:
+        config = merge_config(DEFAULT_DISTILL_CONFIG, {
+            "teacher": {"checkpoint": str(args.teacher)},
+            "student": {"variant": variant},
+            "data": {"height": args.train_size[0], "width": args.train_size[1]},
+            "train": {"steps": args.steps, "batch_size": args.batch_size, "accelerator": "cpu",
+                      "checkpoint_every": max(args.steps // 4, 1)},
+            "eval": {"height": args.eval_size[0], "width": args.eval_size[1], "pairs_per_image": 1},
+        })
+        outcome = run_distillation(config, runs / variant, resume=True)
+        students[variant] = load_keypoint_model(outcome.student_path).eval()
+
+    models = {"teacher": teacher, **students}
+    pair_sets = heldout_pairs(tuple(args.eval_size), args.pairs_per_image, work / "tiles")
+    accuracy = {}
+    for set_name, pairs in pair_sets.items():
+        accuracy[set_name] = evaluate_keypoint_models(models, pairs, max_keypoints=1000).summary
+    all_pairs = [p for pairs in pair_sets.values() for p in pairs]
+    accuracy["all"] = evaluate_keypoint_models(models, all_pairs, max_keypoints=1000).summary
+
+    h, w = args.latency_size
+    latency = cpu_latencies(models, h, w, args.repeats)
+    cost_rows = []
+    for name, model in models.items():
+        cost_rows.append({
+            "model": name, "params": count_parameters(model), "gflops": gflops(model, h, w),
+            "latency_ms": latency[name], "speedup": latency["teacher"] / latency[name],
+        })
+
+    lines = [
+        "# Key-point distillation benchmark",
+        "",
+        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{args.threads} torch CPU threads, torch {torch.__version__}; total time {time.perf_counter() - started:.0f} s.  ",
+        f"Teacher: `{args.teacher.name}`. Students distilled for {args.steps} steps x {args.batch_size} views of "
+        f"{args.train_size[0]}x{args.train_size[1]} (scikit-image training photos), default loss weights.  ",
+        f"Evaluation: seeded synthetic pairs ({args.pairs_per_image} per image, {args.eval_size[0]}x{args.eval_size[1]}) of "
+        "held-out images never trained on: " + ", ".join(f"{k} ({len(v)} pairs)" for k, v in pair_sets.items()) + ".",
+        "",
+        f"## Size and CPU speed at {h}x{w}",
+        "",
+        "| model | parameters | GFLOPs | CPU latency (ms, median) | speed-up vs teacher |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {r['model']} | {r['params']:,} | {r['gflops']:.2f} | {r['latency_ms']:.1f} | {r['speedup']:.2f}x |" for r in cost_rows],
+        "",
+    ]
+    for set_name, summary in accuracy.items():
+        lines += [f"## Accuracy on held-out pairs: {set_name}", "", format_metrics_table(summary), ""]
+    if args.quick:
+        lines.insert(2, "**Smoke test (--quick): tiny sizes, numbers meaningless.**\n")
+    text = "\n".join(lines)
+    print(text)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "keypoints_quick" if args.quick else "keypoints"
+    (args.out / f"{stem}.md").write_text(text + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps({"cost": cost_rows, "accuracy": accuracy, "args": vars(args)},
+                                                      indent=2, default=str))
+    plot_accuracy_vs_latency(
+        [{"name": r["model"], "latency_ms": r["latency_ms"], "accuracy": accuracy["all"][r["model"]]["homography_accuracy@3"],
+          "params": r["params"]} for r in cost_rows],
+        args.out / f"{stem}_accuracy_vs_latency.png", accuracy_label="homography accuracy @3 px (held-out pairs)",
+    )
+    print(f"written: {args.out / (stem + '.md')}")
+
+
+if __name__ == "__main__":
+    main()
