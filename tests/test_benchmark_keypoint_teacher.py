@@ -1,0 +1,56 @@
+"""Smoke test of benchmarks/keypoint_teacher.py --quick on a random tiny SuperPoint."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from detkd.models.superpoint import create_model
+from detkd.models.weights import save_keypoint_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "keypoint_teacher.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("keypoint_teacher_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
+    bench = _load_script()
+    trees = bench.parse_args([]).trees
+    if not any(trees.glob("*.png")):
+        pytest.skip(f"no orthophoto in {trees}")
+    torch.manual_seed(0)
+    teacher = save_keypoint_model(create_model("tiny").eval(), tmp_path / "teacher.pt")
+    out = tmp_path / "results"
+    argv = ["--quick", "--teacher", str(teacher), "--magicpoint", str(teacher), "--pairs-per-image", "2",
+            "--shape-images", "2", "--out", str(out), "--threads", "1"]
+    assert bench.main(argv) == 0
+    assert not (out / "keypoint_teacher.md").exists()  # --quick never overwrites real results
+    report = (out / "keypoint_teacher_quick.md").read_text()
+    for needle in ("QUICK SMOKE TEST", "../shared/data/trees", "tree_tiles.py", "## Pairs: photos",
+                   "## Pairs: trees", "## Pairs: all pairs", "VERDICT", "MagicPoint", "CPUs", "torch"):
+        assert needle in report
+    data = json.loads((out / "keypoint_teacher_quick.json").read_text())
+    assert data["num_pairs"]["photos"] == 4 and data["num_pairs"]["trees"] == 4
+    assert set(data["summary"]["combined"]) == {"teacher", "SIFT", "ORB"}
+    assert set(data["synthetic_shapes"]) == {"MagicPoint", "teacher"}
+    assert isinstance(data["verdict"]["combined"]["beats_both"], bool)
+    assert len(data["per_pair"]["photos"]) == 4 * 3  # pairs x models
+
+
+def test_verdict_is_strict() -> None:
+    bench = _load_script()
+    summary = {"teacher": {"repeatability": 0.6, "homography_accuracy@3": 0.5},
+               "SIFT": {"repeatability": 0.5, "homography_accuracy@3": 0.5}}
+    v = bench.verdict(summary)
+    assert v["repeatability"]["beats"] and not v["HA@3"]["beats"] and not v["beats_both"]
+    lines = bench.verdict_lines({"combined": v}, {"combined": 10})
+    assert any("only ties SIFT on HA@3" in line for line in lines)
