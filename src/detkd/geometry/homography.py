@@ -29,8 +29,7 @@ class HomographyConfig:
     scale: tuple[float, float] = (0.8, 1.25)  # isotropic zoom range
     rotation_deg: float = 25.0  # max absolute in-plane rotation
     translation: float = 0.1  # max shift, fraction of the image size
-    allow_outside: bool = False  # if False, the warped image fully covers the view (no black borders)
-    max_tries: int = 50
+    allow_outside: bool = False  # if False, the view is shrunk to lie inside the image (no black borders)
 
 
 def _corners(height: int, width: int) -> np.ndarray:
@@ -52,26 +51,32 @@ def sample_homography(
 
     Returns:
         ``(3, 3)`` float64 tensor ``H`` mapping source pixels to target pixels.
-        With ``allow_outside=False`` every target pixel comes from inside the source.
+        With ``allow_outside=False`` every target pixel comes from inside the source: a draw
+        whose view would leave the image is shrunk about its centre until it fits.
     """
     cfg = config or HomographyConfig()
     src = _corners(height, width)
     centre = np.array([(width - 1) / 2, (height - 1) / 2])
     size = np.array([width, height], np.float64)
-    dst = src
-    for _ in range(cfg.max_tries):
-        # Build the view: where do the target image's corners lie in the source?
-        pts = src - centre
-        angle = math.radians(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
-        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        zoom = rng.uniform(*cfg.scale)
-        pts = (pts / zoom) @ rot.T
-        pts = pts + rng.uniform(-cfg.perspective, cfg.perspective, size=(4, 2)) * size
-        pts = pts + rng.uniform(-cfg.translation, cfg.translation, size=2) * size + centre
-        inside = np.all((pts >= 0) & (pts <= size - 1))
-        if cfg.allow_outside or inside:
-            dst = pts
-            break
+    # Where do the target image's corners lie in the source? Relative to the centre first.
+    angle = math.radians(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    zoom = rng.uniform(*cfg.scale)
+    pts = ((src - centre) / zoom) @ rot.T
+    pts = pts + rng.uniform(-cfg.perspective, cfg.perspective, size=(4, 2)) * size
+    shift_range = cfg.translation * size
+    if cfg.allow_outside:
+        shift = rng.uniform(-shift_range, shift_range)
+    else:
+        # Shrink the view about its centre until it fits, then shift it within the slack left,
+        # so every draw is a real warp whose view lies wholly inside the source.
+        half = (size - 1) / 2
+        extent = np.abs(pts).max(axis=0)
+        pts = pts * min(1.0, float(np.min(half / np.maximum(extent, 1e-9))))
+        low = np.maximum(-shift_range, -half - pts.min(axis=0))
+        high = np.minimum(shift_range, half - pts.max(axis=0))
+        shift = rng.uniform(np.minimum(low, high), np.maximum(low, high))
+    dst = pts + centre + shift
     # `dst` are source-image positions of the target corners: the target->source map.
     h_target_to_source = KG.get_perspective_transform(
         torch.from_numpy(src)[None], torch.from_numpy(dst)[None]
