@@ -1,0 +1,95 @@
+"""Copy a teacher trained by ``detkd keypoints train-teacher`` into the package, with its model card.
+
+    python benchmarks/ship_teacher.py RUN_DIR [--hardware "2 CPU cores"] [--results benchmarks/results/keypoint_teacher.md]
+
+Reads RUN_DIR/config.yaml, RUN_DIR/{shapes,joint}/history.jsonl and RUN_DIR/joint/superpoint.pt;
+writes src/detkd/assets/superpoint_detkd.pt and superpoint_detkd.md (data, stages, steps,
+time, hardware, and the benchmark table quoted from --results when it exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from detkd.engine import read_history
+from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER, DEFAULT_KEYPOINT_TEACHER_CARD
+from detkd.models.superpoint import count_parameters
+from detkd.models.weights import load_keypoint_model
+
+
+def stage_facts(run: Path, stage: str) -> str:
+    history = read_history(run / stage / "history.jsonl")
+    if not history:
+        return f"- {stage}: no history"
+    last = history[-1]
+    rate = last.get("images_per_s", float("nan"))
+    return (f"- `{stage}`: {int(last['step'])} steps, final loss {last['loss']:.3f} "
+            f"(first logged {history[0]['loss']:.3f}), {rate:.1f} images/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="output folder of detkd keypoints train-teacher")
+    parser.add_argument("--hardware", default=f"{torch.get_num_threads()} CPU threads ({platform.machine()}), no GPU")
+    parser.add_argument("--wall-time", default="unknown", help="total training time, as text")
+    parser.add_argument("--command", default="", help="the command that trained it")
+    parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results" / "keypoint_teacher.md")
+    args = parser.parse_args()
+
+    source = args.run / "joint" / "superpoint.pt"
+    model = load_keypoint_model(source)  # refuses anything that is not a SuperPoint
+    DEFAULT_KEYPOINT_TEACHER.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, DEFAULT_KEYPOINT_TEACHER)
+    digest = hashlib.sha256(DEFAULT_KEYPOINT_TEACHER.read_bytes()).hexdigest()
+    config = yaml.safe_load((args.run / "config.yaml").read_text())
+    adapt = config["adapt"]
+    card = [
+        "# detkd's shipped key-point teacher (`superpoint_detkd.pt`)",
+        "",
+        f"SuperPoint layout ({', '.join(map(str, model.conf['channels']))} encoder widths, "
+        f"{model.conf['head_channels']}-wide heads, {model.conf['descriptor_dim']}-d descriptors, "
+        f"BatchNorm={model.conf['batch_norm']}), {count_parameters(model):,} parameters. "
+        f"sha256 `{digest[:16]}...`. Trained by detkd itself from nothing: no labels, no downloaded weights.",
+        "",
+        "## Data",
+        "- Stage 1: procedurally drawn synthetic shapes (`detkd.data.synthetic_shapes`), "
+        f"{config['shapes']['height']}x{config['shapes']['width']} px.",
+        "- Stages 2-3: scikit-image's training photos (`detkd.data.images.BUILTIN_TRAIN_PHOTOS`) "
+        "and the training block of tiles of the aerial orthophoto in `../shared/data/trees` "
+        "(`benchmarks/tree_tiles.py`, left three quarters of the image), resized to a longer side of "
+        f"{adapt['longer_side']} px. The held-out photos and the held-out tree block were never used.",
+        "",
+        "## Stages and schedule",
+        stage_facts(args.run, "shapes"),
+        f"- `adapt`: homographic adaptation, {adapt['num_warps']} warps per photo, threshold {adapt['threshold']}, "
+        f"NMS radius {adapt['nms_radius']} px.",
+        stage_facts(args.run, "joint"),
+        "",
+        f"Config: `configs/keypoints_teacher_cpu.yaml`. Command: `{args.command}`.  ",
+        f"Hardware: {args.hardware}. Total training time: {args.wall_time}.",
+        "",
+        "This is a short schedule (the SuperPoint paper trains each stage for hundreds of thousands of "
+        "iterations on a GPU); the teacher is good enough to distil from and to compare against classical "
+        "features, not a replacement for Magic Leap's weights.",
+        "",
+        "## Metrics",
+        "",
+    ]
+    if args.results.exists():
+        card.append(f"From `{args.results.name}` (`python benchmarks/keypoint_teacher.py`):\n")
+        card.append(args.results.read_text())
+    else:
+        card.append("Not measured yet: run `python benchmarks/keypoint_teacher.py`.")
+    DEFAULT_KEYPOINT_TEACHER_CARD.write_text("\n".join(card) + "\n")
+    print(f"shipped {DEFAULT_KEYPOINT_TEACHER} ({DEFAULT_KEYPOINT_TEACHER.stat().st_size / 1e6:.1f} MB) and its card")
+
+
+if __name__ == "__main__":
+    main()
