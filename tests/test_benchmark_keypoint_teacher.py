@@ -6,8 +6,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from detkd.models.superpoint import create_model
 from detkd.models.weights import save_keypoint_model
@@ -22,20 +24,29 @@ def _load_script():
     return module
 
 
+def fake_orthophoto(folder: Path) -> Path:
+    """A textured 960x1920 stand-in for the aerial orthophoto: its right-hand held-out block
+    (x >= 1440) gives two 480-px tiles."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    coarse = rng.random((60, 120))
+    texture = np.kron(coarse, np.ones((16, 16))) * 0.7 + rng.random((960, 1920)) * 0.3
+    Image.fromarray((texture * 255).astype(np.uint8)).save(folder / "ortho.png")
+    return folder
+
+
 def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     bench = _load_script()
-    trees = bench.parse_args([]).trees
-    if not any(trees.glob("*.png")):
-        pytest.skip(f"no orthophoto in {trees}")
+    trees = fake_orthophoto(tmp_path / "trees")
     torch.manual_seed(0)
     teacher = save_keypoint_model(create_model("tiny").eval(), tmp_path / "teacher.pt")
     out = tmp_path / "results"
     argv = ["--quick", "--teacher", str(teacher), "--magicpoint", str(teacher), "--pairs-per-image", "2",
-            "--shape-images", "2", "--out", str(out), "--threads", "1"]
+            "--shape-images", "2", "--out", str(out), "--threads", "1", "--trees", str(trees)]
     assert bench.main(argv) == 0
     assert not (out / "keypoint_teacher.md").exists()  # --quick never overwrites real results
     report = (out / "keypoint_teacher_quick.md").read_text()
-    for needle in ("QUICK SMOKE TEST", "../shared/data/trees", "tree_tiles.py", "## Pairs: photos",
+    for needle in ("QUICK SMOKE TEST", "tree_tiles.py", "## Pairs: photos",
                    "## Pairs: trees", "## Pairs: all pairs", "VERDICT", "MagicPoint", "CPUs", "torch"):
         assert needle in report
     data = json.loads((out / "keypoint_teacher_quick.json").read_text())
