@@ -9,8 +9,11 @@ beside a run's results with :func:`save_config` so that the run can be repeated.
 from __future__ import annotations
 
 import copy
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
+
+T = TypeVar("T")
 
 import yaml
 
@@ -99,3 +102,12 @@ def set_dotted(config: dict[str, Any], dotted_key: str, value: Any) -> None:
     for section in sections:
         node = node[section]
     node[leaf] = value
+
+
+def dataclass_from_dict(cls: type[T], values: Mapping[str, Any], what: str) -> T:
+    """Build dataclass ``cls`` from a config section, naming any unknown ``what`` option."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"Unknown {what} option(s) {sorted(unknown)}; valid: {sorted(known)}")
+    return cls(**values)

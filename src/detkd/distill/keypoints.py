@@ -18,12 +18,14 @@ switches a term off (it is still reported, without gradient cost).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from detkd.config import dataclass_from_dict
 
 
 @dataclass
@@ -39,11 +41,7 @@ class KeypointDistillWeights:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "KeypointDistillWeights":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"Unknown loss option(s) {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "loss")
 
 
 def heatmap_gradients(heatmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

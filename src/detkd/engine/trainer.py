@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from detkd.config import dataclass_from_dict
 from detkd.engine.checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from detkd.engine.task import Task
 
@@ -52,11 +53,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"Unknown train option(s) {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "train")
 
 
 @dataclass
