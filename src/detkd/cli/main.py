@@ -154,11 +154,10 @@ def evaluate(models: tuple[str, ...], teacher: str | None, hpatches: str | None,
 
 
 def load_named_model(source: str) -> Any:
-    from detkd.models.pretrained import default_keypoint_teacher_path
-    from detkd.models.weights import load_keypoint_model
+    """A key-point model from a path; ``default`` is the shipped teacher."""
+    from detkd.tasks.keypoints import load_teacher
 
-    path = default_keypoint_teacher_path() if source == "default" else Path(source)
-    return load_keypoint_model(path).eval()
+    return load_teacher(None if source == "default" else source)[0]
 
 
 @keypoints.command()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from detkd.config import save_config
+from detkd.config import dataclass_from_dict, save_config
 from detkd.data.augment import CropConfig, PhotometricConfig
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
 from detkd.data.keypoint_training import UnlabeledImageStream
@@ -104,8 +104,9 @@ class KeypointDistillationTask(Task):
         return {"model_conf": dict(self.student.conf)}
 
 
-def homography_config(values: dict[str, Any]) -> HomographyConfig:
-    return HomographyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+def config_section(cls: type, values: dict[str, Any], what: str) -> Any:
+    """Dataclass ``cls`` from a YAML section: YAML lists become the tuples the dataclass uses."""
+    return dataclass_from_dict(cls, {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}, what)
 
 
 def load_teacher(checkpoint: str | Path | None) -> tuple[SuperPoint, str]:
@@ -130,10 +131,10 @@ def training_stream(config: dict[str, Any]) -> tuple[UnlabeledImageStream, str]:
             raise ValueError(f"data.{key} must be a multiple of 8 (SuperPoint cells), got {data[key]}")
     crop = CropConfig(
         height=data["height"], width=data["width"], scale=tuple(data["scale"]),
-        homography=homography_config(data["homography"]),
+        homography=config_section(HomographyConfig, data["homography"], "data.homography"),
         homography_probability=data["homography_probability"],
     )
-    photometric = PhotometricConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["photometric"].items()})
+    photometric = config_section(PhotometricConfig, data["photometric"], "data.photometric")
     kwargs = {"crop": crop, "photometric": photometric, "seed": config["train"]["seed"], "cache": data["cache"]}
     if data["images"]:
         stream, scan = UnlabeledImageStream.from_folder(data["images"], **kwargs)
