@@ -1,0 +1,96 @@
+"""The one structure every detector adapter returns and every detection distillation loss reads.
+
+Conventions (all adapters, all families):
+
+* a batch is a float tensor ``(B, 3, H, W)`` in ``[0, 1]``, RGB, already at its training size
+  (no resizing inside the model; ``H`` and ``W`` multiples of the largest stride). Normalisation
+  with the ImageNet mean/std happens inside the adapter.
+* boxes are ``xyxy`` in pixels of that batch tensor; labels are class indices ``0 .. K-1``
+  (no background index: an adapter that wraps a model with one, such as Faster R-CNN, shifts).
+* dense head outputs are listed per *anchor* in torchvision's order: level (finest first), then
+  row, then column, then the anchors of that location. FCOS has one "anchor" per location: a
+  zero-size box at the location's centre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class DetectorOutputs:
+    """Raw outputs of one detector forward pass on a batch of ``B`` images.
+
+    Attributes:
+        family: ``"retinanet"``, ``"fcos"`` or ``"faster_rcnn"``.
+        features: FPN maps, finest first, each ``(B, C, H_l, W_l)``; ``C`` is the same on every level.
+        strides: pixels per feature cell of each level, e.g. ``[8, 16, 32, 64, 128]``.
+        image_size: ``(H, W)`` of the batch tensor, pixels.
+        anchors_per_location: anchors at each feature location (RetinaNet 9, FCOS 1, RPN 3).
+        anchors: ``(N, 4)`` xyxy pixels, ``N = A * sum_l H_l * W_l``; the same for every image.
+        cls_logits: ``(B, N, K)`` logits before the sigmoid. RetinaNet/FCOS: ``K`` object classes.
+            Faster R-CNN: the RPN objectness, ``K = 1`` (its class scores live in the RoI head).
+        box_regression: ``(B, N, 4)`` deltas in the family's own box coder (see ``boxes``).
+        boxes: ``(B, N, 4)`` the deltas decoded against the anchors, xyxy pixels.
+        centerness: ``(B, N)`` FCOS centre-ness logits; ``None`` for other families.
+        losses: the family's supervised losses (``{"classification": ..., ...}``) when targets
+            were given to the forward pass, else empty.
+        extra: family-specific state that post-processing needs (e.g. Faster R-CNN proposals).
+    """
+
+    family: str
+    features: list[Tensor]
+    strides: list[int]
+    image_size: tuple[int, int]
+    anchors_per_location: int
+    anchors: Tensor
+    cls_logits: Tensor
+    box_regression: Tensor
+    boxes: Tensor
+    centerness: Tensor | None = None
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.cls_logits.shape[-1])
+
+    @property
+    def level_sizes(self) -> list[tuple[int, int]]:
+        return [(int(f.shape[-2]), int(f.shape[-1])) for f in self.features]
+
+    @property
+    def channels(self) -> int:
+        return int(self.features[0].shape[1])
+
+
+def per_location(outputs: DetectorOutputs) -> tuple[Tensor, Tensor]:
+    """Collapse the anchors of each feature location into one prediction per location.
+
+    Different families place different numbers of anchors at a location; per location they
+    share one grid (same strides, same image size), which is where teacher and student of
+    different families are compared.
+
+    Returns:
+        scores: ``(B, L, K)`` class probabilities (sigmoid; FCOS multiplied by the sigmoid of
+            centre-ness, as its post-processing does), the maximum over the location's anchors.
+        boxes: ``(B, L, 4)`` xyxy pixels of the anchor that holds the highest score there.
+        ``L = sum_l H_l * W_l``.
+    """
+    probs = outputs.cls_logits.sigmoid()
+    if outputs.centerness is not None:
+        probs = torch.sqrt(probs * outputs.centerness.sigmoid().unsqueeze(-1))
+    batch, n, k = probs.shape
+    a = outputs.anchors_per_location
+    if n % a:
+        raise ValueError(f"{n} anchors is not a multiple of {a} anchors per location")
+    probs = probs.reshape(batch, n // a, a, k)
+    best_per_anchor, _ = probs.max(dim=3)  # (B, L, A)
+    best_anchor = best_per_anchor.argmax(dim=2)  # (B, L)
+    boxes = outputs.boxes.reshape(batch, n // a, a, 4)
+    index = best_anchor[..., None, None].expand(batch, n // a, 1, 4)
+    return probs.max(dim=2).values, boxes.gather(2, index).squeeze(2)
