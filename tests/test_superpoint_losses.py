@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from detkd.losses import (
     cell_correspondences,
     descriptor_hinge_loss,
+    descriptor_infonce_loss,
     detector_loss,
     keypoint_map_to_cell_labels,
     valid_mask_to_cells,
@@ -154,3 +155,28 @@ def test_hinge_loss_margins_batch_and_gradients():
         descriptor_hinge_loss(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 3), torch.eye(3))
     with pytest.raises(ValueError, match="homography"):
         descriptor_hinge_loss(torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2), torch.eye(3).repeat(3, 1, 1))
+
+
+def test_descriptor_infonce_loss_hand_computed():
+    # Two cells per view (1x2 grid), identity: cell i corresponds to cell i only (radius 7.5).
+    # Orthogonal descriptors: dot(i, i) = 1, dot(i, j) = 0. With T = 0.5 each row's softmax is
+    # [e^2, 1] / (e^2 + 1), so every direction's loss is -log(e^2 / (e^2 + 1)) = log(1 + e^-2).
+    d0 = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(1, 2, 1, 2)
+    loss = descriptor_infonce_loss(d0, d0.clone(), torch.eye(3), temperature=0.5)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+    # Swapped descriptors in view 1: the right cell has dot 0 and the wrong one dot 1:
+    # -log(1 / (1 + e^2)) = log(1 + e^2).
+    swapped = d0.flip(-1)
+    loss = descriptor_infonce_loss(d0, swapped, torch.eye(3), temperature=0.5)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(2)), rel=1e-6)
+
+
+def test_descriptor_infonce_loss_masks_invalid_cells():
+    # View-1 cell 1 invalid: only cell 0 takes part, and the softmax runs over cell 0 alone in
+    # both directions, so the loss is log(1) = 0 whatever the descriptors are.
+    d0 = torch.randn(1, 4, 1, 2)
+    valid = torch.tensor([[[1.0, 0.0]]])
+    loss = descriptor_infonce_loss(d0, torch.randn(1, 4, 1, 2), torch.eye(3), valid, temperature=0.1)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        descriptor_infonce_loss(d0, d0, torch.eye(3), temperature=0.0)

@@ -1,16 +1,18 @@
-"""Training losses: SuperPoint teacher training (detector cross-entropy, descriptor hinge)."""
+"""Training losses: SuperPoint teacher training (detector cross-entropy, descriptor hinge or InfoNCE)."""
 
 from detkd.losses.superpoint import (
     DUSTBIN,
     cell_centres,
     cell_correspondences,
     descriptor_hinge_loss,
+    descriptor_infonce_loss,
     detector_loss,
     keypoint_map_to_cell_labels,
     valid_mask_to_cells,
 )
 
 __all__ = [
-    "DUSTBIN", "cell_centres", "cell_correspondences", "descriptor_hinge_loss", "detector_loss",
+    "DUSTBIN", "cell_centres", "cell_correspondences", "descriptor_hinge_loss", "descriptor_infonce_loss",
+    "detector_loss",
     "keypoint_map_to_cell_labels", "valid_mask_to_cells",
 ]
