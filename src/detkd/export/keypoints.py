@@ -1,0 +1,239 @@
+"""Key-point models as graphs that ONNX can express: post-processing with static shapes.
+
+:class:`KeypointPostprocess` wraps a :class:`~detkd.models.superpoint.SuperPoint` and adds,
+with operators every ONNX runtime has (Softmax, DepthToSpace, MaxPool, TopK, GridSample):
+
+* the heatmap (softmax over 65 bins, depth-to-space),
+* NMS by max-pooling, the detection threshold and border removal,
+* a fixed top-``K`` (``K = max_keypoints``): outputs are always ``K`` long, sorted by
+  decreasing score; entries past ``num_keypoints`` are padding (zeros),
+* bilinear descriptor sampling (``grid_sample``) and L2 normalisation.
+
+Run in PyTorch it gives the same key points as :meth:`SuperPoint.extract` (up to ties in the
+score order), so the same module serves the ONNX export, the PyTorch side of the parity check
+and the PyTorch backend of :class:`detkd.Predictor`.
+
+:class:`KeypointRawHeads` gives the dense outputs instead (logits, heatmap, dense descriptors)
+for users who post-process themselves.
+
+Input of both: ``image`` ``(B, 1, H, W)`` float32 grey in ``[0, 1]``, ``H`` and ``W``
+multiples of 8 (at least 16).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detkd.export.graph import ExportGraph, Parity, plain, worst_difference
+from detkd.models.superpoint import CELL, SuperPoint, logits_to_heatmap
+
+#: Output names of each graph, in order.
+POSTPROCESSED_OUTPUTS = ("keypoints", "scores", "descriptors", "num_keypoints")
+RAW_OUTPUTS = ("logits", "heatmap", "descriptors")
+INPUT_NAME = "image"
+DEFAULT_MAX_KEYPOINTS = 1024  # used when the model's own max_keypoints is -1 ("all")
+
+
+class KeypointPostprocess(nn.Module):
+    """SuperPoint with ONNX-expressible post-processing and a fixed number of outputs.
+
+    Args:
+        model: the network (its ``conf`` gives ``nms_radius``, ``detection_threshold``,
+            ``remove_borders`` and ``max_keypoints``).
+        max_keypoints: ``K``, the fixed output length; default the model's ``max_keypoints``
+            (or :data:`DEFAULT_MAX_KEYPOINTS` when that is ``-1``).
+
+    Forward: ``image`` ``(B, 1, H, W)`` in ``[0, 1]`` ->
+
+    * ``keypoints`` ``(B, K, 2)`` float32 pixels (x, y), sorted by decreasing score;
+    * ``scores`` ``(B, K)`` heatmap values, ``0`` for padding;
+    * ``descriptors`` ``(B, K, D)`` unit vectors, zeros for padding;
+    * ``num_keypoints`` ``(B,)`` int64: the first ``num_keypoints[b]`` entries are real.
+    """
+
+    def __init__(self, model: SuperPoint, max_keypoints: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(model, SuperPoint):
+            raise TypeError(f"KeypointPostprocess wraps a SuperPoint, got {type(model).__name__}")
+        self.model = model
+        k = model.conf["max_keypoints"] if max_keypoints is None else max_keypoints
+        self.max_keypoints = int(k) if k is not None and k > 0 else DEFAULT_MAX_KEYPOINTS
+        self.nms_radius = int(model.conf["nms_radius"])
+        self.threshold = float(model.conf["detection_threshold"])
+        self.border = int(model.conf["remove_borders"])
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(image)
+        keypoints, scores, valid = topk_keypoints(
+            out["heatmap"], self.nms_radius, self.threshold, self.border, self.max_keypoints
+        )
+        descriptors = sample_descriptors_traceable(keypoints, out["descriptors"]) * valid[..., None]
+        return keypoints, scores, descriptors, valid.sum(dim=1)
+
+
+class KeypointRawHeads(nn.Module):
+    """SuperPoint's dense outputs only.
+
+    Forward: ``image`` ``(B, 1, H, W)`` in ``[0, 1]`` -> ``logits`` ``(B, 65, H/8, W/8)``,
+    ``heatmap`` ``(B, H, W)`` (softmax, dustbin dropped, depth-to-space) and ``descriptors``
+    ``(B, D, H/8, W/8)`` L2-normalised dense descriptors.
+    """
+
+    def __init__(self, model: SuperPoint) -> None:
+        super().__init__()
+        if not isinstance(model, SuperPoint):
+            raise TypeError(f"KeypointRawHeads wraps a SuperPoint, got {type(model).__name__}")
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.model.backbone(image)
+        logits = self.model.detector(features)
+        descriptors = F.normalize(self.model.descriptor(features), p=2, dim=1)
+        return logits, logits_to_heatmap(logits), descriptors
+
+
+def topk_keypoints(
+    heatmap: torch.Tensor, nms_radius: int, threshold: float, border: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` best local maxima of a heatmap, padded to exactly ``k``.
+
+    Same selection as :func:`detkd.models.superpoint.detect_keypoints` (NMS by max-pooling,
+    ``> threshold``, ``border`` pixels dropped on each side), written with ops that export
+    to ONNX with dynamic ``H``/``W`` (no data-dependent shapes).
+
+    Args:
+        heatmap: ``(B, H, W)`` probabilities.
+
+    Returns:
+        ``keypoints`` ``(B, k, 2)`` float pixels (x, y), ``scores`` ``(B, k)`` and ``valid``
+        ``(B, k)`` bool; padding entries have keypoint ``(0, 0)`` and score ``0``.
+    """
+    if heatmap.dim() != 3:
+        raise ValueError(f"heatmap must be (B, H, W), got {tuple(heatmap.shape)}")
+    batch, _, width = heatmap.shape
+    keep = heatmap > threshold
+    if nms_radius > 0:
+        pooled = F.max_pool2d(heatmap[:, None], 2 * nms_radius + 1, stride=1, padding=nms_radius)[:, 0]
+        keep = keep & (heatmap == pooled)
+    candidates = torch.where(keep, heatmap, torch.zeros_like(heatmap))
+    if border > 0:  # crop then zero-pad: no mask built from the (dynamic) image size
+        inner = candidates[:, border:-border, border:-border]
+        candidates = F.pad(inner, (border, border, border, border))
+    # k zeros appended so that TopK never asks for more entries than an image has.
+    flat = F.pad(candidates.reshape(batch, -1), (0, k))
+    scores, index = flat.topk(k, dim=1)
+    valid = scores > 0
+    x = torch.remainder(index, width)
+    y = torch.div(index, width, rounding_mode="floor")
+    keypoints = torch.stack([x, y], dim=-1).to(heatmap.dtype) * valid[..., None]
+    return keypoints, scores, valid
+
+
+def sample_descriptors_traceable(keypoints: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+    """:func:`detkd.models.superpoint.sample_descriptors` for graphs with dynamic sizes.
+
+    Cell ``(i, j)`` describes the 8x8 block centred on pixel ``(8j + 3.5, 8i + 3.5)``; the
+    map is sampled bilinearly between those centres (``align_corners=True``), then each
+    vector is L2-normalised. The cell-grid size enters as graph values, not constants.
+
+    Args:
+        keypoints: ``(B, N, 2)`` pixels (x, y).
+        descriptors: ``(B, D, Hc, Wc)``, ``Hc, Wc >= 2``.
+
+    Returns:
+        ``(B, N, D)`` unit vectors.
+    """
+    hc, wc = descriptors.shape[-2:]
+    cell = (keypoints - (CELL / 2 - 0.5)) / CELL
+    gx = cell[..., 0] / (wc - 1) * 2 - 1
+    gy = cell[..., 1] / (hc - 1) * 2 - 1
+    grid = torch.stack([gx, gy], dim=-1)[:, None].to(descriptors.dtype)  # (B, 1, N, 2)
+    sampled = F.grid_sample(descriptors, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return F.normalize(sampled[:, :, 0].transpose(1, 2), p=2, dim=-1)
+
+
+# ---------------------------------------------------------------------- export description
+def keypoint_graph(model: SuperPoint, raw_heads: bool = False, max_keypoints: int | None = None) -> ExportGraph:
+    """The :class:`ExportGraph` of a key-point model (post-processed, or raw heads)."""
+    model = model.eval().cpu()
+    dim = model.conf["descriptor_dim"]
+    input_spec = {
+        "layout": "B,1,H,W", "dtype": "float32", "colour": "grey (ITU-R 601 luminance of RGB)",
+        "range": [0.0, 1.0], "normalisation": "pixel / 255; no mean or std",
+        "size": f"H, W multiples of {CELL}, at least {2 * CELL}",
+    }
+    config = plain(model.conf)
+    if raw_heads:
+        module: nn.Module = KeypointRawHeads(model).eval()
+        outputs = RAW_OUTPUTS
+        axes = {"logits": {0: "batch", 2: "cells_y", 3: "cells_x"}, "heatmap": {0: "batch", 1: "height", 2: "width"},
+                "descriptors": {0: "batch", 2: "cells_y", 3: "cells_x"}}
+        spec = {
+            "logits": "(B, 65, H/8, W/8) detector scores before softmax; bin 64 is 'no key point'",
+            "heatmap": "(B, H, W) key-point probability per pixel (softmax, dustbin dropped, depth-to-space)",
+            "descriptors": f"(B, {dim}, H/8, W/8) L2-normalised dense descriptors; cell (i, j) is centred "
+                           "on pixel (8j + 3.5, 8i + 3.5)",
+        }
+    else:
+        post = KeypointPostprocess(model, max_keypoints).eval()
+        module, outputs, k = post, POSTPROCESSED_OUTPUTS, post.max_keypoints
+        axes = {"keypoints": {0: "batch"}, "scores": {0: "batch"}, "descriptors": {0: "batch"},
+                "num_keypoints": {0: "batch"}}
+        spec = {
+            "keypoints": f"(B, {k}, 2) float32 pixels (x, y), centre of the top-left pixel = (0, 0), "
+                         "sorted by decreasing score; entries past num_keypoints are padding (0, 0)",
+            "scores": f"(B, {k}) heatmap value of each key point, 0 for padding",
+            "descriptors": f"(B, {k}, {dim}) unit descriptors, zeros for padding",
+            "num_keypoints": "(B,) int64 number of real key points per image",
+        }
+        config = {**config, "max_keypoints": k}
+    return ExportGraph(
+        task="keypoints", module=module, input_name=INPUT_NAME, channels=1, output_names=outputs,
+        output_axes=axes, input_spec=input_spec, output_spec=spec, config=config,
+        compare=compare_raw_heads if raw_heads else compare_postprocessed,
+        min_size=2 * CELL, size_multiple=CELL,
+    )
+
+
+def compare_raw_heads(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> Parity:
+    """Parity of the dense outputs: logits relative to their range, heatmap and descriptors absolute."""
+    logits, heatmap, descriptors = (worst_difference(r, o, relative=(i == 0))
+                                    for i, (r, o) in enumerate(zip(reference, other)))
+    return Parity({"logits": logits, "heatmap": heatmap, "descriptors": descriptors},
+                  {"logits": "rel", "heatmap": "abs", "descriptors": "abs"})
+
+
+def compare_postprocessed(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> Parity:
+    """Parity of post-processed outputs, robust to the order of tied scores.
+
+    Key points are integer pixels, so each image's two sets are matched exactly by pixel;
+    ``agreement`` is their intersection over union (1.0: the same points), and the score
+    and descriptor errors are the worst over the points both runtimes found.
+    """
+    kp_r, sc_r, de_r, n_r = reference
+    kp_o, sc_o, de_o, n_o = other
+    if kp_r.shape != kp_o.shape:
+        raise ValueError(f"keypoints shapes differ: PyTorch {kp_r.shape}, ONNX Runtime {kp_o.shape}")
+    score_err, desc_err, common, union = 0.0, 0.0, 0, 0
+    for b in range(kp_r.shape[0]):
+        ids_r = _pixel_ids(kp_r[b, : int(n_r[b])])
+        ids_o = _pixel_ids(kp_o[b, : int(n_o[b])])
+        shared, idx_r, idx_o = np.intersect1d(ids_r, ids_o, assume_unique=True, return_indices=True)
+        common += len(shared)
+        union += len(np.union1d(ids_r, ids_o))
+        if len(shared):
+            score_err = max(score_err, worst_difference(sc_r[b, idx_r], sc_o[b, idx_o]))
+            desc_err = max(desc_err, worst_difference(de_r[b, idx_r], de_o[b, idx_o]))
+    agreement = common / union if union else 1.0
+    return Parity({"scores": score_err, "descriptors": desc_err}, {"scores": "abs", "descriptors": "abs"}, agreement)
+
+
+def _pixel_ids(keypoints: np.ndarray) -> np.ndarray:
+    """One integer per key point (``y * 2**20 + x``); key points are whole pixels."""
+    rounded = np.rint(keypoints).astype(np.int64)
+    return rounded[:, 1] * (1 << 20) + rounded[:, 0]
