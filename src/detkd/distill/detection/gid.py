@@ -1,0 +1,403 @@
+"""General Instance Distillation, GID (Dai et al., CVPR 2021, arXiv 2103.02340).
+
+General instances (GIs) are the places where teacher and student disagree most, found without
+ground truth on the per-location grid that both detectors share (:func:`per_location`):
+
+* GI score of a location = ``max_k |p_teacher[k] - p_student[k]|`` over the classes ``k``;
+* GI box = the box of whichever model has the higher (max-over-classes) score there, clipped
+  to the image; ties go to the teacher;
+* NMS at IoU 0.3 over the locations scoring above ``min_score`` (strictly), then the top ``K = 10``
+  per image. For speed only the ``pre_nms_top_n`` best locations enter NMS.
+
+Three losses read the GIs (each is switched off by a weight of 0):
+
+* ``gid_feature``: every GI box is pooled (RoIAlign ``10 x 10``, sampling ratio 2) from the FPN
+  level that its size maps to, in the teacher's maps and in the student's maps after the
+  adapter; ``sum (t - a(s))^2 / (N * 10 * 10)`` with ``N`` the number of GIs in the batch.
+  Weight 0.005. The level rule is torchvision's ``LevelMapper`` (inside ``MultiScaleRoIAlign``):
+  ``level = floor(canonical_level + log2(sqrt(w * h) / canonical_scale))`` with ``level =
+  log2(stride)``, clamped to the levels present. With the defaults (224, 4) a 224-px box pools
+  from stride 16 on every family; RetinaNet/FCOS (strides 8..128) pool boxes under 224 px from
+  stride 8, Faster R-CNN (strides 4..64) boxes under 112 px from stride 4.
+* ``gid_relation``: per image with at least 3 GIs, the pairwise Euclidean distances between the
+  flattened GI RoI features, each matrix divided by its mean off-diagonal distance; smooth-L1
+  between the teacher's and the student's matrices, summed and divided by ``K^2 - K``; averaged
+  over those images. Weight 40. The student's *raw* RoI features are used (distances do not
+  need equal widths, so the adapter is not involved).
+* ``gid_response_cls`` and ``gid_response_box``: the GI boxes are matched to the student's anchors
+  by the student's own matcher (``match_anchors(anchors (N, 4), boxes (M, 4)) -> (N,)`` long:
+  box index, -1 background, -2 ignore). On the matched anchors (index >= 0): binary cross
+  entropy of the student's class logits against ``sigmoid`` of the teacher's, summed over
+  classes, and L1 between the box deltas, summed over the 4 coordinates; both divided by the
+  number of matched anchors. Weights 0.1 and 0.1; no temperature.
+  When teacher and student have different anchors (another family, or another number or
+  placement of anchors) their deltas and per-anchor logits mean different things, so the
+  response is taken on the per-location grid instead: a location is matched when any of its
+  student anchors is; BCE between the per-location maximum (over that location's anchors)
+  class logits, and L1 between the per-location boxes (:func:`per_location`, xyxy pixels)
+  divided by the stride of the location's level. FCOS centre-ness is not distilled.
+
+Diagnostics (not in ``"distill"``): ``gid_instances`` (mean GIs per image) and, with the response
+on, ``gid_matched`` (matched anchors or locations in the batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import MultiScaleRoIAlign, clip_boxes_to_image, nms
+
+from detkd.config import ConfigError, dataclass_from_dict
+from detkd.distill.detection.common import (
+    ADAPTERS,
+    DetectionDistiller,
+    check_same_grid,
+    make_adapter,
+    total,
+    zero_term,
+)
+from detkd.models.detection.outputs import DetectorOutputs, per_location
+
+Matcher = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class GIDConfig:
+    """Options of :class:`GeneralInstanceDistillation`; defaults follow the GID paper."""
+
+    num_instances: int = 10  # K, GIs kept per image
+    nms_iou: float = 0.3
+    min_score: float = 0.0  # a location must have a GI score > min_score
+    pre_nms_top_n: int = 1000  # best locations per image that enter NMS
+    feature_weight: float = 0.005
+    relation_weight: float = 40.0
+    response_cls_weight: float = 0.1
+    response_box_weight: float = 0.1
+    roi_size: int = 10
+    sampling_ratio: int = 2
+    canonical_scale: int = 224
+    canonical_level: int = 4
+    adapter: str = "auto"  # student -> teacher width for the feature loss; see make_adapter
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "GIDConfig":
+        return dataclass_from_dict(cls, values, "gid distillation")
+
+    def __post_init__(self) -> None:
+        weights = (self.feature_weight, self.relation_weight, self.response_cls_weight, self.response_box_weight)
+        if any(w < 0 for w in weights):
+            raise ConfigError(f"gid weights must be >= 0, got {weights}")
+        if not any(weights):
+            raise ConfigError("gid: every weight is 0, nothing would be distilled")
+        if self.num_instances < 1 or self.pre_nms_top_n < self.num_instances:
+            raise ConfigError(
+                f"gid: need 1 <= num_instances <= pre_nms_top_n, got {self.num_instances} and {self.pre_nms_top_n}"
+            )
+        if not 0 < self.nms_iou <= 1:
+            raise ConfigError(f"gid: nms_iou must be in (0, 1], got {self.nms_iou}")
+        if self.roi_size < 1 or self.sampling_ratio < 0:
+            raise ConfigError(
+                f"gid: roi_size must be >= 1 and sampling_ratio >= 0, got {self.roi_size}, {self.sampling_ratio}"
+            )
+        if self.adapter not in ADAPTERS:
+            raise ConfigError(f"gid: unknown adapter '{self.adapter}'; valid: {', '.join(ADAPTERS)}")
+
+    @property
+    def response_on(self) -> bool:
+        return self.response_cls_weight > 0 or self.response_box_weight > 0
+
+
+@dataclass
+class GeneralInstances:
+    """GIs of a batch, one entry per image: ``boxes`` ``(K_b, 4)`` xyxy pixels, ``scores`` ``(K_b,)``,
+    ``locations`` ``(K_b,)`` indices into the per-location grid; best score first."""
+
+    boxes: list[Tensor]
+    scores: list[Tensor]
+    locations: list[Tensor]
+
+    @property
+    def count(self) -> int:
+        return sum(len(b) for b in self.boxes)
+
+
+@torch.no_grad()
+def select_general_instances(
+    teacher_scores: Tensor,
+    teacher_boxes: Tensor,
+    student_scores: Tensor,
+    student_boxes: Tensor,
+    image_size: tuple[int, int],
+    num_instances: int = 10,
+    nms_iou: float = 0.3,
+    min_score: float = 0.0,
+    pre_nms_top_n: int = 1000,
+) -> GeneralInstances:
+    """General Instance Selection on a shared location grid.
+
+    Args:
+        teacher_scores, student_scores: ``(B, L, K)`` class probabilities per location.
+        teacher_boxes, student_boxes: ``(B, L, 4)`` xyxy pixels per location.
+        image_size: ``(H, W)`` pixels; boxes are clipped to it, empty boxes dropped.
+    """
+    if teacher_scores.shape != student_scores.shape or teacher_boxes.shape != student_boxes.shape:
+        raise ValueError(
+            f"GI selection needs scores and boxes on one grid: teacher {tuple(teacher_scores.shape)}/"
+            f"{tuple(teacher_boxes.shape)}, student {tuple(student_scores.shape)}/{tuple(student_boxes.shape)}"
+        )
+    gi_scores = (teacher_scores - student_scores).abs().amax(dim=-1)  # (B, L)
+    teacher_higher = teacher_scores.amax(dim=-1) >= student_scores.amax(dim=-1)
+    boxes = torch.where(teacher_higher[..., None], teacher_boxes, student_boxes)
+    boxes = clip_boxes_to_image(boxes.float(), tuple(image_size))
+    non_empty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    result = GeneralInstances([], [], [])
+    for image in range(gi_scores.shape[0]):
+        candidates = torch.nonzero((gi_scores[image] > min_score) & non_empty[image]).squeeze(1)
+        scores = gi_scores[image, candidates].float()
+        if len(candidates) > pre_nms_top_n:
+            scores, order = scores.topk(pre_nms_top_n)
+            candidates = candidates[order]
+        keep = nms(boxes[image, candidates], scores, nms_iou)[:num_instances]
+        result.boxes.append(boxes[image, candidates[keep]])
+        result.scores.append(scores[keep])
+        result.locations.append(candidates[keep])
+    return result
+
+
+def pool_instances(
+    features: list[Tensor],
+    boxes: list[Tensor],
+    image_size: tuple[int, int],
+    roi_size: int = 10,
+    sampling_ratio: int = 2,
+    canonical_scale: int = 224,
+    canonical_level: int = 4,
+) -> Tensor:
+    """RoIAlign of every box on the FPN level its size maps to (torchvision ``MultiScaleRoIAlign``).
+
+    Args:
+        features: FPN maps, finest first, ``(B, C, H_l, W_l)``; the scale of each level is
+            inferred from its size relative to ``image_size``.
+        boxes: per image ``(K_b, 4)`` xyxy pixels.
+
+    Returns:
+        ``(sum_b K_b, C, roi_size, roi_size)``, image 0's boxes first.
+    """
+    pooler = MultiScaleRoIAlign(
+        [str(level) for level in range(len(features))],
+        roi_size,
+        sampling_ratio,
+        canonical_scale=canonical_scale,
+        canonical_level=canonical_level,
+    )
+    maps = {str(level): f.float() for level, f in enumerate(features)}
+    return pooler(maps, [b.float() for b in boxes], [tuple(image_size)] * len(boxes))
+
+
+def normalised_distances(features: Tensor) -> Tensor:
+    """``(K, K)`` Euclidean distances between the rows of ``features`` ``(K, D)``, divided by
+    their mean off-diagonal value (``K >= 2``)."""
+    k = features.shape[0]
+    distances = torch.cdist(features[None], features[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
+    mean = distances.sum() / (k * k - k)
+    return distances / mean.clamp_min(1e-12)
+
+
+def relation_loss(teacher_features: Tensor, student_features: Tensor) -> Tensor:
+    """Smooth-L1 between normalised distance matrices of ``K`` GI features, summed / ``(K^2 - K)``.
+
+    Args:
+        teacher_features: ``(K, D_t)``; student_features: ``(K, D_s)`` (widths may differ).
+    """
+    k = teacher_features.shape[0]
+    if student_features.shape[0] != k or k < 2:
+        raise ValueError(f"relation_loss needs the same K >= 2 instances, got {k} and {student_features.shape[0]}")
+    t = normalised_distances(teacher_features)
+    s = normalised_distances(student_features)
+    return F.smooth_l1_loss(s, t, reduction="sum") / (k * k - k)
+
+
+def location_strides(outputs: DetectorOutputs) -> Tensor:
+    """``(L,)`` stride (pixels) of the level of every per-location entry."""
+    return torch.cat(
+        [
+            torch.full((h * w,), float(stride), device=outputs.cls_logits.device)
+            for (h, w), stride in zip(outputs.level_sizes, outputs.strides)
+        ]
+    )
+
+
+def per_location_max_logits(outputs: DetectorOutputs) -> Tensor:
+    """``(B, L, K)`` maximum class logit over the anchors of each location."""
+    batch, n, k = outputs.cls_logits.shape
+    a = outputs.anchors_per_location
+    return outputs.cls_logits.reshape(batch, n // a, a, k).amax(dim=2)
+
+
+def same_anchors(teacher: DetectorOutputs, student: DetectorOutputs) -> bool:
+    """Whether per-anchor outputs are comparable: same family (box coder) and the same anchors."""
+    return (
+        teacher.family == student.family
+        and teacher.anchors_per_location == student.anchors_per_location
+        and teacher.anchors.shape == student.anchors.shape
+        and torch.allclose(teacher.anchors.to(student.anchors), student.anchors)
+    )
+
+
+class GeneralInstanceDistillation(DetectionDistiller):
+    """GID feature, relation and response losses on General Instances; see the module docstring.
+
+    Args:
+        teacher_channels, student_channels: FPN widths; an adapter maps the student's to the
+            teacher's for the feature loss (``config.adapter``).
+        config: :class:`GIDConfig` (paper defaults when None).
+        match_anchors: the student's matcher, ``(anchors (N, 4), boxes (M, 4)) -> (N,)`` long;
+            required while a response weight is above 0.
+    """
+
+    def __init__(
+        self,
+        teacher_channels: int,
+        student_channels: int,
+        config: GIDConfig | None = None,
+        match_anchors: Matcher | None = None,
+    ) -> None:
+        super().__init__(teacher_channels, student_channels)
+        self.config = config or GIDConfig()
+        if self.config.response_on and match_anchors is None:
+            raise ValueError(
+                "GID's response loss matches GIs to the student's anchors with the student's own matcher: "
+                "pass match_anchors=<student adapter>.match_anchors, or set both response weights to 0"
+            )
+        self.match_anchors = match_anchors
+        self.adapter = make_adapter(self.config.adapter, student_channels, teacher_channels)
+
+    def forward(
+        self,
+        teacher: DetectorOutputs,
+        student: DetectorOutputs,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Tensor]:
+        """Returns the weighted terms that are on, their sum ``"distill"`` and diagnostics.
+
+        ``targets`` is not used: GIs are chosen from the predictions alone (label-free).
+        """
+        check_same_grid(teacher, student, "GID")
+        self.check_channels(teacher, student)
+        cfg = self.config
+        t_scores, t_boxes = (x.detach() for x in per_location(teacher))
+        s_scores, s_boxes = per_location(student)
+        instances = select_general_instances(
+            t_scores, t_boxes, s_scores.detach(), s_boxes.detach(), teacher.image_size,
+            cfg.num_instances, cfg.nms_iou, cfg.min_score, cfg.pre_nms_top_n,
+        )  # fmt: skip
+        batch = len(instances.boxes)
+        terms: dict[str, Tensor] = {}
+        diagnostics = {"gid_instances": torch.tensor(instances.count / batch, device=s_scores.device)}
+
+        if cfg.feature_weight > 0 or cfg.relation_weight > 0:
+            pool = dict(
+                boxes=instances.boxes, image_size=teacher.image_size, roi_size=cfg.roi_size,
+                sampling_ratio=cfg.sampling_ratio, canonical_scale=cfg.canonical_scale,
+                canonical_level=cfg.canonical_level,
+            )  # fmt: skip
+            t_rois = pool_instances([f.detach() for f in teacher.features], **pool)
+            if cfg.feature_weight > 0:
+                terms["gid_feature"] = cfg.feature_weight * self._feature_loss(t_rois, student, pool)
+            if cfg.relation_weight > 0:
+                s_rois = pool_instances(student.features, **pool)
+                terms["gid_relation"] = cfg.relation_weight * self._relation_loss(t_rois, s_rois, instances, student)
+
+        if cfg.response_on:
+            if same_anchors(teacher, student):
+                cls_loss, box_loss, matched = self._anchor_response(teacher, student, instances)
+            else:
+                cls_loss, box_loss, matched = self._location_response(teacher, student, instances, t_boxes, s_boxes)
+            diagnostics["gid_matched"] = matched
+            if cfg.response_cls_weight > 0:
+                terms["gid_response_cls"] = cfg.response_cls_weight * cls_loss
+            if cfg.response_box_weight > 0:
+                terms["gid_response_box"] = cfg.response_box_weight * box_loss
+        return total(terms, diagnostics)
+
+    # -- the three kinds of knowledge ----------------------------------------------------
+    def _feature_loss(self, t_rois: Tensor, student: DetectorOutputs, pool: dict[str, Any]) -> Tensor:
+        if t_rois.shape[0] == 0:
+            return zero_term(student)
+        adapted = [self.adapter(f) for f in student.features]
+        s_rois = pool_instances(adapted, **pool)
+        return (t_rois - s_rois).pow(2).sum() / (t_rois.shape[0] * t_rois.shape[-2] * t_rois.shape[-1])
+
+    def _relation_loss(
+        self, t_rois: Tensor, s_rois: Tensor, instances: GeneralInstances, student: DetectorOutputs
+    ) -> Tensor:
+        losses = []
+        start = 0
+        for boxes in instances.boxes:
+            k = len(boxes)
+            if k >= 3:
+                losses.append(relation_loss(t_rois[start : start + k].flatten(1), s_rois[start : start + k].flatten(1)))
+            start += k
+        return torch.stack(losses).mean() if losses else zero_term(student)
+
+    def _match(self, anchors: Tensor, boxes: Tensor) -> Tensor:
+        """``(N,)`` bool: anchors the student's matcher assigns to one of ``boxes``."""
+        if len(boxes) == 0:
+            return torch.zeros(anchors.shape[0], dtype=torch.bool, device=anchors.device)
+        assert self.match_anchors is not None
+        matches = self.match_anchors(anchors, boxes.to(anchors))
+        if not isinstance(matches, Tensor) or matches.shape != (anchors.shape[0],) or matches.is_floating_point():
+            got = tuple(matches.shape) if isinstance(matches, Tensor) else type(matches).__name__
+            raise ValueError(
+                f"match_anchors must return an integer tensor ({anchors.shape[0]},) of box indices "
+                f"(-1 background, -2 ignore), got {got}"
+            )
+        return matches >= 0
+
+    def _anchor_response(
+        self, teacher: DetectorOutputs, student: DetectorOutputs, instances: GeneralInstances
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-anchor response: teacher and student share anchors and box coder."""
+        mask = torch.stack([self._match(student.anchors, boxes) for boxes in instances.boxes])  # (B, N)
+        count = mask.sum()
+        if count == 0:
+            zero = zero_term(student)
+            return zero, zero, count.float()
+        t_logits = teacher.cls_logits.detach()[mask].float()
+        s_logits = student.cls_logits[mask].float()
+        cls_loss = F.binary_cross_entropy_with_logits(s_logits, t_logits.sigmoid(), reduction="sum") / count
+        t_deltas = teacher.box_regression.detach()[mask].float()
+        box_loss = F.l1_loss(student.box_regression[mask].float(), t_deltas, reduction="sum") / count
+        return cls_loss, box_loss, count.float()
+
+    def _location_response(
+        self,
+        teacher: DetectorOutputs,
+        student: DetectorOutputs,
+        instances: GeneralInstances,
+        t_boxes: Tensor,
+        s_boxes: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-location response: different anchors, compared on the shared location grid."""
+        a = student.anchors_per_location
+        mask = torch.stack(
+            [self._match(student.anchors, boxes).reshape(-1, a).any(dim=1) for boxes in instances.boxes]
+        )  # (B, L)
+        count = mask.sum()
+        if count == 0:
+            zero = zero_term(student)
+            return zero, zero, count.float()
+        t_logits = per_location_max_logits(teacher).detach()[mask].float()
+        s_logits = per_location_max_logits(student)[mask].float()
+        cls_loss = F.binary_cross_entropy_with_logits(s_logits, t_logits.sigmoid(), reduction="sum") / count
+        strides = location_strides(student).expand(mask.shape)[mask][:, None]
+        box_loss = F.l1_loss(s_boxes[mask].float() / strides, t_boxes[mask].float() / strides, reduction="sum") / count
+        return cls_loss, box_loss, count.float()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.config}"

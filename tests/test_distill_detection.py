@@ -1,0 +1,533 @@
+"""Detection distillation losses on tiny hand-made DetectorOutputs with hand-computed answers.
+
+The grid used everywhere: one 32 x 32 image, two FPN levels with strides 8 and 16 (4 x 4 and
+2 x 2 locations, L = 20), 2 classes. Location ``i`` of level 0 is row ``i // 4``, column ``i % 4``;
+level 1 starts at location 16. Anchors are the cells themselves unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from detkd.config import ConfigError
+from detkd.distill.detection import (
+    PKD,
+    ChannelWiseDistillation,
+    CWDConfig,
+    FeatureHint,
+    GeneralInstanceDistillation,
+    GIDConfig,
+    HintConfig,
+    PKDConfig,
+    create_detection_distiller,
+    near_object_mask,
+    relation_loss,
+    select_general_instances,
+)
+from detkd.distill.detection.features import (
+    channel_wise_kl,
+    dense_logit_maps,
+    normalise_per_channel,
+    retinanet_style_anchors,
+)
+from detkd.models.detection.outputs import DetectorOutputs, per_location
+
+IMAGE = (32, 32)
+STRIDES = [8, 16]
+SIZES = [(4, 4), (2, 2)]
+L = 20
+LN3 = math.log(3.0)
+
+
+def cell_boxes() -> torch.Tensor:
+    """(L, 4) the xyxy pixel box of every feature cell, level 0 then level 1."""
+    boxes = []
+    for (h, w), s in zip(SIZES, STRIDES):
+        for y in range(h):
+            for x in range(w):
+                boxes.append([x * s, y * s, (x + 1) * s, (y + 1) * s])
+    return torch.tensor(boxes, dtype=torch.float32)
+
+
+def make_outputs(
+    logits: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+    features: list[torch.Tensor] | None = None,
+    channels: int = 2,
+    family: str = "retinanet",
+    per_loc: int = 1,
+    deltas: torch.Tensor | None = None,
+    anchors: torch.Tensor | None = None,
+    image_size: tuple[int, int] = IMAGE,
+    strides: list[int] | None = None,
+) -> DetectorOutputs:
+    """DetectorOutputs for one image; ``logits`` ``(N, 2)``, ``boxes``/``deltas`` ``(N, 4)``, ``N = per_loc * L``."""
+    n = per_loc * L
+    if anchors is None:
+        anchors = cell_boxes().repeat_interleave(per_loc, dim=0)
+    if features is None:
+        features = [torch.zeros(1, channels, h, w) for h, w in SIZES]
+    logits = torch.zeros(n, 2) if logits is None else logits
+    boxes = anchors.clone() if boxes is None else boxes
+    deltas = torch.zeros(n, 4) if deltas is None else deltas
+    return DetectorOutputs(
+        family=family,
+        features=features,
+        strides=strides or STRIDES,
+        image_size=image_size,
+        anchors_per_location=per_loc,
+        anchors=anchors,
+        cls_logits=logits[None],
+        box_regression=deltas[None],
+        boxes=boxes[None],
+    )
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def constant_maps(values: list[float], channels: int = 2, requires_grad: bool = False) -> list[torch.Tensor]:
+    return [torch.full((1, channels, h, w), v, requires_grad=requires_grad) for v, (h, w) in zip(values, SIZES)]
+
+
+def identity_conv(conv: nn.Conv2d) -> None:
+    """Turn a square conv (1x1 or 3x3, padding k // 2) into the identity."""
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        k = conv.kernel_size[0] // 2
+        for c in range(conv.out_channels):
+            conv.weight[c, c, k, k] = 1.0
+
+
+# -- General Instance Selection ----------------------------------------------------------
+def selection_pair() -> tuple[DetectorOutputs, DetectorOutputs]:
+    """Student scores 0.1 everywhere. The teacher differs at:
+    loc 5: [0.9, 0.1] (GI score 0.8), teacher box [8, 8, 24, 24];
+    loc 6: [0.1, 0.8] (0.7), box [9, 8, 25, 24]: IoU 240/272 = 0.88 with loc 5's box -> NMS removes it;
+    loc 0: [0.5, 0.1] (0.4), box [-4, -4, 8, 8] -> clipped to [0, 0, 8, 8].
+    The student differs at loc 17: [0.1, 0.7] (0.6), student box [16, 0, 32, 16]; its teacher box
+    [0, 0, 4, 4] must not be taken (the student scores higher there)."""
+    t_logits = torch.full((L, 2), logit(0.1))
+    s_logits = torch.full((L, 2), logit(0.1))
+    t_boxes, s_boxes = cell_boxes(), cell_boxes()
+    t_logits[5, 0] = logit(0.9)
+    t_boxes[5] = torch.tensor([8.0, 8, 24, 24])
+    t_logits[6, 1] = logit(0.8)
+    t_boxes[6] = torch.tensor([9.0, 8, 25, 24])
+    t_logits[0, 0] = logit(0.5)
+    t_boxes[0] = torch.tensor([-4.0, -4, 8, 8])
+    s_logits[17, 1] = logit(0.7)
+    s_boxes[17] = torch.tensor([16.0, 0, 32, 16])
+    t_boxes[17] = torch.tensor([0.0, 0, 4, 4])
+    return make_outputs(t_logits, t_boxes), make_outputs(s_logits, s_boxes)
+
+
+def select(teacher: DetectorOutputs, student: DetectorOutputs, **options):
+    return select_general_instances(*per_location(teacher), *per_location(student), IMAGE, **options)
+
+
+def test_gi_selection_scores_boxes_nms_and_top_k():
+    teacher, student = selection_pair()
+    gis = select(teacher, student, num_instances=10)
+    assert gis.locations[0].tolist() == [5, 17, 0]  # 6 suppressed by 5 (IoU 0.88 > 0.3)
+    assert torch.allclose(gis.scores[0], torch.tensor([0.8, 0.6, 0.4]), atol=1e-6)
+    expected_boxes = torch.tensor([[8.0, 8, 24, 24], [16, 0, 32, 16], [0, 0, 8, 8]])
+    assert torch.equal(gis.boxes[0], expected_boxes)
+
+    assert select(teacher, student, num_instances=2).locations[0].tolist() == [5, 17]
+    assert select(teacher, student, min_score=0.5).locations[0].tolist() == [5, 17]
+    # without NMS (IoU threshold 1) the duplicate at loc 6 comes back
+    assert select(teacher, student, nms_iou=1.0).locations[0].tolist() == [5, 6, 17, 0]
+
+
+def test_gid_reports_number_of_instances():
+    teacher, student = selection_pair()
+    gid = GeneralInstanceDistillation(2, 2, GIDConfig(relation_weight=0, response_cls_weight=0, response_box_weight=0))
+    out = gid(teacher, student)
+    assert out["gid_instances"].item() == 3
+    assert set(out) == {"gid_feature", "distill", "gid_instances"}
+
+
+# -- feature loss -------------------------------------------------------------------------
+def test_gid_feature_loss_pools_from_the_mapped_level():
+    """Teacher maps are 1 on level 0 (stride 8) and 3 on level 1 (stride 16), student maps 0.
+    With canonical_scale 16 and level 4, the 16 x 16 GI box [8, 8, 24, 24] pools from
+    floor(4 + log2(16/16)) = 4 = log2(16) (level 1) and the 8 x 8 box [0, 0, 8, 8] from level 0.
+    sum of squares: 3^2 * 2 channels * 100 + 1^2 * 2 * 100 = 2000, / (K=2 * 10 * 10) = 10, x 0.005."""
+    t_logits, s_logits = torch.zeros(L, 2), torch.zeros(L, 2)
+    t_logits[5, 0], t_logits[0, 0] = 2.0, 1.0  # two GIs, loc 5 first
+    t_boxes = cell_boxes()
+    t_boxes[5] = torch.tensor([8.0, 8, 24, 24])
+    teacher = make_outputs(t_logits, t_boxes, features=constant_maps([1.0, 3.0]))
+    student = make_outputs(s_logits, features=constant_maps([0.0, 0.0]))
+    options = dict(relation_weight=0, response_cls_weight=0, response_box_weight=0, canonical_scale=16)
+    out = GeneralInstanceDistillation(2, 2, GIDConfig(**options))(teacher, student)
+    assert out["gid_feature"].item() == pytest.approx(0.005 * 10.0)
+    assert out["distill"].item() == pytest.approx(0.05)
+    # torchvision's default mapping (224 px -> level 4) sends both small boxes to level 0: (200 + 200) / 200
+    options.pop("canonical_scale")
+    out = GeneralInstanceDistillation(2, 2, GIDConfig(**options))(teacher, student)
+    assert out["gid_feature"].item() == pytest.approx(0.005 * 2.0)
+
+
+def test_gid_feature_loss_goes_through_the_adapter():
+    """A 1x1 adapter that doubles the student's 1.5 on level 0 matches a teacher of 3 exactly."""
+    t_logits = torch.zeros(L, 2)
+    t_logits[0, 0] = 2.0
+    teacher = make_outputs(t_logits, features=constant_maps([3.0, 3.0], channels=3))
+    student = make_outputs(features=constant_maps([1.5, 1.5], channels=2))
+    gid = GeneralInstanceDistillation(3, 2, GIDConfig(relation_weight=0, response_cls_weight=0, response_box_weight=0))
+    assert isinstance(gid.adapter, nn.Conv2d) and gid.adapter.kernel_size == (1, 1)
+    with torch.no_grad():
+        gid.adapter.weight.zero_()
+        gid.adapter.bias.zero_()
+        gid.adapter.weight[:, 0, 0, 0] = 2.0
+    assert gid(teacher, student)["gid_feature"].item() == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        gid.adapter.bias.fill_(1.0)  # now 4 vs 3 on 3 channels: 3 * 100 / 100 = 3
+    assert gid(teacher, student)["gid_feature"].item() == pytest.approx(0.005 * 3.0)
+
+
+# -- relation loss ------------------------------------------------------------------------
+def test_relation_loss_on_three_hand_placed_vectors():
+    """Teacher points (0,0), (3,0), (0,4): distances 3, 4, 5, mean 4 -> 0.75, 1, 1.25.
+    Student points (0,0), (1,0), (0,1): distances 1, 1, sqrt 2, mean m = (2 + sqrt 2) / 3.
+    Every difference is below 1, so smooth-L1 = d^2 / 2, each pair counted twice, / (9 - 3)."""
+    teacher = torch.tensor([[0.0, 0], [3, 0], [0, 4]])
+    student = torch.tensor([[0.0, 0], [1, 0], [0, 1]])
+    m = (2 + math.sqrt(2)) / 3
+    d = [1 / m - 0.75, 1 / m - 1.0, math.sqrt(2) / m - 1.25]  # pairs (0,1), (0,2), (1,2)
+    expected = 2 * sum(0.5 * x**2 for x in d) / 6
+    assert relation_loss(teacher, student).item() == pytest.approx(expected, rel=1e-5)
+    assert expected == pytest.approx(0.005222, abs=1e-6)  # d = 0.1287, -0.1213, -0.0074
+    # scale-free: a scaled copy of the teacher costs nothing, whatever its width
+    assert relation_loss(teacher, 7 * torch.cat([teacher, torch.zeros(3, 5)], 1)).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_gid_relation_needs_three_instances():
+    teacher, student = selection_pair()  # 3 GIs with 10 allowed, 2 with 2
+    torch.manual_seed(0)
+    teacher.features = [torch.randn(1, 2, h, w) for h, w in SIZES]
+    student.features = [torch.randn(1, 2, h, w) for h, w in SIZES]
+    config = dict(feature_weight=0, response_cls_weight=0, response_box_weight=0)
+    assert GeneralInstanceDistillation(2, 2, GIDConfig(**config))(teacher, student)["gid_relation"].item() > 0
+    out = GeneralInstanceDistillation(2, 2, GIDConfig(num_instances=2, **config))(teacher, student)
+    assert out["gid_relation"].item() == 0.0
+
+
+# -- response loss ------------------------------------------------------------------------
+BCE_HAND = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25)) + math.log(2)
+"""BCE of student logits [ln 3, 0] (p = 0.75, 0.5) against targets sigmoid([0, ln 3]) = [0.5, 0.75]:
+class 0: -(0.5 ln 0.75 + 0.5 ln 0.25); class 1: -(0.75 ln 0.5 + 0.25 ln 0.5) = ln 2."""
+
+
+class RecordingMatcher:
+    """Matches anchor ``hit`` to box 0 and marks anchor ``ignore`` as ignored (-2); records the boxes."""
+
+    def __init__(self, hit: int, ignore: int, num_anchors: int) -> None:
+        self.hit, self.ignore, self.num_anchors = hit, ignore, num_anchors
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        assert anchors.shape == (self.num_anchors, 4)
+        self.seen.append(boxes)
+        matches = torch.full((self.num_anchors,), -1, dtype=torch.long)
+        matches[self.hit], matches[self.ignore] = 0, -2
+        return matches
+
+
+def test_gid_response_on_a_hand_matched_anchor():
+    """Same family and anchors. The only disagreement is at anchor 9: one GI, the teacher's box
+    there (max scores tie at 0.75, the teacher wins ties). The matcher assigns anchor 9 and ignores
+    anchor 3, whose deltas differ wildly but must not count. L1 of deltas: |1-0| + |0-0.5| = 1.5."""
+    t_logits, s_logits = torch.zeros(L, 2), torch.zeros(L, 2)
+    t_logits[9] = torch.tensor([0.0, LN3])
+    s_logits[9] = torch.tensor([LN3, 0.0])
+    t_deltas, s_deltas = torch.zeros(L, 4), torch.zeros(L, 4)
+    t_deltas[9], s_deltas[9] = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0.0, 0, 0.5, 0])
+    t_deltas[3] = 5.0
+    teacher = make_outputs(t_logits, deltas=t_deltas)
+    student = make_outputs(s_logits, deltas=s_deltas)
+    matcher = RecordingMatcher(hit=9, ignore=3, num_anchors=L)
+    gid = GeneralInstanceDistillation(2, 2, GIDConfig(feature_weight=0, relation_weight=0), match_anchors=matcher)
+    out = gid(teacher, student)
+    assert torch.equal(matcher.seen[0], cell_boxes()[9:10])
+    assert out["gid_response_cls"].item() == pytest.approx(0.1 * BCE_HAND, rel=1e-5)
+    assert out["gid_response_box"].item() == pytest.approx(0.1 * 1.5, rel=1e-6)
+    assert out["gid_matched"].item() == 1
+    assert out["distill"].item() == pytest.approx(0.1 * BCE_HAND + 0.15, rel=1e-5)
+    gid = GeneralInstanceDistillation(
+        2, 2, GIDConfig(feature_weight=0, relation_weight=0, response_box_weight=1.0), match_anchors=matcher
+    )
+    assert gid(teacher, student)["gid_response_box"].item() == pytest.approx(1.5)
+
+
+def test_gid_response_across_families_uses_the_location_grid():
+    """FCOS-like teacher (1 point per location) vs a 2-anchor student. The matcher hits anchor 19
+    (location 9, second anchor). Student logits at location 9: anchors 18 [ln 3, -5] and 19 [0, 0],
+    per-location max [ln 3, 0]; teacher [0, ln 3]: the same BCE as above. Per-location boxes:
+    teacher [8, 16, 16, 24]; student: anchor 18 scores higher (0.75), its box [10, 16, 16, 28].
+    L1 / stride 8: (2 + 0 + 0 + 4) / 8 = 0.75."""
+    t_logits = torch.zeros(L, 2)
+    t_logits[9] = torch.tensor([0.0, LN3])
+    t_boxes = cell_boxes()
+    t_boxes[9] = torch.tensor([8.0, 16, 16, 24])
+    teacher = make_outputs(t_logits, t_boxes, family="fcos", anchors=torch.zeros(L, 4) + 1.0)
+    s_logits = torch.zeros(2 * L, 2)
+    s_logits[18] = torch.tensor([LN3, -5.0])
+    s_boxes = cell_boxes().repeat_interleave(2, dim=0)
+    s_boxes[18] = torch.tensor([10.0, 16, 16, 28])
+    student = make_outputs(s_logits, s_boxes, per_loc=2)
+    matcher = RecordingMatcher(hit=19, ignore=0, num_anchors=2 * L)
+    gid = GeneralInstanceDistillation(2, 2, GIDConfig(feature_weight=0, relation_weight=0), match_anchors=matcher)
+    out = gid(teacher, student)
+    assert torch.equal(matcher.seen[0], t_boxes[9:10])
+    assert out["gid_matched"].item() == 1
+    assert out["gid_response_cls"].item() == pytest.approx(0.1 * BCE_HAND, rel=1e-5)
+    assert out["gid_response_box"].item() == pytest.approx(0.1 * 0.75, rel=1e-6)
+
+
+def test_gid_refuses_different_location_grids():
+    teacher = make_outputs()
+    student = make_outputs(
+        features=[torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 4, 4)],
+        strides=[4, 8],
+        anchors=torch.zeros(80, 4),
+        logits=torch.zeros(80, 2),
+        boxes=torch.zeros(80, 4),
+        deltas=torch.zeros(80, 4),
+    )
+    gid = GeneralInstanceDistillation(2, 2, GIDConfig(response_cls_weight=0, response_box_weight=0))
+    with pytest.raises(ValueError, match=r"strides \[8, 16\].*\[4, 8\]"):
+        gid(teacher, student)
+    with pytest.raises(ValueError, match="384, 384.*run both models on the same batch"):
+        gid(teacher, make_outputs(image_size=(384, 384)))
+    three_classes = make_outputs(logits=torch.zeros(L, 3))
+    with pytest.raises(ValueError, match="2 score.*3"):
+        gid(make_outputs(), three_classes)
+
+
+def test_gid_parts_switch_off_and_need_a_matcher():
+    teacher, student = selection_pair()
+    matcher = RecordingMatcher(hit=5, ignore=0, num_anchors=L)
+    full = GeneralInstanceDistillation(2, 2, match_anchors=matcher)(teacher, student)
+    assert {"gid_feature", "gid_relation", "gid_response_cls", "gid_response_box"} <= set(full)
+    parts = ["gid_feature", "gid_relation", "gid_response_cls", "gid_response_box"]
+    assert full["distill"].item() == pytest.approx(sum(full[p].item() for p in parts))
+    for off in ("feature", "relation", "response_cls", "response_box"):
+        out = GeneralInstanceDistillation(2, 2, GIDConfig(**{f"{off}_weight": 0.0}), match_anchors=matcher)(
+            teacher, student
+        )
+        assert f"gid_{off}" not in out and "distill" in out
+    with pytest.raises(ValueError, match="match_anchors"):
+        GeneralInstanceDistillation(2, 2)
+    with pytest.raises(ConfigError, match="every weight is 0"):
+        GIDConfig(feature_weight=0, relation_weight=0, response_cls_weight=0, response_box_weight=0)
+
+
+def test_gid_gradients_reach_student_and_adapter_not_teacher():
+    torch.manual_seed(0)
+    teacher, student = selection_pair()
+    teacher.features = [torch.randn(1, 3, h, w, requires_grad=True) for h, w in SIZES]
+    teacher.cls_logits.requires_grad_(True)
+    student.features = [torch.randn(1, 2, h, w, requires_grad=True) for h, w in SIZES]
+    student.cls_logits.requires_grad_(True)
+    student.box_regression.requires_grad_(True)
+    student.box_regression.data.normal_()
+    matcher = RecordingMatcher(hit=5, ignore=0, num_anchors=L)
+    gid = GeneralInstanceDistillation(3, 2, GIDConfig(canonical_scale=16), match_anchors=matcher)
+    out = gid(teacher, student)  # the 16-px GI boxes pool from level 1, the 8-px one from level 0
+    out["distill"].backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in student.features)
+    assert student.cls_logits.grad.abs().sum() > 0 and student.box_regression.grad.abs().sum() > 0
+    assert gid.adapter.weight.grad.abs().sum() > 0
+    assert all(f.grad is None for f in teacher.features) and teacher.cls_logits.grad is None
+
+
+# -- hint -----------------------------------------------------------------------------------
+def hint_pair(channels: int = 2, requires_grad: bool = False) -> tuple[DetectorOutputs, DetectorOutputs]:
+    """Teacher maps 2 (level 0) and 0 (level 1); student maps 1 and 3."""
+    teacher = make_outputs(features=constant_maps([2.0, 0.0], channels))
+    student = make_outputs(features=constant_maps([1.0, 3.0], 2, requires_grad))
+    return teacher, student
+
+
+def test_hint_with_identity_adapter_equals_hand_value():
+    """0.5 * mean((2 - 1)^2) + 0.5 * mean((0 - 3)^2) = 0.5 + 4.5."""
+    teacher, student = hint_pair()
+    hint = FeatureHint(2, 2)
+    assert isinstance(hint.adapter, nn.Conv2d) and hint.adapter.kernel_size == (3, 3)
+    identity_conv(hint.adapter)
+    assert hint(teacher, student)["hint"].item() == pytest.approx(5.0)
+    only_coarse = FeatureHint(2, 2, HintConfig(levels=[1]))
+    identity_conv(only_coarse.adapter)
+    assert only_coarse(teacher, student)["distill"].item() == pytest.approx(4.5)
+
+
+def test_near_object_mask_by_hand():
+    """Box [0, 0, 16, 8]: cells (0,0) and (0,1) of level 0 have IoU 64/128 = 0.5, cell (0,0) of
+    level 1 128/256 = 0.5, all others 0; best 0.5, threshold 0.25 -> exactly those three."""
+    masks = near_object_mask(cell_boxes(), 1, SIZES, torch.tensor([[0.0, 0, 16, 8]]))
+    expected0 = torch.zeros(4, 4, dtype=torch.bool)
+    expected0[0, 0] = expected0[0, 1] = True
+    expected1 = torch.zeros(2, 2, dtype=torch.bool)
+    expected1[0, 0] = True
+    assert torch.equal(masks[0], expected0) and torch.equal(masks[1], expected1)
+    assert not any(m.any() for m in near_object_mask(cell_boxes(), 1, SIZES, torch.zeros(0, 4)))
+
+
+def test_masked_hint_with_ground_truth_and_teacher_boxes():
+    """On the three masked locations: level 0 (2-1)^2 x 2 channels x 2 locations = 4, level 1
+    (0-3)^2 x 2 x 1 = 18; (4 + 18) / (2 * 3) = 11/3, x 0.01."""
+    teacher, student = hint_pair()
+    targets = [{"boxes": torch.tensor([[0.0, 0, 16, 8]]), "labels": torch.tensor([0])}]
+    hint = FeatureHint(2, 2, HintConfig(mask="gt"))
+    identity_conv(hint.adapter)
+    out = hint(teacher, student, targets)
+    assert out["hint"].item() == pytest.approx(0.01 * 11 / 3)
+    assert out["hint_locations"].item() == 3
+    with pytest.raises(ValueError, match="no targets"):
+        hint(teacher, student)
+
+    # label-free: the teacher's one confident detection (loc 0, score 0.9) has the same box
+    t_logits = torch.full((L, 2), -5.0)
+    t_logits[0, 1] = logit(0.9)
+    t_boxes = cell_boxes()
+    t_boxes[0] = torch.tensor([0.0, 0, 16, 8])
+    teacher = make_outputs(t_logits, t_boxes, features=teacher.features)
+    auto = FeatureHint(2, 2, HintConfig(mask="auto"))
+    identity_conv(auto.adapter)
+    assert auto(teacher, student)["hint"].item() == pytest.approx(0.01 * 11 / 3)
+
+
+def test_hint_mask_for_point_anchors_uses_generated_anchors():
+    """An FCOS student (point or stride-sized anchors) gets 9 RetinaNet-style anchors per location.
+    A box equal to one generated anchor has IoU 1 with it, so its location is masked."""
+    student = make_outputs(family="fcos", anchors=cell_boxes()[:, :2].repeat(1, 2) + 4)
+    anchors, per_loc = retinanet_style_anchors(student)
+    assert anchors.shape == (9 * L, 4) and per_loc == 9
+    box = anchors[9 * 5 + 3]  # location 5 (centre (8, 8)), ratio 1 and size 32 (ratio-major order)
+    assert torch.allclose(box, torch.tensor([-8.0, -8, 24, 24]))
+    teacher = make_outputs(features=constant_maps([2.0, 0.0]))
+    student.features = constant_maps([1.0, 3.0])
+    hint = FeatureHint(2, 2, HintConfig(mask="gt"))
+    out = hint(teacher, student, [{"boxes": box[None]}])
+    masks = near_object_mask(anchors, 9, SIZES, box[None])
+    assert masks[0][1, 1]
+    assert out["hint_locations"].item() == sum(int(m.sum()) for m in masks)
+
+
+# -- PKD ------------------------------------------------------------------------------------
+def test_pkd_is_zero_for_maps_equal_up_to_a_positive_affine_map():
+    torch.manual_seed(0)
+    t_maps = [torch.randn(2, 2, h, w) for h, w in SIZES]
+    scale = torch.tensor([3.0, 0.5]).view(1, 2, 1, 1)
+    s_maps = [m * scale + torch.tensor([1.0, -2.0]).view(1, 2, 1, 1) for m in t_maps]
+    teacher, student = make_outputs(features=t_maps), make_outputs(features=s_maps)
+    assert PKD(2, 2)(teacher, student)["pkd"].item() == pytest.approx(0.0, abs=1e-8)
+
+
+def test_pkd_of_negated_maps_by_hand():
+    """norm(-t) = -norm(t) and mean(norm(t)^2) = 1 (population variance): MSE = 4, / 2 = 2 per
+    level, 2 levels, weight 6 -> 24."""
+    torch.manual_seed(1)
+    t_maps = [torch.randn(1, 2, h, w) for h, w in SIZES]
+    teacher, student = make_outputs(features=t_maps), make_outputs(features=[-m for m in t_maps])
+    assert PKD(2, 2)(teacher, student)["pkd"].item() == pytest.approx(24.0, rel=1e-4)
+    assert PKD(2, 2, PKDConfig(weight=1.0, levels=[0]))(teacher, student)["pkd"].item() == pytest.approx(2.0, rel=1e-4)
+    # a 1 x 1 map has no spatial variation: it normalises to 0 instead of NaN
+    assert torch.equal(normalise_per_channel(torch.randn(1, 3, 1, 1)), torch.zeros(1, 3, 1, 1))
+
+
+# -- CWD ------------------------------------------------------------------------------------
+def test_channel_wise_kl_by_hand():
+    """Channel 0 identical (KL 0); channel 1 teacher [0, ln 3] -> [1/4, 3/4], student uniform:
+    KL = 1/4 ln(1/2) + 3/4 ln(3/2); averaged over the 2 channels."""
+    teacher = torch.tensor([[[[1.0, 2.0]], [[0.0, LN3]]]])  # (1, 2, 1, 2)
+    student = torch.tensor([[[[1.0, 2.0]], [[0.0, 0.0]]]])
+    kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    assert channel_wise_kl(teacher, student).item() == pytest.approx(kl / 2, rel=1e-5)
+    # tau = 2: teacher [0, ln 3 / 2] -> p = [1, sqrt 3] / (1 + sqrt 3), student uniform, x tau^2
+    p = [1 / (1 + math.sqrt(3)), math.sqrt(3) / (1 + math.sqrt(3))]
+    kl2 = sum(q * math.log(2 * q) for q in p)
+    assert channel_wise_kl(teacher, student, tau=2.0).item() == pytest.approx(4 * kl2 / 2, rel=1e-5)
+
+
+def test_cwd_on_features_and_logits():
+    torch.manual_seed(0)
+    maps = [torch.randn(1, 2, h, w) for h, w in SIZES]
+    same = ChannelWiseDistillation(2, 2)(make_outputs(features=maps), make_outputs(features=maps))
+    assert same["cwd"].item() == pytest.approx(0.0, abs=1e-6)
+    # one level of 1 x 2 positions: weight 5 x the hand KL above
+    teacher = make_outputs(features=[torch.tensor([[[[1.0, 2.0]], [[0.0, LN3]]]])])
+    student = make_outputs(features=[torch.tensor([[[[1.0, 2.0]], [[0.0, 0.0]]]])])
+    kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    assert ChannelWiseDistillation(2, 2)(teacher, student)["cwd"].item() == pytest.approx(5 * kl / 2, rel=1e-5)
+
+    logits = torch.randn(L, 2)
+    cwd = ChannelWiseDistillation(256, 128, CWDConfig(source="logits"))
+    assert cwd(make_outputs(logits), make_outputs(logits, channels=3))["cwd"].item() == pytest.approx(0, abs=1e-6)
+
+
+def test_dense_logit_maps_layout():
+    """Anchor n = 2 * location + a; location 6 is level 0 row 1 column 2; channel = a * K + class."""
+    logits = torch.arange(2 * L * 2, dtype=torch.float32).reshape(2 * L, 2)
+    outputs = make_outputs(logits, per_loc=2)
+    maps = dense_logit_maps(outputs, max_over_anchors=False)
+    assert [tuple(m.shape) for m in maps] == [(1, 4, 4, 4), (1, 4, 2, 2)]
+    assert maps[0][0, 3, 1, 2] == logits[13, 1]
+    assert maps[1][0, 0, 1, 0] == logits[2 * 18, 0]
+    maxed = dense_logit_maps(outputs, max_over_anchors=True)
+    assert maxed[0][0, 1, 1, 2] == logits[13, 1]  # the second anchor holds the larger values
+
+
+# -- errors, factory, gradients -------------------------------------------------------------
+def test_clear_errors_for_shapes_that_do_not_line_up():
+    with pytest.raises(ValueError, match=r"width 2 != teacher FPN width 4.*conv1x1"):
+        PKD(4, 2, PKDConfig(adapter="identity"))
+    teacher, student = hint_pair()
+    with pytest.raises(ValueError, match="student_channels=2"):
+        PKD(2, 3)(teacher, student)
+    one_level = make_outputs(features=[torch.zeros(1, 2, 4, 4)])
+    with pytest.raises(ValueError, match="Teacher has 2 FPN levels.*student 1"):
+        PKD(2, 2)(teacher, one_level)
+    bigger = make_outputs(features=[torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 3, 3)])
+    with pytest.raises(ValueError, match=r"level 1: teacher map \(1, 2, 2, 2\) and student map \(1, 2, 3, 3\)"):
+        ChannelWiseDistillation(2, 2)(teacher, bigger)
+    with pytest.raises(ValueError, match="levels=\\[5\\]"):
+        FeatureHint(2, 2, HintConfig(levels=[5]))(teacher, student)
+    with pytest.raises(ValueError, match="teacher has 2 classes and the student 3"):
+        ChannelWiseDistillation(2, 2, CWDConfig(source="logits"))(teacher, make_outputs(logits=torch.zeros(L, 3)))
+
+
+def test_factory_builds_each_method_and_rejects_unknown_options():
+    matcher = RecordingMatcher(hit=0, ignore=1, num_anchors=L)
+    gid = create_detection_distiller("gid", 4, 2, match_anchors=matcher, relation_weight=0)
+    assert isinstance(gid, GeneralInstanceDistillation) and gid.config.relation_weight == 0
+    assert isinstance(create_detection_distiller("hint", 4, 2, mask="gt"), FeatureHint)
+    assert create_detection_distiller("hint", 4, 2, mask="gt").config.weight == 0.01
+    assert create_detection_distiller("hint", 4, 2).config.weight == 1.0
+    assert isinstance(create_detection_distiller("pkd", 2, 2).adapter, nn.Identity)
+    assert isinstance(create_detection_distiller("cwd", 4, 2).adapter, nn.Conv2d)
+    with pytest.raises(ConfigError, match="valid: gid, hint, pkd, cwd"):
+        create_detection_distiller("fgd", 2, 2)
+    with pytest.raises(ConfigError, match="tua"):
+        create_detection_distiller("cwd", 2, 2, tua=2.0)
+
+
+@pytest.mark.parametrize("method", ["hint", "pkd", "cwd"])
+def test_feature_methods_send_gradients_to_student_and_adapter_only(method):
+    torch.manual_seed(0)
+    teacher = make_outputs(features=[torch.randn(1, 4, h, w, requires_grad=True) for h, w in SIZES])
+    student = make_outputs(features=[torch.randn(1, 2, h, w, requires_grad=True) for h, w in SIZES])
+    distiller = create_detection_distiller(method, 4, 2)
+    distiller(teacher, student)["distill"].backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in student.features)
+    assert distiller.adapter.weight.grad.abs().sum() > 0
+    assert all(f.grad is None for f in teacher.features)
