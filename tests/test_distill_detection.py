@@ -510,6 +510,9 @@ def test_factory_builds_each_method_and_rejects_unknown_options():
     matcher = RecordingMatcher(hit=0, ignore=1, num_anchors=L)
     gid = create_detection_distiller("gid", 4, 2, match_anchors=matcher, relation_weight=0)
     assert isinstance(gid, GeneralInstanceDistillation) and gid.config.relation_weight == 0
+    assert len(list(gid.parameters())) == 2  # the 1x1 adapter's weight and bias
+    no_feature = create_detection_distiller("gid", 4, 2, match_anchors=matcher, feature_weight=0)
+    assert not list(no_feature.parameters())  # no adapter that would never get a gradient
     assert isinstance(create_detection_distiller("hint", 4, 2, mask="gt"), FeatureHint)
     assert create_detection_distiller("hint", 4, 2, mask="gt").config.weight == 0.01
     assert create_detection_distiller("hint", 4, 2).config.weight == 1.0
@@ -531,3 +534,20 @@ def test_feature_methods_send_gradients_to_student_and_adapter_only(method):
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in student.features)
     assert distiller.adapter.weight.grad.abs().sum() > 0
     assert all(f.grad is None for f in teacher.features)
+
+
+def test_nothing_selected_gives_zero_still_connected_to_student_and_adapter():
+    """Identical predictions: no GI (every score is 0, not > min_score), every GID term 0; a
+    mask with no object: hint 0. Backward still reaches the student and the adapters."""
+    student = make_outputs(features=[torch.randn(1, 2, h, w, requires_grad=True) for h, w in SIZES])
+    teacher = make_outputs(channels=3)
+    gid = GeneralInstanceDistillation(3, 2, match_anchors=RecordingMatcher(hit=0, ignore=1, num_anchors=L))
+    out = gid(teacher, student)
+    assert out["gid_instances"].item() == 0 and out["distill"].item() == 0
+    out["distill"].backward()
+    assert student.features[0].grad is not None and gid.adapter.weight.grad is not None
+    hint = FeatureHint(3, 2, HintConfig(mask="gt"))
+    out = hint(teacher, student, [{"boxes": torch.zeros(0, 4)}])
+    assert out["hint"].item() == 0 and out["hint_locations"].item() == 0
+    out["distill"].backward()
+    assert hint.adapter.weight.grad is not None

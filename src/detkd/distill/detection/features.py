@@ -59,7 +59,6 @@ from detkd.distill.detection.common import (
     make_adapter,
     select_levels,
     total,
-    zero_term,
 )
 from detkd.models.detection.outputs import DetectorOutputs, per_location
 
@@ -190,8 +189,8 @@ class FeatureHint(DetectionDistiller):
         masks = self._masks(teacher, student, targets)  # per level (B, H_l, W_l)
         chosen = [masks[level] for level in levels]
         count = sum(m.sum() for m in chosen)
-        if count == 0:
-            loss = zero_term(student)
+        if count == 0:  # nothing near an object: 0, still connected to the student and the adapter
+            loss = sum(d.sum() for d in differences) * 0.0
         else:
             loss = sum((d * m[:, None]).sum() for d, m in zip(differences, chosen)) / (2 * count)
         return total({"hint": cfg.weight * loss}, {"hint_locations": count.float()})

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign, clip_boxes_to_image, nms
 
 from detkd.config import ConfigError, dataclass_from_dict
@@ -275,7 +275,12 @@ class GeneralInstanceDistillation(DetectionDistiller):
                 "pass match_anchors=<student adapter>.match_anchors, or set both response weights to 0"
             )
         self.match_anchors = match_anchors
-        self.adapter = make_adapter(self.config.adapter, student_channels, teacher_channels)
+        # only the feature loss reads adapted maps; without it an adapter would be a parameter
+        # that never gets a gradient (which DistributedDataParallel refuses by default)
+        if self.config.feature_weight > 0:
+            self.adapter = make_adapter(self.config.adapter, student_channels, teacher_channels)
+        else:
+            self.adapter = nn.Identity()
 
     def forward(
         self,
@@ -327,8 +332,8 @@ class GeneralInstanceDistillation(DetectionDistiller):
 
     # -- the three kinds of knowledge ----------------------------------------------------
     def _feature_loss(self, t_rois: Tensor, student: DetectorOutputs, pool: dict[str, Any]) -> Tensor:
-        if t_rois.shape[0] == 0:
-            return zero_term(student)
+        if t_rois.shape[0] == 0:  # keep the adapter in the graph, with a zero gradient
+            return sum((p.sum() * 0.0 for p in self.adapter.parameters()), zero_term(student))
         adapted = [self.adapter(f) for f in student.features]
         s_rois = pool_instances(adapted, **pool)
         return (t_rois - s_rois).pow(2).sum() / (t_rois.shape[0] * t_rois.shape[-2] * t_rois.shape[-1])
