@@ -95,7 +95,16 @@ def size_option(func: Callable) -> Callable:
               help="Evaluate on an HPatches-format folder instead of synthetic pairs.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
               help="Where to train. [default: auto]")
-@click.option("--precision", default=None, help="Fabric precision: 32-true, bf16-mixed, 16-mixed. [default: 32-true]")
+@click.option("--precision", default=None,
+              help="Fabric precision: auto (bf16-mixed on a bf16 GPU, else 32-true), 32-true, bf16-mixed, 16-mixed. "
+                   "[default: auto]")
+@click.option("--devices", default=None, callback=lambda ctx, param, value: devices_value(value),
+              help="Processes (GPUs) per node: a number, 'auto', or GPU ids like '0,1'. [default: 1]")
+@click.option("--num-nodes", type=int, default=None, help="Machines taking part. [default: 1]")
+@click.option("--strategy", default=None, help="Fabric strategy: auto, ddp, ddp_spawn, ... [default: auto]")
+@click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
+              help="Folder of cached teacher outputs (built here if missing): the teacher runs once per "
+                   "fixed view instead of every step. See 'detkd keypoints cache-teacher'.")
 @click.option("--workers", type=int, default=None, help="Data-loading processes. [default: 0]")
 @click.option("--seed", type=int, default=None, help="Random seed of data and initialisation. [default: 0]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -113,10 +122,55 @@ def distill(config_file: Path | None, out: Path, resume: bool, **options: Any) -
         "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr",
         "height": "data.height", "width": "data.width", "eval_images": "eval.images",
         "hpatches": "eval.hpatches", "device": "train.accelerator", "precision": "train.precision",
-        "workers": "train.num_workers", "seed": "train.seed",
+        "workers": "train.num_workers", "seed": "train.seed", "devices": "train.devices",
+        "num_nodes": "train.num_nodes", "strategy": "train.strategy", "teacher_cache": "teacher_cache.folder",
     }
     config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, {keys[k]: v for k, v in options.items()})
     run_distillation(config, out, resume=resume)
+
+
+def devices_value(value: str | None) -> int | str | None:
+    """``--devices`` as Fabric takes it: a count as an int, 'auto' or a GPU list as text."""
+    return int(value) if value is not None and value.isdigit() else value
+
+
+@keypoints.command("cache-teacher")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The YAML config of the distillation runs that will read the cache (same data settings).")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Teacher weights (as for distill). Default: the teacher shipped with detkd.")
+@click.option("--images", type=click.Path(exists=True), default=None,
+              help="Folder of training photos. Default: the photos that ship with scikit-image.")
+@click.option("--cache", "cache_folder", type=click.Path(file_okay=False), default=None,
+              help="Cache folder (created, or completed if it exists). Default: teacher_cache.folder of --config.")
+@click.option("--views-per-image", type=int, default=None, help="Fixed augmented views per photo. [default: 4]")
+@click.option("--descriptors", type=click.Choice(["float16", "int8"]), default=None,
+              help="Storage of the teacher's descriptors. [default: float16]")
+@size_option
+@click.option("--batch-size", type=int, default=None, help="Views per teacher forward. [default: 16]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where the teacher runs.")
+@click.option("--workers", type=int, default=None, help="Data-loading processes. [default: 0]")
+@click.option("--seed", type=int, default=None, help="Seed of the views (train.seed). [default: 0]")
+def cache_teacher(config_file: Path | None, **options: Any) -> None:
+    """Run the teacher once on fixed augmented views of the photos and store its outputs.
+
+    A later 'detkd keypoints distill --teacher-cache FOLDER' with the same data settings and
+    teacher trains from the stored outputs. The cache is bound to the teacher's weights, the
+    image contents and the view settings: other ones are refused with the difference named.
+    """
+    from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, build_teacher_cache, load_teacher, training_stream
+
+    keys = {
+        "teacher": "teacher.checkpoint", "images": "data.images", "cache_folder": "teacher_cache.folder",
+        "views_per_image": "teacher_cache.views_per_image", "descriptors": "teacher_cache.descriptors",
+        "height": "data.height", "width": "data.width", "batch_size": "teacher_cache.batch_size",
+        "device": "train.accelerator", "workers": "train.num_workers", "seed": "train.seed",
+    }
+    config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, {keys[k]: v for k, v in options.items()})
+    teacher, origin = load_teacher(config["teacher"]["checkpoint"])
+    stream, data_text = training_stream(config)
+    click.echo(f"teacher : {origin}\nimages  : {data_text}")
+    click.echo(build_teacher_cache(config, teacher, stream).summary())
 
 
 @keypoints.command()

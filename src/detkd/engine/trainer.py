@@ -5,6 +5,12 @@ every detkd run needs: reproducible data streams, AdamW with a step-wise exponen
 gradient clipping, a stop on a non-finite loss (the last good checkpoint stays), atomic
 checkpoints, exact resume, a progress bar with images/s and data-wait share, TensorBoard
 scalars and a ``history.jsonl`` that plots and reports read.
+
+Multi-process runs (``devices``/``num_nodes`` > 1): every process draws its own share of each
+step's global batch (``batch_size x world_size`` samples, see :class:`StreamSampler`); logged
+losses are averaged over all processes; only global rank 0 writes the history, TensorBoard
+and checkpoints. A checkpoint records how many samples were consumed, so a run can resume
+with another number of processes and continue the same sample stream.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +29,14 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from detkd.config import dataclass_from_dict
+from detkd.engine.acceleration import CompiledWithFallback, resolve_precision, to_channels_last
 from detkd.engine.checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
+from detkd.engine.distributed import (
+    convert_sync_batchnorm,
+    launched_by_fabric_cli,
+    revert_sync_batchnorm,
+    sync_batchnorm_supported,
+)
 from detkd.engine.task import Task
 
 log = logging.getLogger(__name__)
@@ -33,7 +47,7 @@ class TrainConfig:
     """Optimisation and run settings; every field is a key of the ``train:`` YAML section."""
 
     steps: int = 2000  # optimiser steps in total (a resumed run continues up to this)
-    batch_size: int = 8  # images per process per step
+    batch_size: int = 8  # images per process per step (global batch: batch_size x devices x num_nodes)
     lr: float = 1.5e-3  # AdamW learning rate (GoodPoint)
     weight_decay: float = 1e-4
     lr_decay: float = 0.98  # multiply the learning rate by this ...
@@ -47,9 +61,12 @@ class TrainConfig:
     accelerator: str = "auto"  # cpu, cuda, mps, auto
     devices: int | str = 1  # processes/GPUs per node
     num_nodes: int = 1
-    strategy: str = "auto"  # Fabric strategy: auto, ddp, ...
-    precision: str = "32-true"  # Fabric precision: 32-true, bf16-mixed, 16-mixed
+    strategy: str = "auto"  # Fabric strategy: auto, ddp, ddp_spawn, ddp_fork, ...
+    precision: str = "32-true"  # Fabric precision: 32-true, bf16-mixed, 16-mixed; auto: bf16-mixed on a bf16 GPU, else 32-true
     progress: bool = True  # show a progress bar
+    sync_batchnorm: bool = True  # BatchNorm statistics over the global batch when processes > 1 (GPU only)
+    channels_last: bool = False  # NHWC layout for models and 4-d batch tensors (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the task's forward; on failure warn and train eagerly
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -64,7 +81,11 @@ class TrainResult:
     checkpoint: Path
     history: Path
     seconds: float
-    last_losses: dict[str, float] = field(default_factory=dict)
+    last_losses: dict[str, float] = field(default_factory=dict)  # averaged over processes
+    is_global_zero: bool = True  # False in the other processes of a multi-process run
+    world_size: int = 1
+    samples_seen: int = 0  # training samples consumed since step 0, over all processes
+    process_id: int = field(default_factory=os.getpid, repr=False)  # the process that trained
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,19 +99,27 @@ class ExistingRunError(FileExistsError):
 class StreamSampler(Sampler[int]):
     """Indices of a :class:`~detkd.engine.task.StreamDataset` for steps ``[start, stop)``.
 
-    Step ``s`` of process ``rank`` takes samples ``s*G + rank*B ... s*G + rank*B + B - 1`` with
-    ``G = B * world_size``: every process sees different samples, and the global batch of a
-    step is the same whatever the number of processes.
+    With ``G = B * world_size`` and ``F = first_sample`` (default ``start * G``), step ``s`` of
+    process ``rank`` takes samples ``F + (s - start)*G + rank*B`` ... ``+ B - 1``: every process
+    sees different samples, and a step's global batch holds the same samples whatever the
+    number of processes. ``first_sample`` lets a resumed run continue the stream where it
+    stopped when the global batch changed.
     """
 
-    def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1,
+        first_sample: int | None = None,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.start, self.stop = start, stop
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.first_sample = start * batch_size * world_size if first_sample is None else first_sample
 
     def __iter__(self) -> Iterator[int]:
         global_batch = self.batch_size * self.world_size
         for step in range(self.start, self.stop):
-            first = step * global_batch + self.rank * self.batch_size
+            first = self.first_sample + (step - self.start) * global_batch + self.rank * self.batch_size
             yield from range(first, first + self.batch_size)
 
     def __len__(self) -> int:
@@ -117,7 +146,13 @@ class Trainer:
         self.history_path = self.out_dir / "history.jsonl"
 
     def fit(self, task: Task, resume: bool = False) -> TrainResult:
-        """Train ``task``; with ``resume`` continue from ``checkpoints/last.pt`` exactly."""
+        """Train ``task``; with ``resume`` continue from ``checkpoints/last.pt`` exactly.
+
+        Every process of a multi-process run calls ``fit`` (torchrun, ``fabric run`` and
+        Fabric's ``ddp`` launcher run the whole program once per process); each gets a result,
+        with ``is_global_zero`` set in one of them. With ``ddp_spawn``/``ddp_fork`` the training
+        runs in child processes and ``task.trainable()`` gets their final weights here.
+        """
         from lightning.fabric import Fabric
 
         cfg = self.config
@@ -126,15 +161,25 @@ class Trainer:
             devices=cfg.devices,
             num_nodes=cfg.num_nodes,
             strategy=cfg.strategy,
-            precision=cfg.precision,
+            precision=resolve_precision(cfg.precision, cfg.accelerator),  # type: ignore[arg-type]
         )
-        fabric.launch()
-        fabric.seed_everything(cfg.seed, verbose=False)
+        if launched_by_fabric_cli():  # `fabric run` started the processes; launching again is an error
+            result = self._fit_in_process(fabric, task, resume)
+        else:
+            result = fabric.launch(self._fit_in_process, task, resume)
+        if result.process_id != os.getpid():
+            task.trainable().load_state_dict(load_checkpoint(result.checkpoint)["model"])
+        return result
 
+    def _fit_in_process(self, fabric: Any, task: Task, resume: bool) -> TrainResult:
+        cfg = self.config
+        fabric.seed_everything(cfg.seed, verbose=False)
+        world_size = fabric.world_size
         start_step, state = self._starting_state(resume)
         model = task.trainable()
         if state is not None:
             model.load_state_dict(state["model"])
+        first_sample = self._first_sample(state, start_step, world_size, warn=fabric.is_global_zero)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("The task's trainable module has no parameter that requires a gradient")
@@ -146,19 +191,28 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
+        synced_batchnorm = self._sync_batchnorm(fabric, task)
+        if cfg.channels_last:
+            task.to(memory_format=torch.channels_last)
         wrapped_task, optimizer = fabric.setup(task, optimizer)
+        forward = CompiledWithFallback(wrapped_task) if cfg.compile else wrapped_task
 
         loader = DataLoader(
             task.train_dataset(),
             batch_size=cfg.batch_size,
-            sampler=StreamSampler(start_step, cfg.steps, cfg.batch_size, fabric.global_rank, fabric.world_size),
+            sampler=StreamSampler(
+                start_step, cfg.steps, cfg.batch_size, fabric.global_rank, world_size, first_sample
+            ),
             num_workers=cfg.num_workers,
             pin_memory=fabric.device.type == "cuda",
             persistent_workers=False,
         )
         loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+        global_batch = cfg.batch_size * world_size
 
         writer = None
+        # Every process has read the checkpoint before rank 0 may replace it.
+        fabric.barrier()
         if fabric.is_global_zero:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._truncate_history(start_step)
@@ -175,17 +229,24 @@ class Trainer:
             total=cfg.steps, initial=start_step, desc="train", unit="step",
             disable=not (cfg.progress and fabric.is_global_zero), dynamic_ncols=True,
         )
+
+        def samples_seen() -> int:
+            return first_sample + (step - start_step) * global_batch
+
         try:
             tick = time.perf_counter()
             for batch in loader:
                 fetched = time.perf_counter()
                 wait_time += fetched - tick
-                losses = wrapped_task(batch)
+                if cfg.channels_last:
+                    batch = to_channels_last(batch)
+                losses = forward(batch)
                 loss = losses["loss"]
-                if not torch.isfinite(loss):
+                if not self._all_finite(fabric, loss):
                     terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                     raise NonFiniteLossError(
-                        f"Loss is not finite at step {step} ({terms}). The last good checkpoint is "
+                        f"Loss is not finite at step {step} ({terms} in process {fabric.global_rank} of "
+                        f"{world_size}). The last good checkpoint is "
                         f"'{self.checkpoint_path}' (resume with --resume). Try a lower learning rate "
                         f"(now {scheduler.get_last_lr()[0]:.3g}), gradient clipping, or check the input "
                         "images and teacher for NaN values."
@@ -197,7 +258,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step += 1
-                seen += cfg.batch_size * fabric.world_size
+                seen += global_batch
                 tick = time.perf_counter()
                 compute_time += tick - fetched
 
@@ -205,6 +266,10 @@ class Trainer:
                     last = {k: float(fabric.all_reduce(v.detach(), reduce_op="mean")) for k, v in losses.items()}
                     images_per_s = seen / max(wait_time + compute_time, 1e-9)
                     wait_share = wait_time / max(wait_time + compute_time, 1e-9)
+                    if world_size > 1:
+                        wait_share = float(fabric.all_reduce(
+                            torch.tensor(wait_share, device=fabric.device), reduce_op="mean"
+                        ))
                     record = {"step": step, **last, "lr": scheduler.get_last_lr()[0],
                               "images_per_s": images_per_s, "data_wait": wait_share}
                     if fabric.is_global_zero:
@@ -212,18 +277,22 @@ class Trainer:
                     bar.set_postfix(loss=f"{last['loss']:.4g}", img_s=f"{images_per_s:.1f}", wait=f"{wait_share:.0%}")
                 bar.update(1)
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    self._save(fabric, task, optimizer, scheduler, step)
+                    self._save(fabric, task, optimizer, scheduler, step, samples_seen())
         except KeyboardInterrupt:
             if step > start_step:
-                self._save(fabric, task, optimizer, scheduler, step)
+                self._save(fabric, task, optimizer, scheduler, step, samples_seen())
                 log.warning("Interrupted at step %d; checkpoint written, continue with --resume", step)
             raise
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
-        self._save(fabric, task, optimizer, scheduler, step)
-        return TrainResult(step, self.checkpoint_path, self.history_path, time.perf_counter() - began, last)
+            revert_sync_batchnorm(task.trainable(), synced_batchnorm)
+        self._save(fabric, task, optimizer, scheduler, step, samples_seen())
+        return TrainResult(
+            step, self.checkpoint_path, self.history_path, time.perf_counter() - began, last,
+            is_global_zero=fabric.is_global_zero, world_size=world_size, samples_seen=samples_seen(),
+        )
 
     # ------------------------------------------------------------------ helpers
     def _starting_state(self, resume: bool) -> tuple[int, dict[str, Any] | None]:
@@ -239,19 +308,71 @@ class Trainer:
             )
         state = load_checkpoint(self.checkpoint_path)
         saved = state.get("config", {})
-        for key in ("batch_size", "lr", "seed"):
+        for key in ("lr", "seed"):
             if key in saved and saved[key] != getattr(self.config, key):
                 log.warning("Resuming with %s=%s (checkpoint used %s)", key, getattr(self.config, key), saved[key])
         if state["step"] >= self.config.steps:
             log.warning("Checkpoint is at step %d >= steps=%d: nothing left to train", state["step"], self.config.steps)
         return int(state["step"]), state
 
-    def _save(self, fabric: Any, task: Task, optimizer: Any, scheduler: Any, step: int) -> None:
+    def _first_sample(self, state: dict[str, Any] | None, start_step: int, world_size: int, warn: bool) -> int:
+        """Index of the first sample this session draws: where the checkpointed run stopped."""
+        global_batch = self.config.batch_size * world_size
+        if state is None:
+            return 0
+        saved = state.get("config", {})
+        saved_world = int(state.get("world_size", 1))  # checkpoints before multi-process support: 1
+        saved_global = int(saved.get("batch_size", self.config.batch_size)) * saved_world
+        seen = int(state.get("samples_seen", start_step * saved_global))
+        if warn and saved_global != global_batch:
+            log.warning(
+                "Resuming with a global batch of %d (batch_size %d x %d processes); the checkpoint used %d "
+                "(%d x %d). The sample stream continues at sample %d, but each step now takes %s images and the "
+                "learning-rate schedule counts steps. To continue the same run, pass batch_size=%s.",
+                global_batch, self.config.batch_size, world_size, saved_global, saved_global // saved_world,
+                saved_world, seen, "more" if global_batch > saved_global else "fewer",
+                f"{saved_global // world_size}" if saved_global % world_size == 0
+                else f"{saved_global}/{world_size} (not a whole number: choose a process count that divides it)",
+            )
+        return seen
+
+    def _sync_batchnorm(self, fabric: Any, task: Task) -> dict[str, type[torch.nn.Module]]:
+        """Convert the trainable module's BatchNorm to SyncBatchNorm where that is possible.
+
+        Returns what :func:`revert_sync_batchnorm` needs to give the module its classes back.
+        """
+        has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in task.trainable().modules())
+        if fabric.world_size == 1 or not self.config.sync_batchnorm or not has_batchnorm:
+            return {}
+        if not sync_batchnorm_supported(fabric.device):
+            if fabric.is_global_zero:
+                log.warning(
+                    "BatchNorm statistics are per process on %s (torch's SyncBatchNorm needs a GPU): "
+                    "%d processes x batch %d normalise over %d images each, not over the global batch of %d",
+                    fabric.device.type, fabric.world_size, self.config.batch_size, self.config.batch_size,
+                    fabric.world_size * self.config.batch_size,
+                )
+            return {}
+        return convert_sync_batchnorm(task.trainable())
+
+    @staticmethod
+    def _all_finite(fabric: Any, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite in every process (all stop together, none waits forever)."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if fabric.world_size > 1:
+            bad = fabric.all_reduce(bad, reduce_op="sum")
+        return not bool(bad)
+
+    def _save(
+        self, fabric: Any, task: Task, optimizer: Any, scheduler: Any, step: int, samples_seen: int
+    ) -> None:
         if fabric.is_global_zero:
             atomic_save(
                 {
                     "format": CHECKPOINT_FORMAT,
                     "step": step,
+                    "samples_seen": samples_seen,
+                    "world_size": fabric.world_size,
                     "model": task.trainable().state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),

@@ -3,7 +3,10 @@
 ``run_distillation`` = load the teacher, build the student, train with the shared engine,
 save ``student.pt``, evaluate teacher and student on the same held-out pairs and write the
 results beside the resolved config. The task itself is small: both networks see the same
-batch, the loss module compares their outputs.
+batch, the loss module compares their outputs. With ``teacher_cache.folder`` set, the
+teacher's outputs are computed once per fixed view and read back (:mod:`detkd.cache.keypoints`).
+In a multi-process run every process calls ``run_distillation``; only global rank 0 writes
+files, builds the cache and evaluates.
 """
 
 from __future__ import annotations
@@ -18,12 +21,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from detkd.cache.keypoints import (
+    CacheBuildReport,
+    CachedTeacherViews,
+    build_keypoint_teacher_cache,
+    decode_teacher_outputs,
+    open_keypoint_cache,
+)
 from detkd.config import dataclass_from_dict, save_config
 from detkd.data.augment import CropConfig, PhotometricConfig
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
 from detkd.data.keypoint_training import UnlabeledImageStream
 from detkd.distill.keypoints import KeypointDistillationLoss, KeypointDistillWeights
 from detkd.engine import Task, TrainConfig, Trainer
+from detkd.engine.distributed import is_launch_rank_zero
 from detkd.geometry.homography import HomographyConfig
 from detkd.models.pretrained import default_keypoint_teacher_path
 from detkd.models.superpoint import SuperPoint, count_parameters, create_model
@@ -53,6 +64,12 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         },
         "cache": True,  # keep decoded photos in memory
     },
+    "teacher_cache": {
+        "folder": None,  # teacher outputs stored here, missing ones computed at the start; null: teacher runs every step
+        "views_per_image": 4,  # fixed augmented views per photo in the cache; training cycles through them
+        "descriptors": "float16",  # float16 | int8 (half the size, rounding error <= 0.4% per component)
+        "batch_size": 16,  # views per teacher forward while the cache is built
+    },
     "loss": {
         "heatmap_mse": 120.0, "heatmap_gradient_mse": 150.0, "cell_kl": 1.0,
         "descriptor_mse": 10.0, "descriptor_cosine": 1.0, "temperature": 1.0,
@@ -61,7 +78,8 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         "steps": 2000, "batch_size": 8, "lr": 1.5e-3, "weight_decay": 1e-4, "lr_decay": 0.98,
         "lr_decay_every": 1000, "warmup_steps": 0, "grad_clip": 1.0, "checkpoint_every": 500,
         "log_every": 10, "num_workers": 0, "seed": 0, "accelerator": "auto", "devices": 1,
-        "num_nodes": 1, "strategy": "auto", "precision": "32-true", "progress": True,
+        "num_nodes": 1, "strategy": "auto", "precision": "auto", "progress": True,
+        "sync_batchnorm": True, "channels_last": False, "compile": False,
     },
     "eval": {
         "images": None,  # held-out photos (synthetic pairs); null: scikit-image's held-out photos
@@ -76,29 +94,44 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
 
 
 class KeypointDistillationTask(Task):
-    """Teacher (frozen) and student see the same images; the loss compares their outputs."""
+    """Teacher (frozen) and student see the same images; the loss compares their outputs.
+
+    When the data stream reads the teacher's outputs from a cache (batch keys
+    ``teacher_logits`` and ``teacher_descriptors``, see :class:`CachedTeacherViews`), the
+    teacher does not run and may be ``None``.
+    """
 
     def __init__(
-        self, teacher: SuperPoint, student: SuperPoint, loss: KeypointDistillationLoss, data: UnlabeledImageStream
+        self, teacher: SuperPoint | None, student: SuperPoint, loss: KeypointDistillationLoss,
+        data: UnlabeledImageStream | CachedTeacherViews,
     ) -> None:
         super().__init__()
         self.teacher = teacher
         self.student = student
         self.loss = loss
         self.data = data
-        self.freeze("teacher")
+        if teacher is not None:
+            self.freeze("teacher")
 
     def trainable(self) -> nn.Module:
         return self.student
 
-    def train_dataset(self) -> UnlabeledImageStream:
+    def train_dataset(self) -> UnlabeledImageStream | CachedTeacherViews:
         return self.data
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        image = batch["image"]
+    def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The teacher's dense outputs for ``batch["image"]``: from the cache, or computed without a graph."""
+        if "teacher_logits" in batch:
+            return decode_teacher_outputs(batch["teacher_logits"], batch["teacher_descriptors"])
+        if self.teacher is None:
+            raise ValueError("This task has no teacher and the batch carries no cached teacher outputs")
+        # no_grad, not inference_mode: the loss saves these tensors for its backward pass, which
+        # inference tensors forbid; no_grad records no graph either.
         with torch.no_grad():
-            teacher_out = self.teacher(image)
-        return self.loss(teacher_out, self.student(image))
+            return self.teacher(batch["image"])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.loss(self.teacher_outputs(batch), self.student(batch["image"]))
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"model_conf": dict(self.student.conf)}
@@ -143,9 +176,37 @@ def training_stream(config: dict[str, Any]) -> tuple[UnlabeledImageStream, str]:
     return UnlabeledImageStream(photos, **kwargs), f"scikit-image photos ({len(photos)}, training split)"
 
 
+def build_device(accelerator: str) -> torch.device:
+    """Where the teacher runs while a cache is built: the GPU if training would use one."""
+    return torch.device("cuda" if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() else "cpu")
+
+
+def build_teacher_cache(
+    config: dict[str, Any], teacher: SuperPoint, stream: UnlabeledImageStream, progress: bool = True
+) -> CacheBuildReport:
+    """Compute and store the teacher's outputs for every view of ``config['teacher_cache']`` not yet cached."""
+    cache_cfg, train = config["teacher_cache"], config["train"]
+    if not cache_cfg["folder"]:
+        raise ValueError("teacher_cache.folder is not set: name the folder for the teacher's outputs")
+    return build_keypoint_teacher_cache(
+        teacher, stream, cache_cfg["folder"], views_per_image=cache_cfg["views_per_image"],
+        descriptors=cache_cfg["descriptors"], batch_size=cache_cfg["batch_size"],
+        device=build_device(train["accelerator"]), num_workers=train["num_workers"], progress=progress,
+    )
+
+
+def cached_training_stream(
+    config: dict[str, Any], teacher: SuperPoint, stream: UnlabeledImageStream
+) -> CachedTeacherViews:
+    """The stream that reads teacher outputs from ``config['teacher_cache']['folder']``."""
+    cache_cfg = config["teacher_cache"]
+    cache = open_keypoint_cache(cache_cfg["folder"], teacher, stream, cache_cfg["descriptors"])
+    return CachedTeacherViews(stream, cache, cache_cfg["views_per_image"])
+
+
 @dataclass
 class DistillationOutcome:
-    """Where a distillation run left its results."""
+    """Where a distillation run left its results (``metrics`` is empty in processes other than rank 0)."""
 
     out_dir: Path
     student_path: Path
@@ -158,26 +219,37 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
 
     Writes into ``out_dir``: ``config.yaml`` (resolved), ``student.pt``, ``checkpoints/``,
     ``history.jsonl``, ``tensorboard/``, ``metrics.json``, ``metrics.md``, ``loss_curves.png``,
-    ``matches.png``.
+    ``matches.png``. With ``teacher_cache.folder`` set, missing teacher outputs are computed
+    first and training reads them from the cache instead of running the teacher.
     """
     out = Path(out_dir)
     config = copy.deepcopy(config)
+    rank_zero = is_launch_rank_zero()
     teacher, origin = load_teacher(config["teacher"]["checkpoint"])
     student = build_student(teacher, config["student"]["variant"], config["student"]["batch_norm"])
     stream, data_text = training_stream(config)
     loss = KeypointDistillationLoss(KeypointDistillWeights.from_dict(config["loss"]))
     train_cfg = TrainConfig.from_dict(config["train"])
+    say = print if rank_zero else (lambda *args, **kwargs: None)
 
-    print(f"teacher : {origin} ({count_parameters(teacher):,} parameters)")
-    print(f"student : {config['student']['variant']} ({count_parameters(student):,} parameters)")
-    print(f"images  : {data_text}")
-    print(f"run     : {train_cfg.steps} steps x {train_cfg.batch_size} views of "
-          f"{config['data']['height']}x{config['data']['width']} -> {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+    say(f"teacher : {origin} ({count_parameters(teacher):,} parameters)")
+    say(f"student : {config['student']['variant']} ({count_parameters(student):,} parameters)")
+    say(f"images  : {data_text}")
+    say(f"run     : {train_cfg.steps} steps x {train_cfg.batch_size} views of "
+        f"{config['data']['height']}x{config['data']['width']} -> {out}")
+    if rank_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
 
-    task = KeypointDistillationTask(teacher, student, loss, stream)
+    train_data: UnlabeledImageStream | CachedTeacherViews = stream
+    if config["teacher_cache"]["folder"]:
+        if rank_zero:  # the other processes wait for it when they meet in the trainer
+            say(build_teacher_cache(config, teacher, stream, progress=train_cfg.progress).summary())
+        train_data = cached_training_stream(config, teacher, stream)
+    task = KeypointDistillationTask(None if config["teacher_cache"]["folder"] else teacher, student, loss, train_data)
     result = Trainer(train_cfg, out).fit(task, resume=resume)
+    if not result.is_global_zero:
+        return DistillationOutcome(out, out / "student.pt", {}, "")
     student_path = save_keypoint_model(
         student.eval(), out / "student.pt",
         meta={"teacher": origin, "steps": result.step, "variant": config["student"]["variant"]},

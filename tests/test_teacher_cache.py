@@ -1,0 +1,194 @@
+"""Teacher-output cache: exact reuse, refusal of other teachers/images/settings, same loss as online."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from detkd.cache import CacheField, TeacherCacheError, TeacherOutputCache
+from detkd.cache.keypoints import (
+    CachedTeacherViews,
+    build_keypoint_teacher_cache,
+    decode_teacher_outputs,
+    encode_descriptors,
+    open_keypoint_cache,
+)
+from detkd.data.augment import CropConfig, PhotometricConfig
+from detkd.data.keypoint_training import UnlabeledImageStream
+from detkd.distill.keypoints import KeypointDistillationLoss
+from detkd.models.superpoint import create_model
+from detkd.tasks.keypoints import KeypointDistillationTask
+
+H, W = 32, 48
+
+
+def tiny_teacher(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("tiny", batch_norm=False).eval()
+
+
+def photos(n: int = 2, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.random((40 + 8 * i, 60), dtype=np.float32) for i in range(n)]
+
+
+def stream_of(images, photometric=True) -> UnlabeledImageStream:
+    return UnlabeledImageStream(images, CropConfig(height=H, width=W), PhotometricConfig() if photometric else None, seed=5)
+
+
+# ---------------------------------------------------------------- formats, by hand
+def test_int8_descriptor_codes_by_hand():
+    desc = torch.tensor([0.6, -0.8]).view(1, 2, 1, 1)
+    codes = encode_descriptors(desc, "int8")
+    assert codes.dtype == np.int8 and codes.ravel().tolist() == [76, -102]  # round(76.2), round(-101.6)
+    logits = torch.zeros(1, 65, 1, 1)
+    decoded = decode_teacher_outputs(logits, torch.from_numpy(codes))["descriptors"].ravel()
+    norm = math.sqrt(76**2 + 102**2)  # 127.20...: the codes are normalised again
+    torch.testing.assert_close(decoded, torch.tensor([76 / norm, -102 / norm]))
+    assert encode_descriptors(desc, "float16").dtype == np.float16
+
+
+def test_cached_heatmap_is_the_softmax_of_the_cached_logits():
+    logits = torch.zeros(1, 65, 1, 1, dtype=torch.float16)
+    logits[0, 5] = math.log(2.0)  # bin 5 = pixel (row 0, column 5) of the cell, twice as likely
+    heatmap = decode_teacher_outputs(logits, torch.ones(1, 4, 1, 1))["heatmap"][0]
+    assert heatmap.shape == (8, 8)
+    assert heatmap[0, 5].item() == pytest.approx(2 / 66, rel=1e-3)  # 65 bins: 64 x 1 + 2
+    assert heatmap[3, 3].item() == pytest.approx(1 / 66, rel=1e-3)
+
+
+def test_store_round_trip_over_shards_and_data_loader_workers(tmp_path):
+    fields = [CacheField("a", (2, 3), "float16"), CacheField("n", (1,), "int32")]
+    cache = TeacherOutputCache(tmp_path, {"teacher": "x"}, fields)
+    values = np.arange(30, dtype=np.float32).reshape(5, 2, 3) / 4  # exact in float16
+    with cache.writer(5, rows_per_shard=2) as writer:
+        writer.add([f"k{i}" for i in range(5)], {"a": values, "n": np.arange(5).reshape(5, 1)})
+    assert [s["rows"] for s in cache.shards()] == [2, 2, 1]
+    reopened = TeacherOutputCache(tmp_path, {"teacher": "x"}, fields, create=False)
+    assert len(reopened) == 5 and reopened.read("k3")["n"].tolist() == [3]
+    np.testing.assert_array_equal(reopened.read("k4")["a"], values[4])
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return torch.from_numpy(reopened.read(f"k{i}")["a"])
+
+    reopened.read("k0")  # memory maps open here must not travel to the workers
+    loaded = torch.cat(list(DataLoader(Rows(), batch_size=2, num_workers=2)))
+    np.testing.assert_array_equal(loaded.numpy(), values)
+
+
+def test_a_failed_build_keeps_committed_entries_and_releases_the_lock(tmp_path):
+    cache = TeacherOutputCache(tmp_path, {"teacher": "x"}, [CacheField("a", (1,), "float32")])
+    with pytest.raises(RuntimeError, match="killed"):
+        with cache.writer(4, rows_per_shard=2) as writer:
+            writer.add(["k0", "k1", "k2"], {"a": np.ones((3, 1), np.float32)})
+            raise RuntimeError("killed")
+    again = TeacherOutputCache(tmp_path, {"teacher": "x"}, [CacheField("a", (1,), "float32")])
+    assert sorted(again.index) == ["k0", "k1", "k2"]
+    assert not (tmp_path / ".writing.lock").exists()
+
+
+# ---------------------------------------------------------------- key points
+def test_cached_loss_equals_online_loss_on_the_same_batch(tmp_path):
+    teacher, data = tiny_teacher(), stream_of(photos())
+    report = build_keypoint_teacher_cache(teacher, data, tmp_path, views_per_image=2, batch_size=3, progress=False)
+    assert (report.views, report.computed, report.reused) == (4, 4, 0)
+    views = CachedTeacherViews(data, open_keypoint_cache(tmp_path, teacher, data), views_per_image=2)
+    batch = torch.utils.data.default_collate([views[k] for k in range(4)])  # two epochs: both views of both photos
+    assert batch["teacher_logits"].dtype == torch.float16 and batch["image"].shape == (4, 1, H, W)
+
+    torch.manual_seed(1)
+    student = create_model("tiny", batch_norm=False)
+    cached_task = KeypointDistillationTask(None, student, KeypointDistillationLoss(), views)
+    online_task = KeypointDistillationTask(teacher, student, KeypointDistillationLoss(), data)
+    cached = cached_task(batch)
+    online = online_task({"image": batch["image"]})
+    for name, value in online.items():  # float16 targets: about 3 significant digits
+        torch.testing.assert_close(cached[name], value, rtol=2e-3, atol=1e-5, msg=name)
+
+
+def test_online_teacher_builds_no_autograd_graph():
+    task = KeypointDistillationTask(tiny_teacher(), create_model("tiny"), KeypointDistillationLoss(), stream_of(photos()))
+    out = task.teacher_outputs({"image": torch.rand(2, 1, H, W)})
+    assert all(t.grad_fn is None and not t.requires_grad for t in out.values())
+
+
+def test_changed_teacher_or_view_settings_are_refused(tmp_path):
+    teacher, data = tiny_teacher(), stream_of(photos())
+    build_keypoint_teacher_cache(teacher, data, tmp_path, views_per_image=1, progress=False)
+    changed = tiny_teacher()
+    with torch.no_grad():
+        changed.detector[1].conv.bias[0] += 1e-4  # one weight, a tiny step
+    with pytest.raises(TeacherCacheError, match="teacher: cache has"):
+        open_keypoint_cache(tmp_path, changed, data)
+    with pytest.raises(TeacherCacheError, match="views.photometric"):
+        open_keypoint_cache(tmp_path, teacher, stream_of(photos(), photometric=False))
+    with pytest.raises(TeacherCacheError, match="fields"):
+        open_keypoint_cache(tmp_path, teacher, data, descriptors="int8")
+    assert len(open_keypoint_cache(tmp_path, teacher, data)) == 2  # the right teacher still reads it
+
+
+def test_changed_image_is_recomputed_and_renamed_image_reused(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(photos(3)):
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    teacher = tiny_teacher()
+
+    def stream():
+        return UnlabeledImageStream.from_folder(folder, crop=CropConfig(height=H, width=W), seed=5)[0]
+
+    first = build_keypoint_teacher_cache(teacher, stream(), tmp_path / "cache", views_per_image=2, progress=False)
+    assert first.computed == 6
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(folder / "p1.png")  # new content, same name
+    (folder / "p2.png").rename(folder / "renamed.png")  # same content, new name
+    data = stream()
+    views = CachedTeacherViews(data, open_keypoint_cache(tmp_path / "cache", teacher, data), views_per_image=2)
+    changed = [str(data.sources[i].name) for i, _ in views.missing_views()]
+    assert changed == ["p1.png", "p1.png"]
+    k = next(k for k in range(6) if data.sources[views.source_index(k)].name == "p1.png")
+    with pytest.raises(TeacherCacheError, match="p1.png"):
+        views[k]
+    again = build_keypoint_teacher_cache(teacher, data, tmp_path / "cache", views_per_image=2, progress=False)
+    assert (again.computed, again.reused) == (2, 4)
+
+
+def test_cache_teacher_command_then_distill_from_the_cache(tmp_path):
+    from detkd.cli.main import main
+    from detkd.models.weights import save_keypoint_model
+
+    save_keypoint_model(tiny_teacher(), tmp_path / "teacher.pt")
+    photos_dir = tmp_path / "photos"
+    photos_dir.mkdir()
+    for i, image in enumerate(photos(2)):
+        Image.fromarray((image * 255).astype(np.uint8)).save(photos_dir / f"p{i}.png")
+    common = ["--teacher", str(tmp_path / "teacher.pt"), "--images", str(photos_dir), "--height", str(H),
+              "--width", str(W)]
+    runner = CliRunner()
+    built = runner.invoke(main, ["keypoints", "cache-teacher", *common, "--cache", str(tmp_path / "cache"),
+                                 "--views-per-image", "2"])
+    assert built.exit_code == 0, built.output
+    assert "4 views (0 reused, 4 computed" in built.output
+
+    (tmp_path / "c.yaml").write_text(json.dumps({
+        "eval": {"pairs_per_image": 1, "height": 32, "width": 48, "max_keypoints": 50},
+        "train": {"log_every": 1, "progress": False}, "teacher_cache": {"views_per_image": 2},
+    }))
+    run = runner.invoke(main, ["keypoints", "distill", "--config", str(tmp_path / "c.yaml"), *common,
+                               "--teacher-cache", str(tmp_path / "cache"), "--eval-images", str(photos_dir),
+                               "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2"])
+    assert run.exit_code == 0, run.output
+    assert "4 views (4 reused, 0 computed" in run.output  # the teacher did not run again
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [1, 2] and all(math.isfinite(r["cell_kl"]) for r in history)
+    assert (tmp_path / "run" / "student.pt").exists()
