@@ -8,8 +8,11 @@ Conventions (all adapters, all families):
 * boxes are ``xyxy`` in pixels of that batch tensor; labels are class indices ``0 .. K-1``
   (no background index: an adapter that wraps a model with one, such as Faster R-CNN, shifts).
 * dense head outputs are listed per *anchor* in torchvision's order: level (finest first), then
-  row, then column, then the anchors of that location. FCOS has one "anchor" per location: a
-  zero-size box at the location's centre.
+  row, then column, then the anchors of that location. The anchors of the location in row ``i``
+  and column ``j`` of a level with stride ``s`` are centred on the point ``(j * s, i * s)``
+  (torchvision's ``AnchorGenerator``: the cell's top-left corner, not its middle). FCOS has one
+  "anchor" per location: a square of side ``s`` centred on that point (torchvision's FCOS uses
+  its size to scale the box deltas and its centre as the point).
 """
 
 from __future__ import annotations
