@@ -128,3 +128,123 @@ def test_history_records_are_json_lines(tmp_path):
     record = json.loads(lines[-1])
     assert record["step"] == 2 and {"loss", "mse", "lr", "images_per_s", "data_wait"} <= set(record)
     assert np.isfinite(record["loss"])
+
+
+# ------------------------------------------------------------------ speed options
+from detkd.engine.acceleration import CompiledWithFallback, resolve_precision, to_channels_last  # noqa: E402
+from detkd.engine.distributed import convert_sync_batchnorm, is_launch_rank_zero, revert_sync_batchnorm  # noqa: E402
+
+
+def test_precision_auto_is_bf16_on_a_bf16_gpu_and_fp32_elsewhere(monkeypatch):
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("16-mixed", "cuda") == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", "auto") == "bf16-mixed"
+    assert resolve_precision("auto", "cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    assert resolve_precision("auto", "cuda") == "32-true"
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        resolve_precision("bf16", "cuda")
+
+
+def test_failed_compilation_warns_and_training_goes_on_eagerly(tmp_path, monkeypatch):
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler on this machine")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend=failing_backend))
+    torch.manual_seed(0)
+    compiled = LineTask()
+    with pytest.warns(RuntimeWarning, match="torch.compile failed.*without compilation"):
+        result = Trainer(config(steps=3, compile=True), tmp_path / "c").fit(compiled)
+    torch.manual_seed(0)
+    eager = LineTask()
+    Trainer(config(steps=3), tmp_path / "e").fit(eager)
+    assert result.step == 3
+    for p, q in zip(compiled.student.parameters(), eager.student.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_compiled_with_fallback_reraises_errors_of_the_model_itself():
+    wrapper = CompiledWithFallback(nn.Linear(3, 1), backend="eager")
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="shapes"):
+        wrapper(torch.ones(2, 5))  # the eager retry raises the model's own error, not a compiler's
+    assert not wrapper.active
+
+
+class ImageData(StreamDataset):
+    def num_items(self) -> int:
+        return 4
+
+    def make_sample(self, item, rng):
+        return {"image": torch.tensor(rng.random((2, 8, 8)), dtype=torch.float32)}  # C=1 is both layouts
+
+
+class ConvTask(Task):
+    def __init__(self) -> None:
+        super().__init__()
+        self.student = nn.Sequential(
+            # no bias before BatchNorm: its gradient is 0 up to rounding, which AdamW blows up to +-lr
+            nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1),
+        )
+        self.layouts: list[bool] = []
+
+    def trainable(self):
+        return self.student
+
+    def train_dataset(self):
+        return ImageData(seed=1)
+
+    def forward(self, batch):
+        self.layouts.append(batch["image"].is_contiguous(memory_format=torch.channels_last))
+        loss = (self.student(batch["image"]) - batch["image"].mean()).square().mean()
+        return {"loss": loss}
+
+
+def test_channels_last_changes_layout_not_results(tmp_path):
+    runs = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        runs[flag] = ConvTask()
+        Trainer(config(steps=2, channels_last=flag, batch_size=2), tmp_path / str(flag)).fit(runs[flag])
+    assert runs[True].layouts == [True, True] and runs[False].layouts == [False, False]
+    assert runs[True].student[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for p, q in zip(runs[True].student.parameters(), runs[False].student.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    nested = to_channels_last({"a": [torch.rand(2, 3, 4, 5)], "b": torch.rand(3, 4)})
+    assert nested["a"][0].is_contiguous(memory_format=torch.channels_last) and nested["b"].is_contiguous()
+
+
+def test_data_loading_workers_give_the_same_run(tmp_path):
+    weights = []
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        task = LineTask()
+        Trainer(config(steps=4, num_workers=workers), tmp_path / str(workers)).fit(task)
+        weights.append([p.detach().clone() for p in task.student.parameters()])
+    for p, q in zip(*weights):
+        assert torch.equal(p, q)
+
+
+def test_sync_batchnorm_conversion_is_undone_with_the_same_parameters():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    weight, mean = model[1].weight, model[2][1].running_mean
+    originals = convert_sync_batchnorm(model)
+    assert originals == {"1": nn.BatchNorm2d, "2.1": nn.BatchNorm1d}
+    assert type(model[1]) is nn.SyncBatchNorm and model[1].weight is weight
+    revert_sync_batchnorm(model, originals)
+    assert type(model[1]) is nn.BatchNorm2d and type(model[2][1]) is nn.BatchNorm1d
+    assert model[1].weight is weight and model[2][1].running_mean is mean
+
+
+@pytest.mark.parametrize("env, zero", [
+    ({}, True), ({"RANK": "0", "LOCAL_RANK": "0"}, True), ({"RANK": "3"}, False),
+    ({"LOCAL_RANK": "1"}, False), ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False), ({"SLURM_PROCID": "2"}, False),
+])
+def test_rank_zero_before_training_comes_from_the_launcher_environment(monkeypatch, env, zero):
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert is_launch_rank_zero() is zero
