@@ -302,5 +302,12 @@ def show_config(name: str) -> None:
     click.echo(dump_config(defaults), nl=False)
 
 
+# ``detkd export | bench | report`` (src/detkd/cli/deploy.py)
+from detkd.cli.deploy import COMMANDS as DEPLOY_COMMANDS  # noqa: E402
+
+for _command in DEPLOY_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":
     main()

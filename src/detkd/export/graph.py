@@ -26,11 +26,17 @@ class Parity:
         error_kinds: output name -> ``"abs"`` or ``"rel"``.
         agreement: fraction of detections (key points, boxes) found by both runtimes
             (intersection over union of the two sets), ``None`` for dense outputs.
+        near_ties: detections found by one runtime only whose selection was decided by
+            values closer than the tolerance (a score at the threshold, at the k-th best score,
+            or equal to a neighbour in NMS): rounding may flip those either way.
+        unexplained: detections found by one runtime only for any other reason (a failure).
     """
 
     errors: dict[str, float]
     error_kinds: dict[str, str] = field(default_factory=dict)
     agreement: float | None = None
+    near_ties: int = 0
+    unexplained: int = 0
 
 
 @dataclass
@@ -50,8 +56,8 @@ class ExportGraph:
             written into the sidecar file.
         output_spec: output name -> plain description (shape, unit).
         config: the model's configuration, written into the sidecar file.
-        compare: ``(torch outputs, onnx outputs) -> Parity``, both as numpy arrays in
-            ``output_names`` order, for one batch.
+        compare: ``(torch outputs, onnx outputs, input batch, tolerance) -> Parity``, outputs
+            as numpy arrays in ``output_names`` order.
     """
 
     task: str
@@ -63,7 +69,7 @@ class ExportGraph:
     input_spec: dict[str, Any]
     output_spec: dict[str, str]
     config: dict[str, Any]
-    compare: Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], Parity]
+    compare: Callable[[Sequence[np.ndarray], Sequence[np.ndarray], torch.Tensor, float], Parity]
     min_size: int = 16  # pixels, smallest side the graph accepts
     size_multiple: int = 8
 
@@ -97,7 +103,8 @@ def merge_parity(reports: Sequence[Parity]) -> Parity:
         for name, value in report.errors.items():
             errors[name] = max(errors.get(name, 0.0), value)
         kinds.update(report.error_kinds)
-    return Parity(errors, kinds, min(agreements) if agreements else None)
+    return Parity(errors, kinds, min(agreements) if agreements else None,
+                  sum(r.near_ties for r in reports), sum(r.unexplained for r in reports))
 
 
 def plain(value: Any) -> Any:

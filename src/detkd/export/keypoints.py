@@ -22,6 +22,7 @@ multiples of 8 (at least 16).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -195,12 +196,15 @@ def keypoint_graph(model: SuperPoint, raw_heads: bool = False, max_keypoints: in
     return ExportGraph(
         task="keypoints", module=module, input_name=INPUT_NAME, channels=1, output_names=outputs,
         output_axes=axes, input_spec=input_spec, output_spec=spec, config=config,
-        compare=compare_raw_heads if raw_heads else compare_postprocessed,
+        compare=compare_raw_heads if raw_heads else functools.partial(compare_postprocessed, post=module),
         min_size=2 * CELL, size_multiple=CELL,
     )
 
 
-def compare_raw_heads(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> Parity:
+def compare_raw_heads(
+    reference: Sequence[np.ndarray], other: Sequence[np.ndarray], batch: torch.Tensor | None = None,
+    tolerance: float = 1e-4,
+) -> Parity:
     """Parity of the dense outputs: logits relative to their range, heatmap and descriptors absolute."""
     logits, heatmap, descriptors = (worst_difference(r, o, relative=(i == 0))
                                     for i, (r, o) in enumerate(zip(reference, other)))
@@ -208,29 +212,66 @@ def compare_raw_heads(reference: Sequence[np.ndarray], other: Sequence[np.ndarra
                   {"logits": "rel", "heatmap": "abs", "descriptors": "abs"})
 
 
-def compare_postprocessed(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> Parity:
-    """Parity of post-processed outputs, robust to the order of tied scores.
+def compare_postprocessed(
+    reference: Sequence[np.ndarray], other: Sequence[np.ndarray], batch: torch.Tensor, tolerance: float,
+    post: KeypointPostprocess,
+) -> Parity:
+    """Parity of post-processed outputs, robust to rounding at the decisions.
 
-    Key points are integer pixels, so each image's two sets are matched exactly by pixel;
-    ``agreement`` is their intersection over union (1.0: the same points), and the score
-    and descriptor errors are the worst over the points both runtimes found.
+    Key points are whole pixels, so each image's two sets are matched exactly by pixel;
+    ``agreement`` is their intersection over union, and the score and descriptor errors are
+    the worst over the points both runtimes found. A point found by one runtime only is a
+    *near-tie* when PyTorch's heatmap shows that its selection hung on values closer than
+    ``tolerance`` (at the threshold, at the k-th best score, or against a neighbour in the
+    NMS window), otherwise it is *unexplained* (a failed export).
     """
     kp_r, sc_r, de_r, n_r = reference
     kp_o, sc_o, de_o, n_o = other
     if kp_r.shape != kp_o.shape:
         raise ValueError(f"keypoints shapes differ: PyTorch {kp_r.shape}, ONNX Runtime {kp_o.shape}")
-    score_err, desc_err, common, union = 0.0, 0.0, 0, 0
+    score_err, desc_err, common, union, near, unexplained = 0.0, 0.0, 0, 0, 0, 0
+    heatmaps = None
     for b in range(kp_r.shape[0]):
         ids_r = _pixel_ids(kp_r[b, : int(n_r[b])])
         ids_o = _pixel_ids(kp_o[b, : int(n_o[b])])
         shared, idx_r, idx_o = np.intersect1d(ids_r, ids_o, assume_unique=True, return_indices=True)
+        only = np.setxor1d(ids_r, ids_o, assume_unique=True)
         common += len(shared)
-        union += len(np.union1d(ids_r, ids_o))
+        union += len(shared) + len(only)
         if len(shared):
             score_err = max(score_err, worst_difference(sc_r[b, idx_r], sc_o[b, idx_o]))
             desc_err = max(desc_err, worst_difference(de_r[b, idx_r], de_o[b, idx_o]))
+        if len(only):
+            if heatmaps is None:
+                with torch.inference_mode():
+                    heatmaps = post.model(batch)["heatmap"].numpy()
+            kth = min(_kth_score(sc_r[b], n_r[b], post.max_keypoints), _kth_score(sc_o[b], n_o[b], post.max_keypoints))
+            ties = sum(_near_tie(heatmaps[b], int(i), post, kth, tolerance) for i in only)
+            near += ties
+            unexplained += len(only) - ties
     agreement = common / union if union else 1.0
-    return Parity({"scores": score_err, "descriptors": desc_err}, {"scores": "abs", "descriptors": "abs"}, agreement)
+    return Parity({"scores": score_err, "descriptors": desc_err}, {"scores": "abs", "descriptors": "abs"},
+                  agreement, near, unexplained)
+
+
+def _kth_score(scores: np.ndarray, count: np.ndarray, k: int) -> float:
+    """The lowest kept score when all ``k`` slots are used (the top-k boundary), else NaN."""
+    return float(scores[k - 1]) if int(count) >= k else float("nan")
+
+
+def _near_tie(heatmap: np.ndarray, pixel_id: int, post: KeypointPostprocess, kth: float, tolerance: float) -> bool:
+    """Whether keeping or dropping this pixel was decided by values within ``tolerance``."""
+    y, x = divmod(pixel_id, 1 << 20)
+    value = float(heatmap[y, x])
+    if abs(value - post.threshold) <= tolerance or abs(value - kth) <= tolerance:
+        return True
+    r = post.nms_radius
+    if r > 0:
+        window = heatmap[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].astype(np.float64).copy()
+        window[min(y, r), min(x, r)] = -np.inf  # the pixel itself
+        if abs(value - float(window.max())) <= tolerance:
+            return True
+    return False
 
 
 def _pixel_ids(keypoints: np.ndarray) -> np.ndarray:
