@@ -8,3 +8,7 @@ Two pillars share one engine:
 """
 
 __version__ = "0.1.0"
+
+from detkd.predictor import Predictor  # noqa: E402  (the application API: no training code needed)
+
+__all__ = ["Predictor", "__version__"]

@@ -177,42 +177,46 @@ class Predictor:
 
 
 def to_grey_tensor(image: ImageInput) -> torch.Tensor:
-    """Any supported image as a ``(1, H, W)`` float32 tensor in ``[0, 1]`` (ITU-R 601 luminance)."""
+    """Any supported image as a ``(1, H, W)`` float32 tensor in ``[0, 1]``.
+
+    8-bit colour becomes grey exactly as :func:`detkd.data.images.read_image` does it
+    (Pillow's ``L`` conversion, ITU-R 601), so a path, a PIL image and its pixels as a uint8
+    array or tensor give the same input; float colour uses the same weights without rounding.
+    """
     if isinstance(image, (str, Path)):
         from detkd.data.images import read_image
 
         return torch.from_numpy(read_image(image, grey=True))[None]
     if type(image).__module__.startswith("PIL."):
         image = np.asarray(image.convert("L"))
-    if isinstance(image, np.ndarray):
-        array = _to_unit_range(image, "numpy image")
-        if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
-            array = np.moveaxis(array[..., :3], -1, 0)
-        elif array.ndim != 2:
-            raise ValueError(f"numpy image must be (H, W), (H, W, 1) or (H, W, 3), got shape {image.shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-    elif isinstance(image, torch.Tensor):
+    if isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
-        if tensor.dtype == torch.uint8:
-            tensor = tensor.float() / 255.0
-        else:
-            tensor = torch.from_numpy(_to_unit_range(tensor.float().numpy(), "tensor image"))
-        if tensor.dim() == 3 and tensor.shape[0] not in (1, 3):
+        if tensor.dim() == 3 and tensor.shape[0] in (1, 3):
+            tensor = tensor.permute(1, 2, 0)
+        elif tensor.dim() != 2:
             raise ValueError(f"tensor image must be (H, W), (1, H, W) or (3, H, W), got {tuple(image.shape)}")
-        if tensor.dim() not in (2, 3):
-            raise ValueError(f"tensor image must be (H, W), (1, H, W) or (3, H, W), got {tuple(image.shape)}")
-    else:
+        image = tensor.numpy()
+    if not isinstance(image, np.ndarray):
         raise TypeError(
             f"Cannot read an image from a {type(image).__name__}: pass a path, a PIL image, a numpy array "
             "or a torch tensor"
         )
-    if tensor.dim() == 2:
-        tensor = tensor[None]
-    if tensor.shape[0] == 3:
-        tensor = (tensor * torch.tensor(_LUMA).view(3, 1, 1)).sum(0, keepdim=True)
-    if min(tensor.shape[-2:]) < 1:
-        raise ValueError(f"empty image of shape {tuple(tensor.shape)}")
-    return tensor.float().contiguous()
+    array = image
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        if array.dtype == np.uint8:
+            from PIL import Image
+
+            array = np.asarray(Image.fromarray(np.ascontiguousarray(array[..., :3])).convert("L"))
+        else:
+            array = _to_unit_range(array[..., :3], "colour image") @ np.asarray(_LUMA, dtype=np.float32)
+    elif array.ndim != 2:
+        raise ValueError(f"image must be (H, W), (H, W, 1) or (H, W, 3), got shape {image.shape}")
+    grey = _to_unit_range(np.asarray(array), "image")
+    if min(grey.shape) < 1:
+        raise ValueError(f"empty image of shape {grey.shape}")
+    return torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None]
 
 
 def _to_unit_range(array: np.ndarray, what: str) -> np.ndarray:

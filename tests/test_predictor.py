@@ -1,0 +1,96 @@
+"""detkd.Predictor: the same key points from a checkpoint and from its ONNX export, any image type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detkd import Predictor
+from detkd.export.onnx import export_onnx, photo_batch
+from detkd.models.pretrained import default_keypoint_teacher_path
+from detkd.models.weights import load_keypoint_model, save_keypoint_model
+
+H, W = 64, 80
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The shipped teacher as a .pt file and as a checked ONNX export, and a real photo as PNG."""
+    folder = tmp_path_factory.mktemp("predictor")
+    model = load_keypoint_model(default_keypoint_teacher_path(), max_keypoints=200).eval()
+    pt = save_keypoint_model(model, folder / "teacher.pt")
+    onnx = export_onnx(model, folder / "teacher.onnx", H, W, verbose=False).path
+    pixels = (photo_batch(["coffee"], 3, H, W)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    photo = folder / "coffee.png"
+    Image.fromarray(pixels).save(photo)
+    return {"model": model, "pt": pt, "onnx": onnx, "photo": photo, "pixels": pixels}
+
+
+def test_checkpoint_and_onnx_predictors_agree_on_a_real_photo(files):
+    from_pt = Predictor(files["pt"])(files["photo"])
+    from_onnx = Predictor(files["onnx"])(files["photo"])
+    assert set(from_pt) == {"keypoints", "scores", "descriptors"}
+    assert 10 < len(from_pt["keypoints"]) <= 200
+    assert np.array_equal(from_pt["keypoints"], from_onnx["keypoints"])
+    assert np.abs(from_pt["scores"] - from_onnx["scores"]).max() < 1e-4
+    assert np.abs(from_pt["descriptors"] - from_onnx["descriptors"]).max() < 1e-4
+    assert from_pt["descriptors"].shape == (len(from_pt["keypoints"]), 256)
+    assert np.all(np.diff(from_pt["scores"]) <= 0)  # sorted by decreasing score
+
+
+def test_every_image_type_gives_the_same_result(files):
+    predictor = Predictor(files["onnx"])
+    reference = predictor(files["photo"])
+    pixels = files["pixels"]
+    inputs = [
+        Image.open(files["photo"]),  # PIL, RGB
+        pixels,  # numpy (H, W, 3) uint8
+        torch.from_numpy(pixels).permute(2, 0, 1),  # tensor (3, H, W) uint8
+        np.asarray(Image.open(files["photo"]).convert("L")),  # numpy (H, W) uint8
+        torch.from_numpy(np.asarray(Image.open(files["photo"]).convert("L")) / 255.0),  # tensor (H, W) float
+    ]
+    for image in inputs:
+        out = predictor(image)
+        assert np.array_equal(out["keypoints"], reference["keypoints"]), type(image)
+        assert np.abs(out["descriptors"] - reference["descriptors"]).max() < 1e-5
+    batch = predictor([pixels, files["photo"]])
+    assert isinstance(batch, list) and len(batch) == 2
+    assert np.array_equal(batch[1]["keypoints"], reference["keypoints"])
+
+
+def test_pytorch_predictor_equals_extract_on_an_odd_size(files):
+    """61x77 is padded to 64x80 like SuperPoint.extract does; points in the padding are dropped."""
+    grey = photo_batch(["rocket"], 1, 61, 77)[0, 0]
+    out = Predictor(files["model"])(grey.numpy())
+    reference = files["model"].extract(grey[None, None])
+    assert np.array_equal(out["keypoints"], reference["keypoints"][0].numpy())
+    assert np.abs(out["descriptors"] - reference["descriptors"][0].numpy()).max() < 1e-6
+    # The fixed-size ONNX file pads the same image to its 64x80 and agrees.
+    onnx = Predictor(files["onnx"])(grey.numpy())
+    assert np.array_equal(onnx["keypoints"], out["keypoints"])
+
+
+def test_fixed_size_onnx_refuses_larger_images_unless_resizing(files):
+    large = photo_batch(["coffee"], 1, 2 * H, 2 * W)[0, 0].numpy()
+    with pytest.raises(ValueError, match="larger than the 64x80 .* --dynamic, or pass resize=True"):
+        Predictor(files["onnx"])(large)
+    out = Predictor(files["onnx"], resize=True)(large)
+    assert len(out["keypoints"]) > 0
+    assert out["keypoints"][:, 0].max() < 2 * W and out["keypoints"][:, 1].max() < 2 * H  # original pixels
+    assert out["keypoints"][:, 0].max() > W  # mapped back, not left in the 64x80 frame
+
+
+def test_bad_inputs_get_clear_errors(files, tmp_path):
+    predictor = Predictor(files["model"])
+    with pytest.raises(ValueError, match="float images must be in \\[0, 1\\]"):
+        predictor(np.full((32, 32), 200.0))
+    with pytest.raises(TypeError, match="pass a path, a PIL image"):
+        predictor(12)
+    with pytest.raises(ValueError, match="Cannot read image"):
+        (tmp_path / "broken.png").write_bytes(b"not a png")
+        predictor(tmp_path / "broken.png")
+    raw = export_onnx(files["model"], tmp_path / "raw.onnx", H, W, raw_heads=True, verbose=False).path
+    with pytest.raises(ValueError, match="--raw-heads"):
+        Predictor(raw)
