@@ -226,10 +226,11 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     config = copy.deepcopy(config)
     rank_zero = is_launch_rank_zero()
     teacher, origin = load_teacher(config["teacher"]["checkpoint"])
+    train_cfg = TrainConfig.from_dict(config["train"])
+    torch.manual_seed(train_cfg.seed)  # torch seeds each process at random: the student's start must not be
     student = build_student(teacher, config["student"]["variant"], config["student"]["batch_norm"])
     stream, data_text = training_stream(config)
     loss = KeypointDistillationLoss(KeypointDistillWeights.from_dict(config["loss"]))
-    train_cfg = TrainConfig.from_dict(config["train"])
     say = print if rank_zero else (lambda *args, **kwargs: None)
 
     say(f"teacher : {origin} ({count_parameters(teacher):,} parameters)")
