@@ -192,3 +192,16 @@ def test_cache_teacher_command_then_distill_from_the_cache(tmp_path):
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history] == [1, 2] and all(math.isfinite(r["cell_kl"]) for r in history)
     assert (tmp_path / "run" / "student.pt").exists()
+
+
+def test_decoded_image_cache_keeps_8_bit_photos_as_uint8_and_gives_the_same_views(tmp_path):
+    rng = np.random.default_rng(3)
+    Image.fromarray((rng.random((40, 60)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray((rng.random((40, 60)) * 65535).astype(np.uint16)).save(tmp_path / "b.png")  # 16 bit
+    crop = CropConfig(height=H, width=W)
+    cached = UnlabeledImageStream([tmp_path / "a.png", tmp_path / "b.png"], crop, PhotometricConfig(), cache=True)
+    cached.preload()
+    assert cached._decoded[0].dtype == np.uint8 and cached._decoded[1].dtype == np.float32
+    fresh = UnlabeledImageStream([tmp_path / "a.png", tmp_path / "b.png"], crop, PhotometricConfig(), cache=False)
+    for k in range(4):
+        assert torch.equal(cached[k]["image"], fresh[k]["image"])

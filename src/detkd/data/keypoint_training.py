@@ -55,18 +55,34 @@ class UnlabeledImageStream(StreamDataset):
         return len(self.sources)
 
     def _image(self, item: int) -> np.ndarray:
-        if item in self._decoded:
-            return self._decoded[item]
+        cached = self._decoded.get(item)
+        if cached is not None:
+            return cached.astype(np.float32) / 255.0 if cached.dtype == np.uint8 else cached
         source = self.sources[item]
         image = source if isinstance(source, np.ndarray) else read_image(source, grey=True)
         if image.ndim != 2:
             raise ValueError(f"Training image {item} must be a grey (H, W) array, got {image.shape}")
         if self.cache:
-            self._decoded[item] = image
+            self._decoded[item] = compact_pixels(image)
         return image
+
+    def preload(self) -> None:
+        """Decode every image now (with ``cache``): forked data-loader workers then share the pixels."""
+        if self.cache:
+            for item in range(self.num_items()):
+                self._image(item)
 
     def make_sample(self, item: int, rng: np.random.Generator) -> dict[str, Any]:
         view = random_view(self._image(item), rng, self.crop)
         if self.photometric is not None:
             view = photometric_augment(view, rng, self.photometric)
         return {"image": torch.from_numpy(view)[None]}
+
+
+def compact_pixels(image: np.ndarray) -> np.ndarray:
+    """``uint8`` codes of an 8-bit image read by :func:`read_image` (``code / 255.0`` gives it back
+    bit for bit); any other image unchanged."""
+    if image.dtype != np.float32:
+        return image
+    codes = np.round(image * 255.0).clip(0, 255).astype(np.uint8)
+    return codes if np.array_equal(codes.astype(np.float32) / 255.0, image) else image

@@ -230,6 +230,8 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     torch.manual_seed(train_cfg.seed)  # torch seeds each process at random: the student's start must not be
     student = build_student(teacher, config["student"]["variant"], config["student"]["batch_norm"])
     stream, data_text = training_stream(config)
+    if train_cfg.num_workers > 0:
+        stream.preload()  # decode once here; forked workers share the pixels
     loss = KeypointDistillationLoss(KeypointDistillWeights.from_dict(config["loss"]))
     say = print if rank_zero else (lambda *args, **kwargs: None)
 
