@@ -9,6 +9,12 @@ Two pillars share one engine:
 
 __version__ = "0.1.0"
 
-from detkd.predictor import Predictor  # noqa: E402  (the application API: no training code needed)
-
 __all__ = ["Predictor", "__version__"]
+
+
+def __getattr__(name: str):  # lazy: ``import detkd`` (and the CLI) stays fast
+    if name == "Predictor":  # the application API: runs models without the training code
+        from detkd.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'detkd' has no attribute '{name}'")

@@ -1,0 +1,98 @@
+"""detkd bench: statistics, ratios and table by hand; a real (tiny) run of every measurement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from detkd.cli.main import main
+from detkd.export.bench import BenchReport, BenchRow, LatencyStats, benchmark, count_gflops, interleaved_latency
+from detkd.export.memory import cpu_peak_mb, rss_peak_supported
+from detkd.export.onnx import export_onnx
+from detkd.export.sources import load_model_source
+
+
+def test_latency_statistics_by_hand():
+    stats = LatencyStats.from_times([10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    # sorted 1..10: median (5 + 6) / 2; 90th percentile at rank 0.9 * 9 = 8.1 -> 9 + 0.1 * (10 - 9)
+    assert (stats.median_ms, stats.runs) == (5.5, 10)
+    assert stats.p90_ms == pytest.approx(9.1)
+
+
+def test_interleaved_latency_calls_each_runner_warmup_plus_repeats_times():
+    calls = {"a": 0, "b": 0}
+
+    def runner(name):
+        def run():
+            calls[name] += 1
+        return run
+
+    stats = interleaved_latency({"a": runner("a"), "b": runner("b")}, repeats=4, warmup=2)
+    assert calls == {"a": 6, "b": 6} and stats["a"].runs == 4
+
+
+def test_ratios_and_table_by_hand():
+    def row(name, params, gflops, pytorch, ort):
+        return BenchRow(name, name, "keypoints", params, gflops, 1.0,
+                        latency={"pytorch-cpu": LatencyStats(pytorch, pytorch, 3), "onnxruntime-cpu": LatencyStats(ort, ort, 3)},
+                        memory_mb={"pytorch-cpu": 10.0, "onnxruntime-cpu": None})
+    report = BenchReport([row("teacher", 1000, 50.0, 600.0, 300.0), row("tiny", 100, 10.0, 200.0, 60.0)],
+                         480, 640, 2, 3, 1, {"cpu": "test"}, {"cpu_count": 2})
+    tiny = report.rows[1]
+    assert report.ratio(tiny, "pytorch-cpu") == pytest.approx(3.0)  # 600 / 200
+    assert report.ratio(tiny, "onnxruntime-cpu") == pytest.approx(5.0)  # 300 / 60
+    assert report.ratio(tiny, "onnxruntime-cpu", "pytorch-cpu") == pytest.approx(10.0)  # 600 / 60
+    table = report.table()
+    tiny_line = next(line for line in table.splitlines() if line.startswith("| tiny"))
+    for cell in ("100 (0.10x)", "10.00 (0.20x)", "| 200.0 |", "3.00x", "5.00x", "10.00x", "| n/a |"):
+        assert cell in tiny_line, cell
+    data = report.to_dict()
+    assert data["rows"][1]["onnxruntime_cpu_speedup_vs_first_pytorch_cpu"] == pytest.approx(10.0)
+
+
+def test_gflops_of_a_single_convolution_by_hand():
+    import torch
+
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)
+    # 4 output channels x 8 x 10 pixels x 9 multiply-adds x 2 FLOPs = 5760
+    assert count_gflops(conv, torch.zeros(1, 1, 8, 10)) == pytest.approx(5760 / 1e9)
+
+
+@pytest.mark.skipif(not rss_peak_supported(), reason="peak RSS needs Linux /proc/self/clear_refs")
+def test_peak_memory_of_an_onnx_model_in_a_fresh_process(tmp_path):
+    model = load_model_source("tiny").module
+    path = export_onnx(model, tmp_path / "tiny.onnx", 64, 80, verbose=False).path
+    peak = cpu_peak_mb("onnxruntime", path, 64, 80)
+    # The first conv alone writes 32 x 64 x 80 float32 = 0.6 MiB; far below 100 MiB.
+    assert peak is not None and 0.3 < peak < 100
+
+
+def test_benchmark_measures_teacher_and_students_in_one_run(tmp_path):
+    onnx = export_onnx(load_model_source("tiny").module, tmp_path / "tiny_export.onnx", 32, 48, verbose=False).path
+    report = benchmark(["default", "tiny", f"exported={onnx}"], 32, 48, threads=1, repeats=2, warmup=1,
+                       memory=False, gpu=False, work_dir=tmp_path / "work", log=None)
+    teacher, tiny, exported = report.rows
+    assert (teacher.name, tiny.name, exported.name) == ("teacher", "tiny", "exported")
+    assert teacher.params == 1_304_067 and tiny.params == 124_323
+    assert teacher.gflops > tiny.gflops > 0 and exported.gflops is None
+    assert set(tiny.latency) == {"pytorch-cpu", "onnxruntime-cpu"} and set(exported.latency) == {"onnxruntime-cpu"}
+    assert tiny.parity["unexplained"] == 0 and tiny.parity["errors"]["descriptors"] < 1e-4
+    assert (tmp_path / "work" / "tiny.onnx").exists()
+    assert "1 thread(s)" in report.conditions() and "| exported |" in report.table()
+    with pytest.raises(ValueError, match="exported for 32x48, not 64x80"):
+        benchmark([str(onnx)], 64, 80, memory=False, gpu=False, log=None)
+
+
+def test_cli_bench_prints_table_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "tiny", "half", "--height", "32", "--width", "48", "--threads", "1",
+                                       "--repeats", "2", "--warmup", "1", "--no-memory", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| tiny |" in result.output and "| half |" in result.output and "1 thread(s)" in result.output
+    data = json.loads(out.read_text())
+    assert [r["name"] for r in data["rows"]] == ["tiny", "half"] and data["threads"] == 1
+    unknown = CliRunner().invoke(main, ["bench", "no_such_model", "--no-memory"])
+    assert unknown.exit_code == 2 and "Unknown model 'no_such_model'" in unknown.output
+

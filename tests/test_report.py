@@ -1,0 +1,133 @@
+"""detkd report: one self-contained page from real (tiny) distillation runs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from detkd.cli.main import main
+from detkd.config import merge_config
+from detkd.data.images import builtin_photo
+from detkd.report import build_report, read_run
+from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, run_distillation
+
+IMG_SRC = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny real runs: the shipped teacher distilled into tiny for 3 steps at 64x80, two seeds."""
+    root = tmp_path_factory.mktemp("report")
+    photos, heldout = root / "photos", root / "heldout"
+    for folder, names in ((photos, ("camera", "astronaut")), (heldout, ("coffee",))):
+        folder.mkdir()
+        for name in names:
+            pixels = (builtin_photo(name) * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).resize((120, 96)).save(folder / f"{name}.png")
+    folders = []
+    for seed in (0, 1):
+        config = merge_config(DEFAULT_DISTILL_CONFIG, {
+            "student": {"variant": "tiny"},
+            "data": {"images": str(photos), "height": 64, "width": 80},
+            "train": {"steps": 3, "batch_size": 2, "log_every": 1, "checkpoint_every": 3, "progress": False,
+                      "accelerator": "cpu", "seed": seed},
+            "eval": {"images": str(heldout), "pairs_per_image": 1, "height": 64, "width": 80, "max_keypoints": 100},
+        })
+        folders.append(run_distillation(config, root / f"tiny_seed{seed}").out_dir)
+    return folders
+
+
+def test_report_embeds_decodable_pngs_tables_and_configs(runs, tmp_path):
+    result = build_report(runs, tmp_path / "report.html", latency_size=(64, 80), threads=1, repeats=2, log=None)
+    page = result.html.read_text()
+    images = IMG_SRC.findall(page)
+    titles = [title for title, _ in images]
+    # 2 scatters (HA@3, MMA@3) + 2 loss-curve plots + match plots (the teacher's drawn once: same file)
+    assert sum("against latency" in t for t in titles) == 2
+    assert sum(t.startswith("Loss curves") for t in titles) == 2
+    assert sum("matches student" in t for t in titles) == 2 and sum("matches teacher" in t for t in titles) == 1
+    for title, data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as png:
+            png.verify()
+            assert png.format == "PNG" and png.size[0] > 100, title
+    assert "src=\"http" not in page and "src=\"file" not in page  # nothing outside the file
+
+    # The metrics table holds the numbers of each run's metrics.json, in the table's format.
+    metrics = json.loads((runs[0] / "metrics.json").read_text())["models"]
+    first_rows = re.findall(r"<tr><td>(teacher|tiny_seed0 \(tiny\))</td>(.*?)</tr>", page)
+    assert [name for name, _ in first_rows] == ["teacher", "tiny_seed0 (tiny)"]
+    for name, cells in first_rows:
+        values = metrics["teacher" if name == "teacher" else "student"]
+        assert f"<td>{values['mma@3']:.3f}</td>" in cells
+        assert f"<td>{values['localization_error']:.2f}</td>" in cells
+    assert "<td>124,323</td>" in page  # tiny's parameters (with BatchNorm)
+    assert page.count("<tr><td>teacher") == 1  # same teacher, same pairs: one row
+    assert "steps: 3" in page and "variant: tiny" in page  # each run's config
+
+    markdown = result.markdown.read_text()
+    assert "| tiny_seed1 (tiny) |" in markdown and "```yaml" in markdown
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (result.markdown.parent / link).exists(), link
+
+
+def test_report_uses_latencies_from_a_bench_file(runs, tmp_path):
+    bench = {"height": 480, "width": 640, "threads": 2, "rows": [
+        {"name": "teacher", "params": 1, "gflops": 52.0, "latency": {"onnxruntime-cpu": {"median_ms": 400.0}},
+         "speedup_vs_first": {"onnxruntime-cpu": 1.0}},
+        {"name": "tiny_seed0", "params": 1, "gflops": 10.0, "latency": {"onnxruntime-cpu": {"median_ms": 100.0}},
+         "speedup_vs_first": {"onnxruntime-cpu": 4.0}}]}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    result = build_report(runs[:1], tmp_path / "r.html", bench_json=tmp_path / "bench.json", log=None)
+    assert [row.latency_ms for row in result.rows] == [400.0, 100.0]
+    page = result.html.read_text()
+    assert "onnxruntime-cpu latency from 480x640 benchmark" in page and "<td>4.00x</td>" in page
+
+
+def test_report_cli_and_bad_folders(runs, tmp_path):
+    out = tmp_path / "cli.html"
+    result = CliRunner().invoke(main, ["report", str(runs[0]), "--out", str(out), "--latency-size", "32", "48",
+                                       "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and out.with_suffix(".md").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = CliRunner().invoke(main, ["report", str(empty), "--out", str(out)])
+    assert bad.exit_code == 2 and "is not a detkd run folder" in bad.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken/metrics.json' is not valid JSON"):
+        read_run(broken)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package 'chromium')")
+def test_chromium_renders_every_image(runs, tmp_path):
+    result = build_report(runs, tmp_path / "report.html", latency_size=(32, 48), threads=1, repeats=1, log=None)
+    page = result.html.read_text()
+    expected = len(IMG_SRC.findall(page))
+    # Count, in the browser, the images that decoded (naturalWidth > 0) once the page has loaded.
+    probe = ("<script>window.addEventListener('load', () => { document.title = 'loaded=' + "
+             "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length; });</script>")
+    checked = tmp_path / "probe.html"
+    checked.write_text(page.replace("</body>", probe + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", checked.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert f"<title>loaded={expected}</title>" in dom, dom[:300]
+    shot = tmp_path / "page.png"
+    subprocess.run([CHROMIUM, *flags, "--window-size=1200,2400", f"--screenshot={shot}", result.html.as_uri()],
+                   capture_output=True, timeout=120)
+    with Image.open(shot) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape[:2] == (2400, 1200)
+    assert (pixels.std(axis=(0, 1)) > 10).all()  # not a blank page: figures and text drawn
