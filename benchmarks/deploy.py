@@ -1,0 +1,138 @@
+"""Deployment benchmark: is the exported student really faster, and is the export exact?
+
+For the key-point teacher (the shipped one) and the ``half`` / ``tiny`` students (random weights
+by default, which is fine for speed; trained ones with ``--runs``): parameters, GFLOPs, PyTorch
+CPU latency and ONNX Runtime CPU latency at 480x640 (median and p90, models interleaved in one
+run, same thread count for both runtimes), ratios to the teacher, peak memory, and the parity
+of the ONNX exports against PyTorch on real photos: dense heads (heatmap, descriptors) and the
+post-processed outputs (scores, sampled descriptors, the same key points).
+
+Target (issue 5): ONNX Runtime latency of ``tiny`` at 480x640 at least 5x lower than PyTorch's
+teacher on the same CPU and threads; parity error under 1e-4 on heatmaps and descriptors.
+
+    python benchmarks/deploy.py --threads 2                       # writes benchmarks/results/deploy.{md,json}
+    python benchmarks/deploy.py --runs /path/to/runs --threads 2  # trained students: RUNS/half, RUNS/tiny
+    python benchmarks/deploy.py --quick                           # smoke test, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from detkd.export.bench import benchmark
+from detkd.export.onnx import export_onnx, format_parity
+from detkd.export.sources import load_model_source
+
+TARGET_SPEEDUP = 5.0
+TARGET_PARITY = 1e-4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--students", nargs="+", default=["half", "tiny"], help="student variants [half tiny]")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="folder with one distillation run per student (RUNS/<variant>/student.pt)")
+    parser.add_argument("--size", type=int, nargs=2, default=[480, 640], help="input H W [480 640]")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of both runtimes [2]")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs per model and runtime [30]")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first [3]")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers meaningless)")
+    args = parser.parse_args()
+    if args.quick:
+        args.size, args.repeats, args.warmup = [64, 80], 2, 1
+    started = time.perf_counter()
+    height, width = args.size
+
+    specs = ["teacher=default"]
+    for variant in args.students:
+        run = args.runs / variant if args.runs else None
+        specs.append(f"{variant}={run}" if run is not None and (run / "student.pt").exists() else variant)
+    sources = [load_model_source(spec) for spec in specs]
+    work = Path(tempfile.mkdtemp(prefix="detkd-deploy-"))
+
+    report = benchmark(sources, height, width, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+                       memory=not args.quick, work_dir=work)
+    dense = {}
+    for source in sources:
+        result = export_onnx(source.module, work / f"{source.name}_raw.onnx", height, width, raw_heads=True,
+                             source=source.origin, verbose=False)
+        dense[source.name] = result.parity
+        print(f"{source.name} raw heads: {format_parity(result.parity, TARGET_PARITY)}")
+
+    teacher, tiny = report.rows[0], next((r for r in report.rows if r.name == "tiny"), None)
+    verdicts = []
+    if tiny is not None:
+        speedup = report.ratio(tiny, "onnxruntime-cpu", "pytorch-cpu")
+        verdicts.append(
+            f"* Speed: ONNX Runtime `tiny` {tiny.latency['onnxruntime-cpu'].median_ms:.1f} ms vs PyTorch teacher "
+            f"{teacher.latency['pytorch-cpu'].median_ms:.1f} ms = **{speedup:.2f}x** "
+            f"(target >= {TARGET_SPEEDUP:g}x: **{'met' if speedup >= TARGET_SPEEDUP else 'missed'}**)."
+        )
+    worst_heat = max(p.errors["heatmap"] for p in dense.values())
+    worst_desc = max(max(p.errors["descriptors"] for p in dense.values()),
+                     max(r.parity["errors"]["descriptors"] for r in report.rows))
+    parity_ok = worst_heat < TARGET_PARITY and worst_desc < TARGET_PARITY
+    verdicts.append(
+        f"* Parity: worst |ONNX Runtime - PyTorch| heatmap {worst_heat:.1e}, descriptors {worst_desc:.1e} "
+        f"(target < {TARGET_PARITY:g}: **{'met' if parity_ok else 'missed'}**); key points found by both runtimes: "
+        + ", ".join(f"{r.name} {r.parity['agreement']:.1%}" for r in report.rows)
+        + " (the rest are near-ties within the tolerance; unexplained: "
+        + ", ".join(str(r.parity["unexplained"]) for r in report.rows) + ")."
+    )
+
+    parity_rows = [
+        f"| {name} | {p.errors['heatmap']:.1e} | {p.errors['descriptors']:.1e} | {p.errors['logits']:.1e} | "
+        f"{row.parity['errors']['scores']:.1e} | {row.parity['errors']['descriptors']:.1e} | "
+        f"{row.parity['agreement']:.2%} ({row.parity['near_ties']} near-ties) |"
+        for (name, p), row in zip(dense.items(), report.rows)
+    ]
+    lines = [
+        "# Deployment benchmark: key points",
+        "",
+        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`; "
+        f"date {report.environment['date']}; total time {time.perf_counter() - started:.0f} s.  ",
+        "Models: " + "; ".join(f"{s.name}: {s.origin}" for s in sources) + ".",
+        "",
+        f"## Size and speed at {height}x{width}",
+        "",
+        report.table(),
+        "",
+        report.conditions(),
+        "The machine's 2 cores were shared with other jobs during the run; medians over interleaved runs "
+        "keep the ratios fair, absolute times are noisier than on an idle machine.",
+        "",
+        "## Parity of the ONNX exports (ONNX Runtime CPU vs PyTorch, scikit-image photos coffee and rocket)",
+        "",
+        "| model | heatmap | dense descriptors | logits (relative) | key-point scores | sampled descriptors "
+        "| same key points |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *parity_rows,
+        "",
+        "## Verdict",
+        "",
+        *verdicts,
+    ]
+    if args.quick:
+        lines.insert(2, "**Smoke test (--quick): tiny sizes, numbers meaningless.**\n")
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "deploy_quick" if args.quick else "deploy"
+    (args.out / f"{stem}.md").write_text(text + "\n")
+    data = {"bench": report.to_dict(), "dense_parity": {k: v.__dict__ for k, v in dense.items()},
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "torch_threads_default": torch.get_num_threads()}
+    (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(f"written: {args.out / (stem + '.md')}")
+
+
+if __name__ == "__main__":
+    main()
