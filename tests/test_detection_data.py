@@ -4,7 +4,6 @@ augmentation that moves boxes with pixels, eval letterboxing, and synthetic shap
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np

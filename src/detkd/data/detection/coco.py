@@ -16,7 +16,7 @@ from detkd.data.detection.records import (
     AnnotationError,
     DetectionSet,
     image_size,
-    records_from_boxes,
+    record_from_boxes,
 )
 
 
@@ -153,7 +153,7 @@ def read_coco(
         image["ignore"].append(bool(ann.get("iscrowd", 0)))
 
     records = [
-        records_from_boxes(img["path"], img["width"], img["height"], img["boxes"], img["labels"], img["ignore"], image_id)
+        record_from_boxes(img["path"], img["width"], img["height"], img["boxes"], img["labels"], img["ignore"], image_id)
         for image_id, img in images.items()
     ]
     if not records:

@@ -224,7 +224,7 @@ class AnnotationChecker:
         return list(self.problems)
 
 
-def records_from_boxes(
+def record_from_boxes(
     path: Path | None, width: int, height: int, boxes: list[np.ndarray], labels: list[int],
     ignore: list[bool], image_id: str | int | None = None,
 ) -> DetectionRecord:
@@ -244,24 +244,30 @@ class ImageCache:
     """Decoded pixels of records, kept as ``uint8`` per source file so tiles of one photo decode it once.
 
     Args:
-        enabled: keep decoded files in memory (small sets); ``False`` decodes on every call.
+        enabled: keep decoded files in memory; ``False`` decodes on every call.
+        max_files: keep at most this many files, dropping the least recently used (``None``: all,
+            for sets that fit in memory; 1 or 2 suffice for reading the tiles of one photo in order).
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, max_files: int | None = None) -> None:
         self.enabled = enabled
+        self.max_files = max_files
         self._files: dict[Path, np.ndarray] = {}
 
     def _decode(self, path: Path) -> np.ndarray:
         from detkd.data.images import ImageReadError, read_image
 
         if path in self._files:
+            self._files[path] = self._files.pop(path)  # most recently used goes last
             return self._files[path]
         try:
             pixels = (read_image(path, grey=False) * 255.0).round().astype(np.uint8)
         except ImageReadError as err:
             raise AnnotationError(f"{path}: {err}") from err
-        if self.enabled:
+        if self.enabled and self.max_files != 0:
             self._files[path] = pixels
+            if self.max_files is not None and len(self._files) > self.max_files:
+                del self._files[next(iter(self._files))]
         return pixels
 
     def pixels(self, record: DetectionRecord) -> np.ndarray:

@@ -214,13 +214,14 @@ def iter_eval_batches(
 ) -> Iterator[EvalBatch]:
     """Deterministic evaluation batches: every image letterboxed to ``size`` (``int`` or ``(H, W)``, multiples of 128).
 
+    Images are decoded in order, keeping the last two files (pass ``cache`` to keep more).
     Predictions on ``batch.images`` map back with :meth:`EvalBatch.to_original` and can then be
     compared with the records' boxes (e.g. by :func:`detkd.evaluation.detection.evaluate_detections`).
     """
     height, width = (size, size) if isinstance(size, int) else size
     _check_size(height, width)
     records = list(dataset.records if isinstance(dataset, DetectionSet) else dataset)
-    images = cache or ImageCache(enabled=False)
+    images = cache or ImageCache(max_files=2)  # tiles of one photo come in a row: decode it once
     for start in range(0, len(records), batch_size):
         chunk = range(start, min(start + batch_size, len(records)))
         views, scales = [], []

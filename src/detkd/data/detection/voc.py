@@ -20,7 +20,7 @@ from detkd.data.detection.records import (
     DetectionRecord,
     DetectionSet,
     image_size,
-    records_from_boxes,
+    record_from_boxes,
 )
 from detkd.data.images import IMAGE_EXTENSIONS
 
@@ -126,7 +126,7 @@ def _read_one(
         boxes.append(box)
         names.append(name)
         ignore.append(bool(difficult))
-    record = records_from_boxes(path, int(width), int(height), boxes, [0] * len(boxes), ignore, xml_path.stem)
+    record = record_from_boxes(path, int(width), int(height), boxes, [0] * len(boxes), ignore, xml_path.stem)
     return record, names
 
 

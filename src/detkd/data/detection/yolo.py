@@ -17,7 +17,7 @@ from detkd.data.detection.records import (
     AnnotationError,
     DetectionSet,
     image_size,
-    records_from_boxes,
+    record_from_boxes,
 )
 from detkd.data.images import list_images
 
@@ -97,7 +97,7 @@ def read_yolo(
                 continue
             boxes.append(box)
             labels.append(int(cls))
-        records.append(records_from_boxes(path, width, height, boxes, labels, [False] * len(boxes), path.stem))
+        records.append(record_from_boxes(path, width, height, boxes, labels, [False] * len(boxes), path.stem))
     if not records:
         raise AnnotationError(f"{images_dir}: no usable image (every image was skipped).")
     return DetectionSet(records, list(class_names), source=f"YOLO {images_dir}", problems=check.finish())
