@@ -9,12 +9,19 @@ Families and their torchvision defaults kept here:
 
 * ``retinanet``: 9 anchors per location (sizes ``anchor_size * 2**(level + octave/3)``, ratios
   0.5/1/2), IoU matcher 0.5/0.4 with low-quality matches, focal + L1 losses. The head convs
-  use GroupNorm (as torchvision's RetinaNet v2) because nothing is pretrained.
+  use GroupNorm with 16 groups (torchvision's RetinaNet v2 uses 32; v1 none) because nothing
+  is pretrained.
 * ``fcos``: one point per location, centre sampling radius 1.5, focal + GIoU + centre-ness;
   GroupNorm with 16 groups in the head (torchvision: 32) so that 32-channel students work.
 * ``faster_rcnn``: RPN with 3 anchors per location (sizes ``anchor_size * 2**level``, ratios
   0.5/1/2) on P3..P7, RoIAlign 7x7 on P3..P6 (torchvision uses P2..P5 at strides 4..32;
   here the pyramid starts at P3 like the single-stage families), two-layer MLP box head.
+
+Backbones: ``resnet18|34|50`` (C3-C5), ``mobilenet_v3`` (MobileNetV3-Large), and for CPU tests
+and benchmarks ``tiny`` (:class:`~detkd.models.detection.backbones.TinyBackbone` widths
+16-24-32-48-64, FPN 32 channels: a student) and ``small`` (widths 24-48-64-96-128, FPN 64: a
+CPU teacher). The tiny/small Faster R-CNNs keep fewer proposals (300 train / 100 test) and a
+256-wide box head.
 
 Overrides (keyword arguments of :func:`create_detector`; each variant lists its own in
 :func:`variant_options`): ``fpn_channels`` (a multiple of 16, >= 32: the head GroupNorms use 16 groups),
