@@ -44,6 +44,12 @@ def main(ctx: click.Context, debug: bool) -> None:
       detkd keypoints distill --student tiny --out runs/kp1
       detkd keypoints evaluate --model runs/kp1/student.pt --teacher default
       detkd keypoints match a.jpg b.jpg --model runs/kp1/student.pt --plot m.png
+
+    \b
+    Object detectors (RetinaNet, FCOS, Faster R-CNN):
+      detkd detect train --model retinanet_resnet18_fpn --data data.yaml --out runs/teacher
+      detkd detect distill --teacher runs/teacher/model.pt --student retinanet_tiny_fpn --method gid --data data.yaml --out runs/gid
+      detkd detect evaluate --model runs/gid/student.pt --data data.yaml
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -290,17 +296,26 @@ def train_teacher(config_file: Path | None, stages: tuple[str, ...], images: str
 
 
 @main.command("config")
-@click.argument("name", type=click.Choice(["keypoints-distill", "keypoints-teacher"]))
+@click.argument("name", type=click.Choice(["keypoints-distill", "keypoints-teacher", "detect-train", "detect-distill"]))
 def show_config(name: str) -> None:
     """Print every option and default of a job as YAML (save it, edit it, pass it with --config)."""
     from detkd.config import dump_config
 
     if name == "keypoints-distill":
         from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG as defaults
+    elif name == "detect-train":
+        from detkd.tasks.detection import DEFAULT_TRAIN_CONFIG as defaults
+    elif name == "detect-distill":
+        from detkd.tasks.detection import DEFAULT_DISTILL_CONFIG as defaults
     else:
         from detkd.tasks.keypoint_teacher import DEFAULT_TEACHER_CONFIG as defaults
     click.echo(dump_config(defaults), nl=False)
 
+
+# ``detkd detect train | distill | evaluate | make-synthetic | models`` (src/detkd/cli/detect.py)
+from detkd.cli.detect import detect as detect_group  # noqa: E402
+
+main.add_command(detect_group)
 
 # ``detkd export | bench | report`` (src/detkd/cli/deploy.py)
 from detkd.cli.deploy import COMMANDS as DEPLOY_COMMANDS  # noqa: E402

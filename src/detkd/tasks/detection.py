@@ -1,0 +1,658 @@
+"""Object-detector training and distillation as engine tasks, and the whole jobs a user runs.
+
+* :class:`DetectionTrainTask`: one detector on labelled images, its family's own losses summed
+  (teachers, and baseline students).
+* :class:`DetectionDistillTask`: a frozen teacher and a student see the same batch; the loss is
+  the student's ground-truth loss (weight ``distill.gt_weight``, on by default) plus the
+  distiller's ``"distill"`` (:mod:`detkd.distill.detection`). With ``label_free`` the images carry
+  no boxes and only the distiller teaches. The student and the distiller's adapters are
+  optimised and checkpointed together.
+
+:func:`run_detection_training` and :func:`run_detection_distillation` read ``data.yaml``, train
+with the shared engine, save the model, evaluate it on the validation split (COCO metrics
+through pycocotools, per-class AP) and write the report files beside the resolved config.
+Baseline and distilled students read the same ``train`` section, so with one config they get
+the same schedule and compare fairly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from detkd.config import ConfigError, dataclass_from_dict, save_config
+from detkd.data.detection import (
+    BoxViewConfig,
+    ColourJitterConfig,
+    DetectionSet,
+    DetectionStream,
+    UnlabeledDetectionStream,
+    iter_eval_batches,
+    load_data_config,
+    load_record_image,
+    tile_records,
+    unpad_targets,
+)
+from detkd.distill.detection import DETECTION_DISTILLERS, DetectionDistiller, create_detection_distiller
+from detkd.engine import ExistingRunError, StreamDataset, Task, TrainConfig, Trainer
+from detkd.engine.distributed import is_launch_rank_zero
+from detkd.evaluation.detection import DetectionMetrics, evaluate_detections, format_detection_table, format_per_class_table
+from detkd.models.detection import (
+    DetectorAdapter,
+    count_parameters,
+    create_detector,
+    load_detector,
+    read_detector_extra,
+    save_detector,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _dataclass_defaults(cls: type) -> dict[str, Any]:
+    """``{field: default}`` of a config dataclass (the values a user sees in the YAML file)."""
+    defaults = {}
+    for f in fields(cls):
+        value = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        defaults[f.name] = list(value) if isinstance(value, tuple) else value
+    return defaults
+
+
+_DATA_DEFAULTS: dict[str, Any] = {
+    "config": None,  # data.yaml: format (coco | voc | yolo), class names, train / val (/ unlabeled) parts
+    "skip_bad": False,  # leave out bad annotations (counted and named) instead of stopping
+    "unlabeled": None,  # image folders for label_free distillation; null: data.yaml's 'unlabeled', else the train images
+    "tile_size": None,  # cut large images (orthophotos) into tiles of this many pixels first; null: whole images
+    "tile_overlap": 0,  # pixels shared by neighbouring tiles
+    "height": 512,  # training view size, pixels (multiples of 128, the detectors' largest stride)
+    "width": 512,
+    "view": _dataclass_defaults(BoxViewConfig),  # random zoom / crop / flips; boxes move with the pixels
+    "colour": _dataclass_defaults(ColourJitterConfig),  # photometric jitter; probability 0 switches it off
+    "max_boxes": 100,  # boxes per image the batches have room for
+    "cache": True,  # keep decoded images in memory
+}
+
+_TRAIN_DEFAULTS: dict[str, Any] = {
+    "steps": 3000, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "lr_decay": 0.1,
+    "lr_decay_every": 2000, "warmup_steps": 100, "grad_clip": 10.0, "checkpoint_every": 500,
+    "log_every": 10, "num_workers": 0, "seed": 0, "accelerator": "auto", "devices": 1,
+    "num_nodes": 1, "strategy": "auto", "precision": "auto", "progress": True,
+    "sync_batchnorm": True, "channels_last": False, "compile": False,
+}
+
+_EVAL_DEFAULTS: dict[str, Any] = {
+    "split": "val",  # val | test of data.yaml
+    "height": None,  # letterbox size of evaluated images, pixels (multiples of 128); null: the training size
+    "width": None,
+    "batch_size": 8,
+    "score_threshold": 0.05,  # detections below are dropped before COCO evaluation
+    "nms_iou": 0.5,
+    "max_detections": 100,  # per image (COCO maxDets)
+    "plot_images": 6,  # validation images drawn into detections.png
+    "plot_score_threshold": 0.3,
+}
+
+#: Every option of ``detkd detect train``; ``configs/detect_train.yaml`` mirrors it.
+DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
+    "model": {
+        "name": "retinanet_resnet50_fpn",  # a registered detector (detkd.models.detection.list_detectors)
+        "overrides": None,  # options of the variant, e.g. {fpn_channels: 128, anchor_size: 16}
+    },
+    "data": copy.deepcopy(_DATA_DEFAULTS),
+    "train": dict(_TRAIN_DEFAULTS),
+    "eval": dict(_EVAL_DEFAULTS),
+}
+
+#: Every option of ``detkd detect distill``; ``configs/detect_distill.yaml`` mirrors it.
+DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
+    "teacher": {
+        "checkpoint": None,  # model.pt of 'detkd detect train', or any detkd detector file / checkpoint
+    },
+    "student": {
+        "name": "retinanet_mobilenet_v3_fpn",  # a registered detector
+        "overrides": None,  # options of the variant
+    },
+    "distill": {
+        "method": "gid",  # gid | hint | pkd | cwd; options of each in its own section below
+        "gt_weight": 1.0,  # weight of the student's own ground-truth loss; 0: distillation alone
+        "label_free": False,  # train on images without boxes, distillation losses only
+        **{method: _dataclass_defaults(config_cls) for method, (_, config_cls) in DETECTION_DISTILLERS.items()},
+    },
+    "data": copy.deepcopy(_DATA_DEFAULTS),
+    "train": dict(_TRAIN_DEFAULTS),
+    "eval": dict(_EVAL_DEFAULTS),
+}
+
+
+class IncompatibleModelsError(ValueError):
+    """Teacher and student cannot be distilled with the chosen method; the message says why and what to change."""
+
+
+# ------------------------------------------------------------------------------------ tasks
+class DetectionTrainTask(Task):
+    """Supervised training of one detector: the sum of its family's own losses.
+
+    Batches are :class:`~detkd.data.detection.DetectionStream` samples collated by the engine:
+    ``image (B, 3, H, W)`` in ``[0, 1]``, padded ``boxes (B, M, 4)`` xyxy pixels, ``labels (B, M)``,
+    ``num_boxes (B,)``.
+    """
+
+    def __init__(self, model: DetectorAdapter, data: StreamDataset) -> None:
+        super().__init__()
+        self.model = model
+        self.data = data
+
+    def trainable(self) -> nn.Module:
+        return self.model
+
+    def train_dataset(self) -> StreamDataset:
+        return self.data
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = self.model(batch["image"], unpad_targets(batch))
+        losses = dict(outputs.losses)
+        return {"loss": torch.stack(list(losses.values())).sum(), **losses}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"detector_config": self.model.config, "class_names": self.model.class_names}
+
+
+class DetectionDistillTask(Task):
+    """A frozen teacher and a student on the same batch; loss = ``gt_weight`` x ground truth + distillation.
+
+    Args:
+        teacher: the teacher detector (frozen here: eval mode, no gradients, run under ``no_grad``).
+        student: the detector being trained.
+        distiller: a :class:`~detkd.distill.detection.DetectionDistiller`; its adapters train
+            with the student.
+        data: the training stream; samples with ``boxes`` (labelled) or ``image`` only (label-free).
+        gt_weight: weight of the student's supervised loss; 0 (or a label-free stream) leaves it out.
+
+    The logged terms: ``loss``, ``gt`` (weighted sum of the student's own losses), each
+    weighted distillation term, their sum ``distill``, and the distiller's diagnostics.
+    """
+
+    def __init__(
+        self,
+        teacher: DetectorAdapter,
+        student: DetectorAdapter,
+        distiller: DetectionDistiller,
+        data: StreamDataset,
+        gt_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if gt_weight < 0:
+            raise ConfigError(f"distill.gt_weight must be >= 0, got {gt_weight}")
+        self.teacher = teacher
+        # one module holds what is optimised and saved: load_detector finds the student under 'student.'
+        self.parts = nn.ModuleDict({"student": student, "distiller": distiller})
+        self.data = data
+        self.gt_weight = float(gt_weight)
+        self.freeze("teacher")
+
+    @property
+    def student(self) -> DetectorAdapter:
+        return self.parts["student"]  # type: ignore[return-value]
+
+    @property
+    def distiller(self) -> DetectionDistiller:
+        return self.parts["distiller"]  # type: ignore[return-value]
+
+    def trainable(self) -> nn.Module:
+        return self.parts
+
+    def train_dataset(self) -> StreamDataset:
+        return self.data
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        targets = unpad_targets(batch) if "boxes" in batch else None
+        with torch.no_grad():
+            teacher_outputs = self.teacher(images)
+        use_gt = self.gt_weight > 0 and targets is not None
+        student_outputs = self.student(images, targets if use_gt else None)
+        terms = self.distiller(teacher_outputs, student_outputs, targets)
+        loss = terms["distill"]
+        result: dict[str, torch.Tensor] = {}
+        if use_gt:
+            gt = self.gt_weight * torch.stack(list(student_outputs.losses.values())).sum()
+            loss = loss + gt
+            result["gt"] = gt
+        return {"loss": loss, **result, **terms}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"detector_config": self.student.config, "class_names": self.student.class_names}
+
+
+# ------------------------------------------------------------------------------------ data
+@dataclass
+class DetectionData:
+    """The data of a run: labelled train and evaluation sets and where they came from.
+
+    Attributes:
+        train: labelled training images (tiles, when ``data.tile_size`` is set).
+        val: the evaluation split, or ``None`` when ``data.yaml`` has none.
+        class_names: label ``k`` is ``class_names[k]``.
+        description: one line per part, for the run's printout and ``metrics.md``.
+        unlabeled: image folders for label-free distillation (``data.yaml``'s ``unlabeled``).
+    """
+
+    train: DetectionSet
+    val: DetectionSet | None
+    class_names: list[str]
+    description: str
+    unlabeled: list[Path] = field(default_factory=list)
+
+
+def _tiled(dataset: DetectionSet, size: int | None, overlap: int) -> DetectionSet:
+    if not size:
+        return dataset
+    tiles = tile_records(dataset.records, int(size), int(overlap))
+    return DetectionSet(tiles, dataset.class_names, f"{dataset.source}, {size} px tiles", list(dataset.problems))
+
+
+def read_detection_data(data_cfg: dict[str, Any], split: str = "val") -> DetectionData:
+    """Read the ``data.yaml`` named in ``data_cfg['config']``: its train part and ``split`` (if present)."""
+    if not data_cfg.get("config"):
+        raise ConfigError("No data given: pass --data data.yaml (or set data.config in the YAML config)")
+    config = load_data_config(data_cfg["config"])
+    train = _tiled(config.read("train", data_cfg["skip_bad"]), data_cfg["tile_size"], data_cfg["tile_overlap"])
+    val = None
+    if getattr(config, split):
+        val = config.read(split, data_cfg["skip_bad"], class_names=train.class_names)
+        if val.class_names != train.class_names:
+            raise ConfigError(
+                f"{config.file}: the {split} part lists classes {val.class_names}, the train part {train.class_names}"
+            )
+        val = _tiled(val, data_cfg["tile_size"], data_cfg["tile_overlap"])
+    lines = [f"train: {train.summary()}"] + ([f"{split}: {val.summary()}"] if val is not None else [f"{split}: none"])
+    return DetectionData(train, val, list(train.class_names), "\n".join(lines), list(config.unlabeled))
+
+
+def _size(cfg: dict[str, Any], what: str) -> tuple[int, int]:
+    height, width = int(cfg["height"]), int(cfg["width"])
+    if height <= 0 or width <= 0 or height % 128 or width % 128:
+        raise ConfigError(
+            f"{what}.height and {what}.width must be positive multiples of 128 (the detectors' largest stride), "
+            f"got {height} x {width}"
+        )
+    return height, width
+
+
+def _stream_options(config: dict[str, Any]) -> dict[str, Any]:
+    data = config["data"]
+    colour = dataclass_from_dict(ColourJitterConfig, _tuples(data["colour"]), "data.colour")
+    return {
+        "view": dataclass_from_dict(BoxViewConfig, _tuples(data["view"]), "data.view"),
+        "colour": colour if colour.probability > 0 else None,
+        "max_boxes": int(data["max_boxes"]),
+        "seed": int(config["train"]["seed"]),
+        "cache": bool(data["cache"]),
+    }
+
+
+def _tuples(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def labelled_stream(config: dict[str, Any], train: DetectionSet) -> DetectionStream:
+    """The augmented training stream of ``train`` as ``config['data']`` describes it."""
+    height, width = _size(config["data"], "data")
+    return DetectionStream(train, height, width, **_stream_options(config))
+
+
+def unlabeled_stream(config: dict[str, Any], data: DetectionData) -> tuple[UnlabeledDetectionStream, str]:
+    """Images without boxes for label-free distillation, and where they came from.
+
+    Source: ``data.unlabeled`` folders, else ``data.yaml``'s ``unlabeled``, else the training
+    images with their boxes left out.
+    """
+    height, width = _size(config["data"], "data")
+    folders = config["data"]["unlabeled"] or data.unlabeled
+    if isinstance(folders, (str, Path)):
+        folders = [folders]
+    options = _stream_options(config)
+    if folders:
+        return UnlabeledDetectionStream(list(folders), height, width, **options), (
+            f"unlabeled images in {', '.join(str(f) for f in folders)}"
+        )
+    return UnlabeledDetectionStream(data.train, height, width, **options), (
+        f"the {len(data.train)} training images, boxes not used"
+    )
+
+
+# ------------------------------------------------------------------------------------ models
+def build_detector(model_cfg: dict[str, Any], class_names: Sequence[str]) -> DetectorAdapter:
+    """A new detector named ``model_cfg['name']`` for ``class_names`` with ``model_cfg['overrides']``."""
+    overrides = model_cfg.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"'overrides' must be a mapping of detector options, got {overrides!r}")
+    return create_detector(model_cfg["name"], len(class_names), class_names=list(class_names), **overrides)
+
+
+def describe_detector(model: DetectorAdapter) -> str:
+    """``name (family, parameters, FPN width)`` for printouts and reports."""
+    return f"{model.name} ({model.model.__class__.__name__}, {count_parameters(model):,} parameters, {model.fpn_channels}-channel FPN)"
+
+
+def check_class_lists(teacher: DetectorAdapter, class_names: Sequence[str], teacher_origin: str, data_origin: str) -> None:
+    """Raise :class:`IncompatibleModelsError` when the teacher was trained on other classes than the data's."""
+    names = list(class_names)
+    if teacher.class_names is None:
+        if teacher.num_classes != len(names):
+            raise IncompatibleModelsError(
+                f"The teacher '{teacher_origin}' predicts {teacher.num_classes} classes but {data_origin} lists "
+                f"{len(names)} ({', '.join(names)}): teacher and student must share one class list."
+            )
+        log.warning("The teacher '%s' stores no class names; assuming they are %s", teacher_origin, names)
+        return
+    if teacher.class_names != names:
+        raise IncompatibleModelsError(
+            f"The teacher '{teacher_origin}' was trained on classes {teacher.class_names} but {data_origin} lists "
+            f"{names}. Distillation compares class scores one by one, so teacher and student need the same class "
+            "list in the same order: train the teacher on this data set, or fix 'names' in data.yaml."
+        )
+
+
+def check_compatible(
+    teacher: DetectorAdapter,
+    student: DetectorAdapter,
+    distiller: DetectionDistiller,
+    batch: dict[str, torch.Tensor],
+    method: str,
+) -> list[str]:
+    """One forward pass of teacher, student and distiller on ``batch`` (a few images) before training.
+
+    Returns the names of the distiller's loss terms (those with a gradient; the rest are
+    diagnostics). Raises :class:`IncompatibleModelsError` naming both models and the reason
+    when the method cannot compare them (class lists, FPN levels and strides, families).
+    """
+    images = batch["image"]
+    targets = unpad_targets(batch) if "boxes" in batch else None
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            teacher_outputs = teacher(images)
+        outputs = distiller(teacher_outputs, student(images), targets)
+    except (ValueError, RuntimeError) as err:
+        raise IncompatibleModelsError(
+            f"Cannot distil the teacher {describe_detector(teacher)}, strides {teacher.strides}, into the student "
+            f"{describe_detector(student)}, strides {student.strides}, with '{method}': {err}"
+        ) from err
+    finally:
+        student.train(was_training)
+    return [k for k, v in outputs.items() if k != "distill" and v.requires_grad]
+
+
+def _first_batch(stream: StreamDataset, size: int = 2) -> dict[str, torch.Tensor]:
+    return torch.utils.data.default_collate([stream[k] for k in range(size)])
+
+
+# ------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def predict_set(
+    model: DetectorAdapter, dataset: DetectionSet, eval_cfg: dict[str, Any], size: tuple[int, int]
+) -> list[dict[str, torch.Tensor]]:
+    """Detections of ``model`` on every image of ``dataset`` (letterboxed to ``size``), in original pixels."""
+    device = next(model.parameters()).device
+    predictions = []
+    for batch in iter_eval_batches(dataset, size, int(eval_cfg["batch_size"])):
+        detections = model.predict(
+            batch.images.to(device), eval_cfg["score_threshold"], eval_cfg["nms_iou"], int(eval_cfg["max_detections"])
+        )
+        for i, det in enumerate(detections):
+            det = {k: v.cpu() for k, v in det.items()}
+            predictions.append({"boxes": batch.to_original(det["boxes"], i), "scores": det["scores"], "labels": det["labels"]})
+    return predictions
+
+
+def eval_size(eval_cfg: dict[str, Any], data_cfg: dict[str, Any]) -> tuple[int, int]:
+    """``(H, W)`` of evaluated images: ``eval.height/width``, or the training size when they are null."""
+    merged = {"height": eval_cfg["height"] or data_cfg["height"], "width": eval_cfg["width"] or data_cfg["width"]}
+    return _size(merged, "eval")
+
+
+@dataclass
+class EvaluationReport:
+    """COCO metrics of several models on one set, and the tables printed for them."""
+
+    metrics: dict[str, DetectionMetrics]
+    table: str
+    per_class_table: str
+    description: str
+
+
+def evaluate_and_report(
+    models: dict[str, DetectorAdapter],
+    dataset: DetectionSet,
+    eval_cfg: dict[str, Any],
+    size: tuple[int, int],
+    out: str | Path | None = None,
+    plot: str | Path | None = None,
+) -> EvaluationReport:
+    """Evaluate ``models`` on ``dataset``; print the tables and, with ``out``, write the report files.
+
+    Writes into ``out``: ``metrics.json`` (every metric, per-class AP, parameters), ``metrics.md``
+    (the tables) and ``detections.png`` of the last model (``detections_<name>.png`` for the
+    others) on the first ``eval.plot_images`` images. ``plot`` writes the last model's plot there instead.
+    """
+    description = f"{dataset.source}: {len(dataset)} image(s), {dataset.num_boxes} box(es), letterboxed to {size[0]}x{size[1]}"
+    print(f"evaluating on {description}")
+    metrics, predictions = {}, {}
+    for name, model in models.items():
+        predictions[name] = predict_set(model, dataset, eval_cfg, size)
+        metrics[name] = evaluate_detections(predictions[name], dataset, max_detections=int(eval_cfg["max_detections"]))
+    rows = {name: {**m.summary(), "parameters": count_parameters(models[name])} for name, m in metrics.items()}
+    table = format_detection_table(rows)
+    per_class = format_per_class_table(metrics)
+    print(table)
+    print(f"\nper-class AP (IoU 0.50:0.95):\n{per_class}")
+    names = list(models)
+    plots: dict[str, Path] = {}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "data": description,
+            "models": {n: {**metrics[n].as_dict(), "parameters": count_parameters(models[n]), "detector": models[n].name}
+                       for n in names},
+        }
+        (out / "metrics.json").write_text(json.dumps(payload, indent=2))
+        (out / "metrics.md").write_text(
+            f"Evaluated on {description}.\n\n{table}\n\nPer-class AP (IoU 0.50:0.95, points):\n\n{per_class}\n"
+        )
+        plots = {n: out / ("detections.png" if n == names[-1] else f"detections_{n}.png") for n in names}
+    if plot is not None:
+        plots[names[-1]] = Path(plot)
+    for name, path in plots.items():
+        draw_examples(dataset, predictions[name], path, eval_cfg, title=f"{name}: {models[name].name}")
+    return EvaluationReport(metrics, table, per_class, description)
+
+
+def draw_examples(
+    dataset: DetectionSet, predictions: list[dict[str, torch.Tensor]], path: Path, eval_cfg: dict[str, Any], title: str
+) -> Path:
+    """The first ``eval.plot_images`` images with predictions (coloured) and ground truth (white, dashed)."""
+    from detkd.viz.detections import plot_detection_grid
+
+    count = max(1, min(int(eval_cfg["plot_images"]), len(dataset)))
+    records = dataset.records[:count]
+    return plot_detection_grid(
+        [load_record_image(r) for r in records], predictions[:count], path, ground_truths=records,
+        class_names=dataset.class_names, score_threshold=float(eval_cfg["plot_score_threshold"]), title=title,
+    )
+
+
+# ------------------------------------------------------------------------------------ jobs
+@dataclass
+class DetectionOutcome:
+    """Where a run left its results (``report`` is ``None`` without an evaluation split or off rank 0)."""
+
+    out_dir: Path
+    model_path: Path
+    report: EvaluationReport | None
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def _say(rank_zero: bool) -> Any:
+    return print if rank_zero else (lambda *args, **kwargs: None)
+
+
+def _trainer(train_cfg: TrainConfig, out: Path, resume: bool) -> Trainer:
+    """The engine for ``out``; refuses an existing run before its ``config.yaml`` is overwritten."""
+    trainer = Trainer(train_cfg, out)
+    if trainer.checkpoint_path.exists() and not resume:
+        raise ExistingRunError(
+            f"'{out}' already holds a run ({trainer.checkpoint_path}). Pass --resume to continue it, "
+            "or choose another --out folder."
+        )
+    return trainer
+
+
+def run_detection_training(
+    config: dict[str, Any], out_dir: str | Path, resume: bool = False, data: DetectionData | None = None
+) -> DetectionOutcome:
+    """Train a detector on labelled images, save ``model.pt``, evaluate it on the validation split.
+
+    Writes into ``out_dir``: ``config.yaml`` (resolved), ``model.pt`` (:func:`save_detector`),
+    ``checkpoints/last.pt``, ``history.jsonl``, ``tensorboard/``, ``loss_curves.png``,
+    ``metrics.json``, ``metrics.md``, ``detections.png``. ``data`` replaces reading
+    ``config['data']['config']`` (sets built in memory, e.g. by a benchmark).
+    """
+    out = Path(out_dir)
+    config = copy.deepcopy(config)
+    rank_zero = is_launch_rank_zero()
+    say = _say(rank_zero)
+    data = data or read_detection_data(config["data"], config["eval"]["split"])
+    train_cfg = TrainConfig.from_dict(config["train"])
+    torch.manual_seed(train_cfg.seed)  # the initial weights depend on the seed alone
+    model = build_detector(config["model"], data.class_names)
+    stream = labelled_stream(config, data.train)
+    trainer = _trainer(train_cfg, out, resume)
+    say(f"model   : {describe_detector(model)}")
+    say(f"data    : {data.description}")
+    say(f"run     : {train_cfg.steps} steps x {train_cfg.batch_size} images of "
+        f"{config['data']['height']}x{config['data']['width']} -> {out}")
+    if rank_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    result = trainer.fit(DetectionTrainTask(model, stream), resume=resume)
+    if not result.is_global_zero:
+        return DetectionOutcome(out, out / "model.pt", None, result.step, result.seconds)
+    model_path = save_detector(model.eval(), out / "model.pt", extra=_model_extra(config, data, result.step))
+    print(f"model saved to {model_path} after {result.step} steps ({result.seconds:.0f} s this session)")
+    _plot_losses(result.history, out, f"Training {model.name}", None)
+    report = None
+    if data.val is not None:
+        report = evaluate_and_report({"model": model}, data.val, config["eval"], eval_size(config["eval"], config["data"]), out)
+    return DetectionOutcome(out, model_path, report, result.step, result.seconds)
+
+
+def load_teacher(checkpoint: str | Path | None) -> DetectorAdapter:
+    """The teacher detector of ``teacher.checkpoint`` (eval mode)."""
+    if not checkpoint:
+        raise ConfigError(
+            "No teacher given: pass --teacher runs/teacher/model.pt (train one with 'detkd detect train')"
+        )
+    return load_detector(checkpoint).eval()
+
+
+def run_detection_distillation(
+    config: dict[str, Any], out_dir: str | Path, resume: bool = False, data: DetectionData | None = None
+) -> DetectionOutcome:
+    """Distil the teacher into a new student, save ``student.pt``, evaluate both on the validation split.
+
+    Before training, the class lists are compared and one batch goes through teacher, student and
+    distiller, so that incompatible models fail with a clear message. Writes the files of
+    :func:`run_detection_training` (with ``student.pt`` for ``model.pt``; ``detections.png`` shows
+    the student and ``detections_teacher.png`` the teacher).
+    """
+    out = Path(out_dir)
+    config = copy.deepcopy(config)
+    rank_zero = is_launch_rank_zero()
+    say = _say(rank_zero)
+    distill_cfg = config["distill"]
+    method = distill_cfg["method"]
+    if method not in DETECTION_DISTILLERS:
+        raise ConfigError(f"Unknown distillation method '{method}'; valid: {', '.join(DETECTION_DISTILLERS)}")
+    teacher = load_teacher(config["teacher"]["checkpoint"])
+    data = data or read_detection_data(config["data"], config["eval"]["split"])
+    data_origin = str(config["data"]["config"] or data.train.source)
+    check_class_lists(teacher, data.class_names, str(config["teacher"]["checkpoint"]), data_origin)
+    train_cfg = TrainConfig.from_dict(config["train"])
+    torch.manual_seed(train_cfg.seed)  # same seed, same initial student as the baseline run
+    student = build_detector(config["student"], data.class_names)
+    distiller = create_detection_distiller(
+        method, teacher.fpn_channels, student.fpn_channels, match_anchors=student.match_anchors,
+        **(distill_cfg[method] or {}),
+    )
+    label_free = bool(distill_cfg["label_free"])
+    if label_free:
+        stream, images_text = unlabeled_stream(config, data)
+    else:
+        stream, images_text = labelled_stream(config, data.train), "labelled training images"
+    terms = check_compatible(teacher, student, distiller, _first_batch(stream), method)
+    gt_weight = 0.0 if label_free else float(distill_cfg["gt_weight"])
+    trainer = _trainer(train_cfg, out, resume)
+
+    say(f"teacher : {describe_detector(teacher)} from {config['teacher']['checkpoint']}")
+    say(f"student : {describe_detector(student)}")
+    say(f"method  : {method} ({', '.join(terms)})" + (f" + ground truth x{gt_weight:g}" if gt_weight else ", no ground truth"))
+    say(f"data    : {data.description}\nimages  : {images_text}")
+    say(f"run     : {train_cfg.steps} steps x {train_cfg.batch_size} images of "
+        f"{config['data']['height']}x{config['data']['width']} -> {out}")
+    if rank_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    task = DetectionDistillTask(teacher, student, distiller, stream, gt_weight=gt_weight)
+    result = trainer.fit(task, resume=resume)
+    if not result.is_global_zero:
+        return DetectionOutcome(out, out / "student.pt", None, result.step, result.seconds)
+    extra = {**_model_extra(config, data, result.step), "teacher": str(config["teacher"]["checkpoint"]), "method": method}
+    student_path = save_detector(student.eval(), out / "student.pt", extra=extra)
+    print(f"student saved to {student_path} after {result.step} steps ({result.seconds:.0f} s this session)")
+    _plot_losses(result.history, out, f"Distilling {teacher.name} into {student.name} ({method})",
+                 ["loss", "gt", *terms])
+    report = None
+    if data.val is not None:
+        size = eval_size(config["eval"], config["data"])
+        report = evaluate_and_report({"teacher": teacher, "student": student}, data.val, config["eval"], size, out)
+    return DetectionOutcome(out, student_path, report, result.step, result.seconds)
+
+
+def _model_extra(config: dict[str, Any], data: DetectionData, steps: int) -> dict[str, Any]:
+    return {
+        "steps": steps,
+        "data": str(config["data"]["config"] or data.train.source),
+        "train_size": [int(config["data"]["height"]), int(config["data"]["width"])],
+    }
+
+
+def _plot_losses(history: Path, out: Path, title: str, terms: list[str] | None) -> None:
+    from detkd.viz.plots import loss_terms, plot_loss_curves, read_history_records
+
+    records = read_history_records(history) if history.exists() else []
+    if not records:
+        return
+    if terms is not None:
+        present = set(loss_terms(records))
+        terms = [t for t in terms if t in present]
+    plot_loss_curves(records, out / "loss_curves.png", title=title, terms=terms)
+
+
+def stored_train_size(path: str | Path) -> tuple[int, int] | None:
+    """The training size recorded in a detector file by these jobs, or ``None``."""
+    try:
+        size = read_detector_extra(path).get("train_size")
+    except Exception:  # noqa: BLE001 - a checkpoint or foreign file: no stored size
+        return None
+    return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
