@@ -123,6 +123,31 @@ def test_parity_fails_on_a_point_that_no_tie_explains():
     assert len(failures) == 2 and "scores" in failures[0] and "1 detection(s)" in failures[1]
 
 
+def test_detection_parity_matches_boxes_and_explains_score_ties():
+    from detkd.export.detection import compare_detections
+
+    post = SimpleNamespace(score_threshold=0.05, max_detections=3)
+
+    def dets(rows):  # rows of (x1, y1, x2, y2, score, label), padded to 3
+        boxes, scores, labels = np.zeros((1, 3, 4), np.float32), np.zeros((1, 3), np.float32), -np.ones((1, 3), np.int64)
+        for i, (*box, score, label) in enumerate(rows):
+            boxes[0, i], scores[0, i], labels[0, i] = box, score, label
+        return [boxes, scores, labels, np.array([len(rows)])]
+
+    reference = dets([(0, 0, 10, 10, 0.9, 1), (20, 20, 40, 40, 0.7, 2), (50, 50, 60, 60, 0.0500004, 0)])
+    # Same first box 0.5 px wider on a 100-px image; the second kept; the third lost at the threshold.
+    other = dets([(0, 0, 10.5, 10, 0.9003, 1), (20, 20, 40, 40, 0.7, 2)])
+    parity = compare_detections(reference, other, torch.zeros(1, 3, 100, 100), 1e-4, post=post)
+    # IoU of the first pair is 10*10 / (10.5*10) = 0.952 < 0.99: not the same detection.
+    assert parity.agreement == pytest.approx(1 / 4)  # 1 matched of 4 distinct detections
+    assert (parity.near_ties, parity.unexplained) == (1, 2)  # the threshold one explained, the box pair not
+    close = dets([(0, 0, 10.05, 10, 0.90005, 1), (20, 20, 40, 40, 0.7, 2)])  # IoU 0.995: matched
+    parity = compare_detections(reference, close, torch.zeros(1, 3, 100, 100), 1e-4, post=post)
+    assert parity.agreement == pytest.approx(2 / 3) and (parity.near_ties, parity.unexplained) == (1, 0)
+    assert parity.errors["boxes"] == pytest.approx(0.05 / 100, rel=1e-3)  # relative to the image size
+    assert parity.errors["scores"] == pytest.approx(5e-5, rel=1e-2)
+
+
 # ---------------------------------------------------------------------- exports
 def test_export_postprocessed_checks_parity_and_describes_itself(teacher, tmp_path, capsys):
     result = export_onnx(teacher, tmp_path / "teacher.onnx", H, W, source="shipped teacher")
@@ -177,6 +202,17 @@ def test_failed_parity_is_an_error_and_leaves_no_valid_file(tiny, tmp_path, monk
     assert "bad.failed.onnx" in str(err.value)
     assert (tmp_path / "bad.failed.onnx").exists()
     assert not (tmp_path / "bad.onnx").exists() and not (tmp_path / "bad.json").exists()
+
+
+def test_detector_export_refuses_dynamic_and_odd_sizes(tmp_path):
+    from detkd.export.sources import load_model_source
+
+    source = load_model_source("retinanet_tiny_fpn:3")
+    assert source.task == "detection" and source.module.num_classes == 3
+    with pytest.raises(ValueError, match="multiples of 128 .* got height 480. Use e.g. --height 512"):
+        export_onnx(source.module, tmp_path / "d.onnx", 480, 640)
+    with pytest.raises(ValueError, match="fixed size .* drop --dynamic"):
+        export_onnx(source.module, tmp_path / "d.onnx", 128, 128, dynamic=True)
 
 
 def test_export_rejects_sizes_the_network_cannot_take(tiny, tmp_path):

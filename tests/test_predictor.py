@@ -94,3 +94,27 @@ def test_bad_inputs_get_clear_errors(files, tmp_path):
     raw = export_onnx(files["model"], tmp_path / "raw.onnx", H, W, raw_heads=True, verbose=False).path
     with pytest.raises(ValueError, match="--raw-heads"):
         Predictor(raw)
+
+
+def test_detector_checkpoint_and_onnx_predictors_agree(tmp_path):
+    """A detector file and its (checked) ONNX export give the same boxes on a real photo."""
+    from detkd.models.detection import create_detector, save_detector
+
+    torch.manual_seed(0)
+    detector = create_detector("retinanet_tiny_fpn", 3).eval()
+    with torch.no_grad():  # spread the untrained class scores so that some pass the 0.05 threshold
+        detector.model.head.classification_head.cls_logits.weight.mul_(10)
+    pt = save_detector(detector, tmp_path / "detector.pt")
+    result = export_onnx(detector, tmp_path / "detector.onnx", 128, 128, max_detections=20, verbose=False)
+    meta = result.metadata
+    assert meta["task"] == "detection" and meta["input"]["shape"] == [1, 3, 128, 128]
+    assert [o["name"] for o in meta["outputs"]] == ["boxes", "scores", "labels", "num_detections"]
+    assert meta["parity"]["unexplained"] == 0 and meta["parity"]["errors"]["scores"] < 1e-4
+    pixels = (photo_batch(["coffee"], 3, 120, 128)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    from_pt = Predictor(pt, max_detections=20)(pixels)  # 120x128 is padded to 128x128 by both
+    from_onnx = Predictor(result.path)(pixels)
+    assert set(from_pt) == {"boxes", "scores", "labels"} and 0 < len(from_pt["boxes"]) <= 20
+    assert np.array_equal(from_pt["labels"], from_onnx["labels"])
+    assert np.abs(from_pt["boxes"] - from_onnx["boxes"]).max() < 1e-3  # pixels
+    assert np.abs(from_pt["scores"] - from_onnx["scores"]).max() < 1e-4
+    assert from_pt["boxes"][:, 3].max() <= 120  # clipped to the real image, not the padding

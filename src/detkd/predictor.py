@@ -1,5 +1,8 @@
 """``detkd.Predictor``: run a trained model on images, from PyTorch weights or an ONNX export.
 
+Key-point models give key points, scores and descriptors; detectors give boxes, scores and
+labels.
+
     from detkd import Predictor
     predictor = Predictor("runs/kp1/student.pt")          # or "student.onnx", "default"
     out = predictor("photo.jpg")                          # paths, PIL, numpy, tensors
@@ -11,9 +14,10 @@ and return the same outputs, so an application needs neither the training code n
 autograd: ONNX files only need ``onnxruntime`` and ``numpy`` at run time (this module imports
 torch for image handling).
 
-Image sizes: the network works on multiples of 8 pixels; an image is padded with zeros at the
-bottom and right (as :meth:`SuperPoint.extract` does) and key points that fall in the padding
-or in the border margin of the real image are dropped. A fixed-size ONNX export pads up to its
+Image sizes: key-point networks work on multiples of 8 pixels, detectors on multiples of their
+largest stride; an image is padded with zeros at the bottom and right (as
+:meth:`SuperPoint.extract` does); key points that fall in the padding or in the border margin
+of the real image are dropped, boxes are clipped to the real image. A fixed-size ONNX export pads up to its
 size; a larger image is an error unless ``resize=True`` (then it is resized to the export size
 and key points are mapped back to the original pixels).
 """
@@ -36,23 +40,30 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 class Predictor:
-    """Key points, scores and descriptors of images, from a checkpoint or an ONNX file.
+    """Run a key-point model or a detector on images, from a checkpoint or an ONNX file.
 
     Args:
         model: a key-point model file (detkd ``student.pt``, checkpoint, SuperPoint weights), a
-            run folder, ``"default"`` (the shipped teacher), an ``.onnx`` file exported by
-            ``detkd export``, or a :class:`SuperPoint` instance.
+            detector file (:func:`detkd.models.detection.save_detector`) or detection checkpoint,
+            a run folder, ``"default"`` (the shipped key-point teacher), an ``.onnx`` file
+            exported by ``detkd export``, or a :class:`SuperPoint` / detector adapter instance.
         device: ``"cpu"`` or ``"cuda"`` (ONNX on CUDA needs ``onnxruntime-gpu``).
-        max_keypoints: most key points per image (PyTorch models only; an ONNX file has its
+        max_keypoints: key points: most per image (PyTorch models only; an ONNX file has its
             own, fixed at export).
+        score_threshold, nms_iou, max_detections: detectors: post-processing (PyTorch models
+            only; fixed at export in an ONNX file).
         threads: CPU threads of ONNX Runtime (None: its default).
         resize: with a fixed-size ONNX file, resize larger images instead of refusing them.
 
     Call it with one image (path, PIL image, numpy ``(H, W)`` / ``(H, W, 3)`` uint8 or float in
     ``[0, 1]``, tensor ``(H, W)`` / ``(C, H, W)``) to get one dict, or with a list (or a
-    ``(B, C, H, W)`` tensor) to get a list. Each dict holds numpy arrays: ``keypoints``
-    ``(N, 2)`` float32 pixels (x, y) of the input image, sorted by decreasing score,
-    ``scores`` ``(N,)`` and ``descriptors`` ``(N, D)`` unit vectors.
+    ``(B, C, H, W)`` tensor) to get a list. Each dict holds numpy arrays in the pixels of the
+    input image:
+
+    * key points: ``keypoints`` ``(N, 2)`` float32 (x, y) sorted by decreasing score,
+      ``scores`` ``(N,)`` and ``descriptors`` ``(N, D)`` unit vectors;
+    * detectors: ``boxes`` ``(D, 4)`` float32 xyxy, ``scores`` ``(D,)`` and ``labels`` ``(D,)``
+      int64 class indices, sorted by decreasing score.
     """
 
     def __init__(
@@ -61,6 +72,9 @@ class Predictor:
         device: str = "cpu",
         *,
         max_keypoints: int | None = None,
+        score_threshold: float = 0.05,
+        nms_iou: float = 0.5,
+        max_detections: int = 100,
         threads: int | None = None,
         resize: bool = False,
     ) -> None:
@@ -68,6 +82,7 @@ class Predictor:
         self.resize = resize
         self.session = None
         self.module: nn.Module | None = None
+        self.fixed_size: tuple[int, int] | None = None
         if isinstance(model, nn.Module):
             network, self.origin = model, f"in-memory {type(model).__name__}"
         else:
@@ -78,23 +93,33 @@ class Predictor:
             if source.is_onnx:
                 self._open_onnx(source.onnx_path, threads)
                 return
-        if not isinstance(network, SuperPoint):
-            raise TypeError(f"Predictor runs SuperPoint-family key-point models, got {type(network).__name__}")
-        from detkd.export.keypoints import KeypointPostprocess
-
         self.backend = "pytorch"
-        self.task = "keypoints"
-        self.module = KeypointPostprocess(network, max_keypoints).eval().to(self.device)
-        self.border = int(network.conf["remove_borders"])
-        self.fixed_size: tuple[int, int] | None = None
-        self.max_keypoints = self.module.max_keypoints
+        if isinstance(network, SuperPoint):
+            from detkd.export.keypoints import KeypointPostprocess
+
+            self.task = "keypoints"
+            self.module = KeypointPostprocess(network, max_keypoints).eval().to(self.device)
+            self.border = int(network.conf["remove_borders"])
+            self.limit = self.module.max_keypoints
+            self.multiple = CELL
+            return
+        from detkd.models.detection import DetectorAdapter
+
+        if not isinstance(network, DetectorAdapter):
+            raise TypeError(
+                f"Predictor runs SuperPoint-family key-point models and detkd detectors, got {type(network).__name__}"
+            )
+        from detkd.export.detection import DetectionPostprocess
+
+        self.task = "detection"
+        self.module = DetectionPostprocess(network, score_threshold, nms_iou, max_detections).eval().to(self.device)
+        self.limit = max_detections
+        self.multiple = max(network.strides)
 
     def _open_onnx(self, path: Path | None, threads: int | None) -> None:
         from detkd.export.onnx import ort_session, read_metadata
 
         meta = read_metadata(path)
-        if meta.get("task") != "keypoints":
-            raise ValueError(f"'{path}' is a {meta.get('task')} model; Predictor runs key-point models")
         if meta.get("raw_heads"):
             raise ValueError(
                 f"'{path}' was exported with --raw-heads (dense outputs only); export it without "
@@ -109,12 +134,17 @@ class Predictor:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         self.session = ort_session(path, threads=threads, providers=providers)
         self.backend = "onnxruntime"
-        self.task = "keypoints"
+        self.task = meta.get("task", "keypoints")
         self.metadata = meta
-        self.border = int(meta["model"]["remove_borders"])
-        self.max_keypoints = int(meta["model"]["max_keypoints"])
         self.input_name = meta["input"]["name"]
         self.fixed_size = None if meta.get("dynamic") else tuple(meta["input"]["export_size"])
+        if self.task == "keypoints":
+            self.border = int(meta["model"]["remove_borders"])
+            self.limit = int(meta["model"]["max_keypoints"])
+            self.multiple = CELL
+        else:
+            self.limit = int(meta["model"]["max_detections"])
+            self.multiple = max(meta["model"]["strides"])
 
     # ------------------------------------------------------------------ running
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
@@ -125,19 +155,25 @@ class Predictor:
         return self.predict_one(images)
 
     def predict_one(self, image: ImageInput) -> dict[str, np.ndarray]:
-        """Key points of one image (see the class doc)."""
-        grey = to_grey_tensor(image)  # (1, H, W) float in [0, 1]
-        height, width = grey.shape[-2:]
+        """Outputs for one image (see the class doc)."""
+        tensor = to_grey_tensor(image) if self.task == "keypoints" else to_rgb_tensor(image)  # (C, H, W)
+        height, width = tensor.shape[-2:]
         target = self._input_size(height, width)
         scale = (1.0, 1.0)
+        valid_h, valid_w = height, width
         if target[0] < height or target[1] < width:  # only with resize=True
-            grey = F.interpolate(grey[None], target, mode="bilinear", antialias=True, align_corners=False)[0]
+            tensor = F.interpolate(tensor[None], target, mode="bilinear", antialias=True, align_corners=False)[0]
             scale = (width / target[1], height / target[0])
             valid_h, valid_w = target
-        else:
-            valid_h, valid_w = height, width
-        padded = F.pad(grey, (0, target[1] - grey.shape[-1], 0, target[0] - grey.shape[-2]))[None]
-        keypoints, scores, descriptors, count = self._run(padded)
+        padded = F.pad(tensor, (0, target[1] - tensor.shape[-1], 0, target[0] - tensor.shape[-2]))[None]
+        outputs = self._run(padded)
+        if self.task == "keypoints":
+            return self._keypoints(outputs, valid_h, valid_w, scale)
+        return self._detections(outputs, valid_h, valid_w, scale)
+
+    def _keypoints(self, outputs: list[np.ndarray], valid_h: int, valid_w: int,
+                   scale: tuple[float, float]) -> dict[str, np.ndarray]:
+        keypoints, scores, descriptors, count = outputs
         n = int(count[0])
         keypoints, scores, descriptors = keypoints[0, :n], scores[0, :n], descriptors[0, :n]
         # Drop what lies in the padding or in the border margin of the real image (extract()
@@ -152,15 +188,31 @@ class Predictor:
             "descriptors": np.ascontiguousarray(descriptors[inside], dtype=np.float32),
         }
 
+    def _detections(self, outputs: list[np.ndarray], valid_h: int, valid_w: int,
+                    scale: tuple[float, float]) -> dict[str, np.ndarray]:
+        boxes, scores, labels, count = outputs
+        n = int(count[0])
+        # Boxes may reach into the zero padding: clip them to the real image.
+        boxes = np.clip(boxes[0, :n], 0, [valid_w, valid_h, valid_w, valid_h])
+        boxes = boxes * np.asarray(scale * 2, dtype=np.float32)
+        return {
+            "boxes": np.ascontiguousarray(boxes, dtype=np.float32),
+            "scores": np.ascontiguousarray(scores[0, :n], dtype=np.float32),
+            "labels": np.ascontiguousarray(labels[0, :n], dtype=np.int64),
+        }
+
     def _input_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size the network runs at: padded to multiples of 8, or the fixed export size."""
+        """Size the network runs at: padded to its size multiple, or the fixed export size."""
         if self.fixed_size is None:
-            return (max(2 * CELL, -(-height // CELL) * CELL), max(2 * CELL, -(-width // CELL) * CELL))
+            m = self.multiple
+            low = 2 * CELL if self.task == "keypoints" else m
+            return (max(low, -(-height // m) * m), max(low, -(-width // m) * m))
         fixed_h, fixed_w = self.fixed_size
         if (height > fixed_h or width > fixed_w) and not self.resize:
             raise ValueError(
                 f"Image of {height}x{width} pixels is larger than the {fixed_h}x{fixed_w} this ONNX file was "
-                "exported for; export with a larger --height/--width or --dynamic, or pass resize=True"
+                "exported for; export with a larger --height/--width"
+                + (" or --dynamic" if self.task == "keypoints" else "") + ", or pass resize=True"
             )
         return fixed_h, fixed_w
 
@@ -173,7 +225,40 @@ class Predictor:
 
     def __repr__(self) -> str:
         size = "any size" if self.fixed_size is None else f"{self.fixed_size[0]}x{self.fixed_size[1]}"
-        return f"Predictor({self.origin}, backend={self.backend}, {size}, max_keypoints={self.max_keypoints})"
+        what = "max_keypoints" if self.task == "keypoints" else "max_detections"
+        return f"Predictor({self.origin}, {self.task}, backend={self.backend}, {size}, {what}={self.limit})"
+
+
+def to_rgb_tensor(image: ImageInput) -> torch.Tensor:
+    """Any supported image as a ``(3, H, W)`` float32 RGB tensor in ``[0, 1]`` (grey is repeated)."""
+    if isinstance(image, (str, Path)):
+        from detkd.data.images import read_image
+
+        return torch.from_numpy(read_image(image, grey=False)).permute(2, 0, 1).contiguous()
+    if type(image).__module__.startswith("PIL."):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.dim() == 3 and tensor.shape[0] in (1, 3):
+            tensor = tensor.permute(1, 2, 0)
+        elif tensor.dim() != 2:
+            raise ValueError(f"tensor image must be (H, W), (1, H, W) or (3, H, W), got {tuple(image.shape)}")
+        image = tensor.numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"Cannot read an image from a {type(image).__name__}: pass a path, a PIL image, a numpy array "
+            "or a torch tensor"
+        )
+    array = _to_unit_range(np.asarray(image), "image")
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    elif array.ndim == 3 and array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    elif array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"image must be (H, W), (H, W, 1) or (H, W, 3), got shape {image.shape}")
+    if min(array.shape[:2]) < 1:
+        raise ValueError(f"empty image of shape {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array[..., :3], dtype=np.float32)).permute(2, 0, 1).contiguous()
 
 
 def to_grey_tensor(image: ImageInput) -> torch.Tensor:

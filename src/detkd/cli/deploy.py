@@ -1,8 +1,9 @@
 """``detkd export | bench | report``: ship a student and show that it pays.
 
-MODEL arguments take ``default`` (the shipped key-point teacher), a variant name
-(``superpoint``/``half``/``tiny``, random weights: fine for speed), a model file (``.pt``), a
-run folder, or (bench) an ``.onnx`` export; ``NAME=MODEL`` names a table row.
+MODEL arguments take ``default`` (the shipped key-point teacher), a key-point variant name
+(``superpoint``/``half``/``tiny``) or a detector name (``retinanet_tiny_fpn`` ...; both with
+random weights: fine for speed), a model file (``.pt``: key points or detector), a run folder,
+or (bench) an ``.onnx`` export; ``NAME=MODEL`` names a table row.
 """
 
 from __future__ import annotations
@@ -25,15 +26,23 @@ import click
               help="Key points: export the dense heads (logits, heatmap, dense descriptors) without post-processing.")
 @click.option("--max-keypoints", type=int, default=None,
               help="Key points: fixed number of outputs K (padded). [default: the model's, 1024]")
+@click.option("--max-detections", type=int, default=100, show_default=True,
+              help="Detectors: fixed number of outputs (padded).")
+@click.option("--score-threshold", type=float, default=0.05, show_default=True, help="Detectors: lowest score kept.")
+@click.option("--nms-iou", type=float, default=0.5, show_default=True, help="Detectors: class-wise NMS IoU.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 16).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Largest accepted difference between ONNX Runtime and PyTorch.")
 def export_command(model: str, fmt: str, height: int, width: int, out: Path | None, dynamic: bool,
-                   raw_heads: bool, max_keypoints: int | None, opset: int, tolerance: float) -> None:
+                   raw_heads: bool, max_keypoints: int | None, max_detections: int, score_threshold: float,
+                   nms_iou: float, opset: int, tolerance: float) -> None:
     """Export MODEL to ONNX with its post-processing, checked against PyTorch on real photos.
 
     Key-point models get heatmap, max-pool NMS, a fixed top-K with scores (padded, static
-    shapes) and bilinear descriptor sampling inside the graph. The export is run in ONNX Runtime
+    shapes) and bilinear descriptor sampling inside the graph; detectors (a detector file, or a
+    name such as retinanet_tiny_fpn for random weights) get their torchvision post-processing
+    (per-level top-k, box decoding, class-wise NMS; RoIAlign for Faster R-CNN), padded to
+    --max-detections, at a fixed size (multiples of 128). The export is run in ONNX Runtime
     and PyTorch on scikit-image photos at once; a mismatch beyond --tolerance is an error.
     Writes MODEL.onnx and MODEL.json (input size, normalisation, outputs, config, parity).
     """
@@ -47,7 +56,9 @@ def export_command(model: str, fmt: str, height: int, width: int, out: Path | No
     click.echo(f"exporting {source.origin} to {out} ({fmt}, {height}x{width}"
                f"{', dynamic' if dynamic else ''}{', raw heads' if raw_heads else ''})")
     result = export_onnx(source.module, out, height, width, dynamic=dynamic, raw_heads=raw_heads,
-                         max_keypoints=max_keypoints, opset=opset, tolerance=tolerance, source=source.origin)
+                         max_keypoints=max_keypoints, max_detections=max_detections,
+                         score_threshold=score_threshold, nms_iou=nms_iou, opset=opset, tolerance=tolerance,
+                         source=source.origin)
     outputs = ", ".join(o["name"] for o in result.metadata["outputs"])
     click.echo(f"written {result.path} (outputs: {outputs}) and {result.sidecar}")
 

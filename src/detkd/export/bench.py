@@ -211,7 +211,7 @@ def benchmark(
             for item in prepared:
                 if item.model_file is not None:
                     item.row.memory_mb["pytorch-cpu"] = cpu_peak_mb("pytorch", item.model_file, height, width,
-                                                                    item.channels, threads)
+                                                                    item.channels, threads, task=item.row.task)
                 item.row.memory_mb["onnxruntime-cpu"] = cpu_peak_mb("onnxruntime", item.onnx_path, height, width,
                                                                     item.channels, threads)
     finally:
@@ -290,9 +290,7 @@ def _prepare(source: ModelSource, height: int, width: int, max_keypoints: int | 
     say(f"exporting {source.name} ({source.origin}) to ONNX at {height}x{width} ...")
     result = export_onnx(graph, work / f"{safe}.onnx", height, width, source=source.origin, verbose=False)
     say(f"  {format_parity(result.parity, result.metadata['parity']['tolerance'])}")
-    from detkd.models.weights import save_keypoint_model
-
-    model_file = save_keypoint_model(source.module, work / f"{safe}.pt")
+    model_file = save_model_file(source.module, work / f"{safe}.pt")
     example = photo_batch(["coffee"], graph.channels, height, width)
     row = BenchRow(
         source.name, source.origin, source.task,
@@ -300,6 +298,19 @@ def _prepare(source: ModelSource, height: int, width: int, max_keypoints: int | 
         result.path.stat().st_size / 2**20, parity=result.metadata["parity"],
     )
     return _Prepared(row, graph, result.path, model_file, graph.channels)
+
+
+def save_model_file(module: torch.nn.Module, path: Path) -> Path:
+    """Write a key-point model or a detector to its detkd file format."""
+    from detkd.models.superpoint import SuperPoint
+
+    if isinstance(module, SuperPoint):
+        from detkd.models.weights import save_keypoint_model
+
+        return save_keypoint_model(module, path)
+    from detkd.models.detection import save_detector
+
+    return save_detector(module, path)
 
 
 def _torch_runner(module: torch.nn.Module, batch: torch.Tensor) -> Callable[[], Any]:
@@ -381,5 +392,5 @@ def _parity_cell(parity: dict[str, Any] | None) -> str:
     errors = parity.get("errors", {})
     text = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
     if parity.get("agreement") is not None:
-        text += f"; {parity['agreement']:.0%} same points"
+        text += f"; {parity['agreement']:.0%} same detections"
     return text

@@ -72,6 +72,7 @@ class ExportGraph:
     compare: Callable[[Sequence[np.ndarray], Sequence[np.ndarray], torch.Tensor, float], Parity]
     min_size: int = 16  # pixels, smallest side the graph accepts
     size_multiple: int = 8
+    supports_dynamic: bool = True  # False: sizes are baked in (e.g. detector anchors)
 
     def run_torch(self, batch: torch.Tensor) -> list[np.ndarray]:
         """Outputs of the PyTorch module for ``batch`` ``(B, C, H, W)``, as numpy arrays."""

@@ -38,18 +38,19 @@ def rss_peak_supported() -> bool:
 
 
 def cpu_peak_mb(kind: str, path: str | Path, height: int, width: int, channels: int = 1,
-                threads: int = 1, timeout: float = 300.0) -> float | None:
+                threads: int = 1, timeout: float = 300.0, task: str = "keypoints") -> float | None:
     """Peak extra MiB of one CPU inference of a model file, in a fresh process.
 
     Args:
-        kind: ``"pytorch"`` (``path`` a key-point model file) or ``"onnxruntime"`` (an ``.onnx`` file).
+        kind: ``"pytorch"`` (``path`` a detkd model file of ``task`` ``"keypoints"`` or
+            ``"detection"``) or ``"onnxruntime"`` (an ``.onnx`` file).
     Returns:
         MiB, or ``None`` where the measurement is not supported or the child failed.
     """
     if not rss_peak_supported():
         return None
     args = json.dumps({"kind": kind, "path": str(path), "height": height, "width": width,
-                       "channels": channels, "threads": threads})
+                       "channels": channels, "threads": threads, "task": task})
     # A fixed mmap threshold makes glibc return large blocks to the system when they are freed,
     # so the warm-up run's memory is not silently reused by the measured run.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
@@ -94,11 +95,17 @@ def _child(spec: dict) -> float:
         def run() -> None:
             session.run(None, feed)
     else:
-        from detkd.export.keypoints import KeypointPostprocess
-        from detkd.models.weights import load_keypoint_model
-
         torch.set_num_threads(spec["threads"])
-        module = KeypointPostprocess(load_keypoint_model(spec["path"])).eval()
+        if spec.get("task") == "detection":
+            from detkd.export.detection import DetectionPostprocess
+            from detkd.models.detection import load_detector
+
+            module = DetectionPostprocess(load_detector(spec["path"])).eval()
+        else:
+            from detkd.export.keypoints import KeypointPostprocess
+            from detkd.models.weights import load_keypoint_model
+
+            module = KeypointPostprocess(load_keypoint_model(spec["path"])).eval()
 
         def run() -> None:
             with torch.inference_mode():

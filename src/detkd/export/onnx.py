@@ -64,6 +64,9 @@ def export_onnx(
     dynamic: bool = False,
     raw_heads: bool = False,
     max_keypoints: int | None = None,
+    max_detections: int = 100,
+    score_threshold: float = 0.05,
+    nms_iou: float = 0.5,
     opset: int = DEFAULT_OPSET,
     tolerance: float = DEFAULT_TOLERANCE,
     check_photos: Sequence[str] = CHECK_PHOTOS,
@@ -73,7 +76,8 @@ def export_onnx(
     """Export ``model`` to ONNX at ``height`` x ``width`` and check it against PyTorch.
 
     Args:
-        model: a :class:`~detkd.models.superpoint.SuperPoint` (or an :class:`ExportGraph`).
+        model: a :class:`~detkd.models.superpoint.SuperPoint`, a detector
+            (:class:`~detkd.models.detection.DetectorAdapter`), or an :class:`ExportGraph`.
         path: the ``.onnx`` file to write (folders are created).
         height, width: input size in pixels (multiples of 8 for key points).
         dynamic: batch, height and width become dynamic axes; the check then also runs a
@@ -81,6 +85,8 @@ def export_onnx(
         raw_heads: key points: export the dense heads (logits, heatmap, dense descriptors)
             instead of the post-processed key points.
         max_keypoints: key points: fixed number of outputs ``K`` (default: the model's).
+        max_detections, score_threshold, nms_iou: detectors: fixed number of outputs, and the
+            post-processing's score threshold and class-wise NMS IoU.
         opset: ONNX opset (>= 16).
         tolerance: largest accepted difference per output (see :class:`Parity`).
         check_photos: scikit-image photo names used for the check.
@@ -95,8 +101,15 @@ def export_onnx(
         ParityError: ONNX Runtime disagrees with PyTorch; the file is kept as
             ``<name>.failed.onnx`` for inspection and no ``.onnx``/``.json`` is left behind.
     """
-    graph = model if isinstance(model, ExportGraph) else graph_for(model, raw_heads=raw_heads, max_keypoints=max_keypoints)
+    graph = model if isinstance(model, ExportGraph) else graph_for(
+        model, raw_heads=raw_heads, max_keypoints=max_keypoints, max_detections=max_detections,
+        score_threshold=score_threshold, nms_iou=nms_iou)
     check_size(graph, height, width)
+    if dynamic and not graph.supports_dynamic:
+        raise ValueError(
+            f"{graph.task} models export with a fixed size (their anchors are computed for it): drop --dynamic "
+            "and export once per input size"
+        )
     if opset < 16:
         raise ValueError(f"opset {opset} is too old: descriptor sampling needs GridSample (opset >= 16)")
     path = Path(path)
@@ -143,17 +156,25 @@ def export_onnx(
     return ExportResult(path, sidecar, parity, metadata)
 
 
-def graph_for(model: Any, raw_heads: bool = False, max_keypoints: int | None = None) -> ExportGraph:
-    """The :class:`ExportGraph` of a supported model."""
+def graph_for(model: Any, raw_heads: bool = False, max_keypoints: int | None = None, max_detections: int = 100,
+              score_threshold: float = 0.05, nms_iou: float = 0.5) -> ExportGraph:
+    """The :class:`ExportGraph` of a supported model (key-point network or detector adapter)."""
     from detkd.models.superpoint import SuperPoint
 
     if isinstance(model, SuperPoint):
         from detkd.export.keypoints import keypoint_graph
 
         return keypoint_graph(model, raw_heads=raw_heads, max_keypoints=max_keypoints)
+    from detkd.models.detection import DetectorAdapter
+
+    if isinstance(model, DetectorAdapter):
+        from detkd.export.detection import detection_graph
+
+        return detection_graph(model, raw_heads=raw_heads, max_detections=max_detections,
+                               score_threshold=score_threshold, nms_iou=nms_iou)
     raise TypeError(
-        f"Cannot export a {type(model).__name__}: detkd exports SuperPoint-family key-point models "
-        "(detkd.models.superpoint.SuperPoint)"
+        f"Cannot export a {type(model).__name__}: detkd exports SuperPoint-family key-point models and "
+        "detectors built by detkd.models.detection (DetectorAdapter)"
     )
 
 

@@ -3,8 +3,11 @@
 * ``default``: the key-point teacher that ships with detkd;
 * ``superpoint`` / ``half`` / ``tiny``: that key-point variant with random weights (seeded;
   enough to measure speed and size, meaningless for accuracy);
-* a ``.pt`` / ``.pth`` file: a detkd model file or checkpoint, or SuperPoint weights in any
-  format :func:`detkd.models.weights.load_keypoint_model` reads;
+* a detector name of :func:`detkd.models.detection.list_detectors` (e.g. ``retinanet_tiny_fpn``),
+  random weights, :data:`DETECTOR_CLASSES` classes (``NAME:K`` for ``K`` classes);
+* a ``.pt`` / ``.pth`` file: a detkd key-point model file or checkpoint, SuperPoint weights in
+  any format :func:`detkd.models.weights.load_keypoint_model` reads, or a detkd detector file
+  or detection checkpoint (:func:`detkd.models.detection.load_detector`);
 * a run folder: its ``student.pt``;
 * an ``.onnx`` file exported by detkd (only ONNX Runtime can run it).
 
@@ -22,6 +25,7 @@ from torch import nn
 from detkd.models.superpoint import VARIANTS, create_model
 
 RANDOM_INIT_SEED = 0
+DETECTOR_CLASSES = 80  # classes of a detector built by name (COCO's count): speed barely depends on it
 
 
 @dataclass
@@ -31,7 +35,7 @@ class ModelSource:
     Attributes:
         name: display name (table row).
         origin: where it came from, in words.
-        task: ``"keypoints"`` (``"detection"`` once detectors are exported).
+        task: ``"keypoints"`` or ``"detection"``.
         module: the PyTorch model in eval mode on the CPU; ``None`` for an ONNX file.
         onnx_path: the ONNX file when the source is one.
     """
@@ -70,13 +74,17 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
             model = create_model(text, batch_norm=True).eval()
         return ModelSource(name or text, f"'{text}' variant, random weights (seed {RANDOM_INIT_SEED}, BatchNorm)",
                            "keypoints", model)
+    detector = _detector_by_name(text, name)
+    if detector is not None:
+        return detector
     path = Path(text)
     if not path.exists():
         if path.suffix or "/" in text:
             raise FileNotFoundError(f"Model file '{path}' does not exist")
         raise ValueError(
             f"Unknown model '{text}': give 'default' (the shipped key-point teacher), a variant "
-            f"({', '.join(VARIANTS)}), a .pt/.pth model file, a run folder or an .onnx export"
+            f"({', '.join(VARIANTS)}), a detector name (detkd.models.detection.list_detectors(), e.g. "
+            "retinanet_tiny_fpn), a .pt/.pth model file, a run folder or an .onnx export"
         )
     if path.is_dir():
         student = path / "student.pt"
@@ -91,7 +99,41 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
     return _from_file(path, name or path.stem)
 
 
+def _detector_by_name(text: str, name: str | None) -> ModelSource | None:
+    """A randomly initialised detector for ``NAME`` or ``NAME:K``; None if ``text`` names none."""
+    from detkd.models.detection import create_detector, list_detectors
+
+    variant, _, classes = text.partition(":")
+    if variant not in list_detectors():
+        return None
+    if classes and not classes.isdigit():
+        raise ValueError(f"'{text}': the number of classes after ':' must be an integer, e.g. {variant}:20")
+    k = int(classes) if classes else DETECTOR_CLASSES
+    with torch.random.fork_rng():
+        torch.manual_seed(RANDOM_INIT_SEED)
+        adapter = create_detector(variant, k).eval()
+    return ModelSource(name or variant, f"detector '{variant}' ({k} classes), random weights (seed {RANDOM_INIT_SEED})",
+                       "detection", adapter)
+
+
 def _from_file(path: Path, name: str) -> ModelSource:
+    """A key-point model or a detector, told apart by the file's ``format`` entry."""
+    if _is_detector_file(path):
+        from detkd.models.detection import load_detector
+
+        return ModelSource(name, f"{path}", "detection", load_detector(path).eval())
     from detkd.models.weights import load_keypoint_model
 
     return ModelSource(name, f"{path}", "keypoints", load_keypoint_model(path).eval())
+
+
+def _is_detector_file(path: Path) -> bool:
+    from detkd.models.detection.weights import DETECTOR_FORMAT
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable files get the key-point loader's clear error
+        return False
+    if not isinstance(obj, dict):
+        return False
+    return obj.get("format") == DETECTOR_FORMAT or "detector_config" in obj
