@@ -131,3 +131,33 @@ def test_chromium_renders_every_image(runs, tmp_path):
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape[:2] == (2400, 1200)
     assert (pixels.std(axis=(0, 1)) > 10).all()  # not a blank page: figures and text drawn
+
+
+def test_report_of_a_detection_run(tmp_path):
+    """A real (1-step) detector distillation run: COCO metrics, detections drawn, latency at its size."""
+    import torch
+
+    from detkd.data.detection import write_synthetic_dataset
+    from detkd.models.detection import create_detector, save_detector
+    from detkd.tasks.detection import DEFAULT_DISTILL_CONFIG as DETECT_DISTILL, run_detection_distillation
+
+    data_yaml = write_synthetic_dataset(tmp_path / "shapes", num_train=4, num_val=2, size=128, seed=0)
+    torch.manual_seed(0)
+    names = ["circle", "triangle", "rectangle", "star", "cross"]
+    save_detector(create_detector("retinanet_tiny_fpn", 5, class_names=names), tmp_path / "teacher.pt")
+    config = merge_config(DETECT_DISTILL, {
+        "teacher": {"checkpoint": str(tmp_path / "teacher.pt")}, "student": {"name": "retinanet_tiny_fpn"},
+        "data": {"config": str(data_yaml), "height": 128, "width": 128},
+        "train": {"steps": 1, "batch_size": 2, "log_every": 1, "progress": False, "accelerator": "cpu",
+                  "warmup_steps": 0, "precision": "32-true"},
+        "eval": {"plot_images": 1},
+    })
+    run = run_detection_distillation(config, tmp_path / "det_run").out_dir
+    result = build_report([run], tmp_path / "det.html", threads=1, repeats=1, log=None)
+    assert [r.label for r in result.rows] == ["teacher", "det_run (retinanet_tiny_fpn)"]
+    assert all(r.latency_ms is not None and r.params for r in result.rows)
+    page = result.html.read_text()
+    metrics = json.loads((run / "metrics.json").read_text())["models"]
+    assert "<th>mAP</th>" in page and f"<td>{metrics['student']['ap50']:.3f}</td>" in page
+    titles = [title for title, _ in IMG_SRC.findall(page)]
+    assert any("detections" in t for t in titles) and any("against latency" in t for t in titles)

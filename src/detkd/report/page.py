@@ -30,10 +30,11 @@ METRIC_COLUMNS = {
     "repeatability": "Rep.", "localization_error": "Loc. err (px)", "mma@3": "MMA@3",
     "homography_accuracy@1": "HA@1", "homography_accuracy@3": "HA@3", "homography_accuracy@5": "HA@5",
     "matching_score": "M. score", "f1": "F1", "num_keypoints": "#kpts",
-    "map": "mAP", "map50": "mAP@50", "map75": "mAP@75",
+    "map": "mAP", "ap50": "AP50", "ap75": "AP75", "ar100": "AR100",
 }
 #: Metrics drawn against latency (each present one gets a scatter), and shown as % of the teacher.
-HEADLINE_METRICS = {"homography_accuracy@3": "homography accuracy @3 px", "mma@3": "MMA @3 px", "map": "mAP"}
+HEADLINE_METRICS = {"homography_accuracy@3": "homography accuracy @3 px", "mma@3": "MMA @3 px",
+                    "map": "COCO mAP (IoU 0.50:0.95)"}
 _LOWER_IS_BETTER = {"localization_error"}
 
 
@@ -153,46 +154,52 @@ def attach_latency(rows: list[Row], bench: dict[str, Any] | None, size: tuple[in
         return (f"{runtime} latency from {bench.get('height')}x{bench.get('width')} benchmark "
                 f"({bench.get('threads')} thread(s)); rows are matched by name")
     from detkd.export.bench import interleaved_latency
-    from detkd.export.keypoints import KeypointPostprocess
-    from detkd.export.onnx import photo_batch
-    from detkd.models.superpoint import SuperPoint
+    from detkd.export.onnx import graph_for, photo_batch
 
-    size = size or next((r.run.eval_size() for r in rows if r.run.eval_size()), None) or (240, 320)
-    batch = photo_batch(["coffee"], 1, *size)
-    runners = {}
+    runners, sizes = {}, set()
     for row in rows:
         model = models[id(row)]
-        if isinstance(model, SuperPoint):
-            module = KeypointPostprocess(model).eval()
+        if model is None:
+            continue
+        row_size = size or row.run.eval_size() or (240, 320)
+        graph = graph_for(model)
+        batch = photo_batch(["coffee"], graph.channels, *row_size)
+        sizes.add(f"{row_size[0]}x{row_size[1]}")
 
-            def run(module: torch.nn.Module = module) -> None:
-                with torch.inference_mode():
-                    module(batch)
+        def run(module: torch.nn.Module = graph.module, batch: torch.Tensor = batch) -> None:
+            with torch.inference_mode():
+                module(batch)
 
-            runners[row.label] = run
+        runners[row.label] = run
     if not runners:
         return "latency not measured (no model file found)"
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
     try:
         used = torch.get_num_threads()
-        say(f"measuring PyTorch CPU latency at {size[0]}x{size[1]} ({used} thread(s), {repeats} runs per model) ...")
+        say(f"measuring PyTorch CPU latency at {', '.join(sorted(sizes))} ({used} thread(s), {repeats} runs per model) ...")
         stats = interleaved_latency(runners, repeats, warmup=1)
     finally:
         torch.set_num_threads(previous)
     for row in rows:
         if row.label in stats:
             row.latency_ms = stats[row.label].median_ms
-    return (f"PyTorch CPU latency (network and post-processing) at {size[0]}x{size[1]}, {used} thread(s), "
-            f"median of {repeats} runs, measured while writing this report")
+    return (f"PyTorch CPU latency (network and post-processing) at {', '.join(sorted(sizes))} (each run's "
+            f"evaluation size unless given), {used} thread(s), median of {repeats} runs, measured while writing this report")
 
 
 def _load_row_model(row: Row) -> torch.nn.Module | None:
-    from detkd.models.weights import load_keypoint_model
-
-    if row.run.task != "keypoints":
-        return None
+    """The row's model: the run's teacher, or its student / trained model file."""
     try:
+        if row.run.task == "detection":
+            from detkd.models.detection import load_detector
+
+            if row.model_name == "teacher":
+                checkpoint = row.run.teacher_checkpoint()
+                return load_detector(checkpoint) if checkpoint else None
+            return load_detector(row.run.model_file) if row.run.model_file is not None else None
+        from detkd.models.weights import load_keypoint_model
+
         if row.model_name == "teacher":
             from detkd.tasks.keypoints import load_teacher
 

@@ -1,9 +1,11 @@
 """Read what a distillation run left in its folder.
 
-A run folder (``detkd keypoints distill --out RUN``, :func:`detkd.tasks.keypoints.run_distillation`)
-holds ``config.yaml`` (the resolved config), ``history.jsonl`` (one record per logged step),
-``metrics.json`` (``{"pairs": <description>, "models": {name: {metric: value}}}``, teacher
-first), ``student.pt`` and PNG figures (``loss_curves.png``, ``matches_<model>.png``, ...).
+A run folder (``detkd keypoints distill --out RUN``, :func:`detkd.tasks.keypoints.run_distillation`;
+``detkd detect distill | train``, :mod:`detkd.tasks.detection`) holds ``config.yaml`` (the
+resolved config), ``history.jsonl`` (one record per logged step), ``metrics.json``
+(``{"pairs" | "data": <what was evaluated>, "models": {name: {metric: value}}}``, teacher
+first), ``student.pt`` (a training run: ``model.pt``) and PNG figures (``loss_curves.png``,
+``matches_<model>.png`` for key points, ``detections*.png`` for detectors).
 """
 
 from __future__ import annotations
@@ -50,21 +52,25 @@ class RunFolder:
 
     @property
     def task(self) -> str:
-        """``"keypoints"`` unless the config says otherwise (``task:`` key)."""
-        return str(self.config.get("task", "keypoints"))
+        """``"detection"`` for detector runs (COCO metrics, or a detection config), else ``"keypoints"``."""
+        if any("map" in m for m in self.metrics.values()) or "distill" in self.config or "model" in self.config:
+            return "detection"
+        return "keypoints"
 
     @property
     def student_label(self) -> str:
-        variant = (self.config.get("student") or {}).get("variant")
+        student = self.config.get("student") or {}
+        variant = student.get("variant") or student.get("name")
         return f"{self.name} ({variant})" if variant and variant != self.name else self.name
 
     def teacher_checkpoint(self) -> str | None:
         return (self.config.get("teacher") or {}).get("checkpoint")
 
     def eval_size(self) -> tuple[int, int] | None:
-        section = self.config.get("eval") or {}
-        if isinstance(section.get("height"), int) and isinstance(section.get("width"), int):
-            return section["height"], section["width"]
+        """The evaluation size of the config (detection: the training size when it has none)."""
+        for section in (self.config.get("eval") or {}, self.config.get("data") or {}):
+            if isinstance(section.get("height"), int) and isinstance(section.get("width"), int):
+                return section["height"], section["width"]
         return None
 
 
@@ -106,8 +112,7 @@ def read_run(path: str | Path) -> RunFolder:
     run.history = history if history.exists() else None
     if run.history is None:
         run.notes.append("no history.jsonl")
-    model = path / "student.pt"
-    run.model_file = model if model.exists() else None
+    run.model_file = next((path / n for n in ("student.pt", "model.pt") if (path / n).exists()), None)
     run.figures = sorted(p for p in path.glob("*.png") if p.name != "loss_curves.png")
     return run
 
@@ -135,4 +140,4 @@ def _read_metrics(path: Path) -> tuple[dict[str, dict[str, float]], str]:
             f"'{path}' does not hold {{'models': {{name: {{metric: value}}}}}} as detkd writes it; "
             "rerun 'detkd keypoints evaluate --out' to rewrite it"
         )
-    return {str(k): dict(v) for k, v in models.items()}, str(data.get("pairs", ""))
+    return {str(k): dict(v) for k, v in models.items()}, str(data.get("pairs") or data.get("data") or "")
