@@ -247,14 +247,18 @@ def build_keypoint_teacher_cache(
 
         loader = DataLoader(_ViewList(views, todo), batch_size=batch_size, num_workers=num_workers,
                             pin_memory=device.type == "cuda")
-        teacher = teacher.eval().to(device)
-        with cache.writer(len(todo)) as writer, torch.inference_mode():
-            for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
-                out = teacher(batch["image"].to(device, non_blocking=True))
-                writer.add(batch["key"], {
-                    "logits": out["logits"].to(torch.float16).cpu().numpy(),
-                    "descriptors": encode_descriptors(out["descriptors"], descriptors),
-                })
+        home = next(teacher.parameters()).device
+        teacher.eval().to(device)
+        try:
+            with cache.writer(len(todo)) as writer, torch.inference_mode():
+                for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
+                    out = teacher(batch["image"].to(device, non_blocking=True))
+                    writer.add(batch["key"], {
+                        "logits": out["logits"].to(torch.float16).cpu().numpy(),
+                        "descriptors": encode_descriptors(out["descriptors"], descriptors),
+                    })
+        finally:
+            teacher.to(home)  # the caller's teacher stays where it was (e.g. on the CPU for evaluation)
     total = len(views.all_views())
     return CacheBuildReport(
         Path(folder), total, len(todo), total - len(todo),
