@@ -7,18 +7,31 @@ run, same thread count for both runtimes), ratios to the teacher, peak memory, a
 of the ONNX exports against PyTorch on real photos: dense heads (heatmap, descriptors) and the
 post-processed outputs (scores, sampled descriptors, the same key points).
 
+Then the same for object detectors: a teacher and students (by default the detection pillar's
+CPU pair ``retinanet_small_fpn`` / ``retinanet_tiny_fpn``, random weights; trained ones with
+``--detectors NAME=model.pt ...``) at 512x640 (480x640 rounded up to the detectors' stride of
+128) and at their default training size 512x512, with the parity of the exported detections
+and of the dense heads.
+
 Target (issue 5): ONNX Runtime latency of ``tiny`` at 480x640 at least 5x lower than PyTorch's
 teacher on the same CPU and threads; parity error under 1e-4 on heatmaps and descriptors.
 
     python benchmarks/deploy.py --threads 2                       # writes benchmarks/results/deploy.{md,json}
     python benchmarks/deploy.py --runs /path/to/runs --threads 2  # trained students: RUNS/half, RUNS/tiny
     python benchmarks/deploy.py --quick                           # smoke test, seconds
+    python benchmarks/deploy.py --shared-machine --threads 2      # machine shared with other jobs
+
+On a machine shared with other jobs, threads that spin while they wait steal the cores that do
+the work (PyTorch's OpenMP by default, ONNX Runtime's pool): small ops then take orders of
+magnitude longer and the ratios mean nothing. ``--shared-machine`` turns spinning off in both
+runtimes (it restarts the script with ``OMP_WAIT_POLICY=PASSIVE``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -44,10 +57,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per model and runtime [30]")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first [3]")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
+    parser.add_argument("--detectors", nargs="*", default=["teacher=retinanet_small_fpn", "retinanet_tiny_fpn"],
+                        help="detector MODELs, teacher first (names: random weights; files: trained) "
+                             "[teacher=retinanet_small_fpn retinanet_tiny_fpn]; none: skip detectors")
+    parser.add_argument("--detector-sizes", type=int, nargs="+", default=[512, 640, 512, 512],
+                        help="H W pairs for the detectors [512 640 512 512]")
+    parser.add_argument("--shared-machine", action="store_true",
+                        help="no spinning threads in either runtime (restarts with OMP_WAIT_POLICY=PASSIVE)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers meaningless)")
     args = parser.parse_args()
+    if args.shared_machine and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
+        # libgomp reads the policy when torch loads it: restart the interpreter with it set.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     if args.quick:
-        args.size, args.repeats, args.warmup = [64, 80], 2, 1
+        args.size, args.repeats, args.warmup, args.detector_sizes = [64, 80], 2, 1, [128, 128]
+    if len(args.detector_sizes) % 2:
+        parser.error("--detector-sizes takes H W pairs")
     started = time.perf_counter()
     height, width = args.size
 
@@ -59,7 +84,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="detkd-deploy-"))
 
     report = benchmark(sources, height, width, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
-                       memory=not args.quick, work_dir=work)
+                       memory=not args.quick, spinning=not args.shared_machine, work_dir=work)
     dense = {}
     for source in sources:
         result = export_onnx(source.module, work / f"{source.name}_raw.onnx", height, width, raw_heads=True,
@@ -106,8 +131,11 @@ def main() -> None:
         report.table(),
         "",
         report.conditions(),
-        "The machine's 2 cores were shared with other jobs during the run; medians over interleaved runs "
-        "keep the ratios fair, absolute times are noisier than on an idle machine.",
+        ("The machine's cores were shared with other jobs during the run (--shared-machine: no spinning "
+         "threads); medians over interleaved runs keep the ratios fair, absolute times are noisier than on an "
+         "idle machine." if args.shared_machine else
+         "Threads spin while waiting (the runtimes' defaults): right for an idle machine; on a shared one use "
+         "--shared-machine."),
         "",
         "## Parity of the ONNX exports (ONNX Runtime CPU vs PyTorch, scikit-image photos coffee and rocket)",
         "",
@@ -120,6 +148,10 @@ def main() -> None:
         "",
         *verdicts,
     ]
+    detector_data = {}
+    if args.detectors:
+        detector_lines, detector_data = detector_section(args)
+        lines += ["", *detector_lines]
     if args.quick:
         lines.insert(2, "**Smoke test (--quick): tiny sizes, numbers meaningless.**\n")
     text = "\n".join(lines)
@@ -128,10 +160,41 @@ def main() -> None:
     stem = "deploy_quick" if args.quick else "deploy"
     (args.out / f"{stem}.md").write_text(text + "\n")
     data = {"bench": report.to_dict(), "dense_parity": {k: v.__dict__ for k, v in dense.items()},
+            "detectors": detector_data,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "torch_threads_default": torch.get_num_threads()}
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
     print(f"written: {args.out / (stem + '.md')}")
+
+
+def detector_section(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """Bench the detectors at each size; markdown lines and the numbers."""
+    sources = [load_model_source(spec) for spec in args.detectors]
+    work = Path(tempfile.mkdtemp(prefix="detkd-deploy-det-"))
+    lines = ["# Deployment benchmark: object detectors", "",
+             "Models: " + "; ".join(f"{s.name}: {s.origin}" for s in sources) + ".", ""]
+    data = {}
+    pairs = list(zip(args.detector_sizes[::2], args.detector_sizes[1::2]))
+    for height, width in pairs:
+        report = benchmark(sources, height, width, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+                           memory=not args.quick, spinning=not args.shared_machine, work_dir=work / f"{height}x{width}")
+        dense = {}
+        for source in sources:
+            result = export_onnx(source.module, work / f"{source.name}_{height}x{width}_raw.onnx", height, width,
+                                 raw_heads=True, source=source.origin, verbose=False)
+            dense[source.name] = result.parity
+        teacher = report.rows[0]
+        lines += [f"## Size and speed at {height}x{width}", "", report.table(), "", report.conditions(), "",
+                  "Parity of the dense heads (relative to each output's largest magnitude): "
+                  + "; ".join(f"{name}: " + ", ".join(f"{k} {v:.1e}" for k, v in p.errors.items())
+                              for name, p in dense.items()) + ".", ""]
+        for row in report.rows[1:]:
+            cross = report.ratio(row, "onnxruntime-cpu", "pytorch-cpu")
+            lines.append(f"* {row.name}: ONNX Runtime {row.latency['onnxruntime-cpu'].median_ms:.1f} ms vs PyTorch "
+                         f"{teacher.name} {teacher.latency['pytorch-cpu'].median_ms:.1f} ms = {cross:.2f}x.")
+        lines.append("")
+        data[f"{height}x{width}"] = {"bench": report.to_dict(), "dense_parity": {k: v.__dict__ for k, v in dense.items()}}
+    return lines, data
 
 
 if __name__ == "__main__":

@@ -72,12 +72,16 @@ def export_command(model: str, fmt: str, height: int, width: int, out: Path | No
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs first.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement (a fresh process per model).")
 @click.option("--no-gpu", is_flag=True, help="Do not measure on the GPU even when there is one.")
+@click.option("--no-spin", is_flag=True,
+              help="Shared machine: ONNX Runtime threads do not spin while waiting (also start detkd with "
+                   "OMP_WAIT_POLICY=PASSIVE for PyTorch's threads).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write every number to this JSON file.")
 @click.option("--keep-onnx", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the checked ONNX exports in this folder.")
 def bench_command(models: tuple[str, ...], height: int, width: int, threads: int | None, repeats: int,
-                  warmup: int, no_memory: bool, no_gpu: bool, json_path: Path | None, keep_onnx: Path | None) -> None:
+                  warmup: int, no_memory: bool, no_gpu: bool, no_spin: bool, json_path: Path | None,
+                  keep_onnx: Path | None) -> None:
     """Parameters, GFLOPs, peak memory and latency of MODELS in PyTorch and ONNX Runtime.
 
     The first model is the reference (the teacher): every ratio is relative to it. All models
@@ -88,8 +92,10 @@ def bench_command(models: tuple[str, ...], height: int, width: int, threads: int
     from detkd.export.bench import benchmark
 
     report = benchmark(list(models), height, width, threads=threads or os.cpu_count() or 1, repeats=repeats,
-                       warmup=warmup, memory=not no_memory, gpu=False if no_gpu else None, work_dir=keep_onnx,
-                       log=click.echo)
+                       warmup=warmup, memory=not no_memory, gpu=False if no_gpu else None, spinning=not no_spin,
+                       work_dir=keep_onnx, log=click.echo)
+    if no_spin and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        click.echo("note: PyTorch's OpenMP threads still spin; run as 'OMP_WAIT_POLICY=PASSIVE detkd bench ...'")
     click.echo("")
     click.echo(report.table())
     click.echo("")

@@ -142,7 +142,10 @@ class BenchReport:
         env = self.environment
         return (
             f"Input {self.height}x{self.width} (a real photo), batch 1; CPU: {self.threads} thread(s) "
-            f"(torch.set_num_threads, ONNX Runtime intra_op_num_threads; {env.get('cpu_count')} cores seen); "
+            f"(torch.set_num_threads, ONNX Runtime intra_op_num_threads; {env.get('cpu_count')} cores seen; "
+            f"waiting threads: OMP_WAIT_POLICY {env.get('omp_wait_policy')}, ONNX Runtime spinning "
+            f"{'on' if env.get('onnxruntime_spinning', True) else 'off'}; load average at the end "
+            f"{_load(env.get('load_average'))}); "
             f"latency = median and 90th percentile of {self.repeats} runs per model after {self.warmup} warm-up "
             f"runs, models interleaved round-robin; speed-up = first model's median / this model's median "
             f"(same runtime). GFLOPs: torch.utils.flop_counter, 1 multiply-add = 2 FLOPs. "
@@ -163,6 +166,7 @@ def benchmark(
     warmup: int = 3,
     memory: bool = True,
     gpu: bool | None = None,
+    spinning: bool = True,
     max_keypoints: int | None = None,
     work_dir: str | Path | None = None,
     log: Callable[[str], None] | None = print,
@@ -177,6 +181,10 @@ def benchmark(
         warmup: untimed runs before them.
         memory: measure peak memory (CPU: a fresh process per model and runtime, a few seconds each).
         gpu: also measure on CUDA (default: when available).
+        spinning: ONNX Runtime's threads spin while waiting. On a machine shared with other jobs
+            turn it off, and start the process with ``OMP_WAIT_POLICY=PASSIVE`` so that
+            PyTorch's OpenMP threads do not spin either: spinning threads of an oversubscribed
+            machine can make small ops orders of magnitude slower.
         work_dir: where the ONNX exports go (default: a temporary folder).
     """
     if not models:
@@ -198,7 +206,7 @@ def benchmark(
             batch = photo_batch(["coffee"], item.channels, height, width)
             if item.graph is not None:
                 cpu_runners["pytorch-cpu"][item.row.name] = _torch_runner(item.graph.module, batch)
-            session = ort_session(item.onnx_path, threads=threads)
+            session = ort_session(item.onnx_path, threads=threads, spinning=spinning)
             cpu_runners["onnxruntime-cpu"][item.row.name] = _ort_runner(session, batch)
         for runtime, runners in cpu_runners.items():
             say(f"timing {runtime} ({threads} thread(s)): {len(runners)} model(s) x {repeats} runs ...")
@@ -219,7 +227,8 @@ def benchmark(
     methods = {"cpu": CPU_METHOD if memory else "not measured"}
     if gpu:
         methods["gpu"] = GPU_METHOD
-    return BenchReport([p.row for p in prepared], height, width, threads, repeats, warmup, methods, environment(gpu))
+    env = {**environment(gpu), "onnxruntime_spinning": spinning}
+    return BenchReport([p.row for p in prepared], height, width, threads, repeats, warmup, methods, env)
 
 
 def interleaved_latency(runners: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, LatencyStats]:
@@ -256,6 +265,8 @@ def environment(gpu: bool) -> dict[str, Any]:
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (active spinning)"),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -380,6 +391,10 @@ def _onnx_params(path: Path) -> int | None:
         return None
     proto = onnx.load(str(path))
     return int(sum(numpy_helper.to_array(t).size for t in proto.graph.initializer if t.data_type == 1))
+
+
+def _load(values: Any) -> str:
+    return "n/a" if not values else " / ".join(f"{v:.1f}" for v in values)
 
 
 def _count(value: int | None) -> str:

@@ -221,13 +221,15 @@ def quiet_export() -> Iterator[None]:
 
 
 def ort_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
-                memory_arena: bool = True) -> Any:
+                memory_arena: bool = True, spinning: bool = True) -> Any:
     """An ONNX Runtime session (all graph optimisations, sequential execution).
 
     Args:
         threads: ``intra_op_num_threads`` (None: ONNX Runtime's choice, all cores).
         providers: execution providers; default CPU only.
         memory_arena: ``enable_cpu_mem_arena`` (off to measure memory per run).
+        spinning: worker threads spin while waiting for work (fastest on an idle machine; off
+            on a shared one, where spinning threads steal the cores that do the work).
     """
     ort = import_onnxruntime()
     options = ort.SessionOptions()
@@ -236,6 +238,8 @@ def ort_session(path: str | Path, threads: int | None = None, providers: Sequenc
     options.inter_op_num_threads = 1
     options.enable_cpu_mem_arena = memory_arena
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = int(threads)
     return ort.InferenceSession(str(path), sess_options=options,
