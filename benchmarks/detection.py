@@ -1,0 +1,312 @@
+"""Object-detector distillation benchmark: teacher, baseline student and every method, same schedule.
+
+On each data set:
+
+* the teacher (default ``retinanet_small_fpn``) is trained on the labelled training images;
+* the baseline student (default ``retinanet_tiny_fpn``) is trained on the same images with
+  its own losses alone, and one student per distillation run (``hint``, ``gid``, GID's
+  ablations, ``pkd``, ``cwd``) with ground truth + the method, all with the SAME schedule,
+  seed (hence the same initial weights) and data stream;
+* every model is evaluated on the held-out images with COCO metrics (pycocotools): mAP
+  (IoU 0.50:0.95) and AP50; "gap closed" is ``(student - baseline) / (teacher - baseline)`` in mAP;
+* parameters, GFLOPs and CPU latency (forward + post-processing of one image, median of
+  ``--repeats`` runs, teacher and student interleaved in this process) give the cost side;
+  training time per run is reported too (a distillation step also runs the teacher).
+
+Data sets:
+
+* ``shapes``: the synthetic shapes detection set (:mod:`detkd.data.detection.synthetic`;
+  5 classes with clutter; training and validation images drawn with different seeds);
+* ``trees``: the real aerial orthophoto of ``../shared/data/trees`` (DeepForest sample, one
+  class), cut into tiles; the left three quarters train, the spatially separate right quarter
+  validates (:func:`detkd.data.detection.tree_tiles_split`).
+
+    python benchmarks/detection.py --quick                 # smoke test: a few steps, numbers meaningless
+    python benchmarks/detection.py --teacher-steps 600 --student-steps 300 --work runs/bench_det
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detkd.config import merge_config
+from detkd.data.detection import synthetic_detection_set, tree_tiles_split
+from detkd.evaluation.detection import DetectionMetrics
+from detkd.export.bench import interleaved_latency
+from detkd.models.detection import count_parameters, detector_gflops, load_detector
+from detkd.tasks.detection import (
+    DEFAULT_DISTILL_CONFIG,
+    DEFAULT_TRAIN_CONFIG,
+    DetectionData,
+    run_detection_distillation,
+    run_detection_training,
+)
+
+TREES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trees"
+MIN_GAP = 1.0  # mAP points; below this the teacher is not measurably better and "gap closed" is undefined
+
+#: Student runs: name -> (method, method options); ``None``: the baseline (ground truth only).
+STUDENT_RUNS: dict[str, tuple[str, dict[str, Any]] | None] = {
+    "baseline": None,
+    "hint": ("hint", {}),
+    "gid": ("gid", {}),
+    "gid_feature": ("gid", {"relation_weight": 0.0, "response_cls_weight": 0.0, "response_box_weight": 0.0}),
+    "gid_relation": ("gid", {"feature_weight": 0.0, "response_cls_weight": 0.0, "response_box_weight": 0.0}),
+    "gid_response": ("gid", {"feature_weight": 0.0, "relation_weight": 0.0}),
+    "gid_feature_response": ("gid", {"relation_weight": 0.0}),
+    "pkd": ("pkd", {}),
+    "cwd": ("cwd", {}),
+}
+
+
+def shapes_data(num_train: int, num_val: int, size: int) -> DetectionData:
+    train = synthetic_detection_set(num_train, size, seed=0)
+    val = synthetic_detection_set(num_val, size, seed=1)
+    text = f"train: {train.summary()}\nval: {val.summary()}"
+    return DetectionData(train, val, list(train.class_names), text)
+
+
+def trees_data(tile: int) -> DetectionData:
+    if not TREES.exists():
+        raise FileNotFoundError(f"{TREES} is missing: the trees set reads the orthophoto in ../shared/data/trees")
+    train, val = tree_tiles_split(TREES, tile_size=tile)
+    text = f"train: {train.summary()}\nval: {val.summary()}"
+    return DetectionData(train, val, list(train.class_names), text)
+
+
+def schedule(args: argparse.Namespace, steps: int) -> dict[str, Any]:
+    """The ``train`` section: AdamW, linear warm-up, one 10x decay at 3/4 of the steps."""
+    return {
+        "steps": steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": max(1, steps // 20),
+        "lr_decay": 0.1, "lr_decay_every": max(1, (3 * steps) // 4), "checkpoint_every": max(1, steps // 4),
+        "log_every": max(1, min(10, steps // 10)), "accelerator": "cpu", "progress": False, "seed": args.seed,
+        "precision": "32-true",
+    }
+
+
+def common_sections(args: argparse.Namespace, steps: int) -> dict[str, Any]:
+    return {
+        "data": {"height": args.size, "width": args.size},
+        "train": schedule(args, steps),
+        "eval": {"plot_images": 6, "batch_size": 16},
+    }
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_latency(models: dict[str, Any], size: int, repeats: int) -> dict[str, float]:
+    """Median ms of forward + post-processing of one ``size``-pixel image per model, interleaved."""
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    runners = {name: (lambda m=model: m.predict(image)) for name, model in models.items()}
+    with torch.inference_mode():
+        stats = interleaved_latency(runners, repeats, warmup=3)
+    return {name: s.median_ms for name, s in stats.items()}
+
+
+def row(metrics: DetectionMetrics) -> dict[str, float]:
+    return {"map": 100 * metrics.map, "ap50": 100 * metrics.ap50, "ap75": 100 * metrics.ap75}
+
+
+def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Teacher, then every student run on one data set; returns the rows and costs."""
+    print(f"\n===== {name} =====\n{data.description}", flush=True)
+    overrides = {"anchor_size": args.anchor_size} if args.anchor_size else None
+    teacher_cfg = merge_config(DEFAULT_TRAIN_CONFIG, {
+        "model": {"name": args.teacher, "overrides": overrides}, **common_sections(args, args.teacher_steps)})
+    began = time.perf_counter()
+    teacher_out = run_detection_training(teacher_cfg, work / name / "teacher", resume=True, data=data)
+    rows: dict[str, dict[str, Any]] = {"teacher": {
+        "detector": args.teacher, **row(teacher_out.report.metrics["model"]), "steps": args.teacher_steps,
+        "train_s": teacher_out.seconds, "wall_s": time.perf_counter() - began,
+    }}
+    for run in args.runs:
+        spec = STUDENT_RUNS[run]
+        began = time.perf_counter()
+        sections = common_sections(args, args.student_steps)
+        if spec is None:
+            config = merge_config(DEFAULT_TRAIN_CONFIG, {"model": {"name": args.student, "overrides": overrides}, **sections})
+            outcome = run_detection_training(config, work / name / run, resume=True, data=data)
+            metrics = outcome.report.metrics["model"]
+        else:
+            method, options = spec
+            config = merge_config(DEFAULT_DISTILL_CONFIG, {
+                "teacher": {"checkpoint": str(teacher_out.model_path)},
+                "student": {"name": args.student, "overrides": overrides},
+                "distill": {"method": method, method: options}, **sections})
+            outcome = run_detection_distillation(config, work / name / run, resume=True, data=data)
+            metrics = outcome.report.metrics["student"]
+        rows[run] = {"detector": args.student, "method": method if spec else "ground truth only", **row(metrics),
+                     "options": options if spec else {}, "steps": args.student_steps, "train_s": outcome.seconds,
+                     "wall_s": time.perf_counter() - began}
+        print(f"[{name}] {run}: mAP {rows[run]['map']:.1f}, AP50 {rows[run]['ap50']:.1f} "
+              f"({outcome.seconds:.0f} s training)", flush=True)
+    teacher_map = rows["teacher"]["map"]
+    if "baseline" in rows:
+        base = rows["baseline"]["map"]
+        for run, values in rows.items():
+            if run != "teacher":
+                values["delta_map"] = values["map"] - base
+                gap = teacher_map - base
+                values["gap_closed"] = (values["map"] - base) / gap if gap >= MIN_GAP else None
+
+    teacher = load_detector(teacher_out.model_path)
+    student_path = work / name / ("baseline/model.pt" if "baseline" in rows else f"{args.runs[0]}/student.pt")
+    student = load_detector(student_path)
+    pair = {"teacher": teacher, "student": student}
+    latency = {size: cpu_latency(pair, size, args.repeats) for size in (args.size, args.latency_size)}
+    cost: dict[str, Any] = {
+        who: {"detector": model.name, "parameters": count_parameters(model),
+              "gflops": {size: detector_gflops(model, size, size) for size in latency},
+              "latency_ms": {size: latency[size][who] for size in latency}}
+        for who, model in pair.items()
+    }
+    cost["latency_ratio"] = {size: latency[size]["teacher"] / latency[size]["student"] for size in latency}
+    return {"description": data.description, "rows": rows, "cost": cost}
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def report(results: dict[str, Any], args: argparse.Namespace, header: list[str]) -> str:
+    lines = ["# Object-detector distillation benchmark", "", *header, ""]
+    verdict = []
+    for name, result in results.items():
+        rows, cost = result["rows"], result["cost"]
+        lines += [f"## {name}", "", result["description"].replace("\n", "  \n"), "",
+                  "| run | detector | method | mAP | AP50 | AP75 | mAP vs baseline | gap closed | train s | s/step |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for run, r in rows.items():
+            gap = r.get("gap_closed")
+            lines.append(
+                f"| {run} | {r['detector']} | {r.get('method', 'supervised')} | {r['map']:.1f} | {r['ap50']:.1f} | "
+                f"{r['ap75']:.1f} | {fmt(r.get('delta_map'))} | {'n/a' if gap is None else f'{100 * gap:.0f}%'} | "
+                f"{r['train_s']:.0f} | {r['train_s'] / max(r['steps'], 1):.2f} |"
+            )
+        t, s = cost["teacher"], cost["student"]
+        sizes = list(cost["latency_ratio"])
+        lines += ["", "| model | detector | parameters | " + " | ".join(
+                      f"GFLOPs @{n} | CPU ms @{n} | speed-up @{n}" for n in sizes) + " |",
+                  "|---|---|---:|" + "---:|" * (3 * len(sizes))]
+        for who, c in (("teacher", t), ("student", s)):
+            cells = " | ".join(f"{c['gflops'][n]:.3f} | {c['latency_ms'][n]:.1f} | "
+                               f"{t['latency_ms'][n] / c['latency_ms'][n]:.2f}x" for n in sizes)
+            lines.append(f"| {who} | {c['detector']} | {c['parameters']:,} | {cells} |")
+        lines += ["", f"CPU latency: forward + post-processing of one NxN image, median of {args.repeats} runs, teacher and "
+                      f"student interleaved, {args.threads} torch thread(s). The student has "
+                      f"{s['parameters'] / t['parameters']:.0%} of the teacher's parameters.", ""]
+        if "baseline" in rows and "gid" in rows:
+            gain = rows["gid"]["map"] - rows["baseline"]["map"]
+            best = max((r for k, r in rows.items() if k not in ("teacher", "baseline")),
+                       key=lambda r: r.get("gap_closed") or -1e9, default=None)
+            best_name = next((k for k, r in rows.items() if r is best), None)
+            gap = rows["teacher"]["map"] - rows["baseline"]["map"]
+            if best is None or best.get("gap_closed") is None:
+                closed = f"undefined (the teacher is not {MIN_GAP:g} mAP above the baseline; target not met)"
+            else:
+                met = "met" if best["gap_closed"] >= 0.5 else "missed"
+                closed = f"{best_name} {100 * best['gap_closed']:.0f}% (target >= 50%: {met})"
+            verdict.append(
+                f"- {name}: gid - baseline = {gain:+.1f} mAP (target >= +2.0: {'met' if gain >= 2.0 else 'missed'}); "
+                f"teacher - baseline = {gap:+.1f} mAP; best share of that gap closed: {closed}"
+            )
+    if verdict:
+        lines += ["## Against the issue's targets", "", *verdict, ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", default=["shapes", "trees"], choices=["shapes", "trees"])
+    parser.add_argument("--runs", nargs="+", default=list(STUDENT_RUNS), choices=list(STUDENT_RUNS),
+                        help="student runs [all]")
+    parser.add_argument("--teacher", default="retinanet_small_fpn", help="teacher detector [retinanet_small_fpn]")
+    parser.add_argument("--student", default="retinanet_tiny_fpn", help="student detector [retinanet_tiny_fpn]")
+    parser.add_argument("--anchor-size", type=int, default=16,
+                        help="anchor_size override of teacher and student (pixels at P3; 0: the variant's) [16]")
+    parser.add_argument("--teacher-steps", type=int, default=600, help="teacher training steps [600]")
+    parser.add_argument("--student-steps", type=int, default=300, help="steps of every student run [300]")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per step [8]")
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate [2e-3]")
+    parser.add_argument("--size", type=int, default=128, help="training / evaluation / latency image side [128]")
+    parser.add_argument("--shapes-train", type=int, default=400, help="synthetic training images [400]")
+    parser.add_argument("--shapes-val", type=int, default=100, help="synthetic validation images [100]")
+    parser.add_argument("--tree-tile", type=int, default=128, help="tree tile side, pixels [128]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs per model for the latency [30]")
+    parser.add_argument("--latency-size", type=int, default=512,
+                        help="second, deployment-like image side for GFLOPs and latency [512]")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads [1: on a shared CPU a second thread made steps ~15x slower]")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the runs here (reruns resume them; use a fresh folder for a new schedule) [temporary]")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
+    parser.add_argument("--quick", action="store_true", help="a few steps on small sets: a smoke test, numbers meaningless")
+    if "--quick" in sys.argv:  # smaller defaults; options given explicitly still win
+        parser.set_defaults(teacher_steps=4, student_steps=2, batch_size=2, shapes_train=16, shapes_val=8, repeats=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = args.work or Path(tempfile.mkdtemp(prefix="detkd-bench-det-"))
+    started = time.perf_counter()
+
+    results = {}
+    for name in args.sets:
+        data = shapes_data(args.shapes_train, args.shapes_val, args.size) if name == "shapes" else trees_data(args.tree_tile)
+        results[name] = run_set(name, data, args, work)
+    total = time.perf_counter() - started
+
+    header = [
+        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; git commit {git_commit()}; machine: "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, torch threads: {args.threads}, "
+        f"torch {torch.__version__}; total wall time {total / 60:.1f} min.  ",
+        "Where it ran: everything (training, evaluation, latency) on the CPU; no GPU was used.  ",
+        f"Schedule (teacher and every student alike, except the teacher's step count): AdamW lr {args.lr:g}, "
+        f"batch {args.batch_size}, {args.size}x{args.size} views, warm-up 5% of the steps, lr x0.1 at 75%, seed "
+        f"{args.seed}; teacher {args.teacher} {args.teacher_steps} steps, students {args.student} "
+        f"{args.student_steps} steps each (same initial weights and data stream). anchor_size "
+        f"{args.anchor_size or 'default'} for both. Methods use their default weights (GID paper weights, "
+        "hint 1.0 unmasked, PKD 6, CWD 5 with tau 1) plus the ground-truth loss x1.  ",
+        "Data: `shapes` = synthetic shapes (in memory, 5 classes); `trees` = the orthophoto in ../shared/data/trees "
+        "(read from there), cut into tiles, spatially separate train/val regions.  ",
+        "mAP and AP are COCO metrics (pycocotools) in points; 'gap closed' = (student - baseline) / "
+        "(teacher - baseline) in mAP.",
+    ]
+    if args.quick:
+        header.insert(0, "**Smoke test (--quick): a few steps, numbers meaningless.**\n")
+    text = report(results, args, header)
+    print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "detection_quick" if args.quick else "detection"
+    (args.out / f"{stem}.md").write_text(text + "\n")
+    payload = {"command": f"python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}",
+               "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "git_commit": git_commit(),
+               "machine": {"arch": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
+                           "torch": torch.__version__, "device": "cpu only (no GPU used)"},
+               "total_wall_s": total, "args": vars(args), "results": results}
+    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
+    print(f"written: {args.out / (stem + '.md')} and .json (runs in {work})")
+
+
+if __name__ == "__main__":
+    main()
