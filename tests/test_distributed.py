@@ -32,6 +32,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared CPU a descheduled OpenMP
+    thread makes every parallel operation wait for it (seen here: 100 ms per torch.stack)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class IndexedStream(UnlabeledImageStream):
     """Views that carry their stream index, so that a process can report what it consumed."""
 

@@ -16,6 +16,16 @@ from detkd.engine import (
 from detkd.engine.trainer import StreamSampler, learning_rate_factor
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared CPU a descheduled OpenMP
+    thread makes every parallel operation wait for it (seen here: 100 ms per torch.stack)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class LineData(StreamDataset):
     def num_items(self) -> int:
         return 5

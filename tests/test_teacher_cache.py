@@ -29,6 +29,16 @@ from detkd.tasks.keypoints import KeypointDistillationTask
 H, W = 32, 48
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared CPU a descheduled OpenMP
+    thread makes every parallel operation wait for it (seen here: 100 ms per torch.stack)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_teacher(seed: int = 0):
     torch.manual_seed(seed)
     return create_model("tiny", batch_norm=False).eval()
@@ -205,3 +215,43 @@ def test_decoded_image_cache_keeps_8_bit_photos_as_uint8_and_gives_the_same_view
     fresh = UnlabeledImageStream([tmp_path / "a.png", tmp_path / "b.png"], crop, PhotometricConfig(), cache=False)
     for k in range(4):
         assert torch.equal(cached[k]["image"], fresh[k]["image"])
+
+
+# ---------------------------------------------------------------- detectors
+def test_cached_detector_outputs_give_the_same_gid_loss(tmp_path):
+    from detkd.cache.detection import (
+        DetectorLayout, decode_detector_outputs, detector_cache_fields, encode_detector_outputs,
+    )
+    from detkd.distill.detection import create_detection_distiller
+    from detkd.models.detection import create_detector
+
+    torch.manual_seed(0)
+    teacher = create_detector("fcos_tiny_fpn", num_classes=3).eval()  # FCOS: centre-ness too
+    student = create_detector("fcos_tiny_fpn", num_classes=3)
+    distiller = create_detection_distiller("gid", teacher.fpn_channels, student.fpn_channels,
+                                           match_anchors=student.match_anchors)
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        online = teacher(images)
+    layout = DetectorLayout.from_outputs(online)
+    cache = TeacherOutputCache(tmp_path, {"teacher": "fcos"}, detector_cache_fields(layout))
+    with cache.writer(2) as writer:
+        writer.add(["img0", "img1"], encode_detector_outputs(online))
+    stored = [cache.read(key) for key in ("img0", "img1")]
+    batch = {name: torch.stack([torch.from_numpy(s[name]) for s in stored]) for name in stored[0]}
+    cached = decode_detector_outputs(batch, layout)
+
+    student_out = student(images)
+    expected, got = distiller(online, student_out, None), distiller(cached, student_out, None)
+    for name, value in expected.items():  # float16 features: about 3 significant digits
+        torch.testing.assert_close(got[name], value, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_faster_rcnn_outputs_are_not_cached():
+    from detkd.cache.detection import DetectorLayout
+    from detkd.models.detection import DetectorOutputs
+
+    outputs = DetectorOutputs("faster_rcnn", [torch.zeros(1, 4, 2, 2)], [8], (16, 16), 3, torch.zeros(12, 4),
+                              torch.zeros(1, 12, 1), torch.zeros(1, 12, 4), torch.zeros(1, 12, 4))
+    with pytest.raises(ValueError, match="proposals"):
+        DetectorLayout.from_outputs(outputs)
