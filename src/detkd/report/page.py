@@ -103,6 +103,8 @@ def build_report(
     files.mkdir(parents=True)
     rows = comparison_rows(folders)
     bench = json.loads(Path(bench_json).read_text()) if bench_json else None
+    if bench is not None and "rows" not in bench and isinstance(bench.get("bench"), dict):
+        bench = bench["bench"]  # benchmarks/deploy.py's JSON holds the bench report under "bench"
     latency_note = attach_latency(rows, bench, latency_size, threads, repeats, say)
     figures = draw_figures(rows, folders, files, latency_note)
     page = Page(title, folders, rows, figures, latency_note, bench)
