@@ -14,6 +14,17 @@ from detkd.export.onnx import export_onnx
 from detkd.export.sources import load_model_source
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One thread: small models gain nothing from more, and spinning threads on a busy 2-core machine cost a lot."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def test_latency_statistics_by_hand():
     stats = LatencyStats.from_times([10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
     # sorted 1..10: median (5 + 6) / 2; 90th percentile at rank 0.9 * 9 = 8.1 -> 9 + 0.1 * (10 - 9)
