@@ -156,13 +156,14 @@ class Trainer:
         from lightning.fabric import Fabric
 
         cfg = self.config
-        fabric = Fabric(
-            accelerator=cfg.accelerator,
-            devices=cfg.devices,
-            num_nodes=cfg.num_nodes,
-            strategy=cfg.strategy,
-            precision=resolve_precision(cfg.precision, cfg.accelerator),  # type: ignore[arg-type]
-        )
+        settings: dict[str, Any] = {
+            "accelerator": cfg.accelerator, "devices": cfg.devices, "num_nodes": cfg.num_nodes,
+            "strategy": cfg.strategy, "precision": resolve_precision(cfg.precision, cfg.accelerator),
+        }
+        if launched_by_fabric_cli():
+            # The flags of `fabric run` (LT_<NAME> variables) decide; the config fills in what they leave open.
+            settings = {k: v for k, v in settings.items() if f"LT_{k.upper()}" not in os.environ}
+        fabric = Fabric(**settings)
         if launched_by_fabric_cli():  # `fabric run` started the processes; launching again is an error
             result = self._fit_in_process(fabric, task, resume)
         else:
