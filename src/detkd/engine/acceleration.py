@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Any, Callable
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 #: Fabric precisions detkd accepts (plus ``auto``).
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
