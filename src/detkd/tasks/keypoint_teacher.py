@@ -276,6 +276,7 @@ def run_teacher_training(
 
     if "shapes" in stages:
         cfg = config["shapes"]
+        torch.manual_seed(cfg["train"]["seed"])  # the initial weights follow the config, not the process
         model = create_model(config["model"]["variant"], batch_norm=config["model"]["batch_norm"])
         data = SyntheticShapesDataset(
             height=cfg["height"], width=cfg["width"], seed=cfg["train"]["seed"],
