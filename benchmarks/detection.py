@@ -42,10 +42,11 @@ from typing import Any
 import torch
 
 from detkd.config import merge_config
-from detkd.data.detection import synthetic_detection_set, tree_tiles_split
+from detkd.data.detection import SyntheticDetectionConfig, synthetic_detection_set, tree_tiles_split
+from detkd.engine import read_history
 from detkd.evaluation.detection import DetectionMetrics
 from detkd.export.bench import interleaved_latency
-from detkd.models.detection import count_parameters, detector_gflops, load_detector
+from detkd.models.detection import count_parameters, detector_gflops, load_detector, variant_options
 from detkd.tasks.detection import (
     DEFAULT_DISTILL_CONFIG,
     DEFAULT_TRAIN_CONFIG,
@@ -71,9 +72,14 @@ STUDENT_RUNS: dict[str, tuple[str, dict[str, Any]] | None] = {
 }
 
 
+#: The benchmark's synthetic scenes: the default mix with fewer, larger objects and less clutter, so that
+#: detectors trained from scratch for a few hundred CPU steps learn something (the default set is harder).
+BENCH_SHAPES = SyntheticDetectionConfig(objects=(1, 5), size=(0.12, 0.7), distractors=(1, 4), occluders=(0, 1))
+
+
 def shapes_data(num_train: int, num_val: int, size: int) -> DetectionData:
-    train = synthetic_detection_set(num_train, size, seed=0)
-    val = synthetic_detection_set(num_val, size, seed=1)
+    train = synthetic_detection_set(num_train, size, seed=0, config=BENCH_SHAPES)
+    val = synthetic_detection_set(num_val, size, seed=1, config=BENCH_SHAPES)
     text = f"train: {train.summary()}\nval: {val.summary()}"
     return DetectionData(train, val, list(train.class_names), text)
 
@@ -86,20 +92,20 @@ def trees_data(tile: int) -> DetectionData:
     return DetectionData(train, val, list(train.class_names), text)
 
 
-def schedule(args: argparse.Namespace, steps: int) -> dict[str, Any]:
+def schedule(args: argparse.Namespace, steps: int, seed: int) -> dict[str, Any]:
     """The ``train`` section: AdamW, linear warm-up, one 10x decay at 3/4 of the steps."""
     return {
         "steps": steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": max(1, steps // 20),
         "lr_decay": 0.1, "lr_decay_every": max(1, (3 * steps) // 4), "checkpoint_every": max(1, steps // 4),
-        "log_every": max(1, min(10, steps // 10)), "accelerator": "cpu", "progress": False, "seed": args.seed,
+        "log_every": max(1, min(10, steps // 10)), "accelerator": "cpu", "progress": False, "seed": seed,
         "precision": "32-true",
     }
 
 
-def common_sections(args: argparse.Namespace, steps: int) -> dict[str, Any]:
+def common_sections(args: argparse.Namespace, steps: int, seed: int) -> dict[str, Any]:
     return {
         "data": {"height": args.size, "width": args.size},
-        "train": schedule(args, steps),
+        "train": schedule(args, steps, seed),
         "eval": {"plot_images": 6, "batch_size": 16},
     }
 
@@ -121,6 +127,14 @@ def cpu_latency(models: dict[str, Any], size: int, repeats: int) -> dict[str, fl
     return {name: s.median_ms for name, s in stats.items()}
 
 
+def training_seconds(out: Path, steps: int, batch_size: int) -> float:
+    """Training time of a run from its history (samples / images-per-second of the last record), so that
+    a run finished earlier and only resumed here still reports what its training took."""
+    records = read_history(out / "history.jsonl")
+    rate = records[-1].get("images_per_s") if records else None
+    return steps * batch_size / rate if rate else float("nan")
+
+
 def row(metrics: DetectionMetrics) -> dict[str, float]:
     return {"map": 100 * metrics.map, "ap50": 100 * metrics.ap50, "ap75": 100 * metrics.ap75}
 
@@ -128,22 +142,25 @@ def row(metrics: DetectionMetrics) -> dict[str, float]:
 def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Teacher, then every student run on one data set; returns the rows and costs."""
     print(f"\n===== {name} =====\n{data.description}", flush=True)
-    overrides = {"anchor_size": args.anchor_size} if args.anchor_size else None
+    with_anchors = all("anchor_size" in variant_options(n) for n in (args.teacher, args.student))
+    overrides = {"anchor_size": args.anchor_size} if args.anchor_size and with_anchors else None
     teacher_cfg = merge_config(DEFAULT_TRAIN_CONFIG, {
-        "model": {"name": args.teacher, "overrides": overrides}, **common_sections(args, args.teacher_steps)})
+        "model": {"name": args.teacher, "overrides": overrides}, **common_sections(args, args.teacher_steps, args.seed)})
     began = time.perf_counter()
     teacher_out = run_detection_training(teacher_cfg, work / name / "teacher", resume=True, data=data)
     rows: dict[str, dict[str, Any]] = {"teacher": {
         "detector": args.teacher, **row(teacher_out.report.metrics["model"]), "steps": args.teacher_steps,
-        "train_s": teacher_out.seconds, "wall_s": time.perf_counter() - began,
+        "train_s": training_seconds(teacher_out.out_dir, args.teacher_steps, args.batch_size),
+        "wall_s": time.perf_counter() - began, "session_s": teacher_out.seconds,
     }}
     for run in args.runs:
         spec = STUDENT_RUNS[run]
         began = time.perf_counter()
-        sections = common_sections(args, args.student_steps)
+        sections = common_sections(args, args.student_steps, args.student_seed)
+        folder = work / name / (run if args.student_seed == args.seed else f"{run}_seed{args.student_seed}")
         if spec is None:
             config = merge_config(DEFAULT_TRAIN_CONFIG, {"model": {"name": args.student, "overrides": overrides}, **sections})
-            outcome = run_detection_training(config, work / name / run, resume=True, data=data)
+            outcome = run_detection_training(config, folder, resume=True, data=data)
             metrics = outcome.report.metrics["model"]
         else:
             method, options = spec
@@ -151,13 +168,17 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
                 "teacher": {"checkpoint": str(teacher_out.model_path)},
                 "student": {"name": args.student, "overrides": overrides},
                 "distill": {"method": method, method: options}, **sections})
-            outcome = run_detection_distillation(config, work / name / run, resume=True, data=data)
+            outcome = run_detection_distillation(config, folder, resume=True, data=data)
             metrics = outcome.report.metrics["student"]
         rows[run] = {"detector": args.student, "method": method if spec else "ground truth only", **row(metrics),
-                     "options": options if spec else {}, "steps": args.student_steps, "train_s": outcome.seconds,
+                     "options": options if spec else {}, "steps": args.student_steps,
+                     "train_s": training_seconds(outcome.out_dir, args.student_steps, args.batch_size),
+                     "session_s": outcome.seconds,
                      "wall_s": time.perf_counter() - began}
         print(f"[{name}] {run}: mAP {rows[run]['map']:.1f}, AP50 {rows[run]['ap50']:.1f} "
-              f"({outcome.seconds:.0f} s training)", flush=True)
+              f"({rows[run]['train_s']:.0f} s training)", flush=True)
+    for values in rows.values():  # False: finished by an earlier invocation with this --work, only evaluated here
+        values["trained_here"] = bool(values["session_s"] >= 0.5 * values["train_s"])
     teacher_map = rows["teacher"]["map"]
     if "baseline" in rows:
         base = rows["baseline"]["map"]
@@ -168,7 +189,9 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
                 values["gap_closed"] = (values["map"] - base) / gap if gap >= MIN_GAP else None
 
     teacher = load_detector(teacher_out.model_path)
-    student_path = work / name / ("baseline/model.pt" if "baseline" in rows else f"{args.runs[0]}/student.pt")
+    first = "baseline" if "baseline" in rows else args.runs[0]
+    suffix = "" if args.student_seed == args.seed else f"_seed{args.student_seed}"
+    student_path = work / name / f"{first}{suffix}" / ("model.pt" if first == "baseline" else "student.pt")
     student = load_detector(student_path)
     pair = {"teacher": teacher, "student": student}
     latency = {size: cpu_latency(pair, size, args.repeats) for size in (args.size, args.latency_size)}
@@ -199,12 +222,15 @@ def report(results: dict[str, Any], args: argparse.Namespace, header: list[str])
         for run, r in rows.items():
             gap = r.get("gap_closed")
             lines.append(
-                f"| {run} | {r['detector']} | {r.get('method', 'supervised')} | {r['map']:.1f} | {r['ap50']:.1f} | "
+                f"| {run}{'' if r['trained_here'] else ' *'} | {r['detector']} | {r.get('method', 'supervised')} | {r['map']:.1f} | {r['ap50']:.1f} | "
                 f"{r['ap75']:.1f} | {fmt(r.get('delta_map'))} | {'n/a' if gap is None else f'{100 * gap:.0f}%'} | "
                 f"{r['train_s']:.0f} | {r['train_s'] / max(r['steps'], 1):.2f} |"
             )
         t, s = cost["teacher"], cost["student"]
         sizes = list(cost["latency_ratio"])
+        if not all(r["trained_here"] for r in rows.values()):
+            lines += ["", "\\* trained by an earlier invocation with the same arguments and --work (resumed here, "
+                          "nothing left to train); its time was measured then."]
         lines += ["", "| model | detector | parameters | " + " | ".join(
                       f"GFLOPs @{n} | CPU ms @{n} | speed-up @{n}" for n in sizes) + " |",
                   "|---|---|---:|" + "---:|" * (3 * len(sizes))]
@@ -227,7 +253,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, header: list[str])
                 met = "met" if best["gap_closed"] >= 0.5 else "missed"
                 closed = f"{best_name} {100 * best['gap_closed']:.0f}% (target >= 50%: {met})"
             verdict.append(
-                f"- {name}: gid - baseline = {gain:+.1f} mAP (target >= +2.0: {'met' if gain >= 2.0 else 'missed'}); "
+                f"- {name}: gid - baseline = {gain:+.2f} mAP (target >= +2.0: {'met' if gain >= 2.0 else 'missed'}); "
                 f"teacher - baseline = {gap:+.1f} mAP; best share of that gap closed: {closed}"
             )
     if verdict:
@@ -243,7 +269,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="retinanet_small_fpn", help="teacher detector [retinanet_small_fpn]")
     parser.add_argument("--student", default="retinanet_tiny_fpn", help="student detector [retinanet_tiny_fpn]")
     parser.add_argument("--anchor-size", type=int, default=16,
-                        help="anchor_size override of teacher and student (pixels at P3; 0: the variant's) [16]")
+                        help="anchor_size of teacher and student when both have anchors (pixels at P3; 0: the variant's) [16]")
     parser.add_argument("--teacher-steps", type=int, default=600, help="teacher training steps [600]")
     parser.add_argument("--student-steps", type=int, default=300, help="steps of every student run [300]")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step [8]")
@@ -252,7 +278,11 @@ def main() -> None:
     parser.add_argument("--shapes-train", type=int, default=400, help="synthetic training images [400]")
     parser.add_argument("--shapes-val", type=int, default=100, help="synthetic validation images [100]")
     parser.add_argument("--tree-tile", type=int, default=128, help="tree tile side, pixels [128]")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the teacher (and of the students by default) [0]")
+    parser.add_argument("--student-seed", type=int, default=None,
+                        help="seed of the student runs (initial weights, data order); another value than --seed "
+                             "reuses the teacher and writes the students to <run>_seed<N> [--seed]")
+    parser.add_argument("--tag", default="", help="results file name suffix: detection_<tag>.md/.json")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per model for the latency [30]")
     parser.add_argument("--latency-size", type=int, default=512,
                         help="second, deployment-like image side for GFLOPs and latency [512]")
@@ -265,6 +295,8 @@ def main() -> None:
     if "--quick" in sys.argv:  # smaller defaults; options given explicitly still win
         parser.set_defaults(teacher_steps=4, student_steps=2, batch_size=2, shapes_train=16, shapes_val=8, repeats=3)
     args = parser.parse_args()
+    if args.student_seed is None:
+        args.student_seed = args.seed
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="detkd-bench-det-"))
     started = time.perf_counter()
@@ -275,6 +307,9 @@ def main() -> None:
         results[name] = run_set(name, data, args, work)
     total = time.perf_counter() - started
 
+    uses_anchors = all("anchor_size" in variant_options(n) for n in (args.teacher, args.student))
+    anchors = (f"anchor_size {args.anchor_size} for both" if uses_anchors and args.anchor_size
+               else "the variants' own anchors (FCOS has no anchor_size)" if not uses_anchors else "default anchors")
     header = [
         f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; git commit {git_commit()}; machine: "
@@ -283,11 +318,10 @@ def main() -> None:
         "Where it ran: everything (training, evaluation, latency) on the CPU; no GPU was used.  ",
         f"Schedule (teacher and every student alike, except the teacher's step count): AdamW lr {args.lr:g}, "
         f"batch {args.batch_size}, {args.size}x{args.size} views, warm-up 5% of the steps, lr x0.1 at 75%, seed "
-        f"{args.seed}; teacher {args.teacher} {args.teacher_steps} steps, students {args.student} "
-        f"{args.student_steps} steps each (same initial weights and data stream). anchor_size "
-        f"{args.anchor_size or 'default'} for both. Methods use their default weights (GID paper weights, "
+        f"{args.seed} (students: {args.student_seed}); teacher {args.teacher} {args.teacher_steps} steps, students {args.student} "
+        f"{args.student_steps} steps each (same initial weights and data stream); {anchors}. Methods use their default weights (GID paper weights, "
         "hint 1.0 unmasked, PKD 6, CWD 5 with tau 1) plus the ground-truth loss x1.  ",
-        "Data: `shapes` = synthetic shapes (in memory, 5 classes); `trees` = the orthophoto in ../shared/data/trees "
+        f"Data: `shapes` = synthetic shapes (in memory, 5 classes, {BENCH_SHAPES}); `trees` = the orthophoto in ../shared/data/trees "
         "(read from there), cut into tiles, spatially separate train/val regions.  ",
         "mAP and AP are COCO metrics (pycocotools) in points; 'gap closed' = (student - baseline) / "
         "(teacher - baseline) in mAP.",
@@ -297,7 +331,7 @@ def main() -> None:
     text = report(results, args, header)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "detection_quick" if args.quick else "detection"
+    stem = ("detection_quick" if args.quick else "detection") + (f"_{args.tag}" if args.tag else "")
     (args.out / f"{stem}.md").write_text(text + "\n")
     payload = {"command": f"python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}",
                "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "git_commit": git_commit(),
