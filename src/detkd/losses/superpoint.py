@@ -130,6 +130,21 @@ def cell_correspondences(
     return torch.cdist(warped, centres[None].expand_as(warped)) <= radius
 
 
+def _descriptor_pair(desc0: torch.Tensor, desc1: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
+    """Check two views' ``(B, D, Hc, Wc)`` descriptors; return the homography as ``(B, 3, 3)``."""
+    if desc0.dim() != 4 or desc0.shape != desc1.shape:
+        raise ValueError(
+            f"desc0 and desc1 must both be (B, D, Hc, Wc) of the same shape, got "
+            f"{tuple(desc0.shape)} and {tuple(desc1.shape)}"
+        )
+    b = desc0.shape[0]
+    if homography.dim() == 2:
+        homography = homography.expand(b, 3, 3)
+    if homography.shape != (b, 3, 3):
+        raise ValueError(f"homography must be (3, 3) or ({b}, 3, 3), got {tuple(homography.shape)}")
+    return homography
+
+
 def descriptor_hinge_loss(
     desc0: torch.Tensor,
     desc1: torch.Tensor,
@@ -166,16 +181,8 @@ def descriptor_hinge_loss(
     Returns:
         ``()`` loss; 0 (attached to the graph) if no view-1 cell is valid.
     """
-    if desc0.dim() != 4 or desc0.shape != desc1.shape:
-        raise ValueError(
-            f"desc0 and desc1 must both be (B, D, Hc, Wc) of the same shape, got "
-            f"{tuple(desc0.shape)} and {tuple(desc1.shape)}"
-        )
+    homography = _descriptor_pair(desc0, desc1, homography)
     b, d, hc, wc = desc0.shape
-    if homography.dim() == 2:
-        homography = homography.expand(b, 3, 3)
-    if homography.shape != (b, 3, 3):
-        raise ValueError(f"homography must be (3, 3) or ({b}, 3, 3), got {tuple(homography.shape)}")
     s = cell_correspondences(homography, hc, wc, correspondence_radius).to(desc0.dtype)  # (B, N, N)
     d0 = F.normalize(desc0.reshape(b, d, hc * wc), p=2, dim=1)
     d1 = F.normalize(desc1.reshape(b, d, hc * wc), p=2, dim=1)
@@ -222,18 +229,10 @@ def descriptor_infonce_loss(
     Returns:
         ``()`` loss; 0 (attached to the graph) if no cell has a correspondence.
     """
-    if desc0.dim() != 4 or desc0.shape != desc1.shape:
-        raise ValueError(
-            f"desc0 and desc1 must both be (B, D, Hc, Wc) of the same shape, got "
-            f"{tuple(desc0.shape)} and {tuple(desc1.shape)}"
-        )
+    homography = _descriptor_pair(desc0, desc1, homography)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     b, d, hc, wc = desc0.shape
-    if homography.dim() == 2:
-        homography = homography.expand(b, 3, 3)
-    if homography.shape != (b, 3, 3):
-        raise ValueError(f"homography must be (3, 3) or ({b}, 3, 3), got {tuple(homography.shape)}")
     s = cell_correspondences(homography, hc, wc, correspondence_radius).to(desc0.dtype)  # (B, N0, N1)
     valid1 = torch.ones(b, hc * wc, dtype=torch.bool, device=desc0.device)
     if valid_mask1 is not None:
