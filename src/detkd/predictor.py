@@ -229,14 +229,8 @@ class Predictor:
         return f"Predictor({self.origin}, {self.task}, backend={self.backend}, {size}, {what}={self.limit})"
 
 
-def to_rgb_tensor(image: ImageInput) -> torch.Tensor:
-    """Any supported image as a ``(3, H, W)`` float32 RGB tensor in ``[0, 1]`` (grey is repeated)."""
-    if isinstance(image, (str, Path)):
-        from detkd.data.images import read_image
-
-        return torch.from_numpy(read_image(image, grey=False)).permute(2, 0, 1).contiguous()
-    if type(image).__module__.startswith("PIL."):
-        image = np.asarray(image.convert("RGB"))
+def _pixels_as_array(image: Any) -> np.ndarray:
+    """A tensor ``(H, W)``, ``(1, H, W)`` or ``(3, H, W)`` or a numpy array as a channels-last array."""
     if isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
         if tensor.dim() == 3 and tensor.shape[0] in (1, 3):
@@ -249,6 +243,18 @@ def to_rgb_tensor(image: ImageInput) -> torch.Tensor:
             f"Cannot read an image from a {type(image).__name__}: pass a path, a PIL image, a numpy array "
             "or a torch tensor"
         )
+    return image
+
+
+def to_rgb_tensor(image: ImageInput) -> torch.Tensor:
+    """Any supported image as a ``(3, H, W)`` float32 RGB tensor in ``[0, 1]`` (grey is repeated)."""
+    if isinstance(image, (str, Path)):
+        from detkd.data.images import read_image
+
+        return torch.from_numpy(read_image(image, grey=False)).permute(2, 0, 1).contiguous()
+    if type(image).__module__.startswith("PIL."):
+        image = np.asarray(image.convert("RGB"))
+    image = _pixels_as_array(image)
     array = _to_unit_range(np.asarray(image), "image")
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
@@ -274,18 +280,7 @@ def to_grey_tensor(image: ImageInput) -> torch.Tensor:
         return torch.from_numpy(read_image(image, grey=True))[None]
     if type(image).__module__.startswith("PIL."):
         image = np.asarray(image.convert("L"))
-    if isinstance(image, torch.Tensor):
-        tensor = image.detach().cpu()
-        if tensor.dim() == 3 and tensor.shape[0] in (1, 3):
-            tensor = tensor.permute(1, 2, 0)
-        elif tensor.dim() != 2:
-            raise ValueError(f"tensor image must be (H, W), (1, H, W) or (3, H, W), got {tuple(image.shape)}")
-        image = tensor.numpy()
-    if not isinstance(image, np.ndarray):
-        raise TypeError(
-            f"Cannot read an image from a {type(image).__name__}: pass a path, a PIL image, a numpy array "
-            "or a torch tensor"
-        )
+    image = _pixels_as_array(image)
     array = image
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
