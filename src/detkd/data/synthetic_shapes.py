@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -331,12 +331,8 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 # ============================================================================ shapes
-def _draw_polygon(canvas: _Canvas, rng: np.random.Generator, bg: float) -> None:
-    h, w = canvas.height, canvas.width
-    size = min(h, w)
-    radius = rng.uniform(0.2, 0.45) * size
-    centre = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h])
-    poly = _random_polygon(rng, centre, radius)
+def _paint_polygon(canvas: _Canvas, rng: np.random.Generator, poly: np.ndarray, bg: float) -> None:
+    """Paint ``poly`` (``(N, 2)`` pixels) as a new shape in a colour that stands out from what it covers."""
     sid = canvas.new_shape()
     bbox, painter = _polygon_painter(poly, 0.0)
     colour = _colour(rng, np.append(canvas.values_under(bbox, painter), bg), MIN_CONTRAST)
@@ -344,25 +340,43 @@ def _draw_polygon(canvas: _Canvas, rng: np.random.Generator, bg: float) -> None:
     canvas.add_corners(sid, poly)
 
 
-def _draw_multiple_polygons(canvas: _Canvas, rng: np.random.Generator, bg: float) -> None:
-    h, w = canvas.height, canvas.width
-    size = min(h, w)
+def _separate_discs(target: int, sample: Callable[[], tuple], gap: float = 4.0) -> Iterator[tuple]:
+    """Yield up to ``target`` draws of ``sample`` whose discs stay at least ``gap`` px apart.
+
+    ``sample()`` returns ``(centre (2,) pixels, radius pixels, *anything else)``; a draw whose
+    disc comes closer than ``gap`` to one already yielded is drawn again, up to ``30 * target``
+    draws in all. The caller draws its own random values between two yields.
+    """
     placed: list[tuple[np.ndarray, float]] = []
-    target = int(rng.integers(2, 6))
     for _ in range(30 * target):
         if len(placed) == target:
             break
-        radius = rng.uniform(0.1, 0.22) * size
-        centre = np.array([rng.uniform(0.05, 0.95) * w, rng.uniform(0.05, 0.95) * h])
-        if any(np.linalg.norm(centre - c) < radius + r + 4.0 for c, r in placed):
+        drawn = sample()
+        centre, radius = drawn[0], drawn[1]
+        if any(np.linalg.norm(centre - c) < radius + r + gap for c, r in placed):
             continue
-        poly = _random_polygon(rng, centre, radius)
         placed.append((centre, radius))
-        sid = canvas.new_shape()
-        bbox, painter = _polygon_painter(poly, 0.0)
-        colour = _colour(rng, np.append(canvas.values_under(bbox, painter), bg), MIN_CONTRAST)
-        canvas.paint(sid, *_polygon_painter(poly, colour))
-        canvas.add_corners(sid, poly)
+        yield drawn
+
+
+def _draw_polygon(canvas: _Canvas, rng: np.random.Generator, bg: float) -> None:
+    h, w = canvas.height, canvas.width
+    size = min(h, w)
+    radius = rng.uniform(0.2, 0.45) * size
+    centre = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h])
+    _paint_polygon(canvas, rng, _random_polygon(rng, centre, radius), bg)
+
+
+def _draw_multiple_polygons(canvas: _Canvas, rng: np.random.Generator, bg: float) -> None:
+    h, w = canvas.height, canvas.width
+    size = min(h, w)
+
+    def sample() -> tuple[np.ndarray, float]:
+        radius = rng.uniform(0.1, 0.22) * size
+        return np.array([rng.uniform(0.05, 0.95) * w, rng.uniform(0.05, 0.95) * h]), radius
+
+    for centre, radius in _separate_discs(int(rng.integers(2, 6)), sample):
+        _paint_polygon(canvas, rng, _random_polygon(rng, centre, radius), bg)
 
 
 def _draw_lines(canvas: _Canvas, rng: np.random.Generator, bg: float) -> None:
@@ -529,17 +543,13 @@ def _draw_cube(canvas: _Canvas, rng: np.random.Generator, bg: float) -> None:
 def _draw_ellipses(canvas: _Canvas, rng: np.random.Generator, bg: float) -> None:
     h, w = canvas.height, canvas.width
     size = min(h, w)
-    placed: list[tuple[np.ndarray, float]] = []
-    target = int(rng.integers(1, 5))
-    for _ in range(30 * target):
-        if len(placed) == target:
-            break
-        a = rng.uniform(0.06, 0.22) * size
+
+    def sample() -> tuple[np.ndarray, float, float]:
+        a = rng.uniform(0.06, 0.22) * size  # semi-axes: the disc's radius is the major one
         b = a * rng.uniform(0.4, 1.0)
-        centre = np.array([rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h])
-        if any(np.linalg.norm(centre - c) < a + r + 4.0 for c, r in placed):
-            continue
-        placed.append((centre, a))
+        return np.array([rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h]), a, b
+
+    for centre, a, b in _separate_discs(int(rng.integers(1, 5)), sample):
         angle = rng.uniform(0, np.pi)
         sid = canvas.new_shape()
         colour = _colour(rng, [bg], MIN_CONTRAST + 0.05)
