@@ -14,15 +14,7 @@ from detkd.export.onnx import export_onnx
 from detkd.export.sources import load_model_source
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: small models gain nothing from more, and spinning threads on a busy 2-core machine cost a lot."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_latency_statistics_by_hand():

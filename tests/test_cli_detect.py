@@ -18,14 +18,7 @@ FAST = {"train": {"log_every": 1, "progress": False, "accelerator": "cpu", "warm
 SIZE = ["--height", "128", "--width", "128", "--batch-size", "2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared CPU a descheduled OpenMP thread
-    makes every step wait for it (measured here: 0.5 s per step with 1 thread, 9 s with 2)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

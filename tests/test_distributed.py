@@ -27,19 +27,12 @@ from detkd.engine import TrainConfig, Trainer, load_checkpoint, read_history
 from detkd.models.superpoint import create_model
 from detkd.tasks.keypoints import KeypointDistillationTask
 
-pytestmark = pytest.mark.skipif(
-    "fork" not in multiprocessing.get_all_start_methods(), reason="the test starts its processes with fork"
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared CPU a descheduled OpenMP
-    thread makes every parallel operation wait for it (seen here: 100 ms per torch.stack)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [
+    pytest.mark.skipif(
+        "fork" not in multiprocessing.get_all_start_methods(), reason="the test starts its processes with fork"
+    ),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 class IndexedStream(UnlabeledImageStream):

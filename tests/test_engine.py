@@ -16,14 +16,7 @@ from detkd.engine import (
 from detkd.engine.trainer import StreamSampler, learning_rate_factor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared CPU a descheduled OpenMP
-    thread makes every parallel operation wait for it (seen here: 100 ms per torch.stack)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class LineData(StreamDataset):

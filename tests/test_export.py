@@ -24,15 +24,7 @@ from detkd.models.superpoint import create_model, sample_descriptors
 from detkd.models.weights import load_keypoint_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: small models gain nothing from more, and spinning threads on a busy 2-core machine cost a lot."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 H, W = 64, 80

@@ -13,15 +13,7 @@ from detkd.models.pretrained import default_keypoint_teacher_path
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: small models gain nothing from more, and spinning threads on a busy 2-core machine cost a lot."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 H, W = 64, 80

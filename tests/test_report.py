@@ -21,15 +21,7 @@ from detkd.report import build_report, read_run
 from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, run_distillation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: small models gain nothing from more, and spinning threads on a busy 2-core machine cost a lot."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 IMG_SRC = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')

@@ -29,14 +29,7 @@ from detkd.tasks.keypoints import KeypointDistillationTask
 H, W = 32, 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared CPU a descheduled OpenMP
-    thread makes every parallel operation wait for it (seen here: 100 ms per torch.stack)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_teacher(seed: int = 0):
