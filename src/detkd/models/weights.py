@@ -152,9 +152,9 @@ def save_keypoint_model(model: SuperPoint, path: str | Path, meta: dict[str, Any
     payload = {
         "format": MODEL_FORMAT,
         "version": MODEL_FORMAT_VERSION,
-        "conf": _plain(dict(model.conf), "conf"),
+        "conf": plain_metadata(dict(model.conf), "conf", "save_keypoint_model"),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "meta": _plain(dict(meta or {}), "meta"),
+        "meta": plain_metadata(dict(meta or {}), "meta", "save_keypoint_model"),
     }
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -492,10 +492,26 @@ def _load_checked(
     model.load_state_dict({k: v for k, v in state.items()}, strict=False)
 
 
-def _listing(items: list[str]) -> str:
+def key_listing(items: list[str]) -> str:
+    """The first few ``items`` joined by commas, and how many more there are."""
     shown = ", ".join(items[:_REPORT_LIMIT])
     more = len(items) - _REPORT_LIMIT
     return shown + (f", ... (+{more} more)" if more > 0 else "")
+
+
+def key_report_lines(missing: list[str], unexpected: list[str], mismatched: list[str]) -> list[str]:
+    """The lines of a weights-mismatch report: missing and unexpected keys, one line per shape mismatch."""
+    lines = []
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {key_listing(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {key_listing(unexpected)}")
+    if mismatched:
+        lines.append(f"  shape mismatches ({len(mismatched)}):")
+        lines.extend(f"    {m}" for m in mismatched[:_REPORT_LIMIT])
+        if len(mismatched) > _REPORT_LIMIT:
+            lines.append(f"    ... (+{len(mismatched) - _REPORT_LIMIT} more)")
+    return lines
 
 
 def _report(
@@ -512,16 +528,9 @@ def _report(
         f"Cannot load SuperPoint weights from '{name}' (format tried: {fmt}, {_FORMAT_DESCRIPTIONS.get(fmt, fmt)})"
         + (f": {extra}" if extra else "")
     ]
-    if missing:
-        lines.append(f"  missing keys ({len(missing)}): {_listing(missing)}")
-    if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-    if mismatched:
-        shown = [f"{k}: expected {list(e)}, found {list(f)}" for k, e, f in mismatched]
-        lines.append(f"  shape mismatches ({len(mismatched)}):")
-        lines.extend(f"    {s}" for s in shown[:_REPORT_LIMIT])
-        if len(shown) > _REPORT_LIMIT:
-            lines.append(f"    ... (+{len(shown) - _REPORT_LIMIT} more)")
+    lines += key_report_lines(
+        missing, unexpected, [f"{k}: expected {list(e)}, found {list(f)}" for k, e, f in mismatched]
+    )
     if hint is None:
         hint = (
             "is this a SuperPoint checkpoint? Pass (to --teacher or --model) Magic Leap's "
@@ -539,25 +548,30 @@ def _report(
 
 
 # ---------------------------------------------------------------------- saving helpers
-def _plain(value: Any, where: str) -> Any:
-    """``value`` as types ``torch.load(weights_only=True)`` accepts; TypeError otherwise."""
+def plain_metadata(value: Any, where: str, saver: str, tuples_as_lists: bool = False) -> Any:
+    """``value`` as types ``torch.load(weights_only=True)`` accepts; a TypeError naming ``where`` otherwise.
+
+    Args:
+        value: what a model file stores beside its weights (config, metadata).
+        where: its name in messages (``"meta"``; nested entries extend it).
+        saver: the function saving it, for messages.
+        tuples_as_lists: store tuples as lists (otherwise they stay tuples).
+    """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_plain(v, where) for v in value)
-    if isinstance(value, list):
-        return [_plain(v, where) for v in value]
+        return {str(k): plain_metadata(v, f"{where}.{k}", saver, tuples_as_lists) for k, v in value.items()}
+    if isinstance(value, tuple) and not tuples_as_lists:
+        return tuple(plain_metadata(v, f"{where}[{i}]", saver, tuples_as_lists) for i, v in enumerate(value))
+    if isinstance(value, (list, tuple)):
+        return [plain_metadata(v, f"{where}[{i}]", saver, tuples_as_lists) for i, v in enumerate(value)]
     if isinstance(value, torch.Tensor):
         return value.item() if value.dim() == 0 else value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
     raise TypeError(
-        f"save_keypoint_model: {where} holds a {type(value).__name__}; use plain values "
+        f"{saver}: {where} holds a {type(value).__name__}; use plain values "
         "(str, int, float, bool, None, lists and dicts of them)"
     )

@@ -26,18 +26,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from detkd.config import ConfigError
 from detkd.engine.checkpoint import CHECKPOINT_FORMAT, atomic_save
 from detkd.models.detection.adapters import DetectorAdapter
 from detkd.models.detection.registry import create_detector_from_config
-from detkd.models.weights import UnreadableWeightsError, WeightsMismatchError
+from detkd.models.weights import (
+    UnreadableWeightsError,
+    WeightsMismatchError,
+    key_listing,
+    key_report_lines,
+    plain_metadata,
+)
 
 DETECTOR_FORMAT = "detkd.detector"
 DETECTOR_FORMAT_VERSION = 1
-_REPORT_LIMIT = 10
 
 
 def save_detector(adapter: DetectorAdapter, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -60,7 +64,7 @@ def save_detector(adapter: DetectorAdapter, path: str | Path, extra: dict[str, A
         "config": adapter.config,
         "class_names": adapter.class_names,
         "state_dict": {k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()},
-        "extra": _plain(dict(extra or {}), "extra"),
+        "extra": plain_metadata(dict(extra or {}), "extra", "save_detector", tuples_as_lists=True),
     }
     return atomic_save(payload, path)
 
@@ -144,7 +148,7 @@ def _is_tensor_dict(obj: Any) -> bool:
 def _not_a_detector(path: Path, obj: Any) -> str:
     if isinstance(obj, Mapping):
         keys = [str(k) for k in obj]
-        found = f"a dict with keys {_listing(keys)}" + (f" (format '{obj['format']}')" if "format" in obj else "")
+        found = f"a dict with keys {key_listing(keys)}" + (f" (format '{obj['format']}')" if "format" in obj else "")
     else:
         found = f"a {type(obj).__name__}"
     return (
@@ -172,7 +176,7 @@ def _strip_prefix(state: dict[str, torch.Tensor], expected: set[str], path: Path
     if outside:
         warnings.warn(
             f"'{path}': using the detector weights under '{prefix}' and ignoring {len(outside)} other tensor(s) "
-            f"({_listing(outside)})",
+            f"({key_listing(outside)})",
             UserWarning,
             stacklevel=3,
         )
@@ -197,43 +201,9 @@ def _check_state(
         f"{adapter.name} with {adapter.num_classes} classes and overrides {adapter.config['overrides']} "
         "(the configuration stored in the file)"
     ]
-    if missing:
-        lines.append(f"  missing keys ({len(missing)}): {_listing(missing)}")
-    if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-    if mismatched:
-        lines.append(f"  shape mismatches ({len(mismatched)}):")
-        lines.extend(f"    {m}" for m in mismatched[:_REPORT_LIMIT])
-        if len(mismatched) > _REPORT_LIMIT:
-            lines.append(f"    ... (+{len(mismatched) - _REPORT_LIMIT} more)")
+    lines += key_report_lines(missing, unexpected, mismatched)
     lines.append(
         "Fix: the file's configuration and weights disagree (edited or damaged file, or weights of another "
         "model saved under this config); re-save the model with detkd.models.detection.save_detector."
     )
     raise WeightsMismatchError("\n".join(lines))
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_REPORT_LIMIT])
-    more = len(items) - _REPORT_LIMIT
-    return shown + (f", ... (+{more} more)" if more > 0 else "")
-
-
-def _plain(value: Any, where: str) -> Any:
-    """``value`` as types ``torch.load(weights_only=True)`` accepts; TypeError otherwise."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.dim() == 0 else value.tolist()
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    raise TypeError(
-        f"save_detector: {where} holds a {type(value).__name__}; use plain values "
-        "(str, int, float, bool, None, lists and dicts of them)"
-    )
