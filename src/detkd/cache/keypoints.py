@@ -23,7 +23,7 @@ and every view setting (size, zoom, homography, photometric noise, seed), see
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from detkd.cache.fingerprint import array_digest, file_digest, module_checksum
-from detkd.cache.store import CacheField, TeacherCacheError, TeacherOutputCache
+from detkd.cache.store import CacheBuildReport, CacheField, TeacherCacheError, TeacherOutputCache
 from detkd.data.keypoint_training import UnlabeledImageStream
 from detkd.engine.task import StreamDataset
 from detkd.models.superpoint import CELL, SuperPoint, logits_to_heatmap
@@ -200,22 +200,6 @@ class _ViewList(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item, view = self.todo[index]
         return {**self.views.view(item, view), "key": self.views.view_key(item, view)}
-
-
-@dataclass
-class CacheBuildReport:
-    """What :func:`build_keypoint_teacher_cache` did."""
-
-    folder: Path
-    views: int  # views the stream needs (images x views_per_image)
-    computed: int  # teacher forwards run now
-    reused: int  # views already in the cache
-    megabytes: float  # size of the cached views on disk
-    seconds: float
-
-    def summary(self) -> str:
-        return (f"teacher cache {self.folder}: {self.views} views ({self.reused} reused, {self.computed} computed "
-                f"in {self.seconds:.1f} s), {self.megabytes:.1f} MB")
 
 
 def build_keypoint_teacher_cache(

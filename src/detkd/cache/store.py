@@ -124,7 +124,7 @@ class TeacherOutputCache:
         else:
             raise TeacherCacheError(
                 f"No teacher cache in '{self.folder}' (no {MANIFEST}); build it first "
-                "(detkd keypoints cache-teacher) or check the path"
+                "(detkd keypoints cache-teacher / detkd detect cache-teacher) or check the path"
             )
         self._index: dict[str, tuple[int, int]] | None = None
         self._shard_names: list[str] = []
@@ -192,7 +192,15 @@ class TeacherOutputCache:
                 try:
                     keys = json.loads(keys_path.read_text())
                 except (OSError, json.JSONDecodeError) as err:
-                    raise TeacherCacheError(f"Cannot read teacher cache keys '{keys_path}': {err}") from err
+                    raise TeacherCacheError(
+                        f"Cannot read teacher cache keys '{keys_path}': {err}. The folder '{self.folder}' is "
+                        "damaged: delete it and build the cache again"
+                    ) from err
+                if not isinstance(keys, list) or len(keys) < shard["rows"]:
+                    raise TeacherCacheError(
+                        f"Teacher cache keys '{keys_path}' list fewer keys than the manifest's {shard['rows']} rows: "
+                        f"the folder '{self.folder}' is damaged; delete it and build the cache again"
+                    )
                 for row, key in enumerate(keys[: shard["rows"]]):
                     index[key] = (number, row)
             self._shard_names = [shard["name"] for shard in shards]
@@ -225,7 +233,10 @@ class TeacherOutputCache:
             try:
                 array = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as err:
-                raise TeacherCacheError(f"Cannot read teacher cache shard '{path}': {err}") from err
+                raise TeacherCacheError(
+                    f"Cannot read teacher cache shard '{path}': {err}. The file is missing, truncated or "
+                    f"overwritten: delete the folder '{self.folder}' and build the cache again"
+                ) from err
             if array.shape[1:] != field.shape or array.dtype != np.dtype(field.dtype):
                 raise TeacherCacheError(
                     f"Teacher cache shard '{path}' holds {array.shape[1:]} {array.dtype}, the manifest says "
@@ -233,6 +244,25 @@ class TeacherOutputCache:
                 )
             self._arrays[(number, field.name)] = array
         return array
+
+    def verify(self) -> None:
+        """Open every committed shard's arrays and check their shapes and row counts (reads headers only).
+
+        Raises:
+            TeacherCacheError: a keys file or shard is missing, truncated or of the wrong shape,
+                naming the file; the fix is to delete the folder and build again.
+        """
+        self._index, self._arrays = None, {}  # read everything afresh
+        _ = self.index  # reads and checks every keys file
+        for number, shard in enumerate(self.shards()[: len(self._shard_names)]):
+            for field in self.fields:
+                stored = self._array(number, field).shape[0]
+                if stored < shard["rows"]:
+                    raise TeacherCacheError(
+                        f"Teacher cache shard '{self.folder / shard['name']}.{field.name}.npy' holds {stored} rows, "
+                        f"the manifest lists {shard['rows']}: the folder '{self.folder}' is damaged; delete it and "
+                        "build the cache again"
+                    )
 
     def __getstate__(self) -> dict[str, Any]:
         # Data-loader workers open their own memory maps; open file handles do not travel.
@@ -247,6 +277,22 @@ class TeacherOutputCache:
 
     def nbytes_per_entry(self) -> int:
         return sum(f.bytes_per_entry for f in self.fields)
+
+
+@dataclass
+class CacheBuildReport:
+    """What a cache build did (``build_keypoint_teacher_cache``, ``build_detector_teacher_cache``)."""
+
+    folder: Path
+    views: int  # views the stream needs (images x views_per_image)
+    computed: int  # teacher forwards run now
+    reused: int  # views already in the cache
+    megabytes: float  # size of the cached views on disk
+    seconds: float
+
+    def summary(self) -> str:
+        return (f"teacher cache {self.folder}: {self.views} views ({self.reused} reused, {self.computed} computed "
+                f"in {self.seconds:.1f} s), {self.megabytes:.1f} MB")
 
 
 class CacheWriter:
