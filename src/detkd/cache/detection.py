@@ -1,4 +1,4 @@
-"""Teacher outputs of one-stage detectors (RetinaNet, FCOS) as fixed-size cache entries.
+"""Teacher outputs of one-stage detectors (RetinaNet, FCOS): cache entries, and the cached training stream.
 
 A detector's raw outputs on an image of a fixed size have fixed shapes, so they fit the
 generic store (:mod:`detkd.cache.store`) as one entry per image view:
@@ -19,23 +19,54 @@ What is the same for every image of that size (family, strides, anchors per loca
 anchors themselves) is kept once, in a :class:`DetectorLayout`. Faster R-CNN is refused: its
 RoI-head outputs depend on a variable number of proposals.
 
-Status: the encoding, decoding and a loss-equality test exist, and
-``benchmarks/throughput.py`` measures training from these entries; the detection task does
-not read a cache yet (its stream and ``detect distill`` have no cache switch).
+Which views are cached, and why only those: a training view is a random zoom / crop / pad /
+flip of an image with colour jitter (:class:`~detkd.data.detection.DetectionStream`), and the
+teacher sees the final pixels; its outputs cannot follow a new crop or colour change. So the
+cache holds the teacher's outputs for ``views_per_image`` (``K``) fixed views of each image,
+each drawn with a generator seeded by ``(seed, view number, image content)``, and
+:class:`CachedDetectorViews` cycles through them (epoch ``e`` uses view ``e mod K``). A sample
+is the view's pixels and its boxes (computed from the record with the same generator, padded as
+the stream pads them) plus the cached fields: the geometric augmentation of the student's image
+and boxes is exactly the one the teacher saw. **Augmentation is restricted to those K views per
+image** instead of a new one per sample. Entries are keyed by the image's content digest (file
+bytes or in-memory pixels, and the tile window) and the view number; the folder is bound to the
+teacher's checksum (weights and detector options), its family, the class list and every view
+setting (size, zoom / flips, colour jitter, seed). Another teacher or other settings is an
+error naming each difference, never a silent reuse.
+
+Status: encoding, decoding, building (:func:`build_detector_teacher_cache`, ``detkd detect
+cache-teacher``) and training from the cache (``detkd detect distill --teacher-cache``: the
+task takes the teacher's outputs from the batch, :func:`cached_teacher_fields`) exist and are
+tested (loss equality with the online teacher for GID and PKD, refusal of a changed teacher or
+view settings, a damaged folder, Faster R-CNN). ``benchmarks/throughput.py`` measures the
+cached path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
-from detkd.cache.store import CacheField
+from detkd.cache.fingerprint import array_digest, file_digest, module_checksum
+from detkd.cache.store import CacheBuildReport, CacheField, TeacherCacheError, TeacherOutputCache
+from detkd.data.detection.stream import DetectionStream
+from detkd.engine.task import StreamDataset
 from detkd.models.detection.outputs import DetectorOutputs
 
+if TYPE_CHECKING:
+    from detkd.models.detection import DetectorAdapter
+
 CACHEABLE_FAMILIES = ("retinanet", "fcos")
+#: Batch keys of cached fields: ``teacher_<field>`` (e.g. ``teacher_cls_logits``).
+TEACHER_PREFIX = "teacher_"
 
 
 @dataclass
@@ -125,3 +156,246 @@ def decode_detector_outputs(arrays: dict[str, Tensor], layout: DetectorLayout) -
         boxes=arrays["boxes"].float(),
         centerness=arrays["centerness"].float() if layout.family == "fcos" else None,
     )
+
+
+def cached_teacher_fields(batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The cached teacher arrays a batch carries (``teacher_<field>`` keys), by field name; empty if none."""
+    return {key[len(TEACHER_PREFIX):]: value for key, value in batch.items() if key.startswith(TEACHER_PREFIX)}
+
+
+# ------------------------------------------------------------------------------------ cache folders
+def detector_checksum(teacher: "DetectorAdapter") -> str:
+    """Checksum of the teacher's weights and of the options that shape its outputs (anchor sizes, ...)."""
+    config = {k: v for k, v in teacher.config.items() if k != "class_names"}  # classes: in the fingerprint
+    return module_checksum(teacher, {"family": teacher.family, "config": config})
+
+
+def detection_view_settings(stream: DetectionStream) -> dict[str, Any]:
+    """Every setting that decides the pixels of a view: size, zoom / crop / flips, colour jitter, seed."""
+    return {
+        "height": stream.height,
+        "width": stream.width,
+        "view": asdict(stream.view),
+        "colour": asdict(stream.colour) if stream.colour is not None else None,
+        "seed": stream.seed,
+    }
+
+
+def check_cacheable(teacher: "DetectorAdapter", folder: str | Path) -> None:
+    """Refuse a teacher whose outputs do not have a fixed size per image (Faster R-CNN).
+
+    Raises:
+        TeacherCacheError: naming the teacher, the folder and the fix.
+    """
+    if teacher.family not in CACHEABLE_FAMILIES:
+        raise TeacherCacheError(
+            f"Cannot cache the outputs of the teacher {teacher.name} in '{folder}': it is a {teacher.family} "
+            f"detector, and only {' and '.join(CACHEABLE_FAMILIES)} outputs have a fixed size per image "
+            "(Faster R-CNN's depend on its proposals). Distil it online: leave teacher_cache.folder null "
+            "(no --teacher-cache)."
+        )
+
+
+def detector_teacher_layout(teacher: "DetectorAdapter", height: int, width: int) -> DetectorLayout:
+    """The layout of ``teacher``'s outputs on ``height x width`` images (one forward pass on a blank image)."""
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            outputs = teacher(torch.zeros(1, 3, height, width, device=device))
+    finally:
+        teacher.train(was_training)
+    layout = DetectorLayout.from_outputs(outputs)
+    layout.anchors = layout.anchors.cpu().clone()
+    return layout
+
+
+def open_detector_cache(
+    folder: str | Path,
+    teacher: "DetectorAdapter",
+    stream: DetectionStream,
+    class_names: Sequence[str],
+    create: bool = True,
+) -> tuple[TeacherOutputCache, DetectorLayout]:
+    """The cache folder for this teacher, class list and view settings, and the layout of its entries.
+
+    Raises:
+        TeacherCacheError: a Faster R-CNN teacher; the folder holds a cache of another teacher,
+            classes or view settings (each difference named); ``create=False`` and no cache there.
+    """
+    check_cacheable(teacher, folder)
+    layout = detector_teacher_layout(teacher, stream.height, stream.width)
+    fingerprint = {
+        "kind": "one-stage-detector-outputs",
+        "teacher": detector_checksum(teacher),
+        "family": teacher.family,
+        "classes": [str(name) for name in class_names],
+        "views": detection_view_settings(stream),
+    }
+    return TeacherOutputCache(folder, fingerprint, detector_cache_fields(layout), create=create), layout
+
+
+def record_digest(record: Any) -> str:
+    """Content digest of what a :class:`~detkd.data.detection.DetectionRecord` shows: 32 hex characters.
+
+    The file's bytes (or the in-memory pixels), and the window for a tile; renaming a file keeps it.
+    """
+    base = array_digest(record.image) if record.image is not None else file_digest(record.path)
+    if record.window is None:
+        return base
+    return hashlib.blake2b(f"{base}|window {tuple(record.window)}".encode(), digest_size=16).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ cached stream
+class CachedDetectorViews(StreamDataset):
+    """``K`` fixed views per image with the teacher's cached outputs, as an endless stream.
+
+    Sample ``k`` is view ``(k // N) mod K`` of image ``source_index(k)`` (``N`` images, one
+    shuffled pass per epoch): the stream's sample for that view (``image`` ``(3, H, W)``
+    float32, and for a labelled stream the padded ``boxes`` ``(max_boxes, 4)``, ``labels``,
+    ``num_boxes``) plus ``teacher_<field>`` for every cached field (shapes of
+    :func:`detector_cache_fields`: ``teacher_features_<l>`` ``(C, H_l, W_l)`` float16,
+    ``teacher_cls_logits`` ``(N, K)`` float32, ...).
+
+    Args:
+        stream: the training images and view settings (its ``seed`` is used too).
+        cache: an opened cache (:func:`open_detector_cache`).
+        layout: what the entries share (:func:`open_detector_cache` returns it); the task decodes with it.
+        views_per_image: ``K``.
+    """
+
+    def __init__(
+        self, stream: DetectionStream, cache: TeacherOutputCache, layout: DetectorLayout, views_per_image: int
+    ) -> None:
+        super().__init__(stream.seed)
+        if views_per_image < 1:
+            raise ValueError(f"views_per_image must be >= 1, got {views_per_image}")
+        self.stream, self.cache, self.layout, self.views_per_image = stream, cache, layout, views_per_image
+        self._digests: dict[int, str] = {}
+
+    def num_items(self) -> int:
+        return self.stream.num_items()
+
+    def image_digest(self, item: int) -> str:
+        digest = self._digests.get(item)
+        if digest is None:
+            digest = self._digests[item] = record_digest(self.stream.records[item])
+        return digest
+
+    def image_name(self, item: int) -> str:
+        """The file (and tile window) of image ``item``, or its id for in-memory images, for messages."""
+        record = self.stream.records[item]
+        if record.path is None:
+            return record.name
+        return f"{record.path}" + (f" window {record.window}" if record.window is not None else "")
+
+    def view_key(self, item: int, view: int) -> str:
+        return f"{self.image_digest(item)}/{view}"
+
+    def view(self, item: int, view: int) -> dict[str, Tensor]:
+        """The stream's sample for view ``view`` of image ``item``; a function of content and settings, not order."""
+        rng = np.random.default_rng([self.seed, 104729, view, int(self.image_digest(item)[:16], 16)])
+        return self.stream.make_sample(item, rng)
+
+    def all_views(self) -> list[tuple[int, int]]:
+        return [(item, view) for item in range(self.num_items()) for view in range(self.views_per_image)]
+
+    def missing_views(self) -> list[tuple[int, int]]:
+        """``(item, view)`` pairs the cache has no outputs for."""
+        return [(i, v) for i, v in self.all_views() if self.view_key(i, v) not in self.cache]
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        if k < 0:
+            raise IndexError(k)
+        item = self.source_index(k)
+        view = (k // self.num_items()) % self.views_per_image
+        key = self.view_key(item, view)
+        if key not in self.cache:
+            raise TeacherCacheError(
+                f"The teacher cache in '{self.cache.folder}' has no outputs for view {view} of "
+                f"{self.image_name(item)} (content {key.split('/')[0][:12]}): the image is new or changed since "
+                "the cache was built, or views_per_image grew. Run 'detkd detect cache-teacher' with this "
+                "config to add the missing views."
+            )
+        sample = self.view(item, view)
+        for name, array in self.cache.read(key).items():
+            sample[TEACHER_PREFIX + name] = torch.from_numpy(array)
+        return sample
+
+
+class _ViewImages(Dataset):
+    """The pixels of the views a cache build still has to compute, with their keys."""
+
+    def __init__(self, views: CachedDetectorViews, todo: list[tuple[int, int]]) -> None:
+        self.views, self.todo = views, todo
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item, view = self.todo[index]
+        return {"image": self.views.view(item, view)["image"], "key": self.views.view_key(item, view)}
+
+
+def build_detector_teacher_cache(
+    teacher: "DetectorAdapter",
+    stream: DetectionStream,
+    folder: str | Path,
+    class_names: Sequence[str],
+    views_per_image: int = 4,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> CacheBuildReport:
+    """Run the teacher on every view the cache lacks and store its outputs; then check the folder.
+
+    Views already cached (same image content, view number, teacher, classes and settings) are
+    reused; the teacher runs in eval mode under ``torch.inference_mode`` (no autograd graph).
+    One build per folder at a time.
+
+    Raises:
+        TeacherCacheError: a Faster R-CNN teacher; the folder holds a cache of another teacher or
+            other settings; it is damaged (a truncated shard, missing keys).
+    """
+    began = time.perf_counter()
+    cache, layout = open_detector_cache(folder, teacher, stream, class_names)
+    views = CachedDetectorViews(stream, cache, layout, views_per_image)
+    todo = views.missing_views()
+    device = torch.device(device)
+    if todo:
+        from tqdm.auto import tqdm
+
+        loader = DataLoader(_ViewImages(views, todo), batch_size=batch_size, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+        home, was_training = next(teacher.parameters()).device, teacher.training
+        teacher.eval().to(device)
+        try:
+            with cache.writer(len(todo)) as writer, torch.inference_mode():
+                for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
+                    writer.add(batch["key"], encode_detector_outputs(teacher(batch["image"].to(device))))
+        finally:
+            teacher.to(home).train(was_training)  # the caller's teacher stays as it was
+    cache.verify()
+    total = len(views.all_views())
+    return CacheBuildReport(
+        Path(folder), total, len(todo), total - len(todo),
+        total * cache.nbytes_per_entry() / 2**20, time.perf_counter() - began,
+    )
+
+
+def cached_detector_stream(
+    stream: DetectionStream,
+    folder: str | Path,
+    teacher: "DetectorAdapter",
+    class_names: Sequence[str],
+    views_per_image: int,
+) -> CachedDetectorViews:
+    """The training stream that reads the teacher's outputs from ``folder`` (which must exist).
+
+    Raises:
+        TeacherCacheError: no cache there, or one of another teacher, classes or view settings.
+    """
+    cache, layout = open_detector_cache(folder, teacher, stream, class_names, create=False)
+    return CachedDetectorViews(stream, cache, layout, views_per_image)
