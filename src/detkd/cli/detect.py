@@ -1,4 +1,4 @@
-"""``detkd detect train | distill | evaluate | make-synthetic``: object detectors end to end.
+"""``detkd detect train | distill | cache-teacher | evaluate | make-synthetic``: object detectors end to end.
 
 Options given on the command line override the YAML file given with ``--config``, which
 overrides the defaults (``detkd config detect-train`` / ``detect-distill`` print them all).
@@ -117,6 +117,10 @@ def train(config_file: Path | None, out: Path, resume: bool, **options: Any) -> 
                    "(images: --unlabeled, else data.yaml's 'unlabeled', else the train images). [default: with labels]")
 @click.option("--unlabeled", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of unlabelled images for --label-free (repeatable).")
+@click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
+              help="Folder of cached teacher outputs (missing ones are computed first): the teacher runs once per "
+                   "fixed view instead of every step, and training uses only those views. See "
+                   "'detkd detect cache-teacher'. [default: off]")
 @_run_options
 def distill(config_file: Path | None, out: Path, resume: bool, unlabeled: tuple[str, ...], **options: Any) -> None:
     """Train a small student detector with a trained teacher's knowledge.
@@ -131,11 +135,81 @@ def distill(config_file: Path | None, out: Path, resume: bool, unlabeled: tuple[
     from detkd.tasks.detection import DEFAULT_DISTILL_CONFIG, run_detection_distillation
 
     keys = {**_RUN_KEYS, "teacher": "teacher.checkpoint", "student": "student.name", "method": "distill.method",
-            "gt_weight": "distill.gt_weight", "label_free": "distill.label_free"}
+            "gt_weight": "distill.gt_weight", "label_free": "distill.label_free",
+            "teacher_cache": "teacher_cache.folder"}
     overrides = {keys[k]: v for k, v in options.items()}
     overrides["data.unlabeled"] = list(unlabeled) or None
     config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, overrides)
     run_detection_distillation(config, out, resume=resume)
+
+
+@detect.command("cache-teacher")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The YAML config of the distillation runs that will read the cache (same data and view settings).")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Teacher: model.pt of 'detkd detect train' (RetinaNet or FCOS; Faster R-CNN cannot be cached).")
+@click.option("--data", "data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="data.yaml of the distillation runs (its train part, or its unlabeled images with --label-free).")
+@click.option("--cache", "cache_folder", type=click.Path(file_okay=False), default=None,
+              help="Cache folder (created, or completed if it exists). Default: teacher_cache.folder of --config.")
+@click.option("--views-per-image", type=int, default=None,
+              help="Fixed augmented views per image; training cycles through them. [default: 4]")
+@click.option("--height", type=int, default=None, help="View height, pixels (multiple of 128). [default: 512]")
+@click.option("--width", type=int, default=None, help="View width, pixels (multiple of 128). [default: 512]")
+@click.option("--tile-size", type=int, default=None, help="Cut large images into tiles of this many pixels first.")
+@click.option("--skip-bad", is_flag=True, default=None, help="Leave out bad annotations (counted) instead of stopping.")
+@click.option("--label-free/--with-labels", default=None,
+              help="Cache the images a --label-free run trains on (--unlabeled, else data.yaml's 'unlabeled', else "
+                   "the train images). [default: with labels]")
+@click.option("--unlabeled", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of unlabelled images for --label-free (repeatable).")
+@click.option("--batch-size", type=int, default=None, help="Images per teacher forward. [default: 8]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Where the teacher runs. [default: auto]")
+@click.option("--workers", type=int, default=None, help="Data-loading processes. [default: 0]")
+@click.option("--seed", type=int, default=None, help="Seed of the views (train.seed). [default: 0]")
+def cache_teacher(config_file: Path | None, unlabeled: tuple[str, ...], **options: Any) -> None:
+    """Run the teacher once on fixed augmented views of the training images and store its outputs.
+
+    Each image gets --views-per-image (K) views (zoom, crop, flips, colour jitter), drawn from the
+    seed, the view number and the image's content. A later 'detkd detect distill --teacher-cache
+    FOLDER' with the same config and teacher trains from the stored outputs instead of running
+    the teacher each step; the student then sees exactly the views (and boxes) the teacher saw,
+    so augmentation is limited to those K views per image. distill --teacher-cache also builds
+    missing entries itself; this command builds once for many students. The cache is bound to
+    the teacher's weights, the class list, the image contents and the view settings: other
+    ones are refused with each difference named.
+
+    \b
+      detkd detect cache-teacher --teacher runs/teacher/model.pt --data data.yaml --cache runs/det_cache
+      detkd detect distill --teacher runs/teacher/model.pt --data data.yaml --teacher-cache runs/det_cache --out runs/gid
+    """
+    from detkd.cli.main import resolve_config
+    from detkd.tasks.detection import (
+        DEFAULT_DISTILL_CONFIG,
+        build_teacher_cache,
+        check_class_lists,
+        distillation_stream,
+        load_teacher,
+        read_detection_data,
+    )
+
+    keys = {"teacher": "teacher.checkpoint", "data": "data.config", "cache_folder": "teacher_cache.folder",
+            "views_per_image": "teacher_cache.views_per_image", "height": "data.height", "width": "data.width",
+            "tile_size": "data.tile_size", "skip_bad": "data.skip_bad", "label_free": "distill.label_free",
+            "batch_size": "teacher_cache.batch_size", "device": "train.accelerator", "workers": "train.num_workers",
+            "seed": "train.seed"}
+    overrides = {keys[k]: v for k, v in options.items()}
+    overrides["data.unlabeled"] = list(unlabeled) or None
+    config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, overrides)
+    teacher = load_teacher(config["teacher"]["checkpoint"])
+    data = read_detection_data(config["data"], config["eval"]["split"])
+    check_class_lists(teacher, data.class_names, str(config["teacher"]["checkpoint"]),
+                      str(config["data"]["config"]))
+    stream, images_text = distillation_stream(config, data)
+    click.echo(f"teacher : {teacher.name} from {config['teacher']['checkpoint']}\nimages  : {images_text}")
+    click.echo(build_teacher_cache(config, teacher, stream, data.class_names,
+                                   progress=bool(config["train"]["progress"])).summary())
 
 
 @detect.command()

@@ -6,7 +6,9 @@
   the student's ground-truth loss (weight ``distill.gt_weight``, on by default) plus the
   distiller's ``"distill"`` (:mod:`detkd.distill.detection`). With ``label_free`` the images carry
   no boxes and only the distiller teaches. The student and the distiller's adapters are
-  optimised and checkpointed together.
+  optimised and checkpointed together. With ``teacher_cache.folder`` set, the teacher's outputs
+  are computed once per fixed view and come with the batch (:mod:`detkd.cache.detection`); the
+  task then has no teacher and the distiller does not know the difference.
 
 :func:`run_detection_training` and :func:`run_detection_distillation` read ``data.yaml``, train
 with the shared engine, save the model, evaluate it on the validation split (COCO metrics
@@ -27,6 +29,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from detkd.cache.detection import (
+    CachedDetectorViews,
+    build_detector_teacher_cache,
+    cached_teacher_fields,
+    decode_detector_outputs,
+    open_detector_cache,
+)
+from detkd.cache.store import CacheBuildReport
 from detkd.config import ConfigError, dataclass_from_dict, save_config
 from detkd.data.detection import (
     BoxViewConfig,
@@ -46,6 +56,7 @@ from detkd.engine.distributed import is_launch_rank_zero
 from detkd.evaluation.detection import DetectionMetrics, evaluate_detections, format_detection_table, format_per_class_table
 from detkd.models.detection import (
     DetectorAdapter,
+    DetectorOutputs,
     count_parameters,
     create_detector,
     load_detector,
@@ -126,6 +137,11 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         **{method: _dataclass_defaults(config_cls) for method, (_, config_cls) in DETECTION_DISTILLERS.items()},
     },
     "data": copy.deepcopy(_DATA_DEFAULTS),
+    "teacher_cache": {
+        "folder": None,  # teacher outputs stored here, missing ones computed at the start; null: teacher runs every step
+        "views_per_image": 4,  # fixed augmented views per image in the cache (the only ones trained on); cycled through
+        "batch_size": 8,  # images per teacher forward while the cache is built
+    },
     "train": dict(_TRAIN_DEFAULTS),
     "eval": dict(_EVAL_DEFAULTS),
 }
@@ -168,7 +184,9 @@ class DetectionDistillTask(Task):
     """A frozen teacher and a student on the same batch; loss = ``gt_weight`` x ground truth + distillation.
 
     Args:
-        teacher: the teacher detector (frozen here: eval mode, no gradients, run under ``no_grad``).
+        teacher: the teacher detector (frozen here: eval mode, no gradients, run under ``no_grad``);
+            ``None`` when ``data`` is a :class:`~detkd.cache.detection.CachedDetectorViews`, whose
+            batches carry the teacher's outputs (``teacher_<field>`` keys).
         student: the detector being trained.
         distiller: a :class:`~detkd.distill.detection.DetectionDistiller`; its adapters train
             with the student.
@@ -181,7 +199,7 @@ class DetectionDistillTask(Task):
 
     def __init__(
         self,
-        teacher: DetectorAdapter,
+        teacher: DetectorAdapter | None,
         student: DetectorAdapter,
         distiller: DetectionDistiller,
         data: StreamDataset,
@@ -190,12 +208,18 @@ class DetectionDistillTask(Task):
         super().__init__()
         if gt_weight < 0:
             raise ConfigError(f"distill.gt_weight must be >= 0, got {gt_weight}")
+        if teacher is None and not isinstance(data, CachedDetectorViews):
+            raise ValueError(
+                "DetectionDistillTask needs a teacher, or a CachedDetectorViews stream whose batches carry the "
+                "teacher's cached outputs"
+            )
         self.teacher = teacher
         # one module holds what is optimised and saved: load_detector finds the student under 'student.'
         self.parts = nn.ModuleDict({"student": student, "distiller": distiller})
         self.data = data
         self.gt_weight = float(gt_weight)
-        self.freeze("teacher")
+        if teacher is not None:
+            self.freeze("teacher")
 
     @property
     def student(self) -> DetectorAdapter:
@@ -211,11 +235,23 @@ class DetectionDistillTask(Task):
     def train_dataset(self) -> StreamDataset:
         return self.data
 
+    def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> DetectorOutputs:
+        """The teacher's outputs on ``batch["image"]``: decoded from the batch's cached fields, or computed without a graph."""
+        cached = cached_teacher_fields(batch)
+        if cached:
+            if not isinstance(self.data, CachedDetectorViews):
+                raise ValueError("The batch carries cached teacher outputs but the task's stream is not a cached one")
+            return decode_detector_outputs(cached, self.data.layout)
+        if self.teacher is None:
+            raise ValueError("This task has no teacher and the batch carries no cached teacher outputs")
+        # no_grad, not inference_mode: the distiller keeps these tensors for its backward pass
+        with torch.no_grad():
+            return self.teacher(batch["image"])
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = batch["image"]
         targets = unpad_targets(batch) if "boxes" in batch else None
-        with torch.no_grad():
-            teacher_outputs = self.teacher(images)
+        teacher_outputs = self.teacher_outputs(batch)
         use_gt = self.gt_weight > 0 and targets is not None
         student_outputs = self.student(images, targets if use_gt else None)
         terms = self.distiller(teacher_outputs, student_outputs, targets)
@@ -326,6 +362,43 @@ def unlabeled_stream(config: dict[str, Any], data: DetectionData) -> tuple[Unlab
     return UnlabeledDetectionStream(data.train, height, width, **options), (
         f"the {len(data.train)} training images, boxes not used"
     )
+
+
+def distillation_stream(config: dict[str, Any], data: DetectionData) -> tuple[DetectionStream, str]:
+    """The images a distillation run trains on: labelled, or unlabelled with ``distill.label_free``; and where from."""
+    if config["distill"]["label_free"]:
+        return unlabeled_stream(config, data)
+    return labelled_stream(config, data.train), "labelled training images"
+
+
+# ------------------------------------------------------------------------------------ teacher cache
+def cache_device(accelerator: str) -> torch.device:
+    """Where the teacher runs while a cache is built: the GPU if training would use one."""
+    return torch.device("cuda" if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() else "cpu")
+
+
+def build_teacher_cache(
+    config: dict[str, Any], teacher: DetectorAdapter, stream: DetectionStream, class_names: Sequence[str],
+    progress: bool = True,
+) -> CacheBuildReport:
+    """Compute and store the teacher's outputs for every view of ``config['teacher_cache']`` not yet cached."""
+    cache_cfg, train = config["teacher_cache"], config["train"]
+    if not cache_cfg["folder"]:
+        raise ConfigError("teacher_cache.folder is not set: name the folder for the teacher's outputs (--cache)")
+    return build_detector_teacher_cache(
+        teacher, stream, cache_cfg["folder"], class_names, views_per_image=int(cache_cfg["views_per_image"]),
+        batch_size=int(cache_cfg["batch_size"]), device=cache_device(train["accelerator"]),
+        num_workers=int(train["num_workers"]), progress=progress,
+    )
+
+
+def cached_training_stream(
+    config: dict[str, Any], teacher: DetectorAdapter, stream: DetectionStream, class_names: Sequence[str]
+) -> CachedDetectorViews:
+    """The stream that reads teacher outputs from ``config['teacher_cache']['folder']``."""
+    cache_cfg = config["teacher_cache"]
+    cache, layout = open_detector_cache(cache_cfg["folder"], teacher, stream, class_names)
+    return CachedDetectorViews(stream, cache, layout, int(cache_cfg["views_per_image"]))
 
 
 # ------------------------------------------------------------------------------------ models
@@ -572,7 +645,9 @@ def run_detection_distillation(
     """Distil the teacher into a new student, save ``student.pt``, evaluate both on the validation split.
 
     Before training, the class lists are compared and one batch goes through teacher, student and
-    distiller, so that incompatible models fail with a clear message. Writes the files of
+    distiller, so that incompatible models fail with a clear message. With ``teacher_cache.folder``
+    set, missing teacher outputs are computed first and training reads them from the cache
+    (``teacher_cache.views_per_image`` fixed views per image) instead of running the teacher. Writes the files of
     :func:`run_detection_training` (with ``student.pt`` for ``model.pt``; ``detections.png`` shows
     the student and ``detections_teacher.png`` the teacher).
     """
@@ -596,10 +671,7 @@ def run_detection_distillation(
         **(distill_cfg[method] or {}),
     )
     label_free = bool(distill_cfg["label_free"])
-    if label_free:
-        stream, images_text = unlabeled_stream(config, data)
-    else:
-        stream, images_text = labelled_stream(config, data.train), "labelled training images"
+    stream, images_text = distillation_stream(config, data)
     terms = check_compatible(teacher, student, distiller, _first_batch(stream), method)
     gt_weight = 0.0 if label_free else float(distill_cfg["gt_weight"])
     trainer = _trainer(train_cfg, out, resume)
@@ -613,7 +685,13 @@ def run_detection_distillation(
     if rank_zero:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
-    task = DetectionDistillTask(teacher, student, distiller, stream, gt_weight=gt_weight)
+    train_data: StreamDataset = stream
+    cached = bool(config["teacher_cache"]["folder"])
+    if cached:
+        if rank_zero:  # the other processes wait for it when they meet in the trainer
+            say(build_teacher_cache(config, teacher, stream, data.class_names, progress=train_cfg.progress).summary())
+        train_data = cached_training_stream(config, teacher, stream, data.class_names)
+    task = DetectionDistillTask(None if cached else teacher, student, distiller, train_data, gt_weight=gt_weight)
     result = trainer.fit(task, resume=resume)
     if not result.is_global_zero:
         return DetectionOutcome(out, out / "student.pt", None, result.step, result.seconds)
