@@ -135,15 +135,14 @@ def batch_build_ms(sample: Callable[[int], dict[str, Any]], batch_size: int, rep
 def detection_case(args: argparse.Namespace, device: torch.device, workdir: Path) -> Case | str:
     """GID distillation of a RetinaNet teacher into a smaller RetinaNet on synthetic shapes.
 
-    The detection task has no cache switch yet; (c) feeds it the teacher's outputs read from
-    the generic store through :mod:`detkd.cache.detection` (what such a switch would do), by
-    standing in for the teacher module. Returns the reason instead when the pillar is missing.
+    (c) is the path of ``detkd detect distill --teacher-cache``: the teacher's outputs are built
+    into a cache (:func:`~detkd.cache.detection.build_detector_teacher_cache`), the batches come
+    from :class:`~detkd.cache.detection.CachedDetectorViews`, and the task has no teacher. (a)
+    gives the task a stand-in teacher that returns the first batch's outputs (a constant
+    target). Returns the reason instead when the pillar is missing.
     """
     try:
-        from detkd.cache.detection import (
-            DetectorLayout, decode_detector_outputs, detector_cache_fields, encode_detector_outputs,
-        )
-        from detkd.cache.store import TeacherOutputCache
+        from detkd.cache.detection import build_detector_teacher_cache, cached_detector_stream
         from detkd.data.detection import DetectionStream, synthetic_detection_set
         from detkd.distill.detection import create_detection_distiller
         from detkd.models.detection import count_parameters
@@ -159,69 +158,52 @@ def detection_case(args: argparse.Namespace, device: torch.device, workdir: Path
     student = build_detector({"name": args.det_student, "overrides": None}, data.class_names)
     distiller = create_detection_distiller("gid", teacher.fpn_channels, student.fpn_channels,
                                            match_anchors=student.match_anchors)
-    batches = [default_collate([stream[k] for k in range(i * n, (i + 1) * n)]) for i in range(args.batches)]
+    build_detector_teacher_cache(teacher, stream, workdir / "det_cache", data.class_names, views_per_image=1,
+                                 batch_size=n, device=device, progress=False)
+    views = cached_detector_stream(stream, workdir / "det_cache", teacher, data.class_names, views_per_image=1)
+    # one epoch of the cached stream: every image once, with its cached outputs; (a) and (b) drop those
+    batches = [default_collate([views[k] for k in range(i * n, (i + 1) * n)]) for i in range(args.batches)]
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
+    def without_cache(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in batch.items() if not k.startswith("teacher_")}
+
     with torch.no_grad():
-        first = teacher(batches[0]["image"])
-    layout = DetectorLayout.from_outputs(first)
-    cache = TeacherOutputCache(workdir / "det_cache", {"teacher": args.det_teacher}, detector_cache_fields(layout))
-    with cache.writer(n * args.batches) as writer, torch.no_grad():
-        for i, batch in enumerate(batches):
-            writer.add([f"view{i * n + j}" for j in range(n)], encode_detector_outputs(teacher(batch["image"])))
+        first = teacher(without_cache(batches[0])["image"])
 
-    def read_entries(keys: list[str]) -> dict[str, torch.Tensor]:
-        return default_collate([{k: torch.from_numpy(v) for k, v in cache.read(key).items()} for key in keys])
-
-    for i, batch in enumerate(batches):  # what a cached stream would hand over with each batch
-        batch["teacher"] = {k: v.to(device) for k, v in read_entries([f"view{i * n + j}" for j in range(n)]).items()}
-
-    current: dict[str, Any] = {}
-
-    class StandIn(nn.Module):
-        """Plays the teacher: returns outputs it did not compute."""
-
-        def __init__(self, outputs: Callable[[], Any]) -> None:
-            super().__init__()
-            self.outputs = outputs
+    class ConstantTeacher(nn.Module):
+        """(a)'s teacher: the first batch's outputs, computed once."""
 
         def forward(self, images: torch.Tensor) -> Any:
-            return self.outputs()
+            return first
 
-    constant = StandIn(lambda: first)
-    from_cache = StandIn(lambda: decode_detector_outputs(current["batch"]["teacher"], layout))
-
-    def step_with(teacher_module: nn.Module) -> Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
+    def step_with(teacher_module: nn.Module | None, data_source: Any, keep_cache: bool
+                  ) -> Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
         tasks: dict[int, DetectionDistillTask] = {}
 
         def loss(parts: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             task = tasks.get(id(parts))
             if task is None:
                 task = tasks[id(parts)] = DetectionDistillTask(
-                    teacher_module, parts["student"], parts["distiller"], stream, gt_weight=1.0)
-            current["batch"] = batch
-            return task({k: v for k, v in batch.items() if k != "teacher"})["loss"]
+                    teacher_module, parts["student"], parts["distiller"], data_source, gt_weight=1.0)
+            return task(batch if keep_cache else without_cache(batch))["loss"]
 
         return loss
 
-    def cached_sample(k: int) -> dict[str, Any]:
-        entry = {f"teacher_{name}": torch.from_numpy(v) for name, v in cache.read(f"view{k % len(cache)}").items()}
-        return {**stream[k], **entry}
-
     data_ms = {
         "student_only": batch_build_ms(lambda k: stream[k], n, args.data_repeats),
-        "cached": batch_build_ms(cached_sample, n, args.data_repeats),
+        "cached": batch_build_ms(lambda k: views[k], n, args.data_repeats),
     }
     data_ms["online"] = data_ms["student_only"]
     description = (f"teacher {args.det_teacher} ({count_parameters(teacher):,} params) -> student {args.det_student} "
                    f"({count_parameters(student):,} params), GID + ground truth, synthetic shapes {size}x{size}, "
-                   f"{len(data.class_names)} classes, {cache.nbytes_per_entry() / 2**20:.2f} MB cached per image")
-    notes = ["detkd's detection task cannot read a teacher cache yet: (c) replaces its teacher module by one that "
-             "returns the outputs read from the store (detkd.cache.detection), as a cache switch would."]
+                   f"{len(data.class_names)} classes, {views.cache.nbytes_per_entry() / 2**20:.2f} MB cached per image")
     parts = nn.ModuleDict({"student": student, "distiller": distiller})
-    return Case("detection", description, parts, batches,
-                {"student_only": step_with(constant), "online": step_with(teacher), "cached": step_with(from_cache)},
-                data_ms, notes)
+    return Case("detection", description, parts, batches, {
+        "student_only": step_with(ConstantTeacher(), stream, keep_cache=False),
+        "online": step_with(teacher, stream, keep_cache=False),
+        "cached": step_with(None, views, keep_cache=True),
+    }, data_ms)
 
 
 # ----------------------------------------------------------------------------- timing
