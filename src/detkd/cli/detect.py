@@ -202,6 +202,8 @@ def cache_teacher(config_file: Path | None, unlabeled: tuple[str, ...], **option
     overrides = {keys[k]: v for k, v in options.items()}
     overrides["data.unlabeled"] = list(unlabeled) or None
     config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, overrides)
+    if not config["teacher_cache"]["folder"]:
+        raise click.UsageError("Name the cache folder: --cache DIR (or teacher_cache.folder in --config)")
     teacher = load_teacher(config["teacher"]["checkpoint"])
     data = read_detection_data(config["data"], config["eval"]["split"])
     check_class_lists(teacher, data.class_names, str(config["teacher"]["checkpoint"]),
