@@ -86,9 +86,10 @@ def test_postprocess_module_gives_extract_keypoints(teacher):
 
 
 # ---------------------------------------------------------------------- parity verdicts by hand
-def _fake_post(heatmap: np.ndarray, k: int = 4):
+def _fake_post(heatmap: np.ndarray, k: int = 4, subpixel_radius: int = 0):
     model = lambda batch: {"heatmap": torch.from_numpy(heatmap)[None]}  # noqa: E731
-    return SimpleNamespace(model=model, threshold=0.015, nms_radius=1, max_keypoints=k)
+    return SimpleNamespace(model=model, threshold=0.015, nms_radius=1, max_keypoints=k,
+                           subpixel_radius=subpixel_radius)
 
 
 def _outputs(points, scores, k=4, dim=2):
@@ -112,6 +113,18 @@ def test_parity_counts_a_point_at_the_threshold_as_a_near_tie():
     assert parity.agreement == pytest.approx(0.5)  # 1 common of 2 distinct points
     assert (parity.near_ties, parity.unexplained) == (1, 0)
     assert parity_failures(parity, 1e-4) == []
+
+
+def test_parity_matches_refined_points_by_the_pixel_they_were_selected_at():
+    heatmap = np.zeros((8, 8), np.float32)
+    heatmap[2, 2], heatmap[2, 3] = 0.5, 0.45  # refined x = 2 + 0.45 / 0.95 = 2.474
+    heatmap[5, 5], heatmap[5, 6] = 0.3, 0.3 - 1e-6  # refined x = 5.5 - 2e-6: rounds to 5 or 6
+    reference = _outputs([(2.474, 2), (5.499998, 5)], [0.5, 0.3])
+    other = _outputs([(2.474 + 3e-6, 2), (5.500001, 5)], [0.5, 0.3])  # the second rounds to pixel 6
+    parity = compare_postprocessed(reference, other, torch.zeros(1), 1e-4,
+                                   post=_fake_post(heatmap, subpixel_radius=1))
+    assert parity.agreement == 1.0 and (parity.near_ties, parity.unexplained) == (0, 0)
+    assert parity.errors["keypoints"] == pytest.approx(3e-6, rel=0.1)
 
 
 def test_parity_fails_on_a_point_that_no_tie_explains():

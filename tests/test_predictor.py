@@ -12,8 +12,14 @@ from detkd.export.onnx import export_onnx, photo_batch
 from detkd.models.pretrained import default_keypoint_teacher_path
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def same_points(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same key points in the same order; sub-pixel positions may differ in the last float bit
+    (the refinement's convolutions round differently on differently padded inputs)."""
+    return a.shape == b.shape and (a.size == 0 or float(np.abs(a - b).max()) <= 1e-4)
+
 
 
 H, W = 64, 80
@@ -37,7 +43,7 @@ def test_checkpoint_and_onnx_predictors_agree_on_a_real_photo(files):
     from_onnx = Predictor(files["onnx"])(files["photo"])
     assert set(from_pt) == {"keypoints", "scores", "descriptors"}
     assert 10 < len(from_pt["keypoints"]) <= 200
-    assert np.array_equal(from_pt["keypoints"], from_onnx["keypoints"])
+    assert same_points(from_pt["keypoints"], from_onnx["keypoints"])
     assert np.abs(from_pt["scores"] - from_onnx["scores"]).max() < 1e-4
     assert np.abs(from_pt["descriptors"] - from_onnx["descriptors"]).max() < 1e-4
     assert from_pt["descriptors"].shape == (len(from_pt["keypoints"]), 256)
@@ -57,11 +63,11 @@ def test_every_image_type_gives_the_same_result(files):
     ]
     for image in inputs:
         out = predictor(image)
-        assert np.array_equal(out["keypoints"], reference["keypoints"]), type(image)
+        assert same_points(out["keypoints"], reference["keypoints"]), type(image)
         assert np.abs(out["descriptors"] - reference["descriptors"]).max() < 1e-5
     batch = predictor([pixels, files["photo"]])
     assert isinstance(batch, list) and len(batch) == 2
-    assert np.array_equal(batch[1]["keypoints"], reference["keypoints"])
+    assert same_points(batch[1]["keypoints"], reference["keypoints"])
 
 
 def test_pytorch_predictor_equals_extract_on_an_odd_size(files):
@@ -69,11 +75,11 @@ def test_pytorch_predictor_equals_extract_on_an_odd_size(files):
     grey = photo_batch(["rocket"], 1, 61, 77)[0, 0]
     out = Predictor(files["model"])(grey.numpy())
     reference = files["model"].extract(grey[None, None])
-    assert np.array_equal(out["keypoints"], reference["keypoints"][0].numpy())
+    assert same_points(out["keypoints"], reference["keypoints"][0].numpy())
     assert np.abs(out["descriptors"] - reference["descriptors"][0].numpy()).max() < 1e-6
     # The fixed-size ONNX file pads the same image to its 64x80 and agrees.
     onnx = Predictor(files["onnx"])(grey.numpy())
-    assert np.array_equal(onnx["keypoints"], out["keypoints"])
+    assert same_points(onnx["keypoints"], out["keypoints"])
 
 
 def test_fixed_size_onnx_refuses_larger_images_unless_resizing(files):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.export.graph import ExportGraph, Parity, plain, worst_difference
-from detkd.models.superpoint import CELL, SuperPoint, logits_to_heatmap
+from detkd.models.superpoint import CELL, SuperPoint, logits_to_heatmap, subpixel_offsets
 
 #: Output names of each graph, in order.
 POSTPROCESSED_OUTPUTS = ("keypoints", "scores", "descriptors", "num_keypoints")
@@ -51,7 +51,8 @@ class KeypointPostprocess(nn.Module):
 
     Forward: ``image`` ``(B, 1, H, W)`` in ``[0, 1]`` ->
 
-    * ``keypoints`` ``(B, K, 2)`` float32 pixels (x, y), sorted by decreasing score;
+    * ``keypoints`` ``(B, K, 2)`` float32 pixels (x, y), refined as the model's
+      ``subpixel_radius`` says, sorted by decreasing score;
     * ``scores`` ``(B, K)`` heatmap values, ``0`` for padding;
     * ``descriptors`` ``(B, K, D)`` unit vectors, zeros for padding;
     * ``num_keypoints`` ``(B,)`` int64: the first ``num_keypoints[b]`` entries are real.
@@ -67,11 +68,12 @@ class KeypointPostprocess(nn.Module):
         self.nms_radius = int(model.conf["nms_radius"])
         self.threshold = float(model.conf["detection_threshold"])
         self.border = int(model.conf["remove_borders"])
+        self.subpixel_radius = int(model.conf["subpixel_radius"])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.model(image)
         keypoints, scores, valid = topk_keypoints(
-            out["heatmap"], self.nms_radius, self.threshold, self.border, self.max_keypoints
+            out["heatmap"], self.nms_radius, self.threshold, self.border, self.max_keypoints, self.subpixel_radius
         )
         descriptors = sample_descriptors_traceable(keypoints, out["descriptors"]) * valid[..., None]
         return keypoints, scores, descriptors, valid.sum(dim=1)
@@ -99,13 +101,14 @@ class KeypointRawHeads(nn.Module):
 
 
 def topk_keypoints(
-    heatmap: torch.Tensor, nms_radius: int, threshold: float, border: int, k: int
+    heatmap: torch.Tensor, nms_radius: int, threshold: float, border: int, k: int, subpixel_radius: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``k`` best local maxima of a heatmap, padded to exactly ``k``.
 
-    Same selection as :func:`detkd.models.superpoint.detect_keypoints` (NMS by max-pooling,
-    ``> threshold``, ``border`` pixels dropped on each side), written with ops that export
-    to ONNX with dynamic ``H``/``W`` (no data-dependent shapes).
+    Same selection and refinement as :func:`detkd.models.superpoint.detect_keypoints` (NMS
+    by max-pooling, ``> threshold``, ``border`` pixels dropped on each side, sub-pixel
+    offsets), written with ops that export to ONNX with dynamic ``H``/``W`` (no
+    data-dependent shapes).
 
     Args:
         heatmap: ``(B, H, W)`` probabilities.
@@ -131,7 +134,12 @@ def topk_keypoints(
     valid = scores > 0
     x = torch.remainder(index, width)
     y = torch.div(index, width, rounding_mode="floor")
-    keypoints = torch.stack([x, y], dim=-1).to(heatmap.dtype) * valid[..., None]
+    keypoints = torch.stack([x, y], dim=-1).to(heatmap.dtype)
+    if subpixel_radius > 0:
+        offsets = subpixel_offsets(heatmap, subpixel_radius).flatten(2)  # (B, 2, H*W)
+        index = index.clamp(max=offsets.shape[-1] - 1)  # padding slots point past the image
+        keypoints = keypoints + torch.gather(offsets, 2, index[:, None].expand(-1, 2, -1)).transpose(1, 2)
+    keypoints = keypoints * valid[..., None]
     return keypoints, scores, valid
 
 
@@ -187,7 +195,9 @@ def keypoint_graph(model: SuperPoint, raw_heads: bool = False, max_keypoints: in
                 "num_keypoints": {0: "batch"}}
         spec = {
             "keypoints": f"(B, {k}, 2) float32 pixels (x, y), centre of the top-left pixel = (0, 0), "
-                         "sorted by decreasing score; entries past num_keypoints are padding (0, 0)",
+                         + (f"sub-pixel (heatmap centre of mass within {post.subpixel_radius} px), "
+                            if post.subpixel_radius else "whole pixels, ")
+                         + "sorted by decreasing score; entries past num_keypoints are padding (0, 0)",
             "scores": f"(B, {k}) heatmap value of each key point, 0 for padding",
             "descriptors": f"(B, {k}, {dim}) unit descriptors, zeros for padding",
             "num_keypoints": "(B,) int64 number of real key points per image",
@@ -218,40 +228,40 @@ def compare_postprocessed(
 ) -> Parity:
     """Parity of post-processed outputs, robust to rounding at the decisions.
 
-    Key points are whole pixels, so each image's two sets are matched exactly by pixel;
-    ``agreement`` is their intersection over union, and the score and descriptor errors are
-    the worst over the points both runtimes found. A point found by one runtime only is a
-    *near-tie* when PyTorch's heatmap shows that its selection hung on values closer than
-    ``tolerance`` (at the threshold, at the k-th best score, or against a neighbour in the
-    NMS window), otherwise it is *unexplained* (a failed export).
+    Each image's two sets are matched by the pixel each point was selected at (the local
+    maximum of the heatmap nearest to the point; sub-pixel offsets move a point by less than
+    the NMS radius); ``agreement`` is their intersection over union, and the position, score
+    and descriptor errors are the worst over the points both runtimes found. A point found
+    by one runtime only is a *near-tie* when PyTorch's heatmap shows that its selection hung
+    on values closer than ``tolerance`` (at the threshold, at the k-th best score, or against
+    a neighbour in the NMS window), otherwise it is *unexplained* (a failed export).
     """
     kp_r, sc_r, de_r, n_r = reference
     kp_o, sc_o, de_o, n_o = other
     if kp_r.shape != kp_o.shape:
         raise ValueError(f"keypoints shapes differ: PyTorch {kp_r.shape}, ONNX Runtime {kp_o.shape}")
-    score_err, desc_err, common, union, near, unexplained = 0.0, 0.0, 0, 0, 0, 0
-    heatmaps = None
+    point_err, score_err, desc_err, common, union, near, unexplained = 0.0, 0.0, 0.0, 0, 0, 0, 0
+    with torch.inference_mode():
+        heatmaps = post.model(batch)["heatmap"].numpy()
     for b in range(kp_r.shape[0]):
-        ids_r = _pixel_ids(kp_r[b, : int(n_r[b])])
-        ids_o = _pixel_ids(kp_o[b, : int(n_o[b])])
+        ids_r = _pixel_ids(kp_r[b, : int(n_r[b])], heatmaps[b], post.subpixel_radius)
+        ids_o = _pixel_ids(kp_o[b, : int(n_o[b])], heatmaps[b], post.subpixel_radius)
         shared, idx_r, idx_o = np.intersect1d(ids_r, ids_o, assume_unique=True, return_indices=True)
         only = np.setxor1d(ids_r, ids_o, assume_unique=True)
         common += len(shared)
         union += len(shared) + len(only)
         if len(shared):
+            point_err = max(point_err, worst_difference(kp_r[b, idx_r], kp_o[b, idx_o]))
             score_err = max(score_err, worst_difference(sc_r[b, idx_r], sc_o[b, idx_o]))
             desc_err = max(desc_err, worst_difference(de_r[b, idx_r], de_o[b, idx_o]))
         if len(only):
-            if heatmaps is None:
-                with torch.inference_mode():
-                    heatmaps = post.model(batch)["heatmap"].numpy()
             kth = min(_kth_score(sc_r[b], n_r[b], post.max_keypoints), _kth_score(sc_o[b], n_o[b], post.max_keypoints))
             ties = sum(_near_tie(heatmaps[b], int(i), post, kth, tolerance) for i in only)
             near += ties
             unexplained += len(only) - ties
     agreement = common / union if union else 1.0
-    return Parity({"scores": score_err, "descriptors": desc_err}, {"scores": "abs", "descriptors": "abs"},
-                  agreement, near, unexplained)
+    return Parity({"keypoints": point_err, "scores": score_err, "descriptors": desc_err},
+                  {"keypoints": "abs", "scores": "abs", "descriptors": "abs"}, agreement, near, unexplained)
 
 
 def _kth_score(scores: np.ndarray, count: np.ndarray, k: int) -> float:
@@ -274,7 +284,21 @@ def _near_tie(heatmap: np.ndarray, pixel_id: int, post: KeypointPostprocess, kth
     return False
 
 
-def _pixel_ids(keypoints: np.ndarray) -> np.ndarray:
-    """One integer per key point (``y * 2**20 + x``); key points are whole pixels."""
+def _pixel_ids(keypoints: np.ndarray, heatmap: np.ndarray, subpixel_radius: int) -> np.ndarray:
+    """One integer per key point (``y * 2**20 + x``) for the pixel it was selected at.
+
+    Whole-pixel points are their own pixel. A refined point lies within ``subpixel_radius``
+    of its pixel, which is the largest heatmap value in that window around the rounded point
+    (it is a local maximum over the larger NMS window).
+    """
     rounded = np.rint(keypoints).astype(np.int64)
+    if subpixel_radius > 0 and len(rounded):
+        r = subpixel_radius
+        h, w = heatmap.shape
+        padded = np.pad(heatmap, r, constant_values=-np.inf)
+        offsets = np.stack(np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="xy"), -1).reshape(-1, 2)
+        x = np.clip(rounded[:, :1], 0, w - 1) + offsets[None, :, 0]
+        y = np.clip(rounded[:, 1:], 0, h - 1) + offsets[None, :, 1]
+        best = padded[y + r, x + r].argmax(axis=1)
+        rounded = np.stack([x[np.arange(len(x)), best], y[np.arange(len(y)), best]], -1)
     return rounded[:, 1] * (1 << 20) + rounded[:, 0]

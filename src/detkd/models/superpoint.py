@@ -59,6 +59,7 @@ class SuperPoint(nn.Module):
         "detection_threshold": 0.015,  # on the softmax heatmap
         "remove_borders": 4,  # pixels
         "max_keypoints": 1024,  # per image; -1 keeps all
+        "subpixel_radius": 2,  # soft-argmax refinement window (pixels each side); 0: whole pixels
     }
 
     def __init__(self, **conf: Any) -> None:
@@ -130,13 +131,15 @@ class SuperPoint(nn.Module):
         Args:
             image: ``(B, 1, H, W)`` / ``(B, 3, H, W)`` / ``(H, W)`` in ``[0, 1]``, any size.
             overrides: post-processing options for this call (``nms_radius``,
-                ``detection_threshold``, ``remove_borders``, ``max_keypoints``).
+                ``detection_threshold``, ``remove_borders``, ``max_keypoints``,
+                ``subpixel_radius``).
 
         Returns:
             Lists with one entry per image: ``keypoints`` ``(N, 2)`` pixels (x, y),
             ``scores`` ``(N,)`` heatmap values, ``descriptors`` ``(N, D)`` unit vectors.
         """
-        bad = set(overrides) - {"nms_radius", "detection_threshold", "remove_borders", "max_keypoints"}
+        bad = set(overrides) - {"nms_radius", "detection_threshold", "remove_borders", "max_keypoints",
+                                "subpixel_radius"}
         if bad:
             raise ValueError(f"extract() does not take {sorted(bad)}")
         conf = {**self.conf, **overrides}
@@ -153,6 +156,7 @@ class SuperPoint(nn.Module):
             threshold=conf["detection_threshold"],
             border=conf["remove_borders"],
             max_keypoints=conf["max_keypoints"],
+            subpixel_radius=conf["subpixel_radius"],
         )
         descriptors = [
             sample_descriptors(kp[None], d[None])[0] for kp, d in zip(keypoints, out["descriptors"])
@@ -195,8 +199,9 @@ def detect_keypoints(
     threshold: float = 0.015,
     border: int = 4,
     max_keypoints: int = -1,
+    subpixel_radius: int = 0,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Key points from a heatmap: NMS, threshold, border removal, top-k.
+    """Key points from a heatmap: NMS, threshold, border removal, top-k, sub-pixel refinement.
 
     Args:
         heatmap: ``(B, H, W)`` probabilities.
@@ -204,6 +209,8 @@ def detect_keypoints(
         threshold: minimum heatmap value.
         border: pixels to drop along each edge.
         max_keypoints: keep the best ``k`` per image (``-1``: all).
+        subpixel_radius: move each kept pixel by :func:`subpixel_offsets` with this radius
+            (``0``: whole pixels). Selection and scores do not change.
 
     Returns:
         ``keypoints`` list of ``(N_b, 2)`` float (x, y) pixels, sorted by decreasing score,
@@ -217,6 +224,7 @@ def detect_keypoints(
         inner = torch.zeros_like(keep)
         inner[:, border : h - border, border : w - border] = True
         keep &= inner
+    offsets = subpixel_offsets(heatmap, subpixel_radius) if subpixel_radius > 0 else None
     keypoints, scores = [], []
     for i in range(b):
         ys, xs = torch.nonzero(keep[i], as_tuple=True)
@@ -224,9 +232,41 @@ def detect_keypoints(
         order = torch.argsort(s, descending=True)
         if max_keypoints >= 0:
             order = order[:max_keypoints]
-        keypoints.append(torch.stack([xs[order], ys[order]], dim=-1).to(heatmap.dtype))
+        ys, xs = ys[order], xs[order]
+        points = torch.stack([xs, ys], dim=-1).to(heatmap.dtype)
+        if offsets is not None:
+            points = points + offsets[i, :, ys, xs].T
+        keypoints.append(points)
         scores.append(s[order])
     return keypoints, scores
+
+
+def subpixel_offsets(heatmap: torch.Tensor, radius: int) -> torch.Tensor:
+    """Soft-argmax offset of every pixel's ``(2r+1)^2`` neighbourhood, weighted by the heatmap.
+
+    For pixel ``p`` the offset is ``sum_d h(p + d) d / sum_d h(p + d)`` over ``d`` in
+    ``[-r, r]^2``: the heatmap's centre of mass around ``p`` (outside the image counts as 0).
+    Dense (three small convolutions) so that the same code serves eager use and ONNX graphs.
+    Whole-pixel peaks are only as precise as the heatmap's own grid; the centre of mass
+    recovers the part of a corner's position that the network spreads over neighbours.
+
+    Args:
+        heatmap: ``(B, H, W)`` non-negative scores.
+        radius: ``r`` in pixels, ``>= 1``.
+
+    Returns:
+        ``(B, 2, H, W)`` offsets (dx, dy) in pixels, each within ``[-r, r]``.
+    """
+    if heatmap.dim() != 3:
+        raise ValueError(f"heatmap must be (B, H, W), got {tuple(heatmap.shape)}")
+    if radius < 1:
+        raise ValueError(f"subpixel radius must be >= 1 pixel, got {radius}")
+    d = torch.arange(-radius, radius + 1, dtype=heatmap.dtype, device=heatmap.device)
+    size = 2 * radius + 1
+    ones = torch.ones(size, size, dtype=heatmap.dtype, device=heatmap.device)
+    kernels = torch.stack([ones, ones * d[None, :], ones * d[:, None]])[:, None]  # mass, x-moment, y-moment
+    moments = F.conv2d(heatmap[:, None], kernels, padding=radius)
+    return moments[:, 1:] / moments[:, :1].clamp_min(torch.finfo(heatmap.dtype).tiny)
 
 
 def sample_descriptors(keypoints: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
