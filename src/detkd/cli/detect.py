@@ -72,6 +72,10 @@ def detect() -> None:
       detkd detect distill --teacher runs/teacher/model.pt --student retinanet_tiny_fpn \\
                            --method gid --data data/shapes/data.yaml --out runs/gid
       detkd detect evaluate --model runs/gid/student.pt --data data/shapes/data.yaml --plot gid.png
+      # run the teacher once per fixed view, then distil (and distil again) from its stored outputs
+      detkd detect cache-teacher --teacher runs/teacher/model.pt --data data/shapes/data.yaml --cache runs/cache
+      detkd detect distill --teacher runs/teacher/model.pt --student retinanet_tiny_fpn \\
+                           --data data/shapes/data.yaml --teacher-cache runs/cache --out runs/gid_cached
     """
 
 
