@@ -243,6 +243,7 @@ def build_keypoint_teacher_cache(
                     })
         finally:
             teacher.to(home)  # the caller's teacher stays where it was (e.g. on the CPU for evaluation)
+    cache.verify()
     total = len(views.all_views())
     return CacheBuildReport(
         Path(folder), total, len(todo), total - len(todo),
