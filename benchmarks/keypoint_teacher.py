@@ -83,7 +83,7 @@ SHAPES_SEED = 10_000  # never a training seed (teacher training uses seed 0)
 SHAPES_SIZE = (120, 160)
 QUICK = {"size": (120, 160), "pairs_per_image": 1, "max_keypoints": 150, "photos": 2, "tiles": 2,
          "shape_images": 8}
-FULL = {"size": (240, 320), "pairs_per_image": 4, "max_keypoints": 500, "photos": None, "tiles": None,
+FULL = {"size": (240, 320), "pairs_per_image": 10, "max_keypoints": 500, "photos": None, "tiles": None,
         "shape_images": 200}
 
 
