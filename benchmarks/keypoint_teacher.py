@@ -115,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tile", type=int, default=480, help="tree tile side in pixels, as for teacher training (default 480)")
     parser.add_argument("--threads", type=int, default=None, help="torch / OpenCV CPU threads (default: library defaults)")
     parser.add_argument("--device", default="cpu", help="torch device for the teacher (default cpu)")
+    parser.add_argument("--subpixel-radius", type=int, default=None,
+                        help="override the networks' sub-pixel refinement radius (0: whole pixels; "
+                             "default: each model's own, 2 px for detkd's models)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke test: {QUICK['photos']} photos + {QUICK['tiles']} tiles, 1 pair each, "
                              f"{QUICK['size'][0]}x{QUICK['size'][1]}, {QUICK['shape_images']} shapes; writes keypoint_teacher_quick.*")
@@ -340,12 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     if not teacher_path.is_file():
         raise FileNotFoundError(f"--teacher '{teacher_path}' does not exist")
     teacher = load_keypoint_model(teacher_path, map_location=args.device)
+    if args.subpixel_radius is not None:
+        teacher.conf["subpixel_radius"] = args.subpixel_radius
     model_info = {"teacher": describe_model(teacher_path, teacher)}
     magicpoint = None
     if args.magicpoint is not None:
         if not args.magicpoint.is_file():
             raise FileNotFoundError(f"--magicpoint '{args.magicpoint}' does not exist")
         magicpoint = load_keypoint_model(args.magicpoint, map_location=args.device)
+        if args.subpixel_radius is not None:
+            magicpoint.conf["subpixel_radius"] = args.subpixel_radius
         model_info["MagicPoint"] = describe_model(args.magicpoint, magicpoint)
     models = {"teacher": teacher, "SIFT": OpenCVFeatures("sift", args.max_keypoints),
               "ORB": OpenCVFeatures("orb", args.max_keypoints)}
@@ -384,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.platform()}",
         f"- Code: git {_git_commit() or 'unknown'}",
         f"- Teacher: `{teacher_path}` (sha256 {model_info['teacher']['sha256'][:16]}, "
-        f"{model_info['teacher']['parameters']:,} parameters, meta {model_info['teacher']['meta']})",
+        f"{model_info['teacher']['parameters']:,} parameters, meta {model_info['teacher']['meta']}, "
+        f"sub-pixel refinement radius {teacher.conf['subpixel_radius']} px)",
     ]
     if magicpoint is not None:
         info = model_info["MagicPoint"]
