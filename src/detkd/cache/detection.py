@@ -57,16 +57,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from detkd.cache.fingerprint import array_digest, file_digest, module_checksum
 from detkd.cache.store import CacheBuildReport, CacheField, TeacherCacheError, TeacherOutputCache
+from detkd.cache.views import TEACHER_PREFIX, CachedViews
 from detkd.data.detection.stream import DetectionStream
-from detkd.engine.task import StreamDataset
 from detkd.models.detection.outputs import DetectorOutputs
 
 if TYPE_CHECKING:
     from detkd.models.detection import DetectorAdapter
 
 CACHEABLE_FAMILIES = ("retinanet", "fcos")
-#: Batch keys of cached fields: ``teacher_<field>`` (e.g. ``teacher_cls_logits``).
-TEACHER_PREFIX = "teacher_"
 
 
 @dataclass
@@ -248,7 +246,7 @@ def record_digest(record: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------ cached stream
-class CachedDetectorViews(StreamDataset):
+class CachedDetectorViews(CachedViews):
     """``K`` fixed views per image with the teacher's cached outputs, as an endless stream.
 
     Sample ``k`` is view ``(k // N) mod K`` of image ``source_index(k)`` (``N`` images, one
@@ -265,23 +263,16 @@ class CachedDetectorViews(StreamDataset):
         views_per_image: ``K``.
     """
 
+    cache_command = "detkd detect cache-teacher"
+
     def __init__(
         self, stream: DetectionStream, cache: TeacherOutputCache, layout: DetectorLayout, views_per_image: int
     ) -> None:
-        super().__init__(stream.seed)
-        if views_per_image < 1:
-            raise ValueError(f"views_per_image must be >= 1, got {views_per_image}")
-        self.stream, self.cache, self.layout, self.views_per_image = stream, cache, layout, views_per_image
-        self._digests: dict[int, str] = {}
+        super().__init__(stream, cache, views_per_image)
+        self.layout = layout
 
-    def num_items(self) -> int:
-        return self.stream.num_items()
-
-    def image_digest(self, item: int) -> str:
-        digest = self._digests.get(item)
-        if digest is None:
-            digest = self._digests[item] = record_digest(self.stream.records[item])
-        return digest
+    def content_digest(self, item: int) -> str:
+        return record_digest(self.stream.records[item])
 
     def image_name(self, item: int) -> str:
         """The file (and tile window) of image ``item``, or its id for in-memory images, for messages."""
@@ -289,39 +280,6 @@ class CachedDetectorViews(StreamDataset):
         if record.path is None:
             return record.name
         return f"{record.path}" + (f" window {record.window}" if record.window is not None else "")
-
-    def view_key(self, item: int, view: int) -> str:
-        return f"{self.image_digest(item)}/{view}"
-
-    def view(self, item: int, view: int) -> dict[str, Tensor]:
-        """The stream's sample for view ``view`` of image ``item``; a function of content and settings, not order."""
-        rng = np.random.default_rng([self.seed, 104729, view, int(self.image_digest(item)[:16], 16)])
-        return self.stream.make_sample(item, rng)
-
-    def all_views(self) -> list[tuple[int, int]]:
-        return [(item, view) for item in range(self.num_items()) for view in range(self.views_per_image)]
-
-    def missing_views(self) -> list[tuple[int, int]]:
-        """``(item, view)`` pairs the cache has no outputs for."""
-        return [(i, v) for i, v in self.all_views() if self.view_key(i, v) not in self.cache]
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        if k < 0:
-            raise IndexError(k)
-        item = self.source_index(k)
-        view = (k // self.num_items()) % self.views_per_image
-        key = self.view_key(item, view)
-        if key not in self.cache:
-            raise TeacherCacheError(
-                f"The teacher cache in '{self.cache.folder}' has no outputs for view {view} of "
-                f"{self.image_name(item)} (content {key.split('/')[0][:12]}): the image is new or changed since "
-                "the cache was built, or views_per_image grew. Run 'detkd detect cache-teacher' with this "
-                "config to add the missing views."
-            )
-        sample = self.view(item, view)
-        for name, array in self.cache.read(key).items():
-            sample[TEACHER_PREFIX + name] = torch.from_numpy(array)
-        return sample
 
 
 class _ViewImages(Dataset):

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from detkd.cache.fingerprint import array_digest, file_digest, module_checksum
-from detkd.cache.store import CacheBuildReport, CacheField, TeacherCacheError, TeacherOutputCache
+from detkd.cache.store import CacheBuildReport, CacheField, TeacherOutputCache
+from detkd.cache.views import CachedViews
 from detkd.data.keypoint_training import UnlabeledImageStream
-from detkd.engine.task import StreamDataset
 from detkd.models.superpoint import CELL, SuperPoint, logits_to_heatmap
 
 DESCRIPTOR_ENCODINGS = ("float16", "int8")
@@ -117,7 +117,7 @@ def open_keypoint_cache(
     return TeacherOutputCache(folder, fingerprint, fields, create=create)
 
 
-class CachedTeacherViews(StreamDataset):
+class CachedTeacherViews(CachedViews):
     """``K`` fixed views per image with the teacher's cached outputs, as an endless stream.
 
     Sample ``k`` is view ``(k // N) mod K`` of image ``source_index(k)`` (``N`` images, one
@@ -130,62 +130,19 @@ class CachedTeacherViews(StreamDataset):
         views_per_image: ``K``.
     """
 
+    cache_command = "detkd keypoints cache-teacher"
+
     def __init__(self, stream: UnlabeledImageStream, cache: TeacherOutputCache, views_per_image: int) -> None:
-        super().__init__(stream.seed)
-        if views_per_image < 1:
-            raise ValueError(f"views_per_image must be >= 1, got {views_per_image}")
-        self.stream, self.cache, self.views_per_image = stream, cache, views_per_image
-        self._digests: dict[int, str] = {}
+        super().__init__(stream, cache, views_per_image)
 
-    def num_items(self) -> int:
-        return self.stream.num_items()
-
-    def image_digest(self, item: int) -> str:
+    def content_digest(self, item: int) -> str:
         """Content digest of image ``item`` (its file's bytes, or the array's values)."""
-        digest = self._digests.get(item)
-        if digest is None:
-            source = self.stream.sources[item]
-            digest = array_digest(source) if isinstance(source, np.ndarray) else file_digest(source)
-            self._digests[item] = digest
-        return digest
+        source = self.stream.sources[item]
+        return array_digest(source) if isinstance(source, np.ndarray) else file_digest(source)
 
     def image_name(self, item: int) -> str:
         source = self.stream.sources[item]
         return f"array #{item}" if isinstance(source, np.ndarray) else str(source)
-
-    def view_key(self, item: int, view: int) -> str:
-        return f"{self.image_digest(item)}/{view}"
-
-    def view(self, item: int, view: int) -> dict[str, torch.Tensor]:
-        """The pixels of view ``view`` of image ``item``: ``{"image": (1, H, W)}``; a function of content, not order."""
-        rng = np.random.default_rng([self.seed, 104729, view, int(self.image_digest(item)[:16], 16)])
-        return self.stream.make_sample(item, rng)
-
-    def all_views(self) -> list[tuple[int, int]]:
-        return [(item, view) for item in range(self.num_items()) for view in range(self.views_per_image)]
-
-    def missing_views(self) -> list[tuple[int, int]]:
-        """``(item, view)`` pairs the cache has no outputs for."""
-        return [(i, v) for i, v in self.all_views() if self.view_key(i, v) not in self.cache]
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        if k < 0:
-            raise IndexError(k)
-        item = self.source_index(k)
-        view = (k // self.num_items()) % self.views_per_image
-        key = self.view_key(item, view)
-        if key not in self.cache:
-            raise TeacherCacheError(
-                f"The teacher cache in '{self.cache.folder}' has no outputs for view {view} of "
-                f"{self.image_name(item)} (content {key.split('/')[0][:12]}): the image is new or changed since "
-                "the cache was built, or views_per_image grew. Run 'detkd keypoints cache-teacher' with this "
-                "config to add the missing views."
-            )
-        cached = self.cache.read(key)
-        sample = self.view(item, view)
-        sample["teacher_logits"] = torch.from_numpy(cached["logits"])
-        sample["teacher_descriptors"] = torch.from_numpy(cached["descriptors"])
-        return sample
 
 
 class _ViewList(Dataset):

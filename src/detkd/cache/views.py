@@ -1,0 +1,95 @@
+"""``K`` fixed augmented views per image with the teacher's cached outputs, as an endless stream.
+
+Both pillars train from a cache the same way: view ``v`` of an image is drawn from a seed made of
+the stream's seed, ``v`` and the image's content digest (so it does not depend on order or file
+name), and the cache entry of that view is keyed ``"<content digest>/<v>"``. A pillar says how to
+digest and name its images and which command fills a cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from detkd.cache.store import TeacherCacheError, TeacherOutputCache
+from detkd.engine.task import StreamDataset
+
+#: Prefix of the teacher's fields in a sample (``teacher_logits``, ``teacher_features_0``, ...).
+TEACHER_PREFIX = "teacher_"
+
+
+class CachedViews(StreamDataset):
+    """Sample ``k`` is view ``(k // N) mod K`` of image ``source_index(k)`` (``N`` images, one
+    shuffled pass per epoch): the stream's sample for that view plus ``teacher_<field>`` for every
+    cached field.
+
+    Args:
+        stream: the training images and view settings; it has ``seed``, ``num_items()`` and
+            ``make_sample(item, rng)``.
+        cache: an opened cache whose fingerprint covers the teacher and the view settings.
+        views_per_image: ``K``.
+    """
+
+    #: The command that adds missing views, named in errors.
+    cache_command = "detkd ... cache-teacher"
+
+    def __init__(self, stream: Any, cache: TeacherOutputCache, views_per_image: int) -> None:
+        super().__init__(stream.seed)
+        if views_per_image < 1:
+            raise ValueError(f"views_per_image must be >= 1, got {views_per_image}")
+        self.stream, self.cache, self.views_per_image = stream, cache, views_per_image
+        self._digests: dict[int, str] = {}
+
+    # -------------------------------------------------------------- what a pillar provides
+    def content_digest(self, item: int) -> str:
+        """Digest of what image ``item`` shows (hex)."""
+        raise NotImplementedError
+
+    def image_name(self, item: int) -> str:
+        """Where image ``item`` comes from, for messages."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- shared
+    def num_items(self) -> int:
+        return self.stream.num_items()
+
+    def image_digest(self, item: int) -> str:
+        digest = self._digests.get(item)
+        if digest is None:
+            digest = self._digests[item] = self.content_digest(item)
+        return digest
+
+    def view_key(self, item: int, view: int) -> str:
+        return f"{self.image_digest(item)}/{view}"
+
+    def view(self, item: int, view: int) -> dict[str, Any]:
+        """The stream's sample for view ``view`` of image ``item``; a function of content and settings, not order."""
+        rng = np.random.default_rng([self.seed, 104729, view, int(self.image_digest(item)[:16], 16)])
+        return self.stream.make_sample(item, rng)
+
+    def all_views(self) -> list[tuple[int, int]]:
+        return [(item, view) for item in range(self.num_items()) for view in range(self.views_per_image)]
+
+    def missing_views(self) -> list[tuple[int, int]]:
+        """``(item, view)`` pairs the cache has no outputs for."""
+        return [(i, v) for i, v in self.all_views() if self.view_key(i, v) not in self.cache]
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        if k < 0:
+            raise IndexError(k)
+        item = self.source_index(k)
+        view = (k // self.num_items()) % self.views_per_image
+        key = self.view_key(item, view)
+        if key not in self.cache:
+            raise TeacherCacheError(
+                f"The teacher cache in '{self.cache.folder}' has no outputs for view {view} of "
+                f"{self.image_name(item)} (content {key.split('/')[0][:12]}): the image is new or changed since "
+                f"the cache was built, or views_per_image grew. Run '{self.cache_command}' with this "
+                "config to add the missing views."
+            )
+        sample = self.view(item, view)
+        for name, array in self.cache.read(key).items():
+            sample[TEACHER_PREFIX + name] = torch.from_numpy(array)
+        return sample
