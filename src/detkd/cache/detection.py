@@ -53,7 +53,6 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
 from detkd.cache.fingerprint import array_digest, file_digest, module_checksum
 from detkd.cache.store import CacheBuildReport, CacheField, TeacherCacheError, TeacherOutputCache
@@ -282,20 +281,6 @@ class CachedDetectorViews(CachedViews):
         return f"{record.path}" + (f" window {record.window}" if record.window is not None else "")
 
 
-class _ViewImages(Dataset):
-    """The pixels of the views a cache build still has to compute, with their keys."""
-
-    def __init__(self, views: CachedDetectorViews, todo: list[tuple[int, int]]) -> None:
-        self.views, self.todo = views, todo
-
-    def __len__(self) -> int:
-        return len(self.todo)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item, view = self.todo[index]
-        return {"image": self.views.view(item, view)["image"], "key": self.views.view_key(item, view)}
-
-
 def build_detector_teacher_cache(
     teacher: "DetectorAdapter",
     stream: DetectionStream,
@@ -320,27 +305,7 @@ def build_detector_teacher_cache(
     began = time.perf_counter()
     cache, layout = open_detector_cache(folder, teacher, stream, class_names)
     views = CachedDetectorViews(stream, cache, layout, views_per_image)
-    todo = views.missing_views()
-    device = torch.device(device)
-    if todo:
-        from tqdm.auto import tqdm
-
-        loader = DataLoader(_ViewImages(views, todo), batch_size=batch_size, num_workers=num_workers,
-                            pin_memory=device.type == "cuda")
-        home, was_training = next(teacher.parameters()).device, teacher.training
-        teacher.eval().to(device)
-        try:
-            with cache.writer(len(todo)) as writer, torch.inference_mode():
-                for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
-                    writer.add(batch["key"], encode_detector_outputs(teacher(batch["image"].to(device))))
-        finally:
-            teacher.to(home).train(was_training)  # the caller's teacher stays as it was
-    cache.verify()
-    total = len(views.all_views())
-    return CacheBuildReport(
-        Path(folder), total, len(todo), total - len(todo),
-        total * cache.nbytes_per_entry() / 2**20, time.perf_counter() - began,
-    )
+    return views.fill(teacher, encode_detector_outputs, batch_size, device, num_workers, progress, started=began)
 
 
 def cached_detector_stream(

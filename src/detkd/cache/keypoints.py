@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 from detkd.cache.fingerprint import array_digest, file_digest, module_checksum
 from detkd.cache.store import CacheBuildReport, CacheField, TeacherOutputCache
@@ -145,20 +144,6 @@ class CachedTeacherViews(CachedViews):
         return f"array #{item}" if isinstance(source, np.ndarray) else str(source)
 
 
-class _ViewList(Dataset):
-    """The views a cache build still has to compute."""
-
-    def __init__(self, views: CachedTeacherViews, todo: list[tuple[int, int]]) -> None:
-        self.views, self.todo = views, todo
-
-    def __len__(self) -> int:
-        return len(self.todo)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item, view = self.todo[index]
-        return {**self.views.view(item, view), "key": self.views.view_key(item, view)}
-
-
 def build_keypoint_teacher_cache(
     teacher: SuperPoint,
     stream: UnlabeledImageStream,
@@ -179,33 +164,13 @@ def build_keypoint_teacher_cache(
         TeacherCacheError: the folder holds a cache of another teacher or other view settings.
     """
     began = time.perf_counter()
-    cache = open_keypoint_cache(folder, teacher, stream, descriptors)
-    views = CachedTeacherViews(stream, cache, views_per_image)
-    todo = views.missing_views()
-    device = torch.device(device)
-    if todo:
-        from tqdm.auto import tqdm
+    views = CachedTeacherViews(stream, open_keypoint_cache(folder, teacher, stream, descriptors), views_per_image)
 
-        loader = DataLoader(_ViewList(views, todo), batch_size=batch_size, num_workers=num_workers,
-                            pin_memory=device.type == "cuda")
-        home = next(teacher.parameters()).device
-        teacher.eval().to(device)
-        try:
-            with cache.writer(len(todo)) as writer, torch.inference_mode():
-                for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
-                    out = teacher(batch["image"].to(device, non_blocking=True))
-                    writer.add(batch["key"], {
-                        "logits": out["logits"].to(torch.float16).cpu().numpy(),
-                        "descriptors": encode_descriptors(out["descriptors"], descriptors),
-                    })
-        finally:
-            teacher.to(home)  # the caller's teacher stays where it was (e.g. on the CPU for evaluation)
-    cache.verify()
-    total = len(views.all_views())
-    return CacheBuildReport(
-        Path(folder), total, len(todo), total - len(todo),
-        total * cache.nbytes_per_entry() / 2**20, time.perf_counter() - began,
-    )
+    def encode(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {"logits": out["logits"].to(torch.float16).cpu().numpy(),
+                "descriptors": encode_descriptors(out["descriptors"], descriptors)}
+
+    return views.fill(teacher, encode, batch_size, device, num_workers, progress, started=began)
 
 
 def cached_teacher_stream(

@@ -3,17 +3,20 @@
 Both pillars train from a cache the same way: view ``v`` of an image is drawn from a seed made of
 the stream's seed, ``v`` and the image's content digest (so it does not depend on order or file
 name), and the cache entry of that view is keyed ``"<content digest>/<v>"``. A pillar says how to
-digest and name its images and which command fills a cache.
+digest and name its images, which command fills a cache and how to encode its teacher's outputs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from detkd.cache.store import TeacherCacheError, TeacherOutputCache
+from detkd.cache.store import CacheBuildReport, TeacherCacheError, TeacherOutputCache
 from detkd.engine.task import StreamDataset
 
 #: Prefix of the teacher's fields in a sample (``teacher_logits``, ``teacher_features_0``, ...).
@@ -93,3 +96,56 @@ class CachedViews(StreamDataset):
         for name, array in self.cache.read(key).items():
             sample[TEACHER_PREFIX + name] = torch.from_numpy(array)
         return sample
+
+    def fill(
+        self,
+        teacher: nn.Module,
+        encode: Callable[[Any], dict[str, np.ndarray]],
+        batch_size: int,
+        device: str | torch.device = "cpu",
+        num_workers: int = 0,
+        progress: bool = True,
+        started: float | None = None,
+    ) -> CacheBuildReport:
+        """Run ``teacher`` on every view the cache lacks, store ``encode(outputs)``, then check the folder.
+
+        The teacher runs in eval mode under ``torch.inference_mode`` (no autograd graph) on
+        ``device`` and is handed back where and as it was. ``started``: when the build began
+        (``time.perf_counter()``), for the report; default now.
+        """
+        began = time.perf_counter() if started is None else started
+        todo = self.missing_views()
+        device = torch.device(device)
+        if todo:
+            from tqdm.auto import tqdm
+
+            loader = DataLoader(_MissingViews(self, todo), batch_size=batch_size, num_workers=num_workers,
+                                pin_memory=device.type == "cuda")
+            home, was_training = next(teacher.parameters()).device, teacher.training
+            teacher.eval().to(device)
+            try:
+                with self.cache.writer(len(todo)) as writer, torch.inference_mode():
+                    for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
+                        writer.add(batch["key"], encode(teacher(batch["image"].to(device, non_blocking=True))))
+            finally:
+                teacher.to(home).train(was_training)  # the caller's teacher stays as it was
+        self.cache.verify()
+        total = len(self.all_views())
+        return CacheBuildReport(
+            self.cache.folder, total, len(todo), total - len(todo),
+            total * self.cache.nbytes_per_entry() / 2**20, time.perf_counter() - began,
+        )
+
+
+class _MissingViews(Dataset):
+    """The pixels of the views a cache build still has to compute, with their keys."""
+
+    def __init__(self, views: CachedViews, todo: list[tuple[int, int]]) -> None:
+        self.views, self.todo = views, todo
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item, view = self.todo[index]
+        return {"image": self.views.view(item, view)["image"], "key": self.views.view_key(item, view)}
