@@ -20,26 +20,58 @@ def _detector_names() -> list[str]:
     return list_detectors()
 
 
+def _with(options: list[Callable], func: Callable) -> Callable:
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+#: What the images and their views are: shared by train, distill and cache-teacher.
+_DATA_OPTIONS = [
+    click.option("--data", "data", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="data.yaml: format (coco | voc | yolo), class names, train/val parts (see "
+                      "'detkd detect make-synthetic' for an example). Also: data.config in --config."),
+    click.option("--height", type=int, default=None,
+                 help="Training view height, pixels (multiple of 128). [default: 512]"),
+    click.option("--width", type=int, default=None,
+                 help="Training view width, pixels (multiple of 128). [default: 512]"),
+    click.option("--tile-size", type=int, default=None,
+                 help="Cut large images (orthophotos) into tiles of this many pixels first. [default: off]"),
+    click.option("--skip-bad", is_flag=True, default=None,
+                 help="Leave out bad annotations (boxes with x2 <= x1, outside the image, NaN, unknown "
+                      "classes, missing images), counted and named, instead of stopping at the first."),
+]
+_DATA_KEYS = {"data": "data.config", "height": "data.height", "width": "data.width", "tile_size": "data.tile_size",
+              "skip_bad": "data.skip_bad"}
+
+#: Which images a label-free distillation trains on: shared by distill and cache-teacher.
+_LABEL_FREE_OPTIONS = [
+    click.option("--label-free/--with-labels", default=None,
+                 help="--label-free trains on images without boxes with the distillation losses alone "
+                      "(images: --unlabeled, else data.yaml's 'unlabeled', else the train images). "
+                      "[default: with labels]"),
+    click.option("--unlabeled", multiple=True, type=click.Path(exists=True, file_okay=False),
+                 help="Folder of unlabelled images for --label-free (repeatable)."),
+]
+
+
+def _data_options(func: Callable) -> Callable:
+    return _with(_DATA_OPTIONS, func)
+
+
+def _label_free_options(func: Callable) -> Callable:
+    return _with(_LABEL_FREE_OPTIONS, func)
+
+
 def _run_options(func: Callable) -> Callable:
-    """Options shared by ``train`` and ``distill`` (schedule, size, device)."""
-    options = [
-        click.option("--data", "data", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="data.yaml: format (coco | voc | yolo), class names, train/val parts (see "
-                          "'detkd detect make-synthetic' for an example). Also: data.config in --config."),
+    """Options shared by ``train`` and ``distill`` (data, schedule, size, device)."""
+    return _with([
+        *_DATA_OPTIONS,
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
                      help="Output folder: model, metrics, plots, TensorBoard logs, config.yaml."),
         click.option("--steps", type=int, default=None, help="Optimiser steps in total. [default: 3000]"),
         click.option("--batch-size", type=int, default=None, help="Images per step. [default: 8]"),
         click.option("--lr", type=float, default=None, help="AdamW learning rate. [default: 1e-3]"),
-        click.option("--height", type=int, default=None,
-                     help="Training view height, pixels (multiple of 128). [default: 512]"),
-        click.option("--width", type=int, default=None,
-                     help="Training view width, pixels (multiple of 128). [default: 512]"),
-        click.option("--tile-size", type=int, default=None,
-                     help="Cut large images (orthophotos) into tiles of this many pixels first. [default: off]"),
-        click.option("--skip-bad", is_flag=True, default=None,
-                     help="Leave out bad annotations (boxes with x2 <= x1, outside the image, NaN, unknown "
-                          "classes, missing images), counted and named, instead of stopping at the first."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
                      help="Where to train. [default: auto]"),
         click.option("--precision", default=None,
@@ -48,15 +80,11 @@ def _run_options(func: Callable) -> Callable:
         click.option("--workers", type=int, default=None, help="Data-loading processes. [default: 0]"),
         click.option("--seed", type=int, default=None, help="Random seed of data and initialisation. [default: 0]"),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    ], func)
 
 
 _RUN_KEYS = {
-    "data": "data.config", "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr",
-    "height": "data.height", "width": "data.width", "tile_size": "data.tile_size", "skip_bad": "data.skip_bad",
+    **_DATA_KEYS, "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr",
     "device": "train.accelerator", "precision": "train.precision", "workers": "train.num_workers",
     "seed": "train.seed",
 }
@@ -116,11 +144,7 @@ def train(config_file: Path | None, out: Path, resume: bool, **options: Any) -> 
                    "pkd: Pearson-correlation feature loss; cwd: channel-wise distillation. [default: gid]")
 @click.option("--gt-weight", type=float, default=None,
               help="Weight of the student's own ground-truth loss (0: distillation alone). [default: 1.0]")
-@click.option("--label-free/--with-labels", default=None,
-              help="--label-free trains on images without boxes with the distillation losses alone "
-                   "(images: --unlabeled, else data.yaml's 'unlabeled', else the train images). [default: with labels]")
-@click.option("--unlabeled", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of unlabelled images for --label-free (repeatable).")
+@_label_free_options
 @click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
               help="Folder of cached teacher outputs (missing ones are computed first): the teacher runs once per "
                    "fixed view instead of every step, and training uses only those views. See "
@@ -152,21 +176,12 @@ def distill(config_file: Path | None, out: Path, resume: bool, unlabeled: tuple[
               help="The YAML config of the distillation runs that will read the cache (same data and view settings).")
 @click.option("--teacher", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Teacher: model.pt of 'detkd detect train' (RetinaNet or FCOS; Faster R-CNN cannot be cached).")
-@click.option("--data", "data", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="data.yaml of the distillation runs (its train part, or its unlabeled images with --label-free).")
 @click.option("--cache", "cache_folder", type=click.Path(file_okay=False), default=None,
               help="Cache folder (created, or completed if it exists). Default: teacher_cache.folder of --config.")
 @click.option("--views-per-image", type=int, default=None,
               help="Fixed augmented views per image; training cycles through them. [default: 4]")
-@click.option("--height", type=int, default=None, help="View height, pixels (multiple of 128). [default: 512]")
-@click.option("--width", type=int, default=None, help="View width, pixels (multiple of 128). [default: 512]")
-@click.option("--tile-size", type=int, default=None, help="Cut large images into tiles of this many pixels first.")
-@click.option("--skip-bad", is_flag=True, default=None, help="Leave out bad annotations (counted) instead of stopping.")
-@click.option("--label-free/--with-labels", default=None,
-              help="Cache the images a --label-free run trains on (--unlabeled, else data.yaml's 'unlabeled', else "
-                   "the train images). [default: with labels]")
-@click.option("--unlabeled", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of unlabelled images for --label-free (repeatable).")
+@_data_options
+@_label_free_options
 @click.option("--batch-size", type=int, default=None, help="Images per teacher forward. [default: 8]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="Where the teacher runs. [default: auto]")
@@ -198,9 +213,8 @@ def cache_teacher(config_file: Path | None, unlabeled: tuple[str, ...], **option
         read_detection_data,
     )
 
-    keys = {"teacher": "teacher.checkpoint", "data": "data.config", "cache_folder": "teacher_cache.folder",
-            "views_per_image": "teacher_cache.views_per_image", "height": "data.height", "width": "data.width",
-            "tile_size": "data.tile_size", "skip_bad": "data.skip_bad", "label_free": "distill.label_free",
+    keys = {**_DATA_KEYS, "teacher": "teacher.checkpoint", "cache_folder": "teacher_cache.folder",
+            "views_per_image": "teacher_cache.views_per_image", "label_free": "distill.label_free",
             "batch_size": "teacher_cache.batch_size", "device": "train.accelerator", "workers": "train.num_workers",
             "seed": "train.seed"}
     overrides = {keys[k]: v for k, v in options.items()}
