@@ -13,6 +13,7 @@ from detkd.losses import (
     descriptor_hinge_loss,
     descriptor_infonce_loss,
     detector_loss,
+    heatmap_consistency_loss,
     keypoint_map_to_cell_labels,
     valid_mask_to_cells,
 )
@@ -180,3 +181,44 @@ def test_descriptor_infonce_loss_masks_invalid_cells():
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="temperature"):
         descriptor_infonce_loss(d0, d0, torch.eye(3), temperature=0.0)
+
+
+# --------------------------------------------------------------------- heatmap consistency
+def _peaks(*points: tuple[int, int, float], size: int = 16) -> torch.Tensor:
+    heat = torch.zeros(1, size, size)
+    for row, col, value in points:
+        heat[0, row, col] = value
+    return heat
+
+
+def test_heatmap_consistency_hand_computed():
+    # 16x16 maps, 8x8 patches at stride 4: origins 0, 4, 8 per axis, 9 patches.
+    view0 = _peaks((5, 5, 1.0), (12, 3, 0.5))
+    assert heatmap_consistency_loss(view0, view0.clone(), torch.eye(3)).item() == pytest.approx(0.0, abs=1e-6)
+    # The first peak moves one pixel right in view 1 (identity homography): the 4 patches that
+    # hold pixels (5, 5) and (5, 6) have cosine 0 and weight (1 + 1) / 2 = 1; the one patch that
+    # holds (12, 3) has cosine 1 and weight 0.5; the rest hold no heat (weight 0).
+    # loss = (4 * 1 * (1 - 0) + 0.5 * (1 - 1)) / (4 + 0.5) = 8 / 9.
+    view1 = _peaks((5, 6, 1.0), (12, 3, 0.5))
+    assert heatmap_consistency_loss(view0, view1, torch.eye(3)).item() == pytest.approx(8 / 9, rel=1e-6)
+    # If view 1 really is view 0 moved one pixel right, the warped-back maps agree: loss 0.
+    shift = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    moved = _peaks((5, 6, 1.0), (12, 4, 0.5))
+    assert heatmap_consistency_loss(view0, moved, shift).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_heatmap_consistency_ignores_unseen_patches_and_has_finite_gradients():
+    view0 = _peaks((5, 5, 1.0))
+    view1 = _peaks((5, 6, 1.0))
+    # View 1 saw only its right half: every patch holding the peaks reaches into the unseen half.
+    seen = torch.zeros(1, 16, 16)
+    seen[..., 9:] = 1.0
+    assert heatmap_consistency_loss(view0, view1, torch.eye(3), seen).item() == 0.0
+    empty = torch.zeros(1, 16, 16, requires_grad=True)
+    loss = heatmap_consistency_loss(empty, torch.zeros(1, 16, 16), torch.eye(3))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(empty.grad).all()
+    with pytest.raises(ValueError, match="one size"):
+        heatmap_consistency_loss(view0, torch.zeros(1, 8, 8), torch.eye(3))
+    with pytest.raises(ValueError, match="valid_mask1"):
+        heatmap_consistency_loss(view0, view1, torch.eye(3), torch.ones(1, 8, 8))

@@ -1,4 +1,4 @@
-"""Training losses: SuperPoint teacher training (detector cross-entropy, descriptor hinge or InfoNCE)."""
+"""Training losses: SuperPoint teacher training (detector cross-entropy, descriptor hinge or InfoNCE, heatmap consistency)."""
 
 from detkd.losses.superpoint import (
     DUSTBIN,
@@ -7,12 +7,13 @@ from detkd.losses.superpoint import (
     descriptor_hinge_loss,
     descriptor_infonce_loss,
     detector_loss,
+    heatmap_consistency_loss,
     keypoint_map_to_cell_labels,
     valid_mask_to_cells,
 )
 
 __all__ = [
     "DUSTBIN", "cell_centres", "cell_correspondences", "descriptor_hinge_loss", "descriptor_infonce_loss",
-    "detector_loss",
+    "detector_loss", "heatmap_consistency_loss",
     "keypoint_map_to_cell_labels", "valid_mask_to_cells",
 ]

@@ -6,6 +6,9 @@
   is a 65-way cross-entropy per cell.
 * Descriptor: a hinge loss on all pairs of cells of two views related by a known homography;
   a pair corresponds when the warped centre of the first cell is within 8 px of the second's.
+* Heatmap consistency (optional, from R2D2, Revaud et al. 2019): local patches of the view-0
+  heatmap and of the view-1 heatmap warped back must agree (cosine similarity), which asks
+  the detector to put its peaks on the same scene point in both views at sub-pixel precision.
 
 The network's outputs are ``logits (B, 65, Hc, Wc)`` and ``descriptors (B, D, Hc, Wc)`` with
 ``Hc = H / 8``, ``Wc = W / 8``.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from detkd.geometry.homography import warp_points
+from detkd.geometry.homography import warp_image, warp_points
 from detkd.models.superpoint import CELL
 
 DUSTBIN = CELL * CELL  # label 64: no key point in the cell
@@ -255,3 +258,64 @@ def descriptor_infonce_loss(
     has_col = (s.sum(dim=1) > 0).to(logits.dtype)
     total = (row_loss * has_row).sum() + (col_loss * has_col).sum()
     return total / (has_row.sum() + has_col.sum()).clamp_min(1.0)
+
+
+def heatmap_consistency_loss(
+    heatmap0: torch.Tensor,
+    heatmap1: torch.Tensor,
+    homography: torch.Tensor,
+    valid_mask1: torch.Tensor | None = None,
+    patch_size: int = 8,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """R2D2's repeatability loss: heatmap patches of two views must agree once aligned.
+
+    The view-1 heatmap is warped back into view 0 (bilinear). Over overlapping ``patch_size``
+    square patches (stride ``patch_size // 2``) that lie wholly where view 1 saw view 0::
+
+        cos_p = <h0_p, h1_p> / (|h0_p| |h1_p|)
+        loss  = sum_p w_p (1 - cos_p) / sum_p w_p,   w_p = (max h0_p + max h1_p) / 2 (no gradient)
+
+    The weight ``w_p`` makes patches with a key point count and the near-zero heat of empty
+    texture not (R2D2 weights all patches alike; its map has no "no point" bin to absorb them).
+
+    Args:
+        heatmap0, heatmap1: ``(B, H, W)`` key-point probabilities (``SuperPoint.forward``'s
+            ``heatmap``), same size.
+        homography: ``(B, 3, 3)`` (or ``(3, 3)``) view-0 pixels -> view-1 pixels.
+        valid_mask1: ``(B, H, W)`` pixels of view 1 that come from inside view 0, or ``None``.
+        patch_size: pixels.
+
+    Returns:
+        ``()`` loss in ``[0, 1]``; 0 (attached to the graph) if no patch is wholly seen.
+    """
+    if heatmap0.dim() != 3 or heatmap0.shape != heatmap1.shape:
+        raise ValueError(
+            f"heatmap0 and heatmap1 must both be (B, H, W) of one size, got {tuple(heatmap0.shape)} "
+            f"and {tuple(heatmap1.shape)}"
+        )
+    if patch_size < 2:
+        raise ValueError(f"patch_size must be >= 2, got {patch_size}")
+    b, h, w = heatmap0.shape
+    homography = homography.expand(b, 3, 3) if homography.dim() == 2 else homography
+    if homography.shape != (b, 3, 3):
+        raise ValueError(f"homography must be ({b}, 3, 3), got {tuple(homography.shape)}")
+    if valid_mask1 is None:
+        valid_mask1 = torch.ones_like(heatmap1)
+    elif valid_mask1.shape != (b, h, w):
+        raise ValueError(f"valid_mask1 must be {(b, h, w)}, got {tuple(valid_mask1.shape)}")
+    inverse = torch.linalg.inv(homography.double()).to(heatmap1.dtype)
+    back = warp_image(heatmap1[:, None], inverse)
+    seen = (warp_image(valid_mask1[:, None].to(heatmap1.dtype), inverse) > 0.999).to(heatmap1.dtype)
+    a, c = heatmap0[:, None] * seen, back * seen
+    stride = patch_size // 2
+    dot = F.avg_pool2d(a * c, patch_size, stride)
+    norm_a = F.avg_pool2d(a * a, patch_size, stride).clamp_min(eps).sqrt()
+    norm_c = F.avg_pool2d(c * c, patch_size, stride).clamp_min(eps).sqrt()
+    cosine = dot / (norm_a * norm_c)
+    whole = F.avg_pool2d(seen, patch_size, stride) > 0.999
+    with torch.no_grad():
+        weight = 0.5 * (F.max_pool2d(a, patch_size, stride) + F.max_pool2d(c, patch_size, stride)) * whole
+    if weight.sum() <= 0:
+        return heatmap0.sum() * 0.0
+    return ((1.0 - cosine) * weight).sum() / weight.sum()

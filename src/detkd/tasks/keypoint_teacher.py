@@ -10,7 +10,12 @@ Three stages, each on the shared engine (checkpoints, resume, progress, TensorBo
 3. ``joint``: detector + descriptor on warped pairs of the photos: detector loss on the pseudo
    labels of both views, descriptor loss on cell correspondences, weighted by
    ``descriptor_weight``: the paper's hinge loss (margins 1 / 0.2, lambda_d 250) or a dense
-   InfoNCE loss (``descriptor_loss: infonce``) that learns in far fewer steps.
+   InfoNCE loss (``descriptor_loss: infonce``) that learns in far fewer steps; optionally
+   R2D2's heatmap-consistency loss (``consistency_weight``) for sharper localisation.
+
+The paper iterates stages 2-3: ``adapt.labeller`` labels the photos with a trained SuperPoint
+instead of MagicPoint, and ``joint.init`` starts the joint stage from it (also the way to
+fine-tune a teacher on your own photos).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from detkd.losses.superpoint import (
     descriptor_hinge_loss,
     descriptor_infonce_loss,
     detector_loss,
+    heatmap_consistency_loss,
     keypoint_map_to_cell_labels,
     valid_mask_to_cells,
 )
@@ -63,6 +69,7 @@ DEFAULT_TEACHER_CONFIG: dict[str, Any] = {
         "train": {**_TRAIN_DEFAULTS, "steps": 3000},
     },
     "adapt": {
+        "labeller": None,  # model file that labels the photos; null: this run's MagicPoint (shapes stage)
         "images": None,  # folder of photos; null: scikit-image's training photos
         "extra_images": [],  # more folders (e.g. tiles of an aerial orthophoto)
         "longer_side": 320,  # photos are resized to this before adaptation and joint training
@@ -73,12 +80,15 @@ DEFAULT_TEACHER_CONFIG: dict[str, Any] = {
         "seed": 0,
     },
     "joint": {
+        "init": None,  # model file to start from; null: this run's MagicPoint (shapes stage)
         "height": 160, "width": 224,  # training view size (multiples of 8)
         "descriptor_loss": "hinge",  # hinge (the paper's) or infonce (dense contrastive, trains faster)
         "descriptor_weight": 1e-4,  # weight of the descriptor loss beside the detector losses (paper: 1e-4)
         "temperature": 0.1,  # infonce only: softmax temperature on cosine similarities
         "positive_margin": 1.0, "negative_margin": 0.2, "lambda_d": 250.0,
         "correspondence_radius": 7.5,  # pixels; 7.5 pairs a cell with its own warped cell only
+        "consistency_weight": 0.0,  # R2D2 heatmap-consistency loss beside the detector losses; 0: off (paper)
+        "consistency_patch": 8,  # pixels, patch side of that loss
         "train": {**_TRAIN_DEFAULTS, "batch_size": 4, "steps": 3000},
     },
 }
@@ -213,6 +223,8 @@ class JointSuperPointTask(Task):
         super().__init__()
         self.model, self.data = model, data
         self.descriptor_weight = cfg["descriptor_weight"]
+        self.consistency_weight = float(cfg.get("consistency_weight", 0.0))
+        self.consistency_patch = int(cfg.get("consistency_patch", 8))
         if cfg["descriptor_loss"] == "hinge":
             self.descriptor_loss = descriptor_hinge_loss
             self.descriptor_options = {
@@ -243,7 +255,15 @@ class JointSuperPointTask(Task):
             valid_mask_to_cells(batch["valid_mask1"]), **self.descriptor_options,
         )
         loss = det[0] + det[1] + self.descriptor_weight * desc
-        return {"loss": loss, "detector": (det[0] + det[1]).detach(), "descriptor": desc.detach()}
+        out = {"detector": (det[0] + det[1]).detach(), "descriptor": desc.detach()}
+        if self.consistency_weight > 0:
+            consistency = heatmap_consistency_loss(
+                both["heatmap"][:n], both["heatmap"][n:], batch["homography"], batch["valid_mask1"],
+                patch_size=self.consistency_patch,
+            )
+            loss = loss + self.consistency_weight * consistency
+            out["consistency"] = consistency.detach()
+        return {"loss": loss, **out}
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"model_conf": dict(self.model.conf)}
@@ -251,6 +271,21 @@ class JointSuperPointTask(Task):
 
 # ----------------------------------------------------------------------------- driver
 STAGES = ("shapes", "adapt", "joint")
+
+
+def _model_file(configured: str | Path | None, option: str, magicpoint_path: Path) -> Path:
+    """The model file named by ``option`` in the config, or this run's MagicPoint when unset."""
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{option}: model file '{path}' does not exist; fix the path or set it to null")
+        return path
+    if not magicpoint_path.exists():
+        raise FileNotFoundError(
+            f"{option} is null, so this run's MagicPoint is used, but '{magicpoint_path}' does not exist: "
+            "run --stage shapes first or set " + option + " to a model file"
+        )
+    return magicpoint_path
 
 
 def run_teacher_training(
@@ -289,15 +324,16 @@ def run_teacher_training(
         last = magicpoint_path
 
     if "adapt" in stages or "joint" in stages:
-        if not magicpoint_path.exists():
-            raise FileNotFoundError(f"Stage 'adapt' needs the MagicPoint of stage 'shapes' at '{magicpoint_path}'")
-        detector = load_keypoint_model(magicpoint_path)
-        print("stage adapt: homographic adaptation of the photos (cached)")
+        labeller = _model_file(config["adapt"]["labeller"], "adapt.labeller", magicpoint_path)
+        detector = load_keypoint_model(labeller)
+        print(f"stage adapt: homographic adaptation of the photos with {labeller} (cached)")
         images, points = run_adaptation(detector, config["adapt"], out / "adapt")
 
     if "joint" in stages:
         cfg = config["joint"]
-        model = load_keypoint_model(magicpoint_path).train()
+        init = _model_file(cfg["init"], "joint.init", magicpoint_path)
+        print(f"stage joint: starting from {init}")
+        model = load_keypoint_model(init).train()
         data = PseudoLabelPairStream(
             images, points, height=cfg["height"], width=cfg["width"], seed=cfg["train"]["seed"],
             photometric=PhotometricConfig(),

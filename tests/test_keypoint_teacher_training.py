@@ -1,0 +1,82 @@
+"""The teacher pipeline end to end on tiny images: shapes -> adapt -> joint, then the paper's
+second round (labels from the trained teacher, joint stage started from it)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detkd.config import set_dotted
+from detkd.models.weights import load_keypoint_model
+from detkd.tasks.keypoint_teacher import DEFAULT_TEACHER_CONFIG, run_teacher_training
+
+TINY_TRAIN = {"steps": 2, "batch_size": 1, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1,
+              "progress": False, "accelerator": "cpu"}
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        # Blocky texture: corners everywhere, so the detector has something to fire on.
+        blocks = rng.integers(0, 256, (8, 10), dtype=np.uint8)
+        Image.fromarray(np.kron(blocks, np.ones((8, 8), np.uint8))).save(folder / f"photo{k}.png")
+    return folder
+
+
+def tiny_config(photos: Path, **joint: object) -> dict:
+    overrides = {
+        "model.variant": "tiny",
+        "shapes.height": 32, "shapes.width": 32,
+        "adapt.images": str(photos), "adapt.longer_side": 80, "adapt.num_warps": 2, "adapt.warps_per_batch": 2,
+        "adapt.threshold": 0.0,  # an untrained detector: keep its strongest peaks
+        "joint.height": 48, "joint.width": 48, "joint.descriptor_loss": "infonce", "joint.descriptor_weight": 1.0,
+        **{f"{stage}.train.{key}": value for stage in ("shapes", "joint") for key, value in TINY_TRAIN.items()},
+        **{f"joint.{key}": value for key, value in joint.items()},
+    }
+    config = copy.deepcopy(DEFAULT_TEACHER_CONFIG)
+    for dotted, value in overrides.items():
+        set_dotted(config, dotted, value)
+    return config
+
+
+def history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "joint" / "history.jsonl").read_text().splitlines()]
+
+
+def test_all_stages_then_a_second_round_from_the_teacher(photos: Path, tmp_path: Path, one_torch_thread):
+    first = tmp_path / "round1"
+    teacher = run_teacher_training(tiny_config(photos, consistency_weight=1.0), first)
+    assert teacher == first / "joint" / "superpoint.pt"
+    assert load_keypoint_model(teacher).conf["channels"] == (32, 32, 32, 32)
+    logged = history(first)
+    assert logged[-1]["step"] == 2 and "consistency" in logged[-1]
+    assert 0.0 <= logged[-1]["consistency"] <= 1.0
+    assert len(list((first / "adapt").glob("*.npz"))) == 2
+
+    # Round 2 has no shapes stage of its own: labeller and init name the round-1 teacher.
+    config = tiny_config(photos, init=str(teacher))
+    config["adapt"]["labeller"] = str(teacher)
+    second = tmp_path / "round2"
+    run_teacher_training(config, second, stages=("adapt", "joint"))
+    assert "consistency" not in history(second)[-1]  # weight 0 (the default): not computed
+    # The labels are keyed by the labeller's weights: none of round 1's cache files is reused.
+    first_keys = {p.name for p in (first / "adapt").glob("*.npz")}
+    second_keys = {p.name for p in (second / "adapt").glob("*.npz")}
+    assert len(second_keys) == 2 and not first_keys & second_keys
+
+
+def test_missing_model_files_are_named(photos: Path, tmp_path: Path):
+    config = tiny_config(photos, init=str(tmp_path / "nowhere.pt"))
+    with pytest.raises(FileNotFoundError, match="adapt.labeller is null.*--stage shapes"):
+        run_teacher_training(config, tmp_path / "run", stages=("adapt", "joint"))
+    config["adapt"]["labeller"] = str(tmp_path / "nowhere.pt")
+    with pytest.raises(FileNotFoundError, match="adapt.labeller: model file .*nowhere.pt"):
+        run_teacher_training(config, tmp_path / "run", stages=("adapt", "joint"))
