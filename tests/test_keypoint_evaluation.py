@@ -71,7 +71,7 @@ def test_oracle_scores_perfectly():
     assert summary["repeatability"] == 1.0
     assert summary["localization_error"] < 1e-4  # float32 key points
     assert summary["mma@1"] == 1.0
-    assert summary["homography_accuracy@1"] == 1.0
+    assert summary["homography_accuracy@1"] == 1.0 and summary["true_match_homography_accuracy@3"] == 1.0
     assert summary["matching_score"] == 1.0 and summary["matching_recall"] == 1.0 and summary["f1"] == 1.0
     visible = [int(oracle.visible(pair).sum()) for pair in pairs]
     assert min(visible) >= 10  # the test means something
@@ -81,6 +81,25 @@ def test_oracle_scores_perfectly():
     assert example.pair_name == pairs[0].name and bool(example.correct.all())
     assert example.image0 is pairs[0].image0 and example.image1 is pairs[0].image1
     assert example.matches.shape == (visible[0], 2) and example.homography_estimate is not None
+
+
+class ScrambledOracle(OracleModel):
+    """The oracle's exact points, but view 1's descriptors belong to other points: every
+    descriptor match is wrong while the points themselves are perfect."""
+
+    def extract(self, image: torch.Tensor, max_keypoints: int = -1) -> dict[str, list[torch.Tensor]]:
+        out = super().extract(image, max_keypoints)
+        if any(torch.equal(image[0], pair.image1) for pair in self.pairs):
+            out["descriptors"] = [out["descriptors"][0].roll(1, dims=0)]
+        return out
+
+
+def test_true_match_homography_accuracy_needs_only_the_points():
+    pairs = tiny_pairs()
+    summary = evaluate_keypoint_models({"scrambled": ScrambledOracle(pairs)}, pairs, progress=False)["scrambled"]
+    assert summary["mma@1"] == 0.0  # each point matched to the next one in the list: none lands on its own
+    assert summary["homography_accuracy@5"] == 0.0
+    assert summary["true_match_homography_accuracy@3"] == 1.0
 
 
 def test_tiny_superpoint_keys_ranges_and_determinism():

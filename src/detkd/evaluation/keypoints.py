@@ -23,9 +23,12 @@ from detkd.geometry.homography import corner_error
 CORRECT_THRESHOLD = km.CORRECT_MATCH_THRESHOLD  # pixels: repeatability, matching score, recall
 MMA_KEYS = tuple(f"mma@{t}" for t in km.MMA_THRESHOLDS)
 HOMOGRAPHY_KEYS = tuple(f"homography_accuracy@{t}" for t in km.HOMOGRAPHY_THRESHOLDS)
+#: HA@3 when RANSAC is given the true correspondences among the detected points instead of the
+#: descriptor matches: how far the detector's localisation alone lets the homography be right.
+TRUE_MATCH_HOMOGRAPHY_KEY = "true_match_homography_accuracy@3"
 #: Keys of every summary, in this order.
 METRIC_KEYS = (
-    "repeatability", "localization_error", *MMA_KEYS, *HOMOGRAPHY_KEYS,
+    "repeatability", "localization_error", *MMA_KEYS, *HOMOGRAPHY_KEYS, TRUE_MATCH_HOMOGRAPHY_KEY,
     "matching_score", "matching_recall", "f1", "num_keypoints", "num_matches",
 )
 
@@ -114,12 +117,16 @@ def evaluate_pair(
     mma = km.matching_accuracy(keypoints0, keypoints1, matches, H, km.MMA_THRESHOLDS)
     H_est = km.estimate_homography(keypoints0, keypoints1, matches, ransac_threshold=CORRECT_THRESHOLD)
     correct_H = km.homography_correctness(H_est, H, shape0, km.HOMOGRAPHY_THRESHOLDS)
+    true_matches = km.ground_truth_correspondences(keypoints0, keypoints1, H, CORRECT_THRESHOLD)
+    H_true_matches = km.estimate_homography(keypoints0, keypoints1, true_matches, ransac_threshold=CORRECT_THRESHOLD)
+    (true_match_correct,) = km.homography_correctness(H_true_matches, H, shape0, (CORRECT_THRESHOLD,)).values()
     recall = km.matching_recall(keypoints0, keypoints1, matches, H, CORRECT_THRESHOLD)
     metrics = {
         "repeatability": rep.repeatability,
         "localization_error": rep.localization_error,
         **{f"mma@{t}": value for t, value in mma.items()},
         **{f"homography_accuracy@{t}": float(ok) for t, ok in correct_H.items()},
+        TRUE_MATCH_HOMOGRAPHY_KEY: float(true_match_correct),
         "matching_score": km.matching_score(keypoints0, keypoints1, matches, H, shape0, shape1, CORRECT_THRESHOLD),
         "matching_recall": recall,
         "f1": km.f1_recall_repeatability(recall, rep.repeatability),
@@ -228,6 +235,7 @@ COLUMN_LABELS = {
     "homography_accuracy@1": "HA@1",
     "homography_accuracy@3": "HA@3",
     "homography_accuracy@5": "HA@5",
+    TRUE_MATCH_HOMOGRAPHY_KEY: "HA@3 true matches",
     "matching_score": "M. score",
     "f1": "F1",
     "num_keypoints": "#kpts",
