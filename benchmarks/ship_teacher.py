@@ -1,6 +1,7 @@
 """Copy a teacher trained by ``detkd keypoints train-teacher`` into the package, with its model card.
 
     python benchmarks/ship_teacher.py RUN_DIR [--hardware "2 CPU cores"] [--results benchmarks/results/keypoint_teacher.md]
+        [--config-file configs/keypoints_teacher_cpu.yaml] [--lineage "what the run started from"]
 
 Reads RUN_DIR/config.yaml, RUN_DIR/{shapes,joint}/history.jsonl and RUN_DIR/joint/superpoint.pt;
 writes src/detkd/assets/superpoint_detkd.pt and superpoint_detkd.md (data, stages, steps,
@@ -25,9 +26,10 @@ from detkd.models.weights import load_keypoint_model
 
 
 def stage_facts(run: Path, stage: str) -> str:
-    history = read_history(run / stage / "history.jsonl")
+    path = run / stage / "history.jsonl"
+    history = read_history(path) if path.exists() else []
     if not history:
-        return f"- {stage}: no history"
+        return f"- `{stage}`: not run in this folder (see the lineage below)"
     last = history[-1]
     rate = last.get("images_per_s", float("nan"))
     return (f"- `{stage}`: {int(last['step'])} steps, final loss {last['loss']:.3f} "
@@ -40,6 +42,10 @@ def main() -> None:
     parser.add_argument("--hardware", default=f"{torch.get_num_threads()} CPU threads ({platform.machine()}), no GPU")
     parser.add_argument("--wall-time", default="unknown", help="total training time, as text")
     parser.add_argument("--command", default="", help="the command that trained it")
+    parser.add_argument("--config-file", default="configs/keypoints_teacher_cpu.yaml",
+                        help="the repository's copy of RUN_DIR/config.yaml, named on the card")
+    parser.add_argument("--lineage", default="",
+                        help="for a run that starts from an earlier model (adapt.labeller, joint.init): where that model came from")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results" / "keypoint_teacher.md")
     args = parser.parse_args()
 
@@ -49,7 +55,7 @@ def main() -> None:
     shutil.copyfile(source, DEFAULT_KEYPOINT_TEACHER)
     digest = hashlib.sha256(DEFAULT_KEYPOINT_TEACHER.read_bytes()).hexdigest()
     config = yaml.safe_load((args.run / "config.yaml").read_text())
-    adapt = config["adapt"]
+    adapt, joint = config["adapt"], config["joint"]
     card = [
         "# detkd's shipped key-point teacher (`superpoint_detkd.pt`)",
         "",
@@ -69,10 +75,13 @@ def main() -> None:
         "## Stages and schedule",
         stage_facts(args.run, "shapes"),
         f"- `adapt`: homographic adaptation, {adapt['num_warps']} warps per photo, threshold {adapt['threshold']}, "
-        f"NMS radius {adapt['nms_radius']} px.",
-        stage_facts(args.run, "joint"),
+        f"NMS radius {adapt['nms_radius']} px, labels by {adapt.get('labeller') or 'the MagicPoint of stage shapes'}.",
+        stage_facts(args.run, "joint") + f", started from {joint.get('init') or 'the MagicPoint of stage shapes'}, "
+        f"descriptor loss {joint['descriptor_loss']} (weight {joint['descriptor_weight']}), heatmap-consistency "
+        f"weight {joint.get('consistency_weight', 0.0)}.",
+        *([f"- Lineage: {args.lineage}"] if args.lineage else []),
         "",
-        f"Config: `configs/keypoints_teacher_cpu.yaml`. Command: `{args.command}`.  ",
+        f"Config: `{args.config_file}`. Command: `{args.command}`.  ",
         f"Hardware: {args.hardware}. Total training time: {args.wall_time}.",
         "",
         "This is a short schedule (the SuperPoint paper trains each stage for hundreds of thousands of "

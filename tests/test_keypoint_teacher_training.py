@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detkd.config import set_dotted
+from detkd.config import load_config_file, merge_config, set_dotted
 from detkd.models.weights import load_keypoint_model
 from detkd.tasks.keypoint_teacher import DEFAULT_TEACHER_CONFIG, run_teacher_training
 
@@ -80,3 +80,13 @@ def test_missing_model_files_are_named(photos: Path, tmp_path: Path):
     config["adapt"]["labeller"] = str(tmp_path / "nowhere.pt")
     with pytest.raises(FileNotFoundError, match="adapt.labeller: model file .*nowhere.pt"):
         run_teacher_training(config, tmp_path / "run", stages=("adapt", "joint"))
+
+
+@pytest.mark.parametrize("name", ["keypoints_teacher_cpu.yaml", "keypoints_teacher_cpu_round2.yaml"])
+def test_shipped_teacher_configs_use_only_known_keys(name: str):
+    path = Path(__file__).parents[1] / "configs" / name
+    config = merge_config(DEFAULT_TEACHER_CONFIG, load_config_file(path), str(path))
+    assert config["joint"]["descriptor_loss"] == "infonce"
+    if "round2" in name:  # the second round starts from the first round's teacher
+        assert config["adapt"]["labeller"] == config["joint"]["init"] == "runs/teacher/joint/superpoint.pt"
+        assert config["joint"]["consistency_weight"] > 0
