@@ -60,7 +60,7 @@ _TRAIN_DEFAULTS = {
     "precision": "32-true", "progress": True,
 }
 
-#: Every option of ``detkd keypoints train-teacher``; ``configs/keypoints_teacher.yaml`` mirrors it.
+#: Every option of ``detkd keypoints train-teacher`` (``detkd config keypoints-teacher`` prints it).
 DEFAULT_TEACHER_CONFIG: dict[str, Any] = {
     "model": {"variant": "superpoint", "batch_norm": True},
     "shapes": {
