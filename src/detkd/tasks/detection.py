@@ -37,7 +37,7 @@ from detkd.cache.detection import (
     open_detector_cache,
 )
 from detkd.cache.store import CacheBuildReport
-from detkd.config import ConfigError, dataclass_from_dict, save_config
+from detkd.config import ConfigError, dataclass_from_dict
 from detkd.data.detection import (
     BoxViewConfig,
     ColourJitterConfig,
@@ -53,6 +53,7 @@ from detkd.data.detection import (
 from detkd.distill.detection import DETECTION_DISTILLERS, DetectionDistiller, create_detection_distiller
 from detkd.engine import ExistingRunError, StreamDataset, Task, TrainConfig, Trainer
 from detkd.engine.distributed import is_launch_rank_zero
+from detkd.tasks.run_folder import open_run_folder, rank_zero_say
 from detkd.evaluation.detection import DetectionMetrics, evaluate_detections, format_detection_table, format_per_class_table
 from detkd.models.detection import (
     DetectorAdapter,
@@ -576,10 +577,6 @@ class DetectionOutcome:
     seconds: float = 0.0
 
 
-def _say(rank_zero: bool) -> Any:
-    return print if rank_zero else (lambda *args, **kwargs: None)
-
-
 def _trainer(train_cfg: TrainConfig, out: Path, resume: bool) -> Trainer:
     """The engine for ``out``; refuses an existing run before its ``config.yaml`` is overwritten."""
     trainer = Trainer(train_cfg, out)
@@ -604,7 +601,7 @@ def run_detection_training(
     out = Path(out_dir)
     config = copy.deepcopy(config)
     rank_zero = is_launch_rank_zero()
-    say = _say(rank_zero)
+    say = rank_zero_say(rank_zero)
     data = data or read_detection_data(config["data"], config["eval"]["split"])
     train_cfg = TrainConfig.from_dict(config["train"])
     torch.manual_seed(train_cfg.seed)  # the initial weights depend on the seed alone
@@ -613,11 +610,7 @@ def run_detection_training(
     trainer = _trainer(train_cfg, out, resume)
     say(f"model   : {describe_detector(model)}")
     say(f"data    : {data.description}")
-    say(f"run     : {train_cfg.steps} steps x {train_cfg.batch_size} images of "
-        f"{config['data']['height']}x{config['data']['width']} -> {out}")
-    if rank_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
+    open_run_folder(config, train_cfg, out, "images", rank_zero)
     result = trainer.fit(DetectionTrainTask(model, stream), resume=resume)
     if not result.is_global_zero:
         return DetectionOutcome(out, out / "model.pt", None, result.step, result.seconds)
@@ -654,7 +647,7 @@ def run_detection_distillation(
     out = Path(out_dir)
     config = copy.deepcopy(config)
     rank_zero = is_launch_rank_zero()
-    say = _say(rank_zero)
+    say = rank_zero_say(rank_zero)
     distill_cfg = config["distill"]
     method = distill_cfg["method"]
     if method not in DETECTION_DISTILLERS:
@@ -680,11 +673,7 @@ def run_detection_distillation(
     say(f"student : {describe_detector(student)}")
     say(f"method  : {method} ({', '.join(terms)})" + (f" + ground truth x{gt_weight:g}" if gt_weight else ", no ground truth"))
     say(f"data    : {data.description}\nimages  : {images_text}")
-    say(f"run     : {train_cfg.steps} steps x {train_cfg.batch_size} images of "
-        f"{config['data']['height']}x{config['data']['width']} -> {out}")
-    if rank_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
+    open_run_folder(config, train_cfg, out, "images", rank_zero)
     train_data: StreamDataset = stream
     cached = bool(config["teacher_cache"]["folder"])
     if cached:

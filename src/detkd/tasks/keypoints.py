@@ -28,13 +28,14 @@ from detkd.cache.keypoints import (
     decode_teacher_outputs,
     open_keypoint_cache,
 )
-from detkd.config import dataclass_from_dict, save_config
+from detkd.config import dataclass_from_dict
 from detkd.data.augment import CropConfig, PhotometricConfig
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
 from detkd.data.keypoint_training import UnlabeledImageStream
 from detkd.distill.keypoints import KeypointDistillationLoss, KeypointDistillWeights
 from detkd.engine import Task, TrainConfig, Trainer
 from detkd.engine.distributed import is_launch_rank_zero
+from detkd.tasks.run_folder import open_run_folder, rank_zero_say
 from detkd.geometry.homography import HomographyConfig
 from detkd.models.pretrained import default_keypoint_teacher_path
 from detkd.models.superpoint import SuperPoint, count_parameters, create_model
@@ -233,16 +234,12 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     if train_cfg.num_workers > 0:
         stream.preload()  # decode once here; forked workers share the pixels
     loss = KeypointDistillationLoss(KeypointDistillWeights.from_dict(config["loss"]))
-    say = print if rank_zero else (lambda *args, **kwargs: None)
+    say = rank_zero_say(rank_zero)
 
     say(f"teacher : {origin} ({count_parameters(teacher):,} parameters)")
     say(f"student : {config['student']['variant']} ({count_parameters(student):,} parameters)")
     say(f"images  : {data_text}")
-    say(f"run     : {train_cfg.steps} steps x {train_cfg.batch_size} views of "
-        f"{config['data']['height']}x{config['data']['width']} -> {out}")
-    if rank_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
+    open_run_folder(config, train_cfg, out, "views", rank_zero)
 
     train_data: UnlabeledImageStream | CachedTeacherViews = stream
     if config["teacher_cache"]["folder"]:
