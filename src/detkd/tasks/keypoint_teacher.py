@@ -223,8 +223,8 @@ class JointSuperPointTask(Task):
         super().__init__()
         self.model, self.data = model, data
         self.descriptor_weight = cfg["descriptor_weight"]
-        self.consistency_weight = float(cfg.get("consistency_weight", 0.0))
-        self.consistency_patch = int(cfg.get("consistency_patch", 8))
+        self.consistency_weight = float(cfg["consistency_weight"])
+        self.consistency_patch = int(cfg["consistency_patch"])
         if cfg["descriptor_loss"] == "hinge":
             self.descriptor_loss = descriptor_hinge_loss
             self.descriptor_options = {
