@@ -53,12 +53,13 @@ def history(run: Path) -> list[dict]:
 
 def test_all_stages_then_a_second_round_from_the_teacher(photos: Path, tmp_path: Path, one_torch_thread):
     first = tmp_path / "round1"
-    teacher = run_teacher_training(tiny_config(photos, consistency_weight=1.0), first)
+    teacher = run_teacher_training(tiny_config(photos, consistency_weight=1.0, keypoint_descriptor_weight=1.0), first)
     assert teacher == first / "joint" / "superpoint.pt"
     assert load_keypoint_model(teacher).conf["channels"] == (32, 32, 32, 32)
     logged = history(first)
     assert logged[-1]["step"] == 2 and "consistency" in logged[-1]
     assert 0.0 <= logged[-1]["consistency"] <= 1.0
+    assert logged[-1]["keypoint_descriptor"] >= 0.0
     assert len(list((first / "adapt").glob("*.npz"))) == 2
 
     # Round 2 has no shapes stage of its own: labeller and init name the round-1 teacher.
@@ -66,7 +67,7 @@ def test_all_stages_then_a_second_round_from_the_teacher(photos: Path, tmp_path:
     config["adapt"]["labeller"] = str(teacher)
     second = tmp_path / "round2"
     run_teacher_training(config, second, stages=("adapt", "joint"))
-    assert "consistency" not in history(second)[-1]  # weight 0 (the default): not computed
+    assert {"consistency", "keypoint_descriptor"}.isdisjoint(history(second)[-1])  # weight 0 (default): not computed
     # The labels are keyed by the labeller's weights: none of round 1's cache files is reused.
     first_keys = {p.name for p in (first / "adapt").glob("*.npz")}
     second_keys = {p.name for p in (second / "adapt").glob("*.npz")}

@@ -14,6 +14,7 @@ from detkd.losses import (
     descriptor_infonce_loss,
     detector_loss,
     heatmap_consistency_loss,
+    keypoint_descriptor_loss,
     keypoint_map_to_cell_labels,
     valid_mask_to_cells,
 )
@@ -181,6 +182,74 @@ def test_descriptor_infonce_loss_masks_invalid_cells():
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="temperature"):
         descriptor_infonce_loss(d0, d0, torch.eye(3), temperature=0.0)
+
+
+# -------------------------------------------------------------- key-point descriptor loss
+def _two_region_descriptors() -> torch.Tensor:
+    """(1, 2, 2, 4) cells for a 16x32 image: columns 0-1 hold [1, 0], columns 2-3 hold [0, 1]."""
+    desc = torch.zeros(1, 2, 2, 4)
+    desc[0, 0, :, :2] = 1.0
+    desc[0, 1, :, 2:] = 1.0
+    return desc
+
+
+def _points(*xy: tuple[int, int]) -> torch.Tensor:
+    keypoints = torch.zeros(1, 16, 32)
+    for x, y in xy:
+        keypoints[0, y, x] = 1.0
+    return keypoints
+
+
+def test_keypoint_descriptor_loss_hand_computed():
+    # Pixel x = 4 samples between cell columns 0 and 1 ((4 - 3.5) / 8 = 0.06): descriptor [1, 0];
+    # x = 27 between columns 2 and 3: [0, 1]. Identity: each point's positive has dot 1, its
+    # negative dot 0, so with T = 0.5 both directions give -log(e^2 / (e^2 + 1)) = log(1 + e^-2).
+    desc = _two_region_descriptors()
+    points = _points((4, 4), (27, 4))
+    expected = math.log(1 + math.exp(-2))
+    loss = keypoint_descriptor_loss(desc, desc.clone(), points, torch.eye(3), temperature=0.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # Swapped regions in view 1: the positive has dot 0 and the negative dot 1: log(1 + e^2).
+    loss = keypoint_descriptor_loss(desc, desc.flip(1), points, torch.eye(3), temperature=0.5)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(2)), rel=1e-5)
+    # Moved 2 px right, both points stay in their regions (x = 29 samples past the last cell
+    # centre, where zero padding only shrinks the vector that normalisation restores).
+    shift = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    loss = keypoint_descriptor_loss(desc, desc.clone(), points, shift, temperature=0.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_keypoint_descriptor_loss_drops_unseen_points_and_ignores_near_ones():
+    desc = _two_region_descriptors()
+    points = _points((4, 4), (27, 4))
+    # 6 px right: x = 27 leaves the 32-px view; one point is left, so nothing to contrast: 0.
+    shift = torch.tensor([[1.0, 0.0, 6.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert keypoint_descriptor_loss(desc, desc.clone(), points, shift).item() == 0.0
+    # The same for a point that view 1 did not see (valid mask 0 where it lands).
+    valid = torch.ones(1, 16, 32)
+    valid[0, 4, 4] = 0.0
+    assert keypoint_descriptor_loss(desc, desc.clone(), points, torch.eye(3), valid).item() == 0.0
+    # Two points 2 px apart in one region have the same descriptor. Within ignore_radius they are
+    # not each other's negatives (each softmax has one entry: loss 0); with radius 1 each is a
+    # coin toss between two equal logits: log 2.
+    near = _points((4, 4), (6, 4))
+    assert keypoint_descriptor_loss(desc, desc.clone(), near, torch.eye(3), ignore_radius=3.0).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+    loss = keypoint_descriptor_loss(desc, desc.clone(), near, torch.eye(3), ignore_radius=1.0)
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_keypoint_descriptor_loss_gradients_and_shape_errors():
+    desc0 = torch.randn(2, 8, 2, 4, requires_grad=True)
+    points = _points((4, 4), (27, 4), (12, 11)).expand(2, -1, -1)
+    loss = keypoint_descriptor_loss(desc0, torch.randn(2, 8, 2, 4), points, torch.eye(3), max_points=2)
+    loss.backward()
+    assert torch.isfinite(desc0.grad).all() and desc0.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="keypoint_map0"):
+        keypoint_descriptor_loss(desc0, desc0, torch.zeros(2, 8, 8), torch.eye(3))
+    with pytest.raises(ValueError, match="temperature"):
+        keypoint_descriptor_loss(desc0, desc0, points, torch.eye(3), temperature=-1.0)
 
 
 # --------------------------------------------------------------------- heatmap consistency

@@ -6,6 +6,9 @@
   is a 65-way cross-entropy per cell.
 * Descriptor: a hinge loss on all pairs of cells of two views related by a known homography;
   a pair corresponds when the warped centre of the first cell is within 8 px of the second's.
+* Key-point descriptors (optional, in the spirit of DISK/ALIKE's sparse losses): the
+  descriptors sampled *at the pseudo-label key points* (bilinear, as at inference) must pick
+  out their own warped point among the other key points of the pair (InfoNCE).
 * Heatmap consistency (optional, from R2D2, Revaud et al. 2019): local patches of the view-0
   heatmap and of the view-1 heatmap warped back must agree (cosine similarity), which asks
   the detector to put its peaks on the same scene point in both views at sub-pixel precision.
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from detkd.geometry.homography import warp_image, warp_points
-from detkd.models.superpoint import CELL
+from detkd.models.superpoint import CELL, sample_descriptors
 
 DUSTBIN = CELL * CELL  # label 64: no key point in the cell
 
@@ -258,6 +261,82 @@ def descriptor_infonce_loss(
     has_col = (s.sum(dim=1) > 0).to(logits.dtype)
     total = (row_loss * has_row).sum() + (col_loss * has_col).sum()
     return total / (has_row.sum() + has_col.sum()).clamp_min(1.0)
+
+
+def keypoint_descriptor_loss(
+    desc0: torch.Tensor,
+    desc1: torch.Tensor,
+    keypoint_map0: torch.Tensor,
+    homography: torch.Tensor,
+    valid_mask1: torch.Tensor | None = None,
+    temperature: float = 0.1,
+    ignore_radius: float = 3.0,
+    max_points: int = 256,
+) -> torch.Tensor:
+    """Sparse InfoNCE on descriptors sampled at key points, the way they are used at test time.
+
+    The cell losses (:func:`descriptor_hinge_loss`, :func:`descriptor_infonce_loss`) train the
+    descriptor at cell centres only, while matching samples it (bilinearly) at key points
+    anywhere inside a cell, among other key points a few pixels away. Here, for each image, the
+    key points ``p_i`` of ``keypoint_map0`` that land inside view 1 (``q_i = H p_i``, valid in
+    ``valid_mask1``) give descriptors ``a_i`` (view 0 at ``p_i``) and ``b_i`` (view 1 at
+    ``q_i``), and::
+
+        l = mean_i [ CE(a_i . b_* / t, i) + CE(a_* . b_i / t, i) ] / 2
+
+    Pairs ``i != j`` whose view-1 points are closer than ``ignore_radius`` px are not counted as
+    negatives (they are the same place within matching tolerance).
+
+    Args:
+        desc0, desc1: ``(B, D, Hc, Wc)`` dense descriptors of the two views (normalised when sampled).
+        keypoint_map0: ``(B, H, W)`` view-0 key points (non-zero pixels), ``H = 8 Hc``, ``W = 8 Wc``.
+        homography: ``(B, 3, 3)`` (or ``(3, 3)``) view-0 pixels -> view-1 pixels.
+        valid_mask1: ``(B, H, W)`` pixels of view 1 that come from inside view 0, or ``None``.
+        temperature: softmax temperature on cosine similarities.
+        ignore_radius: pixels.
+        max_points: per image at most this many key points, evenly spread over the list (bounds
+            the ``(N, N)`` similarity matrix).
+
+    Returns:
+        ``()`` loss; 0 (attached to the graph) if no image has two usable key points.
+    """
+    homography = _descriptor_pair(desc0, desc1, homography)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    b, _, hc, wc = desc0.shape
+    h, w = hc * CELL, wc * CELL
+    if keypoint_map0.shape != (b, h, w):
+        raise ValueError(f"keypoint_map0 must be {(b, h, w)} to fit the descriptors, got {tuple(keypoint_map0.shape)}")
+    if valid_mask1 is not None and valid_mask1.shape != (b, h, w):
+        raise ValueError(f"valid_mask1 must be {(b, h, w)}, got {tuple(valid_mask1.shape)}")
+    total, count = desc0.sum() * 0.0, 0
+    for i in range(b):
+        rows, cols = torch.nonzero(keypoint_map0[i] > 0, as_tuple=True)
+        points0 = torch.stack([cols, rows], dim=-1).to(torch.float64)
+        points1 = warp_points(points0, homography[i].to(torch.float64))
+        rounded = points1.round().long()
+        inside = (rounded[:, 0] >= 0) & (rounded[:, 0] < w) & (rounded[:, 1] >= 0) & (rounded[:, 1] < h)
+        if valid_mask1 is not None:
+            seen = torch.zeros_like(inside)
+            seen[inside] = valid_mask1[i][rounded[inside, 1], rounded[inside, 0]] > 0
+            inside = seen
+        points0, points1 = points0[inside], points1[inside]
+        if len(points0) > max_points:
+            keep = torch.linspace(0, len(points0) - 1, max_points, device=points0.device).round().long()
+            points0, points1 = points0[keep], points1[keep]
+        n = len(points0)
+        if n < 2:
+            continue
+        a = sample_descriptors(points0[None].to(desc0.dtype), desc0[i : i + 1])[0]
+        c = sample_descriptors(points1[None].to(desc1.dtype), desc1[i : i + 1])[0]
+        logits = a @ c.T / temperature
+        near = torch.cdist(points1, points1) < ignore_radius
+        near.fill_diagonal_(False)
+        logits = logits.masked_fill(near, torch.finfo(logits.dtype).min / 4)
+        target = torch.arange(n, device=logits.device)
+        pair = F.cross_entropy(logits, target, reduction="sum") + F.cross_entropy(logits.T, target, reduction="sum")
+        total, count = total + pair / 2, count + n
+    return total / max(count, 1)
 
 
 def heatmap_consistency_loss(

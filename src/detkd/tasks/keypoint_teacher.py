@@ -10,7 +10,8 @@ Three stages, each on the shared engine (checkpoints, resume, progress, TensorBo
 3. ``joint``: detector + descriptor on warped pairs of the photos: detector loss on the pseudo
    labels of both views, descriptor loss on cell correspondences, weighted by
    ``descriptor_weight``: the paper's hinge loss (margins 1 / 0.2, lambda_d 250) or a dense
-   InfoNCE loss (``descriptor_loss: infonce``) that learns in far fewer steps; optionally
+   InfoNCE loss (``descriptor_loss: infonce``) that learns in far fewer steps; optionally a
+   sparse InfoNCE on descriptors sampled at the key points (``keypoint_descriptor_weight``) and
    R2D2's heatmap-consistency loss (``consistency_weight``) for sharper localisation.
 
 The paper iterates stages 2-3: ``adapt.labeller`` labels the photos with a trained SuperPoint
@@ -45,6 +46,7 @@ from detkd.losses.superpoint import (
     descriptor_infonce_loss,
     detector_loss,
     heatmap_consistency_loss,
+    keypoint_descriptor_loss,
     keypoint_map_to_cell_labels,
     valid_mask_to_cells,
 )
@@ -84,9 +86,11 @@ DEFAULT_TEACHER_CONFIG: dict[str, Any] = {
         "height": 160, "width": 224,  # training view size (multiples of 8)
         "descriptor_loss": "hinge",  # hinge (the paper's) or infonce (dense contrastive, trains faster)
         "descriptor_weight": 1e-4,  # weight of the descriptor loss beside the detector losses (paper: 1e-4)
-        "temperature": 0.1,  # infonce only: softmax temperature on cosine similarities
+        "temperature": 0.1,  # infonce and key-point descriptor loss: softmax temperature on cosine similarities
         "positive_margin": 1.0, "negative_margin": 0.2, "lambda_d": 250.0,
         "correspondence_radius": 7.5,  # pixels; 7.5 pairs a cell with its own warped cell only
+        "keypoint_descriptor_weight": 0.0,  # sparse InfoNCE at the pseudo-label points beside the cell loss; 0: off
+        "keypoint_ignore_radius": 3.0,  # pixels: key points this close are not each other's negatives
         "consistency_weight": 0.0,  # R2D2 heatmap-consistency loss beside the detector losses; 0: off (paper)
         "consistency_patch": 8,  # pixels, patch side of that loss
         "train": {**_TRAIN_DEFAULTS, "batch_size": 4, "steps": 3000},
@@ -224,6 +228,8 @@ class JointSuperPointTask(Task):
         self.model, self.data = model, data
         self.descriptor_weight = cfg["descriptor_weight"]
         self.consistency_weight = float(cfg["consistency_weight"])
+        self.keypoint_descriptor_weight = float(cfg["keypoint_descriptor_weight"])
+        self.keypoint_options = {"temperature": cfg["temperature"], "ignore_radius": cfg["keypoint_ignore_radius"]}
         self.consistency_patch = int(cfg["consistency_patch"])
         if cfg["descriptor_loss"] == "hinge":
             self.descriptor_loss = descriptor_hinge_loss
@@ -256,6 +262,13 @@ class JointSuperPointTask(Task):
         )
         loss = det[0] + det[1] + self.descriptor_weight * desc
         out = {"detector": (det[0] + det[1]).detach(), "descriptor": desc.detach()}
+        if self.keypoint_descriptor_weight > 0:
+            sparse = keypoint_descriptor_loss(
+                both["descriptors"][:n], both["descriptors"][n:], batch["keypoint_map0"], batch["homography"],
+                batch["valid_mask1"], **self.keypoint_options,
+            )
+            loss = loss + self.keypoint_descriptor_weight * sparse
+            out["keypoint_descriptor"] = sparse.detach()
         if self.consistency_weight > 0:
             consistency = heatmap_consistency_loss(
                 both["heatmap"][:n], both["heatmap"][n:], batch["homography"], batch["valid_mask1"],
