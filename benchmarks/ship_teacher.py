@@ -2,6 +2,7 @@
 
     python benchmarks/ship_teacher.py RUN_DIR [--hardware "2 CPU cores"] [--results benchmarks/results/keypoint_teacher.md]
         [--config-file configs/keypoints_teacher_cpu.yaml] [--lineage "what the run started from"]
+        [--describe /path/to/model.pt="the round-1 teacher (sha256 ...)"]
 
 Reads RUN_DIR/config.yaml, RUN_DIR/{shapes,joint}/history.jsonl and RUN_DIR/joint/superpoint.pt;
 writes src/detkd/assets/superpoint_detkd.pt and superpoint_detkd.md (data, stages, steps,
@@ -46,6 +47,9 @@ def main() -> None:
                         help="the repository's copy of RUN_DIR/config.yaml, named on the card")
     parser.add_argument("--lineage", default="",
                         help="for a run that starts from an earlier model (adapt.labeller, joint.init): where that model came from")
+    parser.add_argument("--describe", action="append", default=[], metavar="PATH=TEXT",
+                        help="name a model file of the run's config (adapt.labeller, joint.init) on the card by TEXT "
+                             "instead of its path on the training machine (repeatable)")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results" / "keypoint_teacher.md")
     args = parser.parse_args()
 
@@ -56,6 +60,11 @@ def main() -> None:
     digest = hashlib.sha256(DEFAULT_KEYPOINT_TEACHER.read_bytes()).hexdigest()
     config = yaml.safe_load((args.run / "config.yaml").read_text())
     adapt, joint = config["adapt"], config["joint"]
+    if any("=" not in item for item in args.describe):
+        parser.error("--describe takes PATH=TEXT, e.g. --describe /work/run.pt='the round-1 teacher'")
+    described = dict(item.split("=", 1) for item in args.describe)
+    for section, key in ((adapt, "labeller"), (joint, "init")):
+        section[key] = described.get(section.get(key), section.get(key))
     card = [
         "# detkd's shipped key-point teacher (`superpoint_detkd.pt`)",
         "",
@@ -77,8 +86,8 @@ def main() -> None:
         f"- `adapt`: homographic adaptation, {adapt['num_warps']} warps per photo, threshold {adapt['threshold']}, "
         f"NMS radius {adapt['nms_radius']} px, labels by {adapt.get('labeller') or 'the MagicPoint of stage shapes'}.",
         stage_facts(args.run, "joint") + f", started from {joint.get('init') or 'the MagicPoint of stage shapes'}, "
-        f"descriptor loss {joint['descriptor_loss']} (weight {joint['descriptor_weight']}), heatmap-consistency "
-        f"weight {joint.get('consistency_weight', 0.0)}.",
+        f"descriptor loss {joint['descriptor_loss']} (weight {joint['descriptor_weight']}), key-point descriptor "
+        f"weight {joint.get('keypoint_descriptor_weight', 0.0)}, heatmap-consistency weight {joint.get('consistency_weight', 0.0)}.",
         *([f"- Lineage: {args.lineage}"] if args.lineage else []),
         "",
         f"Config: `{args.config_file}`. Command: `{args.command}`.  ",

@@ -83,7 +83,9 @@ def test_missing_model_files_are_named(photos: Path, tmp_path: Path):
         run_teacher_training(config, tmp_path / "run", stages=("adapt", "joint"))
 
 
-@pytest.mark.parametrize("name", ["keypoints_teacher_cpu.yaml", "keypoints_teacher_cpu_round2.yaml"])
+@pytest.mark.parametrize(
+    "name", ["keypoints_teacher_cpu.yaml", "keypoints_teacher_cpu_round2.yaml", "keypoints_teacher_cpu_round3.yaml"]
+)
 def test_shipped_teacher_configs_use_only_known_keys(name: str):
     path = Path(__file__).parents[1] / "configs" / name
     config = merge_config(DEFAULT_TEACHER_CONFIG, load_config_file(path), str(path))
@@ -91,3 +93,7 @@ def test_shipped_teacher_configs_use_only_known_keys(name: str):
     if "round2" in name:  # the second round starts from the first round's teacher
         assert config["adapt"]["labeller"] == config["joint"]["init"] == "runs/teacher/joint/superpoint.pt"
         assert config["joint"]["consistency_weight"] > 0
+    if "round3" in name:  # round 2's labels, round 2's teacher as the start, plus the key-point descriptor loss
+        assert config["adapt"]["labeller"] == "runs/teacher/joint/superpoint.pt"
+        assert config["joint"]["init"] == "runs/teacher_round2/joint/superpoint.pt"
+        assert config["joint"]["keypoint_descriptor_weight"] > 0 and config["joint"]["consistency_weight"] > 0
