@@ -136,6 +136,20 @@ def cell_correspondences(
     return torch.cdist(warped, centres[None].expand_as(warped)) <= radius
 
 
+def _expect_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...], why: str = "") -> None:
+    if tensor.shape != shape:
+        raise ValueError(f"{name} must be {shape}{why}, got {tuple(tensor.shape)}")
+
+
+def _batched_homography(homography: torch.Tensor, b: int) -> torch.Tensor:
+    """A ``(3, 3)`` (shared) or ``(B, 3, 3)`` homography as ``(B, 3, 3)``."""
+    if homography.dim() == 2:
+        homography = homography.expand(b, 3, 3)
+    if homography.shape != (b, 3, 3):
+        raise ValueError(f"homography must be (3, 3) or ({b}, 3, 3), got {tuple(homography.shape)}")
+    return homography
+
+
 def _descriptor_pair(desc0: torch.Tensor, desc1: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
     """Check two views' ``(B, D, Hc, Wc)`` descriptors; return the homography as ``(B, 3, 3)``."""
     if desc0.dim() != 4 or desc0.shape != desc1.shape:
@@ -143,12 +157,7 @@ def _descriptor_pair(desc0: torch.Tensor, desc1: torch.Tensor, homography: torch
             f"desc0 and desc1 must both be (B, D, Hc, Wc) of the same shape, got "
             f"{tuple(desc0.shape)} and {tuple(desc1.shape)}"
         )
-    b = desc0.shape[0]
-    if homography.dim() == 2:
-        homography = homography.expand(b, 3, 3)
-    if homography.shape != (b, 3, 3):
-        raise ValueError(f"homography must be (3, 3) or ({b}, 3, 3), got {tuple(homography.shape)}")
-    return homography
+    return _batched_homography(homography, desc0.shape[0])
 
 
 def descriptor_hinge_loss(
@@ -198,8 +207,7 @@ def descriptor_hinge_loss(
     loss = positive + negative
     if valid_mask1 is None:
         return loss.mean()
-    if valid_mask1.shape != (b, hc, wc):
-        raise ValueError(f"valid_mask1 must be {(b, hc, wc)}, got {tuple(valid_mask1.shape)}")
+    _expect_shape("valid_mask1", valid_mask1, (b, hc, wc))
     weights = valid_mask1.reshape(b, 1, hc * wc).to(loss.dtype)
     return (loss * weights).sum() / (weights.sum() * hc * wc).clamp_min(1.0)
 
@@ -242,8 +250,7 @@ def descriptor_infonce_loss(
     s = cell_correspondences(homography, hc, wc, correspondence_radius).to(desc0.dtype)  # (B, N0, N1)
     valid1 = torch.ones(b, hc * wc, dtype=torch.bool, device=desc0.device)
     if valid_mask1 is not None:
-        if valid_mask1.shape != (b, hc, wc):
-            raise ValueError(f"valid_mask1 must be {(b, hc, wc)}, got {tuple(valid_mask1.shape)}")
+        _expect_shape("valid_mask1", valid_mask1, (b, hc, wc))
         valid1 = valid_mask1.reshape(b, hc * wc) > 0
     s = s * valid1[:, None, :].to(s.dtype)
     valid0 = s.sum(dim=2) > 0  # view-0 cells that land on a valid view-1 cell
@@ -305,10 +312,9 @@ def keypoint_descriptor_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     b, _, hc, wc = desc0.shape
     h, w = hc * CELL, wc * CELL
-    if keypoint_map0.shape != (b, h, w):
-        raise ValueError(f"keypoint_map0 must be {(b, h, w)} to fit the descriptors, got {tuple(keypoint_map0.shape)}")
-    if valid_mask1 is not None and valid_mask1.shape != (b, h, w):
-        raise ValueError(f"valid_mask1 must be {(b, h, w)}, got {tuple(valid_mask1.shape)}")
+    _expect_shape("keypoint_map0", keypoint_map0, (b, h, w), " to fit the descriptors")
+    if valid_mask1 is not None:
+        _expect_shape("valid_mask1", valid_mask1, (b, h, w))
     total, count = desc0.sum() * 0.0, 0
     for i in range(b):
         rows, cols = torch.nonzero(keypoint_map0[i] > 0, as_tuple=True)
@@ -376,13 +382,11 @@ def heatmap_consistency_loss(
     if patch_size < 2:
         raise ValueError(f"patch_size must be >= 2, got {patch_size}")
     b, h, w = heatmap0.shape
-    homography = homography.expand(b, 3, 3) if homography.dim() == 2 else homography
-    if homography.shape != (b, 3, 3):
-        raise ValueError(f"homography must be ({b}, 3, 3), got {tuple(homography.shape)}")
+    homography = _batched_homography(homography, b)
     if valid_mask1 is None:
         valid_mask1 = torch.ones_like(heatmap1)
-    elif valid_mask1.shape != (b, h, w):
-        raise ValueError(f"valid_mask1 must be {(b, h, w)}, got {tuple(valid_mask1.shape)}")
+    else:
+        _expect_shape("valid_mask1", valid_mask1, (b, h, w))
     inverse = torch.linalg.inv(homography.double()).to(heatmap1.dtype)
     back = warp_image(heatmap1[:, None], inverse)
     seen = (warp_image(valid_mask1[:, None].to(heatmap1.dtype), inverse) > 0.999).to(heatmap1.dtype)
