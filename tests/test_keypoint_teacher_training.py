@@ -51,6 +51,10 @@ def history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "joint" / "history.jsonl").read_text().splitlines()]
 
 
+def labels(run: Path) -> list[np.ndarray]:
+    return [np.load(path)["points"] for path in sorted((run / "adapt").glob("*.npz"))]
+
+
 def test_all_stages_then_a_second_round_from_the_teacher(photos: Path, tmp_path: Path, one_torch_thread):
     first = tmp_path / "round1"
     teacher = run_teacher_training(tiny_config(photos, consistency_weight=1.0, keypoint_descriptor_weight=1.0), first)
@@ -62,12 +66,18 @@ def test_all_stages_then_a_second_round_from_the_teacher(photos: Path, tmp_path:
     assert logged[-1]["keypoint_descriptor"] >= 0.0
     assert len(list((first / "adapt").glob("*.npz"))) == 2
 
+    assert all(np.array_equal(p, np.round(p)) for p in labels(first))  # default: whole-pixel labels (paper)
+
     # Round 2 has no shapes stage of its own: labeller and init name the round-1 teacher.
-    config = tiny_config(photos, init=str(teacher))
+    # It also keeps the labels' sub-pixel positions, in the cache and in the detector targets.
+    config = tiny_config(photos, init=str(teacher), soft_labels=True)
     config["adapt"]["labeller"] = str(teacher)
+    config["adapt"]["subpixel_radius"] = 2
     second = tmp_path / "round2"
     run_teacher_training(config, second, stages=("adapt", "joint"))
     assert {"consistency", "keypoint_descriptor"}.isdisjoint(history(second)[-1])  # weight 0 (default): not computed
+    assert np.isfinite(history(second)[-1]["detector"])
+    assert any(not np.array_equal(p, np.round(p)) for p in labels(second))
     # The labels are keyed by the labeller's weights: none of round 1's cache files is reused.
     first_keys = {p.name for p in (first / "adapt").glob("*.npz")}
     second_keys = {p.name for p in (second / "adapt").glob("*.npz")}

@@ -16,6 +16,7 @@ from detkd.losses import (
     heatmap_consistency_loss,
     keypoint_descriptor_loss,
     keypoint_map_to_cell_labels,
+    soft_cell_targets,
     valid_mask_to_cells,
 )
 from detkd.models.superpoint import logits_to_heatmap
@@ -78,6 +79,39 @@ def test_label_shapes_are_checked():
         keypoint_map_to_cell_labels(torch.zeros(1, 16, 16), torch.ones(1, 8, 16))
 
 
+def test_soft_targets_by_hand():
+    soft = torch.zeros(1, 8, 16)
+    soft[0, 0, 7] = soft[0, 0, 8] = 0.5  # a point at x = 7.5, y = 0: half in each cell
+    soft[0, 3, 2] = 0.25  # and a quarter of another one in cell 0 (its other pixels fell outside)
+    targets = soft_cell_targets(soft)
+    assert targets.shape == (1, 65, 1, 2)
+    assert targets[0, 7, 0, 0] == 0.5 and targets[0, 26, 0, 0] == 0.25 and targets[0, 64, 0, 0] == 0.25
+    assert targets[0, 0, 0, 1] == 0.5 and targets[0, 64, 0, 1] == 0.5
+    torch.testing.assert_close(targets.sum(1), torch.ones(1, 1, 2))
+    crowded = torch.zeros(1, 8, 8)
+    crowded[0, 1, 1] = crowded[0, 5, 5] = 1.0  # two whole points: half each, no dustbin
+    t = soft_cell_targets(crowded)
+    assert t[0, 9, 0, 0] == 0.5 and t[0, 45, 0, 0] == 0.5 and t[0, 64, 0, 0] == 0.0
+    valid = torch.ones(1, 8, 16)
+    valid[0, :, 8:] = 0
+    assert soft_cell_targets(soft, valid)[0, 64, 0, 1] == 1.0  # the invalid half drops out
+
+
+def test_soft_targets_of_whole_pixels_are_the_hard_labels():
+    kmap = torch.zeros(2, 16, 24)
+    kmap[0, 3, 5] = kmap[1, 10, 20] = kmap[1, 0, 0] = 1.0
+    one_hot = F.one_hot(keypoint_map_to_cell_labels(kmap), 65).permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(soft_cell_targets(kmap), one_hot)
+    logits = torch.randn(2, 65, 2, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        detector_loss(logits, soft_cell_targets(kmap)), detector_loss(logits, keypoint_map_to_cell_labels(kmap))
+    )
+    with pytest.raises(ValueError, match="multiples of 8"):
+        soft_cell_targets(torch.zeros(1, 12, 16))
+    with pytest.raises(ValueError, match="valid_mask"):
+        soft_cell_targets(torch.zeros(1, 16, 16), torch.ones(1, 8, 16))
+
+
 # ------------------------------------------------------------------------------ detector
 def test_detector_loss_of_uniform_logits_is_log65():
     labels = torch.randint(0, 65, (2, 3, 4))
@@ -98,6 +132,19 @@ def test_detector_loss_averages_over_valid_cells_only():
         detector_loss(torch.zeros(1, 65, 2, 2), torch.zeros(1, 2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="65"):
         detector_loss(torch.zeros(1, 64, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="soft labels"):
+        detector_loss(torch.zeros(1, 65, 2, 2), torch.zeros(1, 65, 2, 3))
+
+
+def test_detector_loss_with_soft_targets_by_hand():
+    target = torch.zeros(1, 65, 1, 1)
+    target[0, 7] = target[0, 64] = 0.5  # half a point on pixel 7, half nothing
+    assert detector_loss(torch.zeros(1, 65, 1, 1), target).item() == pytest.approx(math.log(65), abs=1e-6)
+    logits = torch.zeros(1, 65, 1, 1)
+    logits[0, 7] = logits[0, 64] = 10.0
+    # -0.5 log p7 - 0.5 log p64 with p7 = p64 = e^10 / (2 e^10 + 63)
+    expected = -math.log(math.exp(10.0) / (2 * math.exp(10.0) + 63))
+    assert detector_loss(logits, target).item() == pytest.approx(expected, abs=1e-5)
 
 
 # ------------------------------------------------------------------------------ descriptor

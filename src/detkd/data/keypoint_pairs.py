@@ -29,6 +29,27 @@ def keypoint_map(points: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
+def keypoint_splat_map(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(H, W)`` float32 map: each sub-pixel point spread bilinearly over its 4 nearest pixels.
+
+    A point at ``(x, y)`` with ``x = i + a``, ``y = j + b`` (``0 <= a, b < 1``) puts
+    ``(1-a)(1-b)`` on pixel ``(i, j)``, ``a(1-b)`` on ``(i+1, j)``, ``(1-a)b`` on ``(i, j+1)`` and
+    ``ab`` on ``(i+1, j+1)``; a point on a pixel centre is a single 1, as in :func:`keypoint_map`.
+    Weights falling outside the map are dropped; overlapping points add up, capped at 1.
+    """
+    out = np.zeros((height, width), np.float32)
+    if not len(points):
+        return out
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    ax, ay = x - x0, y - y0
+    for dx, dy, weight in ((0, 0, (1 - ax) * (1 - ay)), (1, 0, ax * (1 - ay)), (0, 1, (1 - ax) * ay), (1, 1, ax * ay)):
+        cols, rows = x0 + dx, y0 + dy
+        keep = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & (weight > 0)
+        np.add.at(out, (rows[keep], cols[keep]), weight[keep].astype(np.float32))
+    return np.minimum(out, 1.0)
+
+
 def warped_valid_mask(homography: np.ndarray, height: int, width: int, erode: int = 3) -> np.ndarray:
     """``(H, W)`` float32 mask of view pixels that come from inside the source view."""
     ones = np.ones((height, width), np.float32)
@@ -48,9 +69,12 @@ class PseudoLabelPairStream(StreamDataset):
         zoom: random scale of the photo before cropping.
         homography: how strong the view-0 -> view-1 warp is.
         photometric: independent photometric noise on each view (``None``: off).
+        soft_labels: also give ``soft_keypoint_map0/1`` (:func:`keypoint_splat_map`), which keep
+            the points' sub-pixel positions that ``keypoint_map0/1`` round away.
 
     Samples: ``image0``, ``image1`` ``(1, H, W)``; ``keypoint_map0/1`` ``(H, W)``;
-    ``valid_mask0/1`` ``(H, W)``; ``homography`` ``(3, 3)`` float32 view 0 -> view 1.
+    ``valid_mask0/1`` ``(H, W)``; ``homography`` ``(3, 3)`` float32 view 0 -> view 1; with
+    ``soft_labels``, ``soft_keypoint_map0/1`` ``(H, W)``.
     """
 
     def __init__(
@@ -63,6 +87,7 @@ class PseudoLabelPairStream(StreamDataset):
         homography: HomographyConfig | None = None,
         photometric: PhotometricConfig | None = None,
         seed: int = 0,
+        soft_labels: bool = False,
     ) -> None:
         super().__init__(seed)
         if len(images) != len(points) or not images:
@@ -73,6 +98,7 @@ class PseudoLabelPairStream(StreamDataset):
         self.height, self.width, self.zoom = height, width, zoom
         self.homography = homography or HomographyConfig(allow_outside=True)
         self.photometric = photometric
+        self.soft_labels = soft_labels
 
     def num_items(self) -> int:
         return len(self.images)
@@ -88,7 +114,7 @@ class PseudoLabelPairStream(StreamDataset):
         # photo pixel centre p -> view pixel centre: zoom*(p + 0.5) - 0.5 - offset
         to_view0 = np.array([[zoom, 0, 0.5 * zoom - 0.5 - left], [0, zoom, 0.5 * zoom - 0.5 - top], [0, 0, 1]])
         hom = sample_homography(h, w, rng, self.homography).numpy()
-        views, maps, masks = [], [], []
+        views, maps, soft_maps, masks = [], [], [], []
         for transform, valid in ((to_view0, np.ones((h, w), np.float32)), (hom @ to_view0, warped_valid_mask(hom, h, w))):
             view = cv2.warpPerspective(photo, transform, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0)
             if self.photometric is not None:
@@ -96,13 +122,18 @@ class PseudoLabelPairStream(StreamDataset):
             moved = cv2.perspectiveTransform(pts[None], transform)[0] if len(pts) else pts
             views.append(torch.from_numpy(view * valid)[None])
             maps.append(torch.from_numpy(keypoint_map(moved, h, w) * valid))
+            if self.soft_labels:
+                soft_maps.append(torch.from_numpy(keypoint_splat_map(moved, h, w) * valid))
             masks.append(torch.from_numpy(valid))
-        return {
+        sample = {
             "image0": views[0], "image1": views[1],
             "keypoint_map0": maps[0], "keypoint_map1": maps[1],
             "valid_mask0": masks[0], "valid_mask1": masks[1],
             "homography": torch.from_numpy(hom.astype(np.float32)),
         }
+        if self.soft_labels:
+            sample["soft_keypoint_map0"], sample["soft_keypoint_map1"] = soft_maps
+        return sample
 
 
 def resize_longer_side(image: np.ndarray, size: int) -> np.ndarray:

@@ -3,7 +3,9 @@
 * Detector: the image is cut into 8x8 cells; each cell's label is the bin ``8*r + c`` of its key
   point (pixel row ``r``, column ``c`` inside the cell, as in
   :func:`detkd.models.superpoint.logits_to_heatmap`) or 64, the "no point" dustbin; the loss
-  is a 65-way cross-entropy per cell.
+  is a 65-way cross-entropy per cell. With sub-pixel labels the target is a distribution
+  instead (:func:`soft_cell_targets`): each point's bilinear weights on its 4 nearest pixels,
+  the rest of the cell's mass on the dustbin.
 * Descriptor: a hinge loss on all pairs of cells of two views related by a known homography;
   a pair corresponds when the warped centre of the first cell is within 8 px of the second's.
 * Key-point descriptors (optional, in the spirit of DISK/ALIKE's sparse losses): the
@@ -73,6 +75,31 @@ def keypoint_map_to_cell_labels(
     return torch.cat([scores, dustbin], dim=1).argmax(dim=1)
 
 
+def soft_cell_targets(soft_keypoint_map: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-cell 65-bin target distributions from a map of bilinearly splatted sub-pixel points.
+
+    Args:
+        soft_keypoint_map: ``(B, H, W)`` in ``[0, 1]``, e.g. from
+            :func:`detkd.data.keypoint_pairs.keypoint_splat_map`; ``H``, ``W`` multiples of 8.
+        valid_mask: ``(B, H, W)`` or ``None``; weights on invalid pixels (<= 0.5) are dropped.
+
+    Returns:
+        ``(B, 65, H/8, W/8)`` probabilities: bin ``8*r + c`` holds the weight on the cell's
+        pixel ``(r, c)``, bin 64 (the dustbin) the rest. A cell whose weights sum above 1
+        (several points) is normalised to sum 1 with an empty dustbin. A point on a pixel
+        centre gives the one-hot label of :func:`keypoint_map_to_cell_labels`.
+    """
+    _check_maps("soft_keypoint_map", soft_keypoint_map)
+    weights = soft_keypoint_map.float().clamp(0.0, 1.0)
+    if valid_mask is not None:
+        _expect_shape("valid_mask", valid_mask, tuple(soft_keypoint_map.shape), " to match soft_keypoint_map")
+        weights = weights * (valid_mask > 0.5).float()
+    cells = F.pixel_unshuffle(weights[:, None], CELL)  # (B, 64, Hc, Wc), channel 8*r + c
+    cells = cells / cells.sum(dim=1, keepdim=True).clamp_min(1.0)
+    dustbin = (1.0 - cells.sum(dim=1, keepdim=True)).clamp_min(0.0)
+    return torch.cat([cells, dustbin], dim=1)
+
+
 def valid_mask_to_cells(valid_mask: torch.Tensor) -> torch.Tensor:
     """``(B, H, W)`` pixel mask -> ``(B, H/8, W/8)`` bool: a cell is valid when all its 64 pixels are."""
     _check_maps("valid_mask", valid_mask)
@@ -86,7 +113,8 @@ def detector_loss(
 
     Args:
         logits: ``(B, 65, Hc, Wc)`` detector scores before softmax.
-        labels: ``(B, Hc, Wc)`` int64 in ``[0, 64]`` (see :func:`keypoint_map_to_cell_labels`).
+        labels: ``(B, Hc, Wc)`` int64 in ``[0, 64]`` (see :func:`keypoint_map_to_cell_labels`),
+            or ``(B, 65, Hc, Wc)`` float target distributions (see :func:`soft_cell_targets`).
         valid_cells: ``(B, Hc, Wc)`` bool/float weights, or ``None`` for all cells.
 
     Returns:
@@ -95,10 +123,15 @@ def detector_loss(
     if logits.dim() != 4 or logits.shape[1] != DUSTBIN + 1:
         raise ValueError(f"logits must be (B, {DUSTBIN + 1}, Hc, Wc), got {tuple(logits.shape)}")
     b, _, hc, wc = logits.shape
-    if labels.shape != (b, hc, wc):
+    if labels.is_floating_point():
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"soft labels must be {tuple(logits.shape)} distributions to match logits, got {tuple(labels.shape)}"
+            )
+    elif labels.dtype != torch.long:
+        raise ValueError(f"labels must be int64 class indices or float distributions, got {labels.dtype}")
+    elif labels.shape != (b, hc, wc):
         raise ValueError(f"labels must be {(b, hc, wc)} to match logits, got {tuple(labels.shape)}")
-    if labels.dtype != torch.long:
-        raise ValueError(f"labels must be int64 class indices, got {labels.dtype}")
     ce = F.cross_entropy(logits, labels, reduction="none")  # (B, Hc, Wc)
     if valid_cells is None:
         return ce.mean()

@@ -48,6 +48,7 @@ from detkd.losses.superpoint import (
     heatmap_consistency_loss,
     keypoint_descriptor_loss,
     keypoint_map_to_cell_labels,
+    soft_cell_targets,
     valid_mask_to_cells,
 )
 from detkd.models.superpoint import CELL, SuperPoint, create_model, detect_keypoints, logits_to_heatmap
@@ -79,6 +80,7 @@ DEFAULT_TEACHER_CONFIG: dict[str, Any] = {
         "warps_per_batch": 16,
         "threshold": 0.015,  # on the aggregated heatmap
         "nms_radius": 4,
+        "subpixel_radius": 0,  # refine each label on the aggregated heatmap (soft-argmax, pixels); 0: whole pixels (paper)
         "seed": 0,
     },
     "joint": {
@@ -93,6 +95,7 @@ DEFAULT_TEACHER_CONFIG: dict[str, Any] = {
         "keypoint_ignore_radius": 3.0,  # pixels: key points this close are not each other's negatives
         "consistency_weight": 0.0,  # R2D2 heatmap-consistency loss beside the detector losses; 0: off (paper)
         "consistency_patch": 8,  # pixels, patch side of that loss
+        "soft_labels": False,  # detector targets keep the labels' sub-pixel positions (bilinear); false: rounded (paper)
         "train": {**_TRAIN_DEFAULTS, "batch_size": 4, "steps": 3000},
     },
 }
@@ -191,7 +194,9 @@ def run_adaptation(model: SuperPoint, cfg: dict[str, Any], cache_dir: Path) -> t
     weights_digest = hashlib.sha1()
     for tensor in model.state_dict().values():
         weights_digest.update(tensor.detach().cpu().numpy().tobytes())
-    options = json.dumps({k: cfg[k] for k in ("longer_side", "num_warps", "threshold", "nms_radius", "seed")})
+    options = json.dumps(
+        {k: cfg[k] for k in ("longer_side", "num_warps", "threshold", "nms_radius", "subpixel_radius", "seed")}
+    )
     images, points = [], []
     model.eval()
     photos = _photo_sources(cfg)
@@ -206,7 +211,10 @@ def run_adaptation(model: SuperPoint, cfg: dict[str, Any], cache_dir: Path) -> t
         else:
             rng = np.random.default_rng([cfg["seed"], index])
             heat = homographic_adaptation(model, torch.from_numpy(image)[None], cfg["num_warps"], rng, cfg["warps_per_batch"])
-            kpts, _ = detect_keypoints(heat[None], nms_radius=cfg["nms_radius"], threshold=cfg["threshold"], border=4)
+            kpts, _ = detect_keypoints(
+                heat[None], nms_radius=cfg["nms_radius"], threshold=cfg["threshold"], border=4,
+                subpixel_radius=int(cfg["subpixel_radius"]),
+            )
             pts = kpts[0].numpy().astype(np.float32)
             tmp = path.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, points=pts)
@@ -231,6 +239,7 @@ class JointSuperPointTask(Task):
         self.keypoint_descriptor_weight = float(cfg["keypoint_descriptor_weight"])
         self.keypoint_options = {"temperature": cfg["temperature"], "ignore_radius": cfg["keypoint_ignore_radius"]}
         self.consistency_patch = int(cfg["consistency_patch"])
+        self.soft_labels = bool(cfg["soft_labels"])
         if cfg["descriptor_loss"] == "hinge":
             self.descriptor_loss = descriptor_hinge_loss
             self.descriptor_options = {
@@ -254,7 +263,10 @@ class JointSuperPointTask(Task):
         det = []
         for view, sl in ((0, slice(0, n)), (1, slice(n, 2 * n))):
             mask = batch[f"valid_mask{view}"]
-            labels = keypoint_map_to_cell_labels(batch[f"keypoint_map{view}"], mask)
+            if self.soft_labels:
+                labels = soft_cell_targets(batch[f"soft_keypoint_map{view}"], mask)
+            else:
+                labels = keypoint_map_to_cell_labels(batch[f"keypoint_map{view}"], mask)
             det.append(detector_loss(both["logits"][sl], labels, valid_mask_to_cells(mask)))
         desc = self.descriptor_loss(
             both["descriptors"][:n], both["descriptors"][n:], batch["homography"],
@@ -349,7 +361,7 @@ def run_teacher_training(
         model = load_keypoint_model(init).train()
         data = PseudoLabelPairStream(
             images, points, height=cfg["height"], width=cfg["width"], seed=cfg["train"]["seed"],
-            photometric=PhotometricConfig(),
+            photometric=PhotometricConfig(), soft_labels=bool(cfg["soft_labels"]),
         )
         train_cfg = _train_config(cfg["train"], steps.get("joint"))
         print(f"stage joint: SuperPoint on warped photo pairs, {train_cfg.steps} steps x {train_cfg.batch_size} pairs")
