@@ -26,10 +26,19 @@ clean scenes), detections from the model's own heatmap threshold / NMS / border
 (:func:`detkd.evaluation.corners.synthetic_shapes_precision_recall`); for ``--magicpoint`` if
 given, and for the teacher.
 
+``--split validation`` runs the same comparison on pairs cut from the teacher's *training*
+images (scikit-image's training photos and the training block of tree tiles, 2 pairs each by
+default): that is where teacher settings and checkpoints are chosen, so that the held-out pairs
+judge a choice without having made it. It writes ``keypoint_teacher_validation.*``.
+
+When the teacher's ``input_scale`` is not 1 (it runs on the image resized by that factor), the
+tables also show it at native scale (``teacher x1``), so that the gain of the resize is in view.
+
 Writes ``OUT/keypoint_teacher.md`` and ``OUT/keypoint_teacher.json`` (``--quick`` writes
 ``keypoint_teacher_quick.*`` instead, so a smoke test never overwrites real results).
 
     python benchmarks/keypoint_teacher.py --magicpoint RUN/shapes/magicpoint.pt
+    python benchmarks/keypoint_teacher.py --split validation --input-scale 1   # choose settings here
     python benchmarks/keypoint_teacher.py --quick --teacher /tmp/rand_teacher.pt   # smoke test
 """
 
@@ -54,12 +63,13 @@ from typing import Any
 import cv2
 import torch
 
-from detkd.data.images import BUILTIN_HELDOUT_PHOTOS
+from detkd.data.images import BUILTIN_HELDOUT_PHOTOS, BUILTIN_TRAIN_PHOTOS
 from detkd.data.pairs import ImagePair, builtin_heldout_pairs, synthetic_pairs_from_folder
 from detkd.evaluation.classical import OpenCVFeatures
 from detkd.evaluation.corners import CORNER_DISTANCE, CornerCounts, synthetic_shapes_precision_recall
 from detkd.evaluation.keypoints import (
     KeypointEvaluation,
+    WithExtractOptions,
     evaluate_keypoint_models,
     format_metrics_table,
     summarise,
@@ -81,9 +91,18 @@ COLUMNS = [
 VERDICT_KEYS = {"repeatability": "repeatability", "homography_accuracy@3": "HA@3"}
 SHAPES_SEED = 10_000  # never a training seed (teacher training uses seed 0)
 SHAPES_SIZE = (120, 160)
+#: Per split: the scikit-image photos, the tree-tile folder written by tree_tiles.py, and the
+#: default pairs per image (the validation split has 3x more images).
+SPLITS = {
+    "heldout": {"photos": BUILTIN_HELDOUT_PHOTOS, "tiles": "heldout", "pairs_per_image": 10},
+    "validation": {"photos": BUILTIN_TRAIN_PHOTOS, "tiles": "train", "pairs_per_image": 2},
+}
+NATIVE = "teacher x1"  # the teacher at input_scale 1, shown when its own input_scale is not 1
+
+
 QUICK = {"size": (120, 160), "pairs_per_image": 1, "max_keypoints": 150, "photos": 2, "tiles": 2,
          "shape_images": 8}
-FULL = {"size": (240, 320), "pairs_per_image": 10, "max_keypoints": 500, "photos": None, "tiles": None,
+FULL = {"size": (240, 320), "pairs_per_image": None, "max_keypoints": 500, "photos": None, "tiles": None,
         "shape_images": 200}
 
 
@@ -100,8 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="optional stage-1 detector (e.g. RUN/shapes/magicpoint.pt) for the synthetic-shapes check")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "results",
                         help="folder for keypoint_teacher.md / .json (default: benchmarks/results)")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="heldout",
+                        help="heldout (default): the images never trained on, the result to report; validation: "
+                             "pairs of the teacher's training images, for choosing settings and checkpoints")
     parser.add_argument("--pairs-per-image", type=int, default=None,
-                        help=f"pairs per held-out image (default {FULL['pairs_per_image']}; --quick: {QUICK['pairs_per_image']})")
+                        help="pairs per image (default 10 held out, 2 validation; --quick: "
+                             f"{QUICK['pairs_per_image']})")
     parser.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None,
                         help=f"pair image size in pixels (default {FULL['size'][0]} {FULL['size'][1]}; "
                              f"--quick: {QUICK['size'][0]} {QUICK['size'][1]})")
@@ -118,6 +141,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subpixel-radius", type=int, default=None,
                         help="override the networks' sub-pixel refinement radius (0: whole pixels; "
                              "default: each model's own, 2 px for detkd's models)")
+    parser.add_argument("--input-scale", type=float, default=None,
+                        help="override the teacher's input_scale (the network sees the image resized by this "
+                             "factor; default: the teacher's own)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke test: {QUICK['photos']} photos + {QUICK['tiles']} tiles, 1 pair each, "
                              f"{QUICK['size'][0]}x{QUICK['size'][1]}, {QUICK['shape_images']} shapes; writes keypoint_teacher_quick.*")
@@ -126,6 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("pairs_per_image", "max_keypoints", "shape_images"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
+    if args.pairs_per_image is None:
+        args.pairs_per_image = SPLITS[args.split]["pairs_per_image"]
     args.size = tuple(args.size) if args.size else preset["size"]
     args.max_photos, args.max_tiles = preset["photos"], preset["tiles"]
     if args.pairs_per_image < 1 or args.max_keypoints < 1 or args.shape_images < 0:
@@ -147,9 +175,10 @@ def _load_tree_tiles_module() -> Any:
 
 
 def build_pair_sets(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, list[ImagePair]], dict[str, Any]]:
-    """The ``photos`` and ``trees`` pair sets and a description of exactly what is in them."""
+    """The ``photos`` and ``trees`` pair sets of ``args.split`` and a description of exactly what is in them."""
+    split = SPLITS[args.split]
     pair_options = {"pairs_per_image": args.pairs_per_image, "size": args.size, "seed": args.seed}
-    photos = list(BUILTIN_HELDOUT_PHOTOS)[: args.max_photos]
+    photos = list(split["photos"])[: args.max_photos]
     photo_pairs = builtin_heldout_pairs(photos, **pair_options)
 
     if not args.trees.is_dir() or not any(args.trees.glob("*.png")):
@@ -158,10 +187,10 @@ def build_pair_sets(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, 
             "benchmarks/tree_tiles.py); pass --trees FOLDER"
         )
     counts = _load_tree_tiles_module().write_tiles(args.trees, workdir, args.tile)
-    heldout = workdir / "heldout"
+    heldout = workdir / split["tiles"]
     tiles = sorted(heldout.glob("*.png"))
     if not tiles:
-        raise ValueError(f"benchmarks/tree_tiles.py cut no held-out tile from '{args.trees}' (tile {args.tile} px)")
+        raise ValueError(f"benchmarks/tree_tiles.py cut no {split['tiles']} tile from '{args.trees}' (tile {args.tile} px)")
     if args.max_tiles is not None:
         for extra in tiles[args.max_tiles:]:
             extra.unlink()
@@ -177,9 +206,12 @@ def build_pair_sets(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, 
                          "with HomographyConfig() defaults, IlluminationConfig() defaults)",
             "pairs_per_image": args.pairs_per_image, "size_hw": list(args.size), "seed": args.seed,
         },
-        "photos": {"source": "scikit-image held-out photos (detkd.data.images.BUILTIN_HELDOUT_PHOTOS)",
+        "split": args.split,
+        "photos": {"source": f"scikit-image {args.split} photos (detkd.data.images."
+                             f"{'BUILTIN_HELDOUT_PHOTOS' if args.split == 'heldout' else 'BUILTIN_TRAIN_PHOTOS'})",
                    "images": photos, "num_pairs": len(photo_pairs)},
-        "trees": {"source": f"{_show(args.trees)} cut by benchmarks/tree_tiles.py write_tiles(tile={args.tile}); heldout/ only",
+        "trees": {"source": f"{_show(args.trees)} cut by benchmarks/tree_tiles.py write_tiles(tile={args.tile}); "
+                            f"{split['tiles']}/ only",
                   "tiles_written": counts, "images": [p.stem for p in tiles], "num_pairs": len(tree_pairs)},
     }
     return {"photos": photo_pairs, "trees": tree_pairs}, data
@@ -349,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher = load_keypoint_model(teacher_path, map_location=args.device)
     if args.subpixel_radius is not None:
         teacher.conf["subpixel_radius"] = args.subpixel_radius
+    if args.input_scale is not None:
+        teacher.conf["input_scale"] = args.input_scale
     model_info = {"teacher": describe_model(teacher_path, teacher)}
     magicpoint = None
     if args.magicpoint is not None:
@@ -358,8 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.subpixel_radius is not None:
             magicpoint.conf["subpixel_radius"] = args.subpixel_radius
         model_info["MagicPoint"] = describe_model(args.magicpoint, magicpoint)
-    models = {"teacher": teacher, "SIFT": OpenCVFeatures("sift", args.max_keypoints),
-              "ORB": OpenCVFeatures("orb", args.max_keypoints)}
+    models: dict[str, Any] = {"teacher": teacher}
+    if float(teacher.conf["input_scale"]) != 1:
+        models[NATIVE] = WithExtractOptions(teacher, input_scale=1.0)
+    models.update({"SIFT": OpenCVFeatures("sift", args.max_keypoints), "ORB": OpenCVFeatures("orb", args.max_keypoints)})
     model_info["SIFT"] = {"opencv": repr(models["SIFT"]), "descriptor": "128 floats, L2-normalised"}
     model_info["ORB"] = {"opencv": repr(models["ORB"]), "descriptor": "256 bits as 0/1 floats (L2^2 = Hamming)"}
 
@@ -386,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ report
     tables = {name: format_metrics_table(summary, columns=COLUMNS, relative_to_first=()) for name, summary in summaries.items()}
     lines = [
-        "# Key-point teacher against classical baselines" + (" (QUICK SMOKE TEST: not a result)" if args.quick else ""),
+        "# Key-point teacher against classical baselines" + (" (QUICK SMOKE TEST: not a result)" if args.quick else "")
+        + (" - validation pairs (training images)" if args.split == "validation" else ""),
         "",
         f"- Command: `{command}`",
         f"- Date: {date}; wall time {elapsed:.0f} s",
@@ -396,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- Code: git {_git_commit() or 'unknown'}",
         f"- Teacher: `{teacher_path}` (sha256 {model_info['teacher']['sha256'][:16]}, "
         f"{model_info['teacher']['parameters']:,} parameters, meta {model_info['teacher']['meta']}, "
-        f"sub-pixel refinement radius {teacher.conf['subpixel_radius']} px)",
+        f"sub-pixel refinement radius {teacher.conf['subpixel_radius']} px, input scale "
+        f"{float(teacher.conf['input_scale']):g}" + (f"; `{NATIVE}` is the same network at input scale 1" if NATIVE in models else "")
+        + ")",
     ]
     if magicpoint is not None:
         info = model_info["MagicPoint"]
@@ -406,12 +445,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.max_keypoints} key points per image (fewer when its own detector stops earlier) and the "
         "same mutual-nearest-neighbour matcher (Euclidean; ORB bits as 0/1 floats, so Hamming).",
         "",
-        "## Data (all held out from teacher training)",
-        "",
-        f"- photos: scikit-image held-out photos {data['photos']['images']} -> {sizes['photos']} pairs",
-        f"- trees: held-out tiles of `{_show(args.trees)}` (real aerial orthophoto, DeepForest sample), cut by "
-        f"`benchmarks/tree_tiles.py` (`write_tiles`, tile {args.tile} px, `heldout/` = spatially separate "
-        f"right-hand block): {len(data['trees']['images'])} tiles {data['trees']['images']} -> {sizes['trees']} pairs",
+        *([
+            "## Data (all held out from teacher training)",
+            "",
+            f"- photos: scikit-image held-out photos {data['photos']['images']} -> {sizes['photos']} pairs",
+            f"- trees: held-out tiles of `{_show(args.trees)}` (real aerial orthophoto, DeepForest sample), cut by "
+            f"`benchmarks/tree_tiles.py` (`write_tiles`, tile {args.tile} px, `heldout/` = spatially separate "
+            f"right-hand block): {len(data['trees']['images'])} tiles {data['trees']['images']} -> {sizes['trees']} pairs",
+        ] if args.split == "heldout" else [
+            "## Data: VALIDATION pairs of the teacher's training images (for choosing settings; not a result)",
+            "",
+            f"- photos: scikit-image training photos {data['photos']['images']} -> {sizes['photos']} pairs",
+            f"- trees: training tiles of `{_show(args.trees)}` (`benchmarks/tree_tiles.py`, `train/` = left three "
+            f"quarters): {len(data['trees']['images'])} tiles -> {sizes['trees']} pairs",
+        ]),
         f"- pairs: {args.pairs_per_image} per image, {args.size[0]}x{args.size[1]} px, "
         f"`detkd.data.pairs.synthetic_pairs` seed {args.seed} (random homography with `HomographyConfig()` "
         "defaults + illumination change with `IlluminationConfig()` defaults)",
@@ -454,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "keypoint_teacher_quick" if args.quick else "keypoint_teacher"
+    stem = "keypoint_teacher" + ("_validation" if args.split == "validation" else "") + ("_quick" if args.quick else "")
     md_path, json_path = args.out / f"{stem}.md", args.out / f"{stem}.json"
     md_path.write_text(report + "\n")
     payload = {

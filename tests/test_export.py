@@ -89,7 +89,8 @@ def test_postprocess_module_gives_extract_keypoints(teacher):
 def _fake_post(heatmap: np.ndarray, k: int = 4, subpixel_radius: int = 0):
     model = lambda batch: {"heatmap": torch.from_numpy(heatmap)[None]}  # noqa: E731
     return SimpleNamespace(model=model, threshold=0.015, nms_radius=1, max_keypoints=k,
-                           subpixel_radius=subpixel_radius)
+                           subpixel_radius=subpixel_radius, input_scale=1, heatmap_nms_radius=1,
+                           heatmap_input=lambda batch: batch)
 
 
 def _outputs(points, scores, k=4, dim=2):
@@ -181,6 +182,21 @@ def test_export_postprocessed_checks_parity_and_describes_itself(teacher, tmp_pa
     session = ort_session(result.path)
     keypoints, scores, descriptors, count = session.run(None, {"image": np.zeros((1, 1, H, W), np.float32)})
     assert keypoints.shape == (1, 1024, 2) and descriptors.shape == (1, 1024, 256) and 0 <= count[0] <= 1024
+
+
+def test_export_at_input_scale_2_upsamples_inside_the_graph(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("tiny", batch_norm=True, input_scale=2).eval()
+    result = export_onnx(model, tmp_path / "x2.onnx", H, W, max_keypoints=64, verbose=False)
+    assert result.metadata["model"]["input_scale"] == 2
+    assert result.metadata["parity"]["unexplained"] == 0 and result.metadata["parity"]["agreement"] > 0.9
+    batch = photo_batch(["coffee"], 1, H, W)
+    keypoints, _, descriptors, count = ort_session(result.path).run(None, {"image": batch.numpy()})
+    reference = model.extract(batch, max_keypoints=64)
+    n = int(count[0])
+    assert n == len(reference["keypoints"][0]) > 5
+    np.testing.assert_allclose(keypoints[0, :n], reference["keypoints"][0].numpy(), atol=1e-3)
+    assert keypoints[0, :n, 0].max() < W and keypoints[0, :n, 1].max() < H  # input pixels, not 2x ones
 
 
 def test_dynamic_export_runs_at_another_size_and_batch(tiny, tmp_path):

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from detkd.export.keypoints import topk_keypoints
-from detkd.models.superpoint import create_model, detect_keypoints, subpixel_offsets
+from detkd.export.keypoints import KeypointPostprocess, topk_keypoints
+from detkd.models.superpoint import (
+    create_model,
+    detect_keypoints,
+    scale_input,
+    subpixel_offsets,
+    unscale_keypoints,
+)
 
 
 def _peak() -> torch.Tensor:
@@ -64,3 +71,60 @@ def test_model_extract_uses_its_subpixel_option():
     assert model.conf["subpixel_radius"] == 2
     assert torch.equal(whole, whole.round())
     assert (refined - whole).abs().max() <= 2 and not torch.equal(refined, whole)
+
+
+# ---------------------------------------------------------------------- input_scale
+def test_unscale_keypoints_keeps_pixel_centres_aligned():
+    points = torch.tensor([[9.0, 4.0], [-0.5, -0.5], [0.0, 0.0]])
+    # x = (x' + 0.5) / s - 0.5: pixel 9 of the 2x image is 4.25 of the original; the image edge stays the edge.
+    assert unscale_keypoints(points, 2.0, 2.0).tolist() == [[4.25, 1.75], [-0.5, -0.5], [-0.25, -0.25]]
+    assert unscale_keypoints(points, 1.0, 1.0) is points
+
+
+def test_scale_input_gives_the_size_and_the_exact_factors():
+    image = torch.rand(1, 1, 24, 30)
+    same, factors = scale_input(image, 1.0)
+    assert same is image and factors == (1.0, 1.0)
+    bigger, factors = scale_input(image, 1.5)
+    assert bigger.shape == (1, 1, 36, 45) and factors == (1.5, 1.5)
+    odd, factors = scale_input(torch.rand(1, 1, 5, 7), 1.5)  # 7.5 -> 8 rows, 10.5 -> 10 columns
+    assert odd.shape == (1, 1, 8, 10) and factors == (10 / 7, 8 / 5)
+
+
+def test_extract_at_input_scale_2_is_extract_of_the_upsampled_image_mapped_back():
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    image = F.avg_pool2d(torch.rand(1, 1, 34, 42), 3, stride=1)  # 32x40, smooth enough to have peaks
+    options = {"detection_threshold": 0.0, "max_keypoints": 12}
+    scaled = model.extract(image, input_scale=2, **options)
+    upsampled = F.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False)
+    # NMS radius and border are input pixels: 4 of them are 8 pixels of the 2x image.
+    direct = model.extract(upsampled, nms_radius=8, remove_borders=8, **options)
+    assert len(scaled["keypoints"][0]) == len(direct["keypoints"][0]) >= 4
+    torch.testing.assert_close(scaled["keypoints"][0], (direct["keypoints"][0] + 0.5) / 2 - 0.5)
+    torch.testing.assert_close(scaled["descriptors"][0], direct["descriptors"][0])
+    assert scaled["keypoints"][0].max() < 40 and scaled["keypoints"][0].min() >= 0
+
+
+def test_input_scale_finds_a_corner_in_input_pixels():
+    from detkd.models.pretrained import default_keypoint_teacher_path
+    from detkd.models.weights import load_keypoint_model
+
+    teacher = load_keypoint_model(default_keypoint_teacher_path()).eval()
+    image = torch.full((1, 1, 48, 64), 0.2)
+    image[..., 16:, 24:] = 0.9  # one corner: the square's top-left pixel is (x=24, y=16)
+    for scale in (1.0, 2.0):
+        points = teacher.extract(image, input_scale=scale, max_keypoints=1)["keypoints"][0]
+        # The corner lies between pixels 23 and 24 (x) and 15 and 16 (y): within 1.5 px of (23.5, 15.5).
+        assert len(points) == 1 and torch.dist(points[0], torch.tensor([23.5, 15.5])) < 1.5, (scale, points)
+
+
+def test_input_scale_is_checked_where_it_is_set():
+    with pytest.raises(ValueError, match="input_scale"):
+        create_model("tiny", input_scale=0)
+    with pytest.raises(ValueError, match="input_scale"):
+        create_model("tiny", input_scale="2")
+    with pytest.raises(ValueError, match="input_scale"):
+        create_model("tiny").extract(torch.rand(1, 1, 16, 16), input_scale=8)
+    with pytest.raises(ValueError, match="whole number"):
+        KeypointPostprocess(create_model("tiny", input_scale=1.5))

@@ -117,7 +117,8 @@ def synthetic_shapes_precision_recall(
     seed=seed)`` (no warp, no photometric change: the clean scenes with exact corners). Pick a
     ``seed`` the model was not trained on. Detections come from the model's heatmap with its
     own post-processing (``detection_threshold``, ``nms_radius``, ``remove_borders``,
-    ``max_keypoints`` of ``model.conf``).
+    ``max_keypoints`` of ``model.conf``), on whole pixels of the network's own resolution
+    (``input_scale`` and ``subpixel_radius`` do not apply: this judges the heatmap itself).
 
     Returns:
         Summed :class:`CornerCounts`; ``labels_inside`` excludes corners within the model's

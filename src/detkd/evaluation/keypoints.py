@@ -40,6 +40,18 @@ class KeypointExtractor(Protocol):
     def extract(self, image: torch.Tensor, **overrides: Any) -> dict[str, list[torch.Tensor]]: ...
 
 
+class WithExtractOptions:
+    """A model whose ``extract`` always gets some options, e.g. ``input_scale=1`` to judge a
+    teacher at the resolution its student runs at. Evaluation puts the wrapped model in eval mode
+    through :attr:`module`."""
+
+    def __init__(self, model: KeypointExtractor, **options: Any) -> None:
+        self.module, self.options = model, options
+
+    def extract(self, image: torch.Tensor, **overrides: Any) -> dict[str, list[torch.Tensor]]:
+        return self.module.extract(image, **{**overrides, **self.options})
+
+
 @dataclass
 class MatchExample:
     """What a plot needs to draw one pair's matches for one model (tensors on the CPU)."""
@@ -208,7 +220,8 @@ def evaluate_keypoint_models(
     finally:
         for name, was_training in training.items():
             if was_training:
-                models[name].train()
+                model = models[name]
+                (model.module if isinstance(model, WithExtractOptions) else model).train()
     if not result.per_pair:
         raise ValueError("No image pair to evaluate on")
     result.summary = {
@@ -219,6 +232,8 @@ def evaluate_keypoint_models(
 
 def _prepare(model: KeypointExtractor, device: str | torch.device) -> bool:
     """Eval mode on ``device``; returns whether the model was training."""
+    if isinstance(model, WithExtractOptions):
+        model = model.module
     if not isinstance(model, torch.nn.Module):
         return False
     was_training = model.training

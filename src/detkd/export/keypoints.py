@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.export.graph import ExportGraph, Parity, plain, worst_difference
-from detkd.models.superpoint import CELL, SuperPoint, logits_to_heatmap, subpixel_offsets
+from detkd.models.superpoint import CELL, SuperPoint, check_input_scale, logits_to_heatmap, subpixel_offsets
 
 #: Output names of each graph, in order.
 POSTPROCESSED_OUTPUTS = ("keypoints", "scores", "descriptors", "num_keypoints")
@@ -51,11 +51,15 @@ class KeypointPostprocess(nn.Module):
 
     Forward: ``image`` ``(B, 1, H, W)`` in ``[0, 1]`` ->
 
-    * ``keypoints`` ``(B, K, 2)`` float32 pixels (x, y), refined as the model's
+    * ``keypoints`` ``(B, K, 2)`` float32 pixels (x, y) of the input, refined as the model's
       ``subpixel_radius`` says, sorted by decreasing score;
     * ``scores`` ``(B, K)`` heatmap values, ``0`` for padding;
     * ``descriptors`` ``(B, K, D)`` unit vectors, zeros for padding;
     * ``num_keypoints`` ``(B,)`` int64: the first ``num_keypoints[b]`` entries are real.
+
+    A model whose ``input_scale`` is not 1 runs on the image upsampled by that factor inside the
+    graph, as :meth:`SuperPoint.extract` does; here the factor must be a whole number (1 to 4),
+    so that any size that is a multiple of 8 stays one.
     """
 
     def __init__(self, model: SuperPoint, max_keypoints: int | None = None) -> None:
@@ -69,13 +73,32 @@ class KeypointPostprocess(nn.Module):
         self.threshold = float(model.conf["detection_threshold"])
         self.border = int(model.conf["remove_borders"])
         self.subpixel_radius = int(model.conf["subpixel_radius"])
+        scale = check_input_scale(model.conf["input_scale"])
+        if scale != round(scale):
+            raise ValueError(
+                f"input_scale {scale:g} is not a whole number: exported graphs and Predictor upsample by 1, 2, 3 or 4 "
+                "(SuperPoint.extract takes any factor); set the model's input_scale to a whole number"
+            )
+        self.input_scale = int(round(scale))
+        # NMS radius and border are input pixels; the heatmap is input_scale times finer.
+        self.heatmap_nms_radius = self.nms_radius * self.input_scale
+        self.heatmap_border = self.border * self.input_scale
+
+    def heatmap_input(self, image: torch.Tensor) -> torch.Tensor:
+        """The ``(B, 1, sH, sW)`` image the network sees (``s = input_scale``)."""
+        if self.input_scale == 1:
+            return image
+        return F.interpolate(image, scale_factor=float(self.input_scale), mode="bilinear", align_corners=False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(image)
+        out = self.model(self.heatmap_input(image))
         keypoints, scores, valid = topk_keypoints(
-            out["heatmap"], self.nms_radius, self.threshold, self.border, self.max_keypoints, self.subpixel_radius
+            out["heatmap"], self.heatmap_nms_radius, self.threshold, self.heatmap_border, self.max_keypoints,
+            self.subpixel_radius,
         )
         descriptors = sample_descriptors_traceable(keypoints, out["descriptors"]) * valid[..., None]
+        if self.input_scale != 1:
+            keypoints = ((keypoints + 0.5) / self.input_scale - 0.5) * valid[..., None]
         return keypoints, scores, descriptors, valid.sum(dim=1)
 
 
@@ -242,10 +265,11 @@ def compare_postprocessed(
         raise ValueError(f"keypoints shapes differ: PyTorch {kp_r.shape}, ONNX Runtime {kp_o.shape}")
     point_err, score_err, desc_err, common, union, near, unexplained = 0.0, 0.0, 0.0, 0, 0, 0, 0
     with torch.inference_mode():
-        heatmaps = post.model(batch)["heatmap"].numpy()
+        heatmaps = post.model(post.heatmap_input(batch))["heatmap"].numpy()
+    s = post.input_scale  # key points are input pixels; the heatmap is s times finer
     for b in range(kp_r.shape[0]):
-        ids_r = _pixel_ids(kp_r[b, : int(n_r[b])], heatmaps[b], post.subpixel_radius)
-        ids_o = _pixel_ids(kp_o[b, : int(n_o[b])], heatmaps[b], post.subpixel_radius)
+        ids_r = _pixel_ids((kp_r[b, : int(n_r[b])] + 0.5) * s - 0.5, heatmaps[b], post.subpixel_radius)
+        ids_o = _pixel_ids((kp_o[b, : int(n_o[b])] + 0.5) * s - 0.5, heatmaps[b], post.subpixel_radius)
         shared, idx_r, idx_o = np.intersect1d(ids_r, ids_o, assume_unique=True, return_indices=True)
         only = np.setxor1d(ids_r, ids_o, assume_unique=True)
         common += len(shared)
@@ -275,7 +299,7 @@ def _near_tie(heatmap: np.ndarray, pixel_id: int, post: KeypointPostprocess, kth
     value = float(heatmap[y, x])
     if abs(value - post.threshold) <= tolerance or abs(value - kth) <= tolerance:
         return True
-    r = post.nms_radius
+    r = post.heatmap_nms_radius
     if r > 0:
         window = heatmap[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].astype(np.float64).copy()
         window[min(y, r), min(x, r)] = -np.inf  # the pixel itself

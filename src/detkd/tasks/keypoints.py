@@ -259,7 +259,9 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     from detkd.viz.plots import plot_loss_curves
 
     plot_loss_curves(result.history, out / "loss_curves.png", title="Key-point distillation")
-    metrics, table = evaluate_and_report({"teacher": teacher, "student": student}, config["eval"], out)
+    metrics, table = evaluate_and_report(
+        {"teacher": teacher_at_student_scale(teacher, student), "student": student}, config["eval"], out
+    )
     return DistillationOutcome(out, student_path, metrics, table)
 
 
@@ -279,8 +281,24 @@ def evaluation_pairs(eval_cfg: dict[str, Any]) -> tuple[list[Any], str]:
     return pairs, f"synthetic pairs of scikit-image held-out photos ({len(pairs)} pairs, seed {eval_cfg['seed']})"
 
 
+def teacher_at_student_scale(teacher: SuperPoint, student: SuperPoint) -> Any:
+    """The teacher as the teacher-vs-student table judges it: at the student's ``input_scale``.
+
+    The student learns the teacher's dense outputs at the training resolution; a teacher that
+    extracts on an upsampled image (``input_scale`` 2) would otherwise mix the gain of the
+    resolution into the share of the teacher that the student keeps.
+    """
+    from detkd.evaluation.keypoints import WithExtractOptions
+
+    scale = float(student.conf["input_scale"])
+    if float(teacher.conf["input_scale"]) == scale:
+        return teacher
+    print(f"teacher evaluated at the student's input_scale {scale:g} (its own: {float(teacher.conf['input_scale']):g})")
+    return WithExtractOptions(teacher, input_scale=scale)
+
+
 def evaluate_and_report(
-    models: dict[str, nn.Module], eval_cfg: dict[str, Any], out: str | Path | None
+    models: dict[str, Any], eval_cfg: dict[str, Any], out: str | Path | None
 ) -> tuple[dict[str, dict[str, float]], str]:
     """Evaluate ``models`` on the same pairs; print the table and, with ``out``, write the files."""
     from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
