@@ -2,7 +2,7 @@
 
     python benchmarks/ship_teacher.py RUN_DIR [--hardware "2 CPU cores"] [--results benchmarks/results/keypoint_teacher.md]
         [--config-file configs/keypoints_teacher_cpu.yaml] [--lineage "what the run started from"]
-        [--describe /path/to/model.pt="the round-1 teacher (sha256 ...)"]
+        [--describe /path/to/model.pt="the round-1 teacher (sha256 ...)"] [--input-scale 2]
 
 Reads RUN_DIR/config.yaml, RUN_DIR/{shapes,joint}/history.jsonl and RUN_DIR/joint/superpoint.pt;
 writes src/detkd/assets/superpoint_detkd.pt and superpoint_detkd.md (data, stages, steps,
@@ -22,8 +22,8 @@ import yaml
 
 from detkd.engine import read_history
 from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER, DEFAULT_KEYPOINT_TEACHER_CARD
-from detkd.models.superpoint import count_parameters
-from detkd.models.weights import load_keypoint_model
+from detkd.models.superpoint import check_input_scale, count_parameters
+from detkd.models.weights import load_keypoint_model, read_keypoint_model_meta, save_keypoint_model
 
 
 def stage_facts(run: Path, stage: str) -> str:
@@ -50,13 +50,20 @@ def main() -> None:
     parser.add_argument("--describe", action="append", default=[], metavar="PATH=TEXT",
                         help="name a model file of the run's config (adapt.labeller, joint.init) on the card by TEXT "
                              "instead of its path on the training machine (repeatable)")
+    parser.add_argument("--input-scale", type=float, default=None,
+                        help="set the shipped file's input_scale (extract() runs the network on the image resized "
+                             "by this factor); default: the run's own")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results" / "keypoint_teacher.md")
     args = parser.parse_args()
 
     source = args.run / "joint" / "superpoint.pt"
     model = load_keypoint_model(source)  # refuses anything that is not a SuperPoint
     DEFAULT_KEYPOINT_TEACHER.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, DEFAULT_KEYPOINT_TEACHER)
+    if args.input_scale is None:
+        shutil.copyfile(source, DEFAULT_KEYPOINT_TEACHER)
+    else:
+        model.conf["input_scale"] = check_input_scale(args.input_scale)
+        save_keypoint_model(model, DEFAULT_KEYPOINT_TEACHER, meta=read_keypoint_model_meta(source))
     digest = hashlib.sha256(DEFAULT_KEYPOINT_TEACHER.read_bytes()).hexdigest()
     config = yaml.safe_load((args.run / "config.yaml").read_text())
     adapt, joint = config["adapt"], config["joint"]
@@ -89,6 +96,12 @@ def main() -> None:
         f"descriptor loss {joint['descriptor_loss']} (weight {joint['descriptor_weight']}), key-point descriptor "
         f"weight {joint.get('keypoint_descriptor_weight', 0.0)}, heatmap-consistency weight {joint.get('consistency_weight', 0.0)}.",
         *([f"- Lineage: {args.lineage}"] if args.lineage else []),
+        "",
+        f"Key points: heatmap threshold {model.conf['detection_threshold']}, NMS radius {model.conf['nms_radius']} px, "
+        f"sub-pixel refinement radius {model.conf['subpixel_radius']} px, input scale {float(model.conf['input_scale']):g}"
+        + (" (extract() and the exported graph run the network on the image upsampled by this factor and map the "
+           "points back; distillation uses the network's dense outputs at the training resolution, unaffected)"
+           if float(model.conf["input_scale"]) != 1 else "") + ".",
         "",
         f"Config: `{args.config_file}`. Command: `{args.command}`.  ",
         f"Hardware: {args.hardware}. Total training time: {args.wall_time}.",

@@ -65,3 +65,27 @@ def test_verdict_is_strict() -> None:
     assert v["repeatability"]["beats"] and not v["HA@3"]["beats"] and not v["beats_both"]
     lines = bench.verdict_lines({"combined": v}, {"combined": 10})
     assert any("only ties SIFT on HA@3" in line for line in lines)
+
+
+def test_validation_split_uses_training_images_and_shows_the_native_scale(tmp_path: Path) -> None:
+    bench = _load_script()
+    trees = fake_orthophoto(tmp_path / "trees")
+    torch.manual_seed(0)
+    teacher = save_keypoint_model(create_model("tiny", input_scale=2).eval(), tmp_path / "teacher.pt")
+    out = tmp_path / "results"
+    argv = ["--quick", "--split", "validation", "--teacher", str(teacher), "--shape-images", "0",
+            "--out", str(out), "--threads", "1", "--trees", str(trees)]
+    assert bench.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["keypoint_teacher_validation_quick.json",
+                                                    "keypoint_teacher_validation_quick.md"]
+    report = (out / "keypoint_teacher_validation_quick.md").read_text()
+    assert "VALIDATION pairs of the teacher's training images" in report and "input scale 2" in report
+    data = json.loads((out / "keypoint_teacher_validation_quick.json").read_text())
+    assert data["data"]["split"] == "validation"
+    assert data["data"]["photos"]["images"] == ["astronaut", "camera"]  # BUILTIN_TRAIN_PHOTOS, not held out
+    assert all("_x1440" not in name for name in data["data"]["trees"]["images"])  # training block only
+    assert list(data["summary"]["combined"]) == ["teacher", "teacher x1", "SIFT", "ORB"]
+    # The override puts the teacher back at native scale: then there is no second row.
+    assert bench.main([*argv, "--input-scale", "1"]) == 0
+    data = json.loads((out / "keypoint_teacher_validation_quick.json").read_text())
+    assert list(data["summary"]["combined"]) == ["teacher", "SIFT", "ORB"]

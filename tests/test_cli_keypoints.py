@@ -122,6 +122,24 @@ def test_evaluate_and_match_commands(workspace):
     assert "mutual matches" in result.output and plot.exists()
 
 
+def test_input_scale_option_of_evaluate_and_match(workspace):
+    runner = CliRunner()
+    photo = str(sorted((workspace / "photos").iterdir())[0])
+    teacher = str(workspace / "teacher.pt")
+    args = ["keypoints", "evaluate", "--model", teacher, "--images", str(workspace / "photos"),
+            "--pairs-per-image", "1", "--height", "64", "--width", "96"]
+    runs = {}
+    for scale in ("1", "2"):
+        result = runner.invoke(main, [*args, "--input-scale", scale, "--out", str(workspace / f"x{scale}")])
+        assert result.exit_code == 0, result.output
+        runs[scale] = json.loads((workspace / f"x{scale}" / "metrics.json").read_text())["models"]["teacher"]
+    assert runs["1"] != runs["2"]  # the option reaches the network: other points, other numbers
+    result = runner.invoke(main, ["keypoints", "match", photo, photo, "--model", teacher, "--input-scale", "2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["keypoints", "match", photo, photo, "--model", teacher, "--input-scale", "9"])
+    assert result.exit_code == 2 and "--input-scale" in result.output and "between 0.25 and 4" in result.output
+
+
 def test_shipped_config_file_lists_every_default():
     from pathlib import Path
 
