@@ -17,7 +17,9 @@ torch for image handling).
 Image sizes: key-point networks work on multiples of 8 pixels, detectors on multiples of their
 largest stride; an image is padded with zeros at the bottom and right (as
 :meth:`SuperPoint.extract` does); key points that fall in the padding or in the border margin
-of the real image are dropped, boxes are clipped to the real image. A fixed-size ONNX export pads up to its
+of the real image are dropped, boxes are clipped to the real image. (A model with ``input_scale`` 2
+on a size that is not a multiple of 8: extract() drops a point by the heatmap pixel it was selected
+at, Predictor by its refined position, so the two can differ within a pixel of the border margin.) A fixed-size ONNX export pads up to its
 size; a larger image is an error unless ``resize=True`` (then it is resized to the export size
 and key points are mapped back to the original pixels).
 """

@@ -303,8 +303,12 @@ def _prepare(source: ModelSource, height: int, width: int, max_keypoints: int | 
     say(f"  {format_parity(result.parity, result.metadata['parity']['tolerance'])}")
     model_file = save_model_file(source.module, work / f"{safe}.pt")
     example = photo_batch(["coffee"], graph.channels, height, width)
+    name = source.name
+    scale = float(getattr(source.module, "conf", {}).get("input_scale", 1.0))
+    if scale != 1:  # the graph upsamples the image (scale^2 the arithmetic): the table says so
+        name += f" (input x{scale:g})"
     row = BenchRow(
-        source.name, source.origin, source.task,
+        name, source.origin, source.task,
         sum(p.numel() for p in source.module.parameters()), count_gflops(graph.module, example),
         result.path.stat().st_size / 2**20, parity=result.metadata["parity"],
     )

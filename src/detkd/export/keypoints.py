@@ -59,9 +59,7 @@ class KeypointPostprocess(nn.Module):
 
     A model whose ``input_scale`` is not 1 runs on the image upsampled by that factor inside the
     graph, as :meth:`SuperPoint.extract` does; here the factor must be a whole number (1 to 4),
-    so that any size that is a multiple of 8 stays one. (``extract`` upsamples the image before
-    padding it to a multiple of 8, this module after, so on sizes that are not multiples of 8 the
-    points within a few pixels of the padding can differ.)
+    so that any size that is a multiple of 8 stays one.
     """
 
     def __init__(self, model: SuperPoint, max_keypoints: int | None = None) -> None:

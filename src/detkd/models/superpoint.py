@@ -154,11 +154,13 @@ class SuperPoint(nn.Module):
         if image.dim() == 2:
             image = image[None, None]
         image = to_grey(image)
-        image, (scale_x, scale_y) = scale_input(image, scale)
         h, w = image.shape[-2:]
-        padded = F.pad(image, (0, (-w) % CELL, 0, (-h) % CELL))
+        # Pad, then resize (as the exported graph does), then pad again for a factor that is not whole.
+        image = F.pad(image, (0, (-w) % CELL, 0, (-h) % CELL))
+        image, (scale_x, scale_y) = scale_input(image, scale)
+        padded = F.pad(image, (0, (-image.shape[-1]) % CELL, 0, (-image.shape[-2]) % CELL))
         out = self(padded)
-        heatmap = out["heatmap"][:, :h, :w]
+        heatmap = out["heatmap"][:, : round(h * scale_y), : round(w * scale_x)]  # the image's own part
         keypoints, scores = detect_keypoints(
             heatmap,
             nms_radius=round(conf["nms_radius"] * scale),
