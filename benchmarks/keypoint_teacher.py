@@ -158,6 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.max_photos, args.max_tiles = preset["photos"], preset["tiles"]
     if args.pairs_per_image < 1 or args.max_keypoints < 1 or args.shape_images < 0:
         parser.error("--pairs-per-image and --max-keypoints must be >= 1, --shape-images >= 0")
+    if args.input_scale is not None and not 0.25 <= args.input_scale <= 4:
+        parser.error(f"--input-scale must be between 0.25 and 4, got {args.input_scale:g}")
     if min(args.size) < 32:
         parser.error(f"--size must be at least 32 32, got {args.size}")
     return args
@@ -187,15 +189,15 @@ def build_pair_sets(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, 
             "benchmarks/tree_tiles.py); pass --trees FOLDER"
         )
     counts = _load_tree_tiles_module().write_tiles(args.trees, workdir, args.tile)
-    heldout = workdir / split["tiles"]
-    tiles = sorted(heldout.glob("*.png"))
+    tile_folder = workdir / split["tiles"]
+    tiles = sorted(tile_folder.glob("*.png"))
     if not tiles:
         raise ValueError(f"benchmarks/tree_tiles.py cut no {split['tiles']} tile from '{args.trees}' (tile {args.tile} px)")
     if args.max_tiles is not None:
         for extra in tiles[args.max_tiles:]:
             extra.unlink()
         tiles = tiles[: args.max_tiles]
-    tree_pairs = synthetic_pairs_from_folder(heldout, **pair_options)
+    tree_pairs = synthetic_pairs_from_folder(tile_folder, **pair_options)
 
     identity = {name: sum(is_identity(p.homography) for p in pairs)
                 for name, pairs in (("photos", photo_pairs), ("trees", tree_pairs))}
