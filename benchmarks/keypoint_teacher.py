@@ -75,7 +75,7 @@ from detkd.evaluation.keypoints import (
     summarise,
 )
 from detkd.models.pretrained import default_keypoint_teacher_path
-from detkd.models.superpoint import SuperPoint, count_parameters
+from detkd.models.superpoint import SuperPoint, check_input_scale, count_parameters
 from detkd.models.weights import load_keypoint_model, read_keypoint_model_meta
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -158,8 +158,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.max_photos, args.max_tiles = preset["photos"], preset["tiles"]
     if args.pairs_per_image < 1 or args.max_keypoints < 1 or args.shape_images < 0:
         parser.error("--pairs-per-image and --max-keypoints must be >= 1, --shape-images >= 0")
-    if args.input_scale is not None and not 0.25 <= args.input_scale <= 4:
-        parser.error(f"--input-scale must be between 0.25 and 4, got {args.input_scale:g}")
+    if args.input_scale is not None:
+        try:
+            check_input_scale(args.input_scale)
+        except ValueError as err:
+            parser.error(f"--input-scale: {err}")
     if min(args.size) < 32:
         parser.error(f"--size must be at least 32 32, got {args.size}")
     return args

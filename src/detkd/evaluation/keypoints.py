@@ -220,8 +220,7 @@ def evaluate_keypoint_models(
     finally:
         for name, was_training in training.items():
             if was_training:
-                model = models[name]
-                (model.module if isinstance(model, WithExtractOptions) else model).train()
+                _unwrapped(models[name]).train()
     if not result.per_pair:
         raise ValueError("No image pair to evaluate on")
     result.summary = {
@@ -230,10 +229,14 @@ def evaluate_keypoint_models(
     return result
 
 
+def _unwrapped(model: KeypointExtractor) -> KeypointExtractor:
+    """The model itself, under a :class:`WithExtractOptions`."""
+    return model.module if isinstance(model, WithExtractOptions) else model
+
+
 def _prepare(model: KeypointExtractor, device: str | torch.device) -> bool:
     """Eval mode on ``device``; returns whether the model was training."""
-    if isinstance(model, WithExtractOptions):
-        model = model.module
+    model = _unwrapped(model)
     if not isinstance(model, torch.nn.Module):
         return False
     was_training = model.training

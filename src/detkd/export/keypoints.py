@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.export.graph import ExportGraph, Parity, plain, worst_difference
-from detkd.models.superpoint import CELL, SuperPoint, check_input_scale, logits_to_heatmap, subpixel_offsets
+from detkd.models.superpoint import (
+    CELL,
+    SuperPoint,
+    check_input_scale,
+    logits_to_heatmap,
+    subpixel_offsets,
+    unscale_keypoints,
+)
 
 #: Output names of each graph, in order.
 POSTPROCESSED_OUTPUTS = ("keypoints", "scores", "descriptors", "num_keypoints")
@@ -98,7 +105,7 @@ class KeypointPostprocess(nn.Module):
         )
         descriptors = sample_descriptors_traceable(keypoints, out["descriptors"]) * valid[..., None]
         if self.input_scale != 1:
-            keypoints = ((keypoints + 0.5) / self.input_scale - 0.5) * valid[..., None]
+            keypoints = unscale_keypoints(keypoints, self.input_scale, self.input_scale) * valid[..., None]
         return keypoints, scores, descriptors, valid.sum(dim=1)
 
 
