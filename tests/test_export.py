@@ -199,6 +199,25 @@ def test_export_at_input_scale_2_upsamples_inside_the_graph(tmp_path):
     assert keypoints[0, :n, 0].max() < W and keypoints[0, :n, 1].max() < H  # input pixels, not 2x ones
 
 
+def test_export_at_input_scale_1_5_needs_sides_of_16_pixels(tmp_path):
+    """1.5 = 3/2: the graph takes sides that are multiples of 16, so the upsampled image is whole cells."""
+    torch.manual_seed(0)
+    model = create_model("tiny", batch_norm=True, input_scale=1.5).eval()
+    with pytest.raises(ValueError, match="multiples of 16 pixels.*--width 96"):
+        export_onnx(model, tmp_path / "bad.onnx", 64, 88, max_keypoints=64, verbose=False)
+    result = export_onnx(model, tmp_path / "x1.5.onnx", 64, 96, max_keypoints=64, verbose=False)
+    assert result.metadata["input"]["size"].startswith("H, W multiples of 16")
+    assert result.metadata["parity"]["unexplained"] == 0 and result.metadata["parity"]["agreement"] > 0.9
+    batch = photo_batch(["coffee"], 1, 64, 96)
+    keypoints, _, _, count = ort_session(result.path).run(None, {"image": batch.numpy()})
+    reference = model.extract(batch, max_keypoints=64)
+    n = int(count[0])
+    assert n == len(reference["keypoints"][0]) > 5
+    # The same points (a random network scores many alike, so the order of ties may differ).
+    distances = np.abs(keypoints[0, :n, None] - reference["keypoints"][0].numpy()[None]).max(-1)
+    assert distances.min(1).max() < 1e-3 and distances.min(0).max() < 1e-3
+
+
 def test_dynamic_export_runs_at_another_size_and_batch(tiny, tmp_path):
     result = export_onnx(tiny, tmp_path / "tiny.onnx", H, W, dynamic=True, max_keypoints=50, verbose=False)
     assert result.metadata["input"]["shape"] == ["batch", 1, "height", "width"]

@@ -99,6 +99,22 @@ def test_predictor_at_input_scale_2_on_an_odd_size_differs_only_at_the_border(fi
     assert same_points(onnx, out)
 
 
+def test_predictor_at_input_scale_1_5_pads_to_16_pixels_like_extract(files):
+    """At 1.5 both pad 61x77 to 64x80 (multiples of 16) and upsample to 96x120 (whole cells)."""
+    grey = photo_batch(["rocket"], 1, 61, 77)[0, 0]
+    model = load_keypoint_model(files["pt"], input_scale=1.5).eval()
+    predictor = Predictor(model)
+    assert predictor.multiple == 16 and predictor._input_size(61, 77) == (64, 80)
+    out = predictor(grey.numpy())["keypoints"]
+    reference = model.extract(grey[None, None])["keypoints"][0].numpy()
+    margin = model.conf["remove_borders"]
+    near_edge = lambda p: (p[:, 0] > 77 - margin - 1) | (p[:, 1] > 61 - margin - 1)  # noqa: E731
+    same = lambda a, b: np.abs(a[:, None] - b[None]).max(-1).min(1) <= 1e-4  # noqa: E731
+    assert len(reference) > 10
+    assert np.all(same(reference, out) | near_edge(reference))
+    assert np.all(same(out, reference) | near_edge(out))
+
+
 def test_fixed_size_onnx_refuses_larger_images_unless_resizing(files):
     large = photo_batch(["coffee"], 1, 2 * H, 2 * W)[0, 0].numpy()
     with pytest.raises(ValueError, match="larger than the 64x80 .* --dynamic, or pass resize=True"):

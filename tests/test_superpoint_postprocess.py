@@ -10,6 +10,7 @@ from detkd.export.keypoints import KeypointPostprocess, topk_keypoints
 from detkd.models.superpoint import (
     create_model,
     detect_keypoints,
+    input_size_multiple,
     scale_input,
     subpixel_offsets,
     unscale_keypoints,
@@ -126,5 +127,30 @@ def test_input_scale_is_checked_where_it_is_set():
         create_model("tiny", input_scale="2")
     with pytest.raises(ValueError, match="input_scale"):
         create_model("tiny").extract(torch.rand(1, 1, 16, 16), input_scale=8)
-    with pytest.raises(ValueError, match="whole number"):
-        KeypointPostprocess(create_model("tiny", input_scale=1.5))
+    with pytest.raises(ValueError, match="input_scale 1.3 cannot be exported.*halves, quarters"):
+        KeypointPostprocess(create_model("tiny", input_scale=1.3))
+    with pytest.raises(ValueError, match="input_scale 0.5 cannot be exported.*at least 1"):
+        KeypointPostprocess(create_model("tiny", input_scale=0.5))
+
+
+def test_input_size_multiple_keeps_the_upsampled_image_whole_cells():
+    # 1.5 = 3/2: sides of 16k pixels become 24k, whole 8-pixel cells; 1.25 = 5/4 needs 32k -> 40k.
+    assert [input_size_multiple(s) for s in (1, 2, 3, 1.5, 1.25, 1.75, 0.5, 1.125)] == [8, 8, 8, 16, 32, 32, 16, 64]
+    assert input_size_multiple(1.3) is None and input_size_multiple(4 / 3) is None  # not exact in binary
+
+
+def test_extract_at_input_scale_1_5_pads_to_16_before_resizing():
+    """A 40x56 image is padded to 48x64 (multiples of 16), resized to 72x96 (whole cells), the
+    heatmap cropped to the image's 60x84; NMS radius and border are 4 * 1.5 = 6 heatmap pixels."""
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    image = F.avg_pool2d(torch.rand(1, 1, 42, 58), 3, stride=1)  # 40x56
+    options = {"detection_threshold": 0.0, "max_keypoints": 12}
+    scaled = model.extract(image, input_scale=1.5, **options)
+    padded = F.pad(image, (0, 8, 0, 8))
+    upsampled = F.interpolate(padded, size=(72, 96), mode="bilinear", align_corners=False)
+    heads = model(upsampled)
+    points, _ = detect_keypoints(heads["heatmap"][:, :60, :84], nms_radius=6, threshold=0.0, border=6,
+                                 max_keypoints=12, subpixel_radius=model.conf["subpixel_radius"])
+    assert len(points[0]) == len(scaled["keypoints"][0]) >= 4
+    torch.testing.assert_close(scaled["keypoints"][0], (points[0] + 0.5) / 1.5 - 0.5)

@@ -14,13 +14,14 @@ and return the same outputs, so an application needs neither the training code n
 autograd: ONNX files only need ``onnxruntime`` and ``numpy`` at run time (this module imports
 torch for image handling).
 
-Image sizes: key-point networks work on multiples of 8 pixels, detectors on multiples of their
-largest stride; an image is padded with zeros at the bottom and right (as
-:meth:`SuperPoint.extract` does); key points that fall in the padding or in the border margin
-of the real image are dropped, boxes are clipped to the real image. (A model with ``input_scale`` 2
-on a size that is not a multiple of 8: extract() drops a point by the heatmap pixel it was selected
-at, Predictor by its refined position, so the two can differ within a pixel of the border margin.) A fixed-size ONNX export pads up to its
-size; a larger image is an error unless ``resize=True`` (then it is resized to the export size
+Image sizes: key-point networks work on multiples of 8 pixels (16 for an ``input_scale`` of 1.5,
+so that the upsampled image is whole cells), detectors on multiples of their largest stride; an
+image is padded with zeros at the bottom and right (as :meth:`SuperPoint.extract` does); key
+points that fall in the padding or in the border margin of the real image are dropped, boxes are
+clipped to the real image. (With an ``input_scale`` that is not 1, on a size that is not such a
+multiple, extract() drops a point by the heatmap pixel it was selected at, Predictor by its
+refined position, so the two can differ within a pixel of the border margin.) A fixed-size ONNX
+export pads up to its size; a larger image is an error unless ``resize=True`` (then it is resized to the export size
 and key points are mapped back to the original pixels).
 """
 
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkd.models.superpoint import CELL, SuperPoint
+from detkd.models.superpoint import CELL, SuperPoint, input_size_multiple
 
 ImageInput = Union[str, Path, np.ndarray, torch.Tensor, Any]  # Any: PIL.Image.Image
 _LUMA = (0.299, 0.587, 0.114)
@@ -103,7 +104,7 @@ class Predictor:
             self.module = KeypointPostprocess(network, max_keypoints).eval().to(self.device)
             self.border = int(network.conf["remove_borders"])
             self.limit = self.module.max_keypoints
-            self.multiple = CELL
+            self.multiple = self.module.size_multiple
             return
         from detkd.models.detection import DetectorAdapter
 
@@ -143,7 +144,7 @@ class Predictor:
         if self.task == "keypoints":
             self.border = int(meta["model"]["remove_borders"])
             self.limit = int(meta["model"]["max_keypoints"])
-            self.multiple = CELL
+            self.multiple = input_size_multiple(float(meta["model"].get("input_scale", 1.0))) or CELL
         else:
             self.limit = int(meta["model"]["max_detections"])
             self.multiple = max(meta["model"]["strides"])

@@ -35,6 +35,7 @@ from detkd.models.superpoint import (
     CELL,
     SuperPoint,
     check_input_scale,
+    input_size_multiple,
     logits_to_heatmap,
     subpixel_offsets,
     unscale_keypoints,
@@ -65,8 +66,10 @@ class KeypointPostprocess(nn.Module):
     * ``num_keypoints`` ``(B,)`` int64: the first ``num_keypoints[b]`` entries are real.
 
     A model whose ``input_scale`` is not 1 runs on the image upsampled by that factor inside the
-    graph, as :meth:`SuperPoint.extract` does; here the factor must be a whole number (1 to 4),
-    so that any size that is a multiple of 8 stays one.
+    graph, as :meth:`SuperPoint.extract` does; here the factor must be at least 1 and a whole
+    number, a half, a quarter or an eighth (2, 1.5, 1.25, ...), and the image sides multiples of
+    :attr:`size_multiple` (8 times the factor's denominator: 16 for 1.5), so that the upsampled
+    image is whole cells.
     """
 
     def __init__(self, model: SuperPoint, max_keypoints: int | None = None) -> None:
@@ -81,21 +84,24 @@ class KeypointPostprocess(nn.Module):
         self.border = int(model.conf["remove_borders"])
         self.subpixel_radius = int(model.conf["subpixel_radius"])
         scale = check_input_scale(model.conf["input_scale"])
-        if scale != round(scale):
+        multiple = input_size_multiple(scale)
+        if multiple is None or scale < 1:
             raise ValueError(
-                f"input_scale {scale:g} is not a whole number: exported graphs and Predictor upsample by 1, 2, 3 or 4 "
-                "(SuperPoint.extract takes any factor); set the model's input_scale to a whole number"
+                f"input_scale {scale:g} cannot be exported: exported graphs and Predictor upsample by a factor of "
+                "at least 1 in whole numbers, halves, quarters or eighths (1, 1.25, 1.5, 2, ...; SuperPoint.extract "
+                "takes any factor); set the model's input_scale to one of those"
             )
-        self.input_scale = int(round(scale))
-        # NMS radius and border are input pixels; the heatmap is input_scale times finer.
-        self.heatmap_nms_radius = self.nms_radius * self.input_scale
-        self.heatmap_border = self.border * self.input_scale
+        self.input_scale = scale
+        self.size_multiple = multiple  # pixels: image sides must be multiples of this
+        # NMS radius and border are input pixels; the heatmap is input_scale times finer (rounded as extract() does).
+        self.heatmap_nms_radius = round(self.nms_radius * scale)
+        self.heatmap_border = round(self.border * scale)
 
     def heatmap_input(self, image: torch.Tensor) -> torch.Tensor:
         """The ``(B, 1, sH, sW)`` image the network sees (``s = input_scale``)."""
         if self.input_scale == 1:
             return image
-        return F.interpolate(image, scale_factor=float(self.input_scale), mode="bilinear", align_corners=False)
+        return F.interpolate(image, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.model(self.heatmap_input(image))
@@ -204,9 +210,9 @@ def keypoint_graph(model: SuperPoint, raw_heads: bool = False, max_keypoints: in
     input_spec = {
         "layout": "B,1,H,W", "dtype": "float32", "colour": "grey (ITU-R 601 luminance of RGB)",
         "range": [0.0, 1.0], "normalisation": "pixel / 255; no mean or std",
-        "size": f"H, W multiples of {CELL}, at least {2 * CELL}",
     }
     config = plain(model.conf)
+    size_multiple = CELL
     if raw_heads:
         module: nn.Module = KeypointRawHeads(model).eval()
         outputs = RAW_OUTPUTS
@@ -221,6 +227,7 @@ def keypoint_graph(model: SuperPoint, raw_heads: bool = False, max_keypoints: in
     else:
         post = KeypointPostprocess(model, max_keypoints).eval()
         module, outputs, k = post, POSTPROCESSED_OUTPUTS, post.max_keypoints
+        size_multiple = post.size_multiple  # 8, or more for an input_scale such as 1.5
         axes = {"keypoints": {0: "batch"}, "scores": {0: "batch"}, "descriptors": {0: "batch"},
                 "num_keypoints": {0: "batch"}}
         spec = {
@@ -233,11 +240,12 @@ def keypoint_graph(model: SuperPoint, raw_heads: bool = False, max_keypoints: in
             "num_keypoints": "(B,) int64 number of real key points per image",
         }
         config = {**config, "max_keypoints": k}
+    input_spec["size"] = f"H, W multiples of {size_multiple}, at least {max(2 * CELL, size_multiple)}"
     return ExportGraph(
         task="keypoints", module=module, input_name=INPUT_NAME, channels=1, output_names=outputs,
         output_axes=axes, input_spec=input_spec, output_spec=spec, config=config,
         compare=compare_raw_heads if raw_heads else functools.partial(compare_postprocessed, post=module),
-        min_size=2 * CELL, size_multiple=CELL,
+        min_size=max(2 * CELL, size_multiple), size_multiple=size_multiple,
     )
 
 

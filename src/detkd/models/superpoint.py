@@ -14,6 +14,7 @@ Key points are ``(x, y)`` pixel coordinates, the centre of the top-left pixel be
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -155,8 +156,10 @@ class SuperPoint(nn.Module):
             image = image[None, None]
         image = to_grey(image)
         h, w = image.shape[-2:]
-        # Pad, then resize (as the exported graph does), then pad again for a factor that is not whole.
-        image = F.pad(image, (0, (-w) % CELL, 0, (-h) % CELL))
+        # Pad so that the resized image is whole cells (as the exported graph does), resize, and pad
+        # again for a factor that no such padding serves (e.g. 1.3).
+        multiple = input_size_multiple(scale) or CELL
+        image = F.pad(image, (0, (-w) % multiple, 0, (-h) % multiple))
         image, (scale_x, scale_y) = scale_input(image, scale)
         padded = F.pad(image, (0, (-image.shape[-1]) % CELL, 0, (-image.shape[-2]) % CELL))
         out = self(padded)
@@ -192,6 +195,19 @@ def check_input_scale(scale: Any) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.25 <= float(scale) <= 4:
         raise ValueError(f"input_scale must be a number between 0.25 and 4 (1: the image as it is), got {scale!r}")
     return float(scale)
+
+
+def input_size_multiple(scale: float) -> int | None:
+    """The side multiple (pixels) that stays a whole number of 8-pixel cells once resized by ``scale``.
+
+    ``scale = p / q`` in lowest terms with ``q`` 1, 2, 4 or 8 (whole factors, halves, quarters,
+    eighths: exact in binary, so every runtime computes the same size) gives ``8 q``: 8 for 2,
+    16 for 1.5, 32 for 1.25. Any other factor gives ``None``.
+    """
+    fraction = Fraction(float(scale)).limit_denominator(CELL)
+    if float(fraction) != float(scale) or fraction.denominator not in (1, 2, 4, 8):
+        return None
+    return CELL * fraction.denominator
 
 
 def scale_input(image: torch.Tensor, scale: float) -> tuple[torch.Tensor, tuple[float, float]]:
