@@ -21,8 +21,9 @@ import torch
 import yaml
 
 from detkd.engine import read_history
+from detkd.export.keypoints import KeypointPostprocess
 from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER, DEFAULT_KEYPOINT_TEACHER_CARD
-from detkd.models.superpoint import check_input_scale, count_parameters
+from detkd.models.superpoint import check_input_scale, count_parameters, input_size_multiple
 from detkd.models.weights import load_keypoint_model, read_keypoint_model_meta, save_keypoint_model
 
 
@@ -63,6 +64,10 @@ def main() -> None:
         shutil.copyfile(source, DEFAULT_KEYPOINT_TEACHER)
     else:
         model.conf["input_scale"] = check_input_scale(args.input_scale)
+        try:  # the shipped teacher must also run as an ONNX graph and through Predictor
+            KeypointPostprocess(model)
+        except ValueError as error:
+            parser.error(f"--input-scale {args.input_scale:g}: {error}")
         save_keypoint_model(model, DEFAULT_KEYPOINT_TEACHER, meta=read_keypoint_model_meta(source))
     digest = hashlib.sha256(DEFAULT_KEYPOINT_TEACHER.read_bytes()).hexdigest()
     config = yaml.safe_load((args.run / "config.yaml").read_text())
@@ -100,7 +105,9 @@ def main() -> None:
         f"Key points: heatmap threshold {model.conf['detection_threshold']}, NMS radius {model.conf['nms_radius']} px, "
         f"sub-pixel refinement radius {model.conf['subpixel_radius']} px, input scale {float(model.conf['input_scale']):g}"
         + (" (extract() and the exported graph run the network on the image upsampled by this factor and map the "
-           "points back; distillation uses the network's dense outputs at the training resolution, unaffected)"
+           "points back; exported graphs and Predictor take image sides that are multiples of "
+           f"{input_size_multiple(float(model.conf['input_scale']))} px and pad others; distillation uses the "
+           "network's dense outputs at the training resolution, unaffected)"
            if float(model.conf["input_scale"]) != 1 else "") + ".",
         "",
         f"Config: `{args.config_file}`. Command: `{args.command}`.  ",

@@ -114,7 +114,7 @@ def test_input_scale_finds_a_corner_in_input_pixels():
     teacher = load_keypoint_model(default_keypoint_teacher_path()).eval()
     image = torch.full((1, 1, 48, 64), 0.2)
     image[..., 16:, 24:] = 0.9  # one corner: the square's top-left pixel is (x=24, y=16)
-    for scale in (1.0, 2.0):
+    for scale in (1.0, 1.5, 2.0):
         points = teacher.extract(image, input_scale=scale, max_keypoints=1)["keypoints"][0]
         # The corner lies between pixels 23 and 24 (x) and 15 and 16 (y): within 1.5 px of (23.5, 15.5).
         assert len(points) == 1 and torch.dist(points[0], torch.tensor([23.5, 15.5])) < 1.5, (scale, points)
