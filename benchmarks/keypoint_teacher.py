@@ -277,6 +277,54 @@ def verdict(summary: dict[str, dict[str, float]], teacher: str = "teacher", base
     return out
 
 
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: the chance of a split at least this uneven between ``wins`` and
+    ``losses`` if either side were equally likely to win each untied pair (ties are left out)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_comparison(
+    records: list[dict[str, Any]], teacher: str = "teacher", baseline: str = "SIFT"
+) -> dict[str, Any]:
+    """``teacher`` against ``baseline`` pair by pair (the pairs are the same for both).
+
+    Args:
+        records: per-pair records with ``set`` (the pair set), ``pair``, ``model``,
+            ``homography_accuracy@3`` (0 or 1) and ``repeatability``.
+
+    Returns:
+        ``pairs``; for HA@3 the pairs that only the teacher gets right (``ha3_teacher_only``),
+        only the baseline (``ha3_baseline_only``) and the sign-test p-value of that split; for
+        repeatability the pairs where the teacher is higher / lower and its p-value.
+    """
+    by_pair: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for record in records:
+        by_pair.setdefault((record["set"], record["pair"]), {})[record["model"]] = record
+    both = [models for models in by_pair.values() if teacher in models and baseline in models]
+    ha_t = sum(1 for m in both if m[teacher]["homography_accuracy@3"] > m[baseline]["homography_accuracy@3"])
+    ha_b = sum(1 for m in both if m[teacher]["homography_accuracy@3"] < m[baseline]["homography_accuracy@3"])
+    rep_t = sum(1 for m in both if m[teacher]["repeatability"] > m[baseline]["repeatability"])
+    rep_b = sum(1 for m in both if m[teacher]["repeatability"] < m[baseline]["repeatability"])
+    return {
+        "pairs": len(both), "ha3_teacher_only": ha_t, "ha3_baseline_only": ha_b, "ha3_p": sign_test_p(ha_t, ha_b),
+        "rep_teacher_higher": rep_t, "rep_teacher_lower": rep_b, "rep_p": sign_test_p(rep_t, rep_b),
+    }
+
+
+def paired_lines(paired: dict[str, Any], baseline: str = "SIFT") -> list[str]:
+    """Markdown bullet lines for :func:`paired_comparison`."""
+    return [
+        f"- Pair by pair ({paired['pairs']} pairs): HA@3 right for the teacher only on {paired['ha3_teacher_only']}, "
+        f"for {baseline} only on {paired['ha3_baseline_only']} (two-sided sign test p = {paired['ha3_p']:.2f}); "
+        f"repeatability higher on {paired['rep_teacher_higher']}, lower on {paired['rep_teacher_lower']} "
+        f"(p = {paired['rep_p']:.2g}). A p-value well above 0.05 means the difference could be chance.",
+    ]
+
+
 SET_LABELS = {"photos": "photos", "trees": "trees", "combined": "all pairs", "warped": "warped pairs only"}
 
 
@@ -408,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         sets, data = build_pair_sets(args, Path(workdir))
         summaries, results, sizes = evaluate_sets(models, sets, args.max_keypoints, args.device)
     verdicts = {name: verdict(summary) for name, summary in summaries.items()}
+    paired = paired_comparison([{**r, "set": name} for name, result in results.items() for r in result.per_pair])
 
     shape_rows: dict[str, CornerCounts] = {}
     shape_models = {"MagicPoint": magicpoint, "teacher": teacher} if magicpoint is not None else {"teacher": teacher}
@@ -484,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("photos", "trees", "combined", "warped"):
         if name in tables:
             lines += [f"## Pairs: {titles[name]} ({sizes[name]} pairs)", "", tables[name], ""]
-    lines += ["## Does the teacher beat SIFT?", "", *verdict_lines(verdicts, sizes), ""]
+    lines += ["## Does the teacher beat SIFT?", "", *verdict_lines(verdicts, sizes), *paired_lines(paired), ""]
     if shape_rows:
         lines += [
             f"## Corners of synthetic shapes (correct within {CORNER_DISTANCE:g} px)", "",
@@ -512,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "quick": args.quick, "command": command, "date": date, "wall_time_s": elapsed, "machine": machine(),
         "git": _git_commit(), "max_keypoints": args.max_keypoints, "models": model_info, "data": data,
-        "summary": summaries, "num_pairs": sizes, "verdict": verdicts,
+        "summary": summaries, "num_pairs": sizes, "verdict": verdicts, "paired": paired,
         "synthetic_shapes": {name: c.as_dict() for name, c in shape_rows.items()},
         "per_pair": {name: result.per_pair for name, result in results.items()},
     }

@@ -47,7 +47,8 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     assert not (out / "keypoint_teacher.md").exists()  # --quick never overwrites real results
     report = (out / "keypoint_teacher_quick.md").read_text()
     for needle in ("QUICK SMOKE TEST", "tree_tiles.py", "## Pairs: photos",
-                   "## Pairs: trees", "## Pairs: all pairs", "VERDICT", "MagicPoint", "CPUs", "torch"):
+                   "## Pairs: trees", "## Pairs: all pairs", "VERDICT", "Pair by pair (8 pairs)", "MagicPoint",
+                   "CPUs", "torch"):
         assert needle in report
     data = json.loads((out / "keypoint_teacher_quick.json").read_text())
     assert data["num_pairs"]["photos"] == 4 and data["num_pairs"]["trees"] == 4
@@ -55,6 +56,7 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     assert set(data["synthetic_shapes"]) == {"MagicPoint", "teacher"}
     assert isinstance(data["verdict"]["combined"]["beats_both"], bool)
     assert len(data["per_pair"]["photos"]) == 4 * 3  # pairs x models
+    assert data["paired"]["pairs"] == 8 and 0 <= data["paired"]["ha3_p"] <= 1
 
 
 def test_verdict_is_strict() -> None:
@@ -89,3 +91,27 @@ def test_validation_split_uses_training_images_and_shows_the_native_scale(tmp_pa
     assert bench.main([*argv, "--input-scale", "1"]) == 0
     data = json.loads((out / "keypoint_teacher_validation_quick.json").read_text())
     assert list(data["summary"]["combined"]) == ["teacher", "SIFT", "ORB"]
+
+
+def test_sign_test_and_paired_comparison_by_hand() -> None:
+    bench = _load_script()
+    # 5 wins, 0 losses: P(5-0 or 0-5) = 2 / 2^5 = 0.0625; 2 vs 1: P(split at least 2-1) = 2 * (1 + 3) / 8 -> 1.
+    assert bench.sign_test_p(5, 0) == pytest.approx(0.0625)
+    assert bench.sign_test_p(2, 1) == 1.0 and bench.sign_test_p(0, 0) == 1.0
+    # 10 vs 2: 2 * (C(12,0) + C(12,1) + C(12,2)) / 4096 = 2 * 79 / 4096.
+    assert bench.sign_test_p(10, 2) == pytest.approx(158 / 4096)
+
+    def rec(set_name, pair, model, ha3, rep):
+        return {"set": set_name, "pair": pair, "model": model, "homography_accuracy@3": ha3, "repeatability": rep}
+
+    records = [
+        rec("photos", "a/0", "teacher", 1.0, 0.6), rec("photos", "a/0", "SIFT", 0.0, 0.5),  # teacher only
+        rec("photos", "a/1", "teacher", 1.0, 0.4), rec("photos", "a/1", "SIFT", 1.0, 0.5),  # both right
+        rec("trees", "a/0", "teacher", 0.0, 0.7), rec("trees", "a/0", "SIFT", 1.0, 0.7),  # SIFT only; same name, other set
+        rec("trees", "b/0", "teacher", 1.0, 0.9), rec("trees", "b/0", "SIFT", 0.0, 0.2),  # teacher only
+        rec("trees", "b/0", "ORB", 1.0, 0.1),  # other models are ignored
+    ]
+    paired = bench.paired_comparison(records)
+    assert paired == {"pairs": 4, "ha3_teacher_only": 2, "ha3_baseline_only": 1, "ha3_p": 1.0,
+                      "rep_teacher_higher": 2, "rep_teacher_lower": 1, "rep_p": 1.0}
+    assert "teacher only on 2, for SIFT only on 1" in bench.paired_lines(paired)[0]
