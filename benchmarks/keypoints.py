@@ -28,15 +28,16 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from detkd.config import merge_config
 from detkd.data.pairs import builtin_heldout_pairs, synthetic_pairs_from_folder
-from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
+from detkd.evaluation.keypoints import WithExtractOptions, evaluate_keypoint_models, format_metrics_table
 from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER
-from detkd.models.superpoint import SuperPoint, count_parameters
+from detkd.models.superpoint import SuperPoint, check_input_scale, count_parameters
 from detkd.models.weights import load_keypoint_model
 from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, run_distillation
 from detkd.viz.plots import plot_accuracy_vs_latency
@@ -91,6 +92,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
     parser.add_argument("--runs", type=Path, default=None, help="keep the distillation runs here [temporary]")
+    parser.add_argument("--input-scale", type=float, default=1.0,
+                        help="input_scale at which every model is judged [1: the students' training resolution]; "
+                             "a teacher with another input_scale of its own also gets a row at that scale")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers meaningless)")
     args = parser.parse_args()
     if args.quick:
@@ -116,12 +120,19 @@ def main() -> None:
         students[variant] = load_keypoint_model(outcome.student_path).eval()
 
     models = {"teacher": teacher, **students}
+    # Students learn the teacher's dense outputs at the training resolution: judge all at one input scale,
+    # and the teacher at its own as well when that differs (its upsampled input is not what students learn).
+    scale = check_input_scale(args.input_scale)
+    judged: dict[str, Any] = {name: WithExtractOptions(model, input_scale=scale) for name, model in models.items()}
+    own_scale = float(teacher.conf["input_scale"])
+    if own_scale != scale:
+        judged[f"teacher x{own_scale:g} (its own)"] = teacher
     pair_sets = heldout_pairs(tuple(args.eval_size), args.pairs_per_image, work / "tiles")
     accuracy = {}
     for set_name, pairs in pair_sets.items():
-        accuracy[set_name] = evaluate_keypoint_models(models, pairs, max_keypoints=1000).summary
+        accuracy[set_name] = evaluate_keypoint_models(judged, pairs, max_keypoints=1000).summary
     all_pairs = [p for pairs in pair_sets.values() for p in pairs]
-    accuracy["all"] = evaluate_keypoint_models(models, all_pairs, max_keypoints=1000).summary
+    accuracy["all"] = evaluate_keypoint_models(judged, all_pairs, max_keypoints=1000).summary
 
     h, w = args.latency_size
     latency = cpu_latencies(models, h, w, args.repeats)
@@ -141,7 +152,10 @@ def main() -> None:
         f"Teacher: `{args.teacher.name}`. Students distilled for {args.steps} steps x {args.batch_size} views of "
         f"{args.train_size[0]}x{args.train_size[1]} (scikit-image training photos), default loss weights.  ",
         f"Evaluation: seeded synthetic pairs ({args.pairs_per_image} per image, {args.eval_size[0]}x{args.eval_size[1]}) of "
-        "held-out images never trained on: " + ", ".join(f"{k} ({len(v)} pairs)" for k, v in pair_sets.items()) + ".",
+        "held-out images never trained on: " + ", ".join(f"{k} ({len(v)} pairs)" for k, v in pair_sets.items())
+        + f"; every model at input scale {scale:g}"
+        + (f", and the teacher also at its own {own_scale:g} (latency and GFLOPs are the network at the size "
+           f"below; at {own_scale:g} the teacher costs {own_scale ** 2:g}x that)" if own_scale != scale else "") + ".",
         "",
         f"## Size and CPU speed at {h}x{w}",
         "",
