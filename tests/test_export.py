@@ -218,6 +218,20 @@ def test_export_at_input_scale_1_5_needs_sides_of_16_pixels(tmp_path):
     assert distances.min(1).max() < 1e-3 and distances.min(0).max() < 1e-3
 
 
+def test_dynamic_export_at_input_scale_1_5_runs_at_another_size(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("tiny", batch_norm=True, input_scale=1.5).eval()
+    result = export_onnx(model, tmp_path / "x1.5.onnx", H, W, dynamic=True, max_keypoints=50, verbose=False)
+    batch = photo_batch(["coffee", "rocket"], 1, 96, 128)  # multiples of 16, not the export size
+    got = ort_session(result.path).run(None, {"image": batch.numpy()})
+    post = KeypointPostprocess(model, 50)
+    with torch.no_grad():
+        expected = post(batch)
+    parity = compare_postprocessed([e.numpy() for e in expected], got, batch, 1e-4, post=post)
+    assert parity.unexplained == 0 and parity.errors["keypoints"] < 1e-3
+    assert got[0][..., 0].max() < 128 and got[0][..., 1].max() < 96  # input pixels
+
+
 def test_dynamic_export_runs_at_another_size_and_batch(tiny, tmp_path):
     result = export_onnx(tiny, tmp_path / "tiny.onnx", H, W, dynamic=True, max_keypoints=50, verbose=False)
     assert result.metadata["input"]["shape"] == ["batch", 1, "height", "width"]
