@@ -97,6 +97,10 @@ def main() -> None:
                              "a teacher with another input_scale of its own also gets a row at that scale")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers meaningless)")
     args = parser.parse_args()
+    try:  # checked before the students train, not after
+        scale = check_input_scale(args.input_scale)
+    except ValueError as error:
+        parser.error(f"--input-scale: {error}")
     if args.quick:
         args.steps, args.batch_size, args.train_size, args.eval_size = 2, 2, [64, 96], [64, 96]
         args.pairs_per_image, args.latency_size, args.repeats = 1, [120, 160], 2
@@ -122,7 +126,6 @@ def main() -> None:
     models = {"teacher": teacher, **students}
     # Students learn the teacher's dense outputs at the training resolution: judge all at one input scale,
     # and the teacher at its own as well when that differs (its upsampled input is not what students learn).
-    scale = check_input_scale(args.input_scale)
     judged: dict[str, Any] = {name: WithExtractOptions(model, input_scale=scale) for name, model in models.items()}
     own_scale = float(teacher.conf["input_scale"])
     if own_scale != scale:
