@@ -94,8 +94,10 @@ SHAPES_SIZE = (120, 160)
 #: Per split: the scikit-image photos, the tree-tile folder written by tree_tiles.py, and the
 #: default pairs per image (the validation split has 3x more images).
 SPLITS = {
-    "heldout": {"photos": BUILTIN_HELDOUT_PHOTOS, "tiles": "heldout", "pairs_per_image": 10},
-    "validation": {"photos": BUILTIN_TRAIN_PHOTOS, "tiles": "train", "pairs_per_image": 2},
+    "heldout": {"photos": BUILTIN_HELDOUT_PHOTOS, "photos_name": "BUILTIN_HELDOUT_PHOTOS", "tiles": "heldout",
+                "pairs_per_image": 10},
+    "validation": {"photos": BUILTIN_TRAIN_PHOTOS, "photos_name": "BUILTIN_TRAIN_PHOTOS", "tiles": "train",
+                   "pairs_per_image": 2},
 }
 NATIVE = "teacher x1"  # the teacher at input_scale 1, shown when its own input_scale is not 1
 
@@ -212,8 +214,7 @@ def build_pair_sets(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, 
             "pairs_per_image": args.pairs_per_image, "size_hw": list(args.size), "seed": args.seed,
         },
         "split": args.split,
-        "photos": {"source": f"scikit-image {args.split} photos (detkd.data.images."
-                             f"{'BUILTIN_HELDOUT_PHOTOS' if args.split == 'heldout' else 'BUILTIN_TRAIN_PHOTOS'})",
+        "photos": {"source": f"scikit-image {args.split} photos (detkd.data.images.{split['photos_name']})",
                    "images": photos, "num_pairs": len(photo_pairs)},
         "trees": {"source": f"{_show(args.trees)} cut by benchmarks/tree_tiles.py write_tiles(tile={args.tile}); "
                             f"{split['tiles']}/ only",
