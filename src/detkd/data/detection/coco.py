@@ -15,7 +15,6 @@ from detkd.data.detection.records import (
     AnnotationChecker,
     AnnotationError,
     DetectionSet,
-    image_size,
     record_from_boxes,
 )
 
@@ -49,12 +48,20 @@ def _category_labels(
 ) -> tuple[dict[int, int | None], list[str], dict[int, str]]:
     """category id -> label (``None`` for a category outside ``class_names``), the class names, id -> name."""
     names_by_id: dict[int, str] = {}
+    id_by_name: dict[str, int] = {}
     for i, cat in enumerate(categories):
         if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or not isinstance(cat.get("name"), str):
             raise AnnotationError(f"{json_path}: categories[{i}]: needs an integer 'id' and a 'name', got {cat!r}.")
         if cat["id"] in names_by_id:
             raise AnnotationError(f"{json_path}: categories[{i}]: category id {cat['id']} appears twice.")
+        if cat["name"] in id_by_name:
+            raise AnnotationError(
+                f"{json_path}: categories[{i}]: category name '{cat['name']}' appears twice (ids "
+                f"{id_by_name[cat['name']]} and {cat['id']}), so its label is ambiguous. Give every category a "
+                f"unique name, or merge the two (one category, its id in the annotations of both)."
+            )
         names_by_id[cat["id"]] = cat["name"]
+        id_by_name[cat["name"]] = cat["id"]
     if class_names is None:
         ordered = sorted(names_by_id)
         return {cid: k for k, cid in enumerate(ordered)}, [names_by_id[c] for c in ordered], names_by_id
@@ -83,8 +90,10 @@ def read_coco(
         A :class:`DetectionSet`; images without annotations are kept (they hold no objects).
 
     Raises:
-        AnnotationError: malformed JSON, a missing image file, a bad box or category (message names
-            the file and the image or annotation id).
+        AnnotationError: malformed JSON; a missing, empty, unreadable or too large image file, or
+            one whose size is not the declared ``width`` / ``height``; a duplicate image or annotation
+            id; a bad box or category; a category id or name that appears twice (message names the
+            file and the image or annotation id).
     """
     json_path = Path(json_path)
     root = Path(image_root) if image_root is not None else json_path.parent
@@ -108,20 +117,26 @@ def read_coco(
                        f"Looked for '{path}'; fix 'file_name' or the images folder (image_root / data.yaml 'images').")
             continue
         width, height = img.get("width"), img.get("height")
-        if not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
-            try:
-                width, height = image_size(path)
-            except AnnotationError as err:
-                check.fail(json_path, entry, "image cannot be read", str(err))
-                continue
+        declared = (width, height) if _is_number(width) and _is_number(height) and width > 0 and height > 0 else None
+        size = check.image(path, json_path, entry, declared)
+        if size is None:
+            continue
+        width, height = size
         images[img["id"]] = {"path": path, "width": width, "height": height, "boxes": [], "labels": [], "ignore": []}
 
+    seen_ids: set[Any] = set()
     for i, ann in enumerate(data["annotations"]):
         ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
         entry = f"annotation id {ann_id} (annotations[{i}])"
         if not isinstance(ann, dict) or "image_id" not in ann:
             check.fail(json_path, entry, "annotation without 'image_id'", f"Got {ann!r}.")
             continue
+        if isinstance(ann.get("id"), (int, str)):
+            if ann["id"] in seen_ids:
+                check.fail(json_path, entry, "duplicate annotation id",
+                           "Give every annotation a unique 'id' (evaluation tools match annotations by id).")
+                continue
+            seen_ids.add(ann["id"])
         image = images.get(ann["image_id"])
         if image is None:
             if not any(isinstance(img, dict) and img.get("id") == ann["image_id"] for img in data["images"]):

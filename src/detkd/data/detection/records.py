@@ -9,6 +9,10 @@ Every reader checks every annotation with :class:`AnnotationChecker`: a bad entr
 :class:`AnnotationError` whose message names the file, the entry, the reason and the fix; with
 ``skip_bad=True`` the entry (or the whole image, when the image itself is unusable) is left
 out, counted, and one summary warning says how many were skipped and why.
+
+Every image file is checked from its header when the annotations are read
+(:meth:`AnnotationChecker.image`): missing, empty (0 bytes), not an image, more than
+:data:`detkd.data.images.MAX_IMAGE_PIXELS` pixels, or another size than the annotation declares.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from detkd.data.images import DataWarning, ImageReadError, check_image_file, read_image
 
 #: Boxes may overshoot the image by this many pixels; they are clipped. Larger overshoots are errors.
 EDGE_TOLERANCE_PX = 1.0
@@ -138,16 +142,13 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` of an image file from its header only (the pixels are not decoded).
 
     Raises:
-        AnnotationError: the file is missing or is not an image.
+        AnnotationError: the file is missing, empty, not an image or too large
+            (see :func:`detkd.data.images.check_image_file`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(f"{path}: image file does not exist. Fix the path in the annotation or add the file.")
     try:
-        with Image.open(path) as img:
-            return int(img.size[0]), int(img.size[1])
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise AnnotationError(f"{path}: cannot read the image header ({err}). Replace or remove the file.") from err
+        return check_image_file(path)
+    except ImageReadError as err:
+        raise AnnotationError(f"{err.path}: {err.reason}. {err.fix}") from err
 
 
 class AnnotationChecker:
@@ -171,11 +172,41 @@ class AnnotationChecker:
 
         ``reason`` should be short and generic (it is counted in the summary); details go in ``entry``.
         """
-        message = f"{file}: {entry}: {reason}. {fix}"
         if not self.skip_bad:
-            raise AnnotationError(message + " (or pass skip_bad=True / --skip-bad to skip bad entries)")
-        self.problems.append(message)
+            raise AnnotationError(f"{file}: {entry}: {reason}. {fix} (or pass skip_bad=True / --skip-bad to skip bad entries)")
+        self.skip(file, entry, reason, fix)
+
+    def skip(self, file: str | Path, entry: str, reason: str, fix: str) -> None:
+        """Count an entry that is left out, with or without ``skip_bad`` (for what is never fatal)."""
+        self.problems.append(f"{file}: {entry}: {reason}. {fix}")
         self.reasons[reason.split(" (")[0]] += 1
+
+    def image(
+        self, path: Path, file: str | Path, entry: str, declared: tuple[float, float] | None = None
+    ) -> tuple[int, int] | None:
+        """Check an image file from its header (:func:`detkd.data.images.check_image_file`).
+
+        Args:
+            path: the image file.
+            file, entry: the annotation file and the entry that names the image, for the message.
+            declared: ``(width, height)`` in pixels the annotation gives, compared with the file's.
+
+        Returns:
+            ``(width, height)`` in pixels, or ``None`` when the image is bad and ``skip_bad`` is set.
+        """
+        try:
+            width, height = check_image_file(path)
+        except ImageReadError as err:
+            self.fail(file, entry, err.reason, err.fix)
+            return None
+        if declared is not None and (float(declared[0]), float(declared[1])) != (width, height):
+            self.fail(
+                file, entry, "declared image size differs from the image file",
+                f"The annotation says {declared[0]:g} x {declared[1]:g} pixels but '{path}' is {width} x {height}; "
+                f"fix the size in the annotation (boxes must be in the pixels of the stored image) or the image.",
+            )
+            return None
+        return width, height
 
     def box(
         self, values: Sequence[float], width: float, height: float, file: str | Path, entry: str
@@ -219,6 +250,7 @@ class AnnotationChecker:
             warnings.warn(
                 f"Skipped {len(self.problems)} bad annotation entr(y/ies) in {self.source}: {why}. "
                 f"First: {self.problems[0]}",
+                DataWarning,
                 stacklevel=3,
             )
         return list(self.problems)
@@ -255,15 +287,13 @@ class ImageCache:
         self._files: dict[Path, np.ndarray] = {}
 
     def _decode(self, path: Path) -> np.ndarray:
-        from detkd.data.images import ImageReadError, read_image
-
         if path in self._files:
             self._files[path] = self._files.pop(path)  # most recently used goes last
             return self._files[path]
         try:
             pixels = (read_image(path, grey=False) * 255.0).round().astype(np.uint8)
         except ImageReadError as err:
-            raise AnnotationError(f"{path}: {err}") from err
+            raise AnnotationError(str(err)) from err
         if self.enabled and self.max_files != 0:
             self._files[path] = pixels
             if self.max_files is not None and len(self._files) > self.max_files:

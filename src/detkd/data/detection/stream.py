@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detkd.data.detection.records import DetectionRecord, DetectionSet, ImageCache, image_size
+from detkd.data.detection.records import DetectionRecord, DetectionSet, ImageCache
 from detkd.data.detection.transforms import (
     BoxViewConfig,
     ColourJitterConfig,
@@ -146,13 +146,17 @@ class DetectionStream(StreamDataset):
 
 
 def unlabeled_records(folders: Sequence[str | Path]) -> list[DetectionRecord]:
-    """Records without boxes for every readable image under ``folders`` (unreadable files skipped with a warning)."""
+    """Records without boxes for every readable image under ``folders``.
+
+    Unreadable, empty, corrupt and too large files are skipped with a one-line warning each
+    (:func:`detkd.data.images.scan_images`).
+    """
     records = []
     for folder in folders:
         scan = scan_images(folder)
         log.info("Unlabeled images in %s: %s", folder, scan.summary())
         for path in scan.paths:
-            width, height = image_size(path)
+            width, height = scan.sizes[path]
             records.append(DetectionRecord(path=path, width=width, height=height, image_id=path.stem))
     return records
 

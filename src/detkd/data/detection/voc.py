@@ -19,7 +19,6 @@ from detkd.data.detection.records import (
     AnnotationError,
     DetectionRecord,
     DetectionSet,
-    image_size,
     record_from_boxes,
 )
 from detkd.data.images import IMAGE_EXTENSIONS
@@ -75,6 +74,15 @@ def _number(node: ET.Element | None, tag: str) -> float | None:
         return None
 
 
+def _declared_size(root: ET.Element) -> tuple[float, float] | None:
+    """``(width, height)`` from ``<size>``, or ``None`` when it is missing or not positive (then the file's size is used)."""
+    size = root.find("size")
+    width, height = _number(size, "width"), _number(size, "height")
+    if not width or not height or width <= 0 or height <= 0:
+        return None
+    return width, height
+
+
 def _read_one(
     xml_path: Path, image_root: Path | None, class_index: dict[str, int] | None, check: AnnotationChecker
 ) -> tuple[DetectionRecord, list[str]] | None:
@@ -84,6 +92,10 @@ def _read_one(
     except (ET.ParseError, OSError) as err:
         check.fail(xml_path, "XML", f"malformed XML ({err})", "Fix the file or export it again from your labelling tool.")
         return None
+    if root.tag != "annotation":
+        check.fail(xml_path, f"root element <{root.tag}>", "XML root is not <annotation>",
+                   "This is not a Pascal VOC annotation file; remove it from the folder or export it again as VOC XML.")
+        return None
     filename = root.findtext("filename")
     path = _find_image(xml_path, filename.strip() if filename else None, image_root)
     if path is None:
@@ -91,14 +103,10 @@ def _read_one(
         check.fail(xml_path, f"<filename>{filename}</filename>", "image file does not exist",
                    f"Looked in {where}; fix <filename> or the images folder (data.yaml 'images').")
         return None
-    size = root.find("size")
-    width, height = _number(size, "width"), _number(size, "height")
-    if not width or not height or width <= 0 or height <= 0:
-        try:
-            width, height = image_size(path)
-        except AnnotationError as err:
-            check.fail(xml_path, f"image '{path.name}'", "image cannot be read", str(err))
-            return None
+    size = check.image(path, xml_path, f"image '{path}'", _declared_size(root))
+    if size is None:
+        return None
+    width, height = size
     boxes, names, ignore = [], [], []
     for i, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
@@ -152,7 +160,9 @@ def read_voc(
         skip_bad: skip bad objects and files (counted, one warning) instead of raising.
 
     Raises:
-        AnnotationError: malformed XML, missing image, bad box, unknown class (names file and object index).
+        AnnotationError: malformed XML or another root than ``<annotation>``, a missing, empty,
+            unreadable or too large image, a ``<size>`` other than the image's, a bad box, an unknown
+            class (names the file and the object index).
     """
     files = voc_xml_files(source)
     check = AnnotationChecker(source if isinstance(source, (str, Path)) else f"{len(files)} VOC files", skip_bad)
