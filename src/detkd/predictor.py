@@ -23,6 +23,10 @@ multiple, extract() drops a point by the heatmap pixel it was selected at, Predi
 refined position, so the two can differ within a pixel of the border margin.) A fixed-size ONNX
 export pads up to its size; a larger image is an error unless ``resize=True`` (then it is resized to the export size
 and key points are mapped back to the original pixels).
+
+Hostile input: an image of more than ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`,
+40 megapixels) is refused from its array shape or file header before anything is decoded,
+converted or allocated; an image with NaN or infinite values is refused with a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ from detkd.models.superpoint import CELL, SuperPoint, input_size_multiple
 ImageInput = Union[str, Path, np.ndarray, torch.Tensor, Any]  # Any: PIL.Image.Image
 _LUMA = (0.299, 0.587, 0.114)
 
+#: Largest image a :class:`Predictor` accepts by default, in pixels (height x width): 40 megapixels,
+#: e.g. 8000 x 5000. Change it per predictor with ``Predictor(..., max_pixels=N)``.
+DEFAULT_MAX_PIXELS = 40_000_000
+
 
 class Predictor:
     """Run a key-point model or a detector on images, from a checkpoint or an ONNX file.
@@ -57,6 +65,10 @@ class Predictor:
             only; fixed at export in an ONNX file).
         threads: CPU threads of ONNX Runtime (None: its default).
         resize: with a fixed-size ONNX file, resize larger images instead of refusing them.
+        max_pixels: largest image accepted, in pixels (height x width; default
+            :data:`DEFAULT_MAX_PIXELS`, 40 megapixels). A larger image is refused with a
+            ``ValueError`` from its shape or file header, before it is decoded or resized. Memory
+            and time grow with the pixel count; raise it for large photos you mean to process.
 
     Call it with one image (path, PIL image, numpy ``(H, W)`` / ``(H, W, 3)`` uint8 or float in
     ``[0, 1]``, tensor ``(H, W)`` / ``(C, H, W)``) to get one dict, or with a list (or a
@@ -80,9 +92,13 @@ class Predictor:
         max_detections: int = 100,
         threads: int | None = None,
         resize: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive whole number of pixels, got {max_pixels!r}")
         self.device = torch.device(device)
         self.resize = resize
+        self.max_pixels = max_pixels
         self.session = None
         self.module: nn.Module | None = None
         self.fixed_size: tuple[int, int] | None = None
@@ -158,8 +174,18 @@ class Predictor:
         return self.predict_one(images)
 
     def predict_one(self, image: ImageInput) -> dict[str, np.ndarray]:
-        """Outputs for one image (see the class doc)."""
-        tensor = to_grey_tensor(image) if self.task == "keypoints" else to_rgb_tensor(image)  # (C, H, W)
+        """Outputs for one image (see the class doc).
+
+        Raises:
+            ValueError: the image is larger than ``max_pixels`` or than a fixed-size ONNX file
+                (checked before it is decoded), holds NaN or infinite values, or cannot be read.
+        """
+        size = image_height_width(image)
+        if size is not None:  # refuse before anything is decoded, converted or allocated
+            self._check_pixels(*size, image)
+            self._input_size(*size)  # a fixed-size ONNX file refuses a larger image here
+        convert = to_grey_tensor if self.task == "keypoints" else to_rgb_tensor
+        tensor = convert(image, max_pixels=self.max_pixels)  # (C, H, W)
         height, width = tensor.shape[-2:]
         target = self._input_size(height, width)
         scale = (1.0, 1.0)
@@ -204,6 +230,17 @@ class Predictor:
             "labels": np.ascontiguousarray(labels[0, :n], dtype=np.int64),
         }
 
+    def _check_pixels(self, height: int, width: int, image: ImageInput) -> None:
+        """Refuse a ``height x width`` pixel image above ``max_pixels``."""
+        if height * width <= self.max_pixels:
+            return
+        what = f"Image '{image}'" if isinstance(image, (str, Path)) else "Image"
+        raise ValueError(
+            f"{what} of {height} x {width} pixels ({height * width / 1e6:.3g} megapixels) is above this "
+            f"Predictor's limit of {self.max_pixels / 1e6:g} megapixels; downscale it, or allow it with "
+            f"Predictor(..., max_pixels={height * width}) (memory and time grow with the pixel count)"
+        )
+
     def _input_size(self, height: int, width: int) -> tuple[int, int]:
         """Size the network runs at: padded to its size multiple, or the fixed export size."""
         if self.fixed_size is None:
@@ -232,6 +269,29 @@ class Predictor:
         return f"Predictor({self.origin}, {self.task}, backend={self.backend}, {size}, {what}={self.limit})"
 
 
+def image_height_width(image: ImageInput) -> tuple[int, int] | None:
+    """``(height, width)`` in pixels of an image input from its shape or file header, nothing decoded.
+
+    ``None`` for what is not an image (the converters then say what is wrong with it).
+
+    Raises:
+        ImageReadError: a path that is missing, empty (0 bytes) or not an image.
+    """
+    if isinstance(image, (str, Path)):
+        from detkd.data.images import image_file_size
+
+        width, height = image_file_size(image)
+        return height, width
+    if type(image).__module__.startswith("PIL."):
+        return int(image.size[1]), int(image.size[0])
+    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim >= 2:
+        shape = tuple(image.shape)
+        if isinstance(image, torch.Tensor) and image.ndim == 3 and shape[0] in (1, 3):
+            return shape[1], shape[2]  # (C, H, W)
+        return shape[0], shape[1]
+    return None
+
+
 def _pixels_as_array(image: Any) -> np.ndarray:
     """A tensor ``(H, W)``, ``(1, H, W)`` or ``(3, H, W)`` or a numpy array as a channels-last array."""
     if isinstance(image, torch.Tensor):
@@ -249,12 +309,15 @@ def _pixels_as_array(image: Any) -> np.ndarray:
     return image
 
 
-def to_rgb_tensor(image: ImageInput) -> torch.Tensor:
-    """Any supported image as a ``(3, H, W)`` float32 RGB tensor in ``[0, 1]`` (grey is repeated)."""
+def to_rgb_tensor(image: ImageInput, max_pixels: int | None = None) -> torch.Tensor:
+    """Any supported image as a ``(3, H, W)`` float32 RGB tensor in ``[0, 1]`` (grey is repeated).
+
+    ``max_pixels`` limits image files (default: :data:`detkd.data.images.MAX_IMAGE_PIXELS`).
+    """
     if isinstance(image, (str, Path)):
         from detkd.data.images import read_image
 
-        return torch.from_numpy(read_image(image, grey=False)).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(read_image(image, grey=False, max_pixels=max_pixels)).permute(2, 0, 1).contiguous()
     if type(image).__module__.startswith("PIL."):
         image = np.asarray(image.convert("RGB"))
     image = _pixels_as_array(image)
@@ -270,17 +333,18 @@ def to_rgb_tensor(image: ImageInput) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array[..., :3], dtype=np.float32)).permute(2, 0, 1).contiguous()
 
 
-def to_grey_tensor(image: ImageInput) -> torch.Tensor:
+def to_grey_tensor(image: ImageInput, max_pixels: int | None = None) -> torch.Tensor:
     """Any supported image as a ``(1, H, W)`` float32 tensor in ``[0, 1]``.
 
     8-bit colour becomes grey exactly as :func:`detkd.data.images.read_image` does it
     (Pillow's ``L`` conversion, ITU-R 601), so a path, a PIL image and its pixels as a uint8
     array or tensor give the same input; float colour uses the same weights without rounding.
+    ``max_pixels`` limits image files (default: :data:`detkd.data.images.MAX_IMAGE_PIXELS`).
     """
     if isinstance(image, (str, Path)):
         from detkd.data.images import read_image
 
-        return torch.from_numpy(read_image(image, grey=True))[None]
+        return torch.from_numpy(read_image(image, grey=True, max_pixels=max_pixels))[None]
     if type(image).__module__.startswith("PIL."):
         image = np.asarray(image.convert("L"))
     image = _pixels_as_array(image)
@@ -303,7 +367,7 @@ def to_grey_tensor(image: ImageInput) -> torch.Tensor:
 
 
 def _to_unit_range(array: np.ndarray, what: str) -> np.ndarray:
-    """uint8 / uint16 scaled to ``[0, 1]``; floats must already be in ``[0, 1]``."""
+    """uint8 / uint16 scaled to ``[0, 1]``; floats must already be in ``[0, 1]`` and finite."""
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:
@@ -313,6 +377,12 @@ def _to_unit_range(array: np.ndarray, what: str) -> np.ndarray:
     if array.dtype.kind != "f":
         raise ValueError(f"{what} has dtype {array.dtype}; use uint8, uint16 or float in [0, 1]")
     array = array.astype(np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise ValueError(
+            f"{what} has {int(finite.size - np.count_nonzero(finite))} NaN or infinite pixel value(s); "
+            "replace them (e.g. np.nan_to_num) before predicting"
+        )
     if array.size and (np.nanmax(array) > 1.0 + 1e-6 or np.nanmin(array) < -1e-6):
         raise ValueError(
             f"{what} is float with values in [{np.nanmin(array):.3g}, {np.nanmax(array):.3g}]; float images "
