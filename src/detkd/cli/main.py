@@ -82,14 +82,41 @@ def size_option(func: Callable) -> Callable:
     return click.option("--height", type=int, default=None, help="Training view height in pixels (multiple of 8). [default: 240]")(func)
 
 
+class _StudentChoice(click.Choice):
+    """``--student``'s choices: the variants of :data:`detkd.models.superpoint.VARIANTS`, read (which imports
+    torch) only when a value is checked or the help is shown, so that the CLI starts fast."""
+
+    def __init__(self) -> None:
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from detkd.models.superpoint import VARIANTS
+
+        return tuple(VARIANTS)
+
+
+class _StudentOption(click.Option):
+    """``--student``, whose help lists every variant with its parameter count, computed when shown."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from detkd.models.superpoint import variant_parameter_counts
+
+        counts = ", ".join(f"{name} {count / 1e6:.2f}M" if count >= 1e6 else f"{name} {count / 1e3:.0f}K"
+                           for name, count in variant_parameter_counts().items())
+        self.help = (f"Student variant, with its parameters: {counts}. The fast-* students have a strided "
+                     "encoder, fast on a CPU. [default: tiny]")
+        return super().get_help_record(ctx)
+
+
 @keypoints.command()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML config; see 'detkd config keypoints-distill' for every key and default.")
 @click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
               help="Teacher weights: Magic Leap superpoint_v1.pth, rpautrat superpoint_v6_from_tf.pth, "
                    "or a detkd model/checkpoint. Default: the teacher shipped with detkd.")
-@click.option("--student", type=click.Choice(["superpoint", "half", "tiny"]), default=None,
-              help="Student variant: half (346K params) or tiny (123K). [default: tiny]")
+@click.option("--student", cls=_StudentOption, type=_StudentChoice(), default=None,
+              help="Student variant (listed with its parameters, from detkd.models.superpoint.VARIANTS).")
 @click.option("--images", type=click.Path(exists=True), default=None,
               help="Folder of unlabelled training photos (jpg/png/ppm/tif, any size, colour or grey). "
                    "Default: the photos that ship with scikit-image.")

@@ -54,7 +54,7 @@ CHECKPOINT_FORMAT = "detkd.checkpoint"  # written by detkd.engine (same string)
 UNKNOWN_FORMAT = "unknown"
 
 #: Options of SuperPoint that fix tensor shapes (the others are post-processing).
-STRUCTURAL_OPTIONS = ("channels", "head_channels", "descriptor_dim", "batch_norm")
+STRUCTURAL_OPTIONS = ("channels", "head_channels", "descriptor_dim", "batch_norm", "encoder")
 
 #: Containers whose value is the state dict, in order of preference.
 _STATE_DICT_CONTAINER_KEYS = ("model_state_dict", "state_dict", "model", "net", "weights", "params")

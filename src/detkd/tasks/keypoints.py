@@ -49,8 +49,13 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         "checkpoint": None,  # SuperPoint weights (any supported format); null: the shipped teacher
     },
     "student": {
-        "variant": "tiny",  # superpoint | half | tiny
+        "variant": "tiny",  # superpoint | half | tiny | fast-s | fast-m | fast-l ('detkd keypoints distill --help')
         "batch_norm": True,  # BatchNorm after each conv (helps small students train)
+        # Structural options of the variant, replaced when set (null: the variant's own):
+        "encoder": None,  # vgg (SuperPoint's) | fast (strided stem, cheap on a CPU)
+        "channels": None,  # encoder widths, 4 numbers, e.g. [8, 16, 32, 32]
+        "head_channels": None,  # hidden width of the detector and descriptor heads
+        "descriptor_dim": None,  # null: the teacher's (the descriptor losses need the teacher's size)
     },
     "data": {
         "images": None,  # folder of unlabelled photos; null: scikit-image's training photos
@@ -151,10 +156,42 @@ def load_teacher(checkpoint: str | Path | None) -> tuple[SuperPoint, str]:
     return teacher, origin
 
 
-def build_student(teacher: SuperPoint, variant: str, batch_norm: bool) -> SuperPoint:
-    """A student of the named variant whose descriptors match the teacher's size."""
+#: Keys of the ``student`` config section that replace the variant's structural options when set.
+STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim")
+
+
+def build_student(teacher: SuperPoint, variant: str, batch_norm: bool = True, **structure: Any) -> SuperPoint:
+    """A student of the named variant whose descriptors match the teacher's size.
+
+    Args:
+        structure: options of :data:`STUDENT_STRUCTURE_KEYS` that replace the variant's
+            (``None``: the variant's own), e.g. ``channels=[8, 16, 32, 48]``.
+
+    Raises:
+        ValueError: an unknown key, or a ``descriptor_dim`` other than the teacher's.
+    """
+    unknown = sorted(set(structure) - set(STUDENT_STRUCTURE_KEYS))
+    if unknown:
+        raise ValueError(f"student option(s) {unknown} unknown; structural options: {list(STUDENT_STRUCTURE_KEYS)}")
+    overrides = {k: v for k, v in structure.items() if v is not None}
+    dim = overrides.setdefault("descriptor_dim", teacher.conf["descriptor_dim"])
+    if dim != teacher.conf["descriptor_dim"]:
+        raise ValueError(
+            f"student.descriptor_dim {dim} differs from the teacher's {teacher.conf['descriptor_dim']}: the "
+            "descriptor losses compare them entry by entry; leave it null to take the teacher's"
+        )
     post = {k: teacher.conf[k] for k in ("nms_radius", "detection_threshold", "remove_borders", "max_keypoints")}
-    return create_model(variant, batch_norm=batch_norm, descriptor_dim=teacher.conf["descriptor_dim"], **post)
+    return create_model(variant, batch_norm=batch_norm, **overrides, **post)
+
+
+def student_description(student: SuperPoint, variant: str) -> str:
+    """``fast-s`` or, when the config changed its structure, ``fast-s (fast encoder, channels 8-16-32-48, ...)``."""
+    default = create_model(variant, batch_norm=student.conf["batch_norm"]).conf
+    changed = [k for k in STUDENT_STRUCTURE_KEYS if student.conf[k] != default[k]]
+    if not changed:
+        return variant
+    parts = [f"{k} {'-'.join(map(str, student.conf[k])) if k == 'channels' else student.conf[k]}" for k in changed]
+    return f"{variant} with {', '.join(parts)}"
 
 
 def training_stream(config: dict[str, Any]) -> tuple[UnlabeledImageStream, str]:
@@ -229,7 +266,11 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     teacher, origin = load_teacher(config["teacher"]["checkpoint"])
     train_cfg = TrainConfig.from_dict(config["train"])
     torch.manual_seed(train_cfg.seed)  # torch seeds each process at random: the student's start must not be
-    student = build_student(teacher, config["student"]["variant"], config["student"]["batch_norm"])
+    student_cfg = config["student"]
+    student = build_student(
+        teacher, student_cfg["variant"], student_cfg["batch_norm"],
+        **{k: student_cfg[k] for k in STUDENT_STRUCTURE_KEYS},
+    )
     stream, data_text = training_stream(config)
     if train_cfg.num_workers > 0:
         stream.preload()  # decode once here; forked workers share the pixels
@@ -237,7 +278,7 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     say = rank_zero_say(rank_zero)
 
     say(f"teacher : {origin} ({count_parameters(teacher):,} parameters)")
-    say(f"student : {config['student']['variant']} ({count_parameters(student):,} parameters)")
+    say(f"student : {student_description(student, student_cfg['variant'])} ({count_parameters(student):,} parameters)")
     say(f"images  : {data_text}")
     open_run_folder(config, train_cfg, out, "views", rank_zero)
 
