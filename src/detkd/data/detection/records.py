@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
 from detkd.data.images import DataWarning, ImageReadError, check_image_file, read_image
 
 #: Boxes may overshoot the image by this many pixels; they are clipped. Larger overshoots are errors.
