@@ -230,15 +230,16 @@ def test_training_checkpoint(tmp_path: Path, image: torch.Tensor) -> None:
     assert_outputs(loaded, image, expected["logits"], expected["descriptors"])
 
 
-def test_file_needing_full_unpickling_loads_with_a_warning(tmp_path: Path) -> None:
+def test_file_needing_full_unpickling_is_refused_with_its_name_and_the_global(tmp_path: Path) -> None:
     from fractions import Fraction
+
+    from detkd.models.weights import UnsafeWeightsError
 
     state = make_magicleap_state()
     path = tmp_path / "odd.pth"
     torch.save({"state_dict": state, "note": Fraction(1, 3)}, path)
-    with pytest.warns(UserWarning, match="weights_only=True"):
-        model = load_keypoint_model(path)
-    torch.testing.assert_close(model.backbone[0][0].conv.weight, state["conv1a.weight"])
+    with pytest.raises(UnsafeWeightsError, match=r"odd\.pth.*fractions\.Fraction.*re-save its state dict"):
+        load_keypoint_model(path)
 
 
 # ---------------------------------------------------------------------- errors

@@ -16,12 +16,15 @@ Layout of a cache folder::
 
 Shards are written whole and then committed by an atomic rewrite of ``manifest.json``, so a
 killed build leaves every committed entry usable; an interrupted shard is simply not listed.
+The manifest holds the SHA-256 of each shard file, checked when the shard is first read in a
+process: an edited value or swapped keys are refused instead of being trained on.
 Variable-size outputs (a detector's candidates) fit by padding to a fixed maximum and storing
 the count as another field.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -128,6 +131,7 @@ class TeacherOutputCache:
             )
         self._index: dict[str, tuple[int, int]] | None = None
         self._shard_names: list[str] = []
+        self._shard_digests: list[dict[str, str]] = []
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
 
     # ----------------------------------------------------------------- manifest
@@ -177,8 +181,17 @@ class TeacherOutputCache:
         os.replace(tmp, self.folder / MANIFEST)
 
     def shards(self) -> list[dict[str, Any]]:
-        """Committed shards: ``{"name", "rows"}`` each."""
+        """Committed shards: ``{"name", "rows", "sha256": {"keys" | field: hex digest}}`` each."""
         return list(self._read_manifest()["shards"])
+
+    def _check_file(self, path: Path, number: int, part: str) -> None:
+        """Compare a shard file with the digest the manifest holds for it (caches without digests pass)."""
+        expected = self._shard_digests[number].get(part) if number < len(self._shard_digests) else None
+        if expected is not None and file_sha256(path) != expected:
+            raise TeacherCacheError(
+                f"Teacher cache file '{path}' was changed after it was written (its SHA-256 differs from the "
+                f"manifest's): the folder '{self.folder}' is damaged or was edited; delete it and build the cache again"
+            )
 
     # ----------------------------------------------------------------- reading
     @property
@@ -187,11 +200,13 @@ class TeacherOutputCache:
         if self._index is None:
             index: dict[str, tuple[int, int]] = {}
             shards = self.shards()
+            self._shard_digests = [dict(shard.get("sha256") or {}) for shard in shards]
             for number, shard in enumerate(shards):
                 keys_path = self.folder / f"{shard['name']}.keys.json"
                 try:
+                    self._check_file(keys_path, number, "keys")
                     keys = json.loads(keys_path.read_text())
-                except (OSError, json.JSONDecodeError) as err:
+                except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
                     raise TeacherCacheError(
                         f"Cannot read teacher cache keys '{keys_path}': {err}. The folder '{self.folder}' is "
                         "damaged: delete it and build the cache again"
@@ -231,6 +246,8 @@ class TeacherOutputCache:
         if array is None:
             path = self.folder / f"{self._shard_names[number]}.{field.name}.npy"
             try:
+                if path.exists():
+                    self._check_file(path, number, field.name)
                 array = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as err:
                 raise TeacherCacheError(
@@ -369,14 +386,28 @@ class CacheWriter:
             return
         for array in self._arrays.values():
             array.flush()
+        names = list(self._arrays)
         self._arrays = {}
         if not self._keys:
             return
-        (self.cache.folder / f"{self._name}.keys.json").write_text(json.dumps(self._keys))
-        shards = self.cache.shards() + [{"name": self._name, "rows": len(self._keys)}]
+        keys_path = self.cache.folder / f"{self._name}.keys.json"
+        keys_path.write_text(json.dumps(self._keys))
+        digests = {"keys": file_sha256(keys_path)}
+        digests.update({name: file_sha256(self.cache.folder / f"{self._name}.{name}.npy") for name in names})
+        shards = self.cache.shards() + [{"name": self._name, "rows": len(self._keys), "sha256": digests}]
         self.cache._write_manifest(shards)
         if self.cache._index is not None:
             self.cache._shard_names.append(self._name)
+            self.cache._shard_digests.append(digests)
             for row, key in enumerate(self._keys):
                 self.cache._index[key] = (len(shards) - 1, row)
         self._keys = []
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            hasher.update(chunk)
+    return hasher.hexdigest()

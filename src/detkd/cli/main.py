@@ -24,7 +24,7 @@ class FriendlyGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
             raise
-        except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.secho(f"error: {err}", fg="red", err=True)

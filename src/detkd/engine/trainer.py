@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 
 from detkd.config import dataclass_from_dict
 from detkd.engine.acceleration import CompiledWithFallback, resolve_precision, to_channels_last
-from detkd.engine.checkpoint import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
+from detkd.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
+    latest_good_checkpoint,
+    load_checkpoint,
+    previous_checkpoint_path,
+    remove_orphan_temp_files,
+    save_checkpoint,
+)
 from detkd.engine.distributed import (
     convert_sync_batchnorm,
     launched_by_fabric_cli,
@@ -94,6 +101,10 @@ class NonFiniteLossError(RuntimeError):
 
 class ExistingRunError(FileExistsError):
     """The output folder already holds a run and ``resume`` was not asked for."""
+
+
+class NoUsableCheckpointError(ValueError):
+    """``resume`` was asked for, but every checkpoint of the run is damaged."""
 
 
 class StreamSampler(Sampler[int]):
@@ -176,7 +187,7 @@ class Trainer:
         cfg = self.config
         fabric.seed_everything(cfg.seed, verbose=False)
         world_size = fabric.world_size
-        start_step, state = self._starting_state(resume)
+        start_step, state, damaged = self._starting_state(resume, fabric.is_global_zero)
         model = task.trainable()
         if state is not None:
             model.load_state_dict(state["model"])
@@ -216,6 +227,10 @@ class Trainer:
         fabric.barrier()
         if fabric.is_global_zero:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if damaged:
+                if self.checkpoint_path.exists():
+                    self._set_aside(self.checkpoint_path, "damaged")
+                os.replace(previous_checkpoint_path(self.checkpoint_path), self.checkpoint_path)
             self._truncate_history(start_step)
             from torch.utils.tensorboard import SummaryWriter
 
@@ -245,17 +260,23 @@ class Trainer:
                 loss = losses["loss"]
                 if not self._all_finite(fabric, loss):
                     terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                    raise NonFiniteLossError(
-                        f"Loss is not finite at step {step} ({terms} in process {fabric.global_rank} of "
-                        f"{world_size}). The last good checkpoint is "
-                        f"'{self.checkpoint_path}' (resume with --resume). Try a lower learning rate "
-                        f"(now {scheduler.get_last_lr()[0]:.3g}), gradient clipping, or check the input "
-                        "images and teacher for NaN values."
+                    raise self._divergence(
+                        f"Loss is not finite at step {step} ({terms} in process {fabric.global_rank} of {world_size})",
+                        step, fabric, scheduler,
                     )
                 fabric.backward(loss)
                 if cfg.grad_clip > 0:
                     fabric.clip_gradients(wrapped_task, optimizer, max_norm=cfg.grad_clip, error_if_nonfinite=False)
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except RuntimeError as err:
+                    if "overflow" not in str(err):
+                        raise
+                    # The loss of this step was finite: the checkpoint of this step is still good.
+                    raise self._divergence(
+                        f"The optimiser's update overflowed at step {step} ({str(err).splitlines()[0]})",
+                        step + 1, fabric, scheduler,
+                    ) from None
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step += 1
@@ -296,25 +317,86 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ helpers
-    def _starting_state(self, resume: bool) -> tuple[int, dict[str, Any] | None]:
-        if not self.checkpoint_path.exists():
+    def _starting_state(self, resume: bool, is_global_zero: bool = True) -> tuple[int, dict[str, Any] | None, bool]:
+        """``(first step, checkpoint to resume or None, whether last.pt is damaged and previous.pt is used)``."""
+        if is_global_zero:
+            for orphan in remove_orphan_temp_files(self.checkpoint_path.parent):
+                log.info("Removed '%s', left by a write that was interrupted", orphan)
+        previous = previous_checkpoint_path(self.checkpoint_path)
+        if not (self.checkpoint_path.exists() or previous.exists()):
             if resume:
                 log.warning("No checkpoint at '%s': starting from step 0", self.checkpoint_path)
-            return 0, None
-        if not resume:
-            step = load_checkpoint(self.checkpoint_path).get("step", "?")
-            raise ExistingRunError(
-                f"'{self.out_dir}' already holds a run (checkpoint at step {step}). "
-                "Pass --resume to continue it, or choose another --out folder."
+            return 0, None, False
+        self.refuse_existing_run(resume)
+        good, passed_over = latest_good_checkpoint(self.checkpoint_path)
+        if good is None:
+            raise NoUsableCheckpointError(
+                f"Cannot resume the run in '{self.out_dir}': no usable checkpoint ({'; '.join(passed_over)}). "
+                "Start anew in another --out folder."
             )
-        state = load_checkpoint(self.checkpoint_path)
+        if is_global_zero:
+            for reason in passed_over:
+                log.warning("Not resuming from %s", reason)
+        state = good.state
         saved = state.get("config", {})
         for key in ("lr", "seed"):
             if key in saved and saved[key] != getattr(self.config, key):
                 log.warning("Resuming with %s=%s (checkpoint used %s)", key, getattr(self.config, key), saved[key])
         if state["step"] >= self.config.steps:
             log.warning("Checkpoint is at step %d >= steps=%d: nothing left to train", state["step"], self.config.steps)
-        return int(state["step"]), state
+        return good.step, state, good.path != self.checkpoint_path
+
+    def refuse_existing_run(self, resume: bool) -> None:
+        """Raise :class:`ExistingRunError` if ``out_dir`` holds checkpoints and ``resume`` is off."""
+        has_run = self.checkpoint_path.exists() or previous_checkpoint_path(self.checkpoint_path).exists()
+        if has_run and not resume:
+            raise ExistingRunError(
+                f"'{self.out_dir}' already holds a run ({self._describe_checkpoint()}). "
+                "Pass --resume to continue it, or choose another --out folder."
+            )
+
+    def _describe_checkpoint(self) -> str:
+        """``checkpoint at step N`` without trusting the file more than a safe load does."""
+        try:
+            return f"checkpoint at step {load_checkpoint(self.checkpoint_path).get('step', '?')}"
+        except (OSError, ValueError):
+            return f"checkpoints in '{self.checkpoint_path.parent}'"
+
+    def _divergence(self, what: str, first_bad_step: int, fabric: Any, scheduler: Any) -> NonFiniteLossError:
+        """The error that stops a diverged run; on rank zero, only a good checkpoint is left as ``last.pt``."""
+        where = self._after_divergence(first_bad_step) if fabric.is_global_zero else "See process 0 for the checkpoint"
+        return NonFiniteLossError(
+            f"{what}. {where}. Try a lower learning rate (now {scheduler.get_last_lr()[0]:.3g}), gradient "
+            "clipping, or check the input images and teacher for NaN values."
+        )
+
+    def _after_divergence(self, step: int) -> str:
+        """Keep only a checkpoint saved before the non-finite loss at ``step`` as ``last.pt``; say which.
+
+        The checkpoints at ``step`` and later hold the weights that produced the non-finite loss:
+        they are set aside as ``diverged.pt`` so that ``--resume`` cannot pick them up.
+        """
+        good, _ = latest_good_checkpoint(self.checkpoint_path, before_step=step)
+        if self.checkpoint_path.exists() and (good is None or good.path != self.checkpoint_path):
+            self._set_aside(self.checkpoint_path, "diverged")
+        if good is None:
+            previous = previous_checkpoint_path(self.checkpoint_path)
+            if previous.exists():
+                self._set_aside(previous, "diverged-previous")
+            return "No checkpoint was saved before the loss diverged, so there is nothing to resume: start anew"
+        if good.path != self.checkpoint_path:
+            os.replace(good.path, self.checkpoint_path)
+        return (
+            f"The last good checkpoint is '{self.checkpoint_path}' at step {good.step}, saved before the "
+            "divergence with finite weights (resume with --resume)"
+        )
+
+    @staticmethod
+    def _set_aside(path: Path, label: str) -> None:
+        """Rename a checkpoint that must not be resumed to ``<label>.pt`` beside it (kept for inspection)."""
+        target = path.with_name(f"{label}.pt")
+        os.replace(path, target)
+        log.warning("Set '%s' aside as '%s'", path, target)
 
     def _first_sample(self, state: dict[str, Any] | None, start_step: int, world_size: int, warn: bool) -> int:
         """Index of the first sample this session draws: where the checkpointed run stopped."""
@@ -368,7 +450,7 @@ class Trainer:
         self, fabric: Any, task: Task, optimizer: Any, scheduler: Any, step: int, samples_seen: int
     ) -> None:
         if fabric.is_global_zero:
-            atomic_save(
+            save_checkpoint(
                 {
                     "format": CHECKPOINT_FORMAT,
                     "step": step,

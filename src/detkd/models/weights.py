@@ -34,7 +34,6 @@ mismatches, in the file's own key names.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import warnings
 from collections import Counter
@@ -47,6 +46,14 @@ import torch
 from torch import nn
 
 from detkd.models.superpoint import VARIANTS, SuperPoint
+from detkd.safe_files import (
+    DamagedFileError,
+    UnreadableFileError,
+    UnsafeFileError,
+    safe_torch_load,
+    verify_digest,
+    with_digest,
+)
 
 MODEL_FORMAT = "detkd.keypoints"
 MODEL_FORMAT_VERSION = 1
@@ -89,8 +96,12 @@ class WeightsError(ValueError):
     """Base class: a weights file cannot be turned into a SuperPoint."""
 
 
-class UnreadableWeightsError(WeightsError):
-    """The file is not a torch file (truncated, corrupt, or something else entirely)."""
+class UnreadableWeightsError(WeightsError, UnreadableFileError):
+    """The file is not a torch file (truncated, corrupt, damaged, or something else entirely)."""
+
+
+class UnsafeWeightsError(UnreadableWeightsError, UnsafeFileError):
+    """The file holds Python objects beyond tensors and plain containers; it is not loaded."""
 
 
 class WeightsMismatchError(WeightsError):
@@ -123,11 +134,19 @@ def load_keypoint_model(
     obj = _read(source, map_location)
     fmt, state, conf = _interpret(obj, name)
     conf = {**conf, **conf_overrides}
+    overridden = sorted(set(conf_overrides) & set(STRUCTURAL_OPTIONS))
     try:
+        # The shapes that the stored conf asks for are checked against the file's tensors on the
+        # meta device first: a conf asking for huge widths allocates nothing before it is refused.
+        with torch.device("meta"):
+            skeleton = SuperPoint(**conf)
+        _check_keys_and_shapes(skeleton, state, fmt, name, overridden)
         model = SuperPoint(**conf)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError, RuntimeError) as err:
+        if isinstance(err, WeightsMismatchError):
+            raise
         raise WeightsMismatchError(f"Cannot build a SuperPoint for '{name}' (format {fmt}): {err}") from err
-    _load_checked(model, state, fmt, name, overridden=sorted(set(conf_overrides) & set(STRUCTURAL_OPTIONS)))
+    _load_checked(model, state, fmt, name, overridden=overridden)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return model.eval()
@@ -149,13 +168,13 @@ def save_keypoint_model(model: SuperPoint, path: str | Path, meta: dict[str, Any
         raise TypeError(f"save_keypoint_model expects a SuperPoint, got {type(model).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+    payload = with_digest({
         "format": MODEL_FORMAT,
         "version": MODEL_FORMAT_VERSION,
         "conf": plain_metadata(dict(model.conf), "conf", "save_keypoint_model"),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": plain_metadata(dict(meta or {}), "meta", "save_keypoint_model"),
-    }
+    })
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as handle:
@@ -203,50 +222,25 @@ def _source_name(source: Any) -> str:
 
 
 def _read(source: Any, map_location: Any) -> Any:
-    """The object in ``source``: a path is ``torch.load``-ed, anything else is returned."""
+    """The object in ``source``: a path is loaded with :func:`safe_torch_load`, anything else is returned.
+
+    A detkd model file or checkpoint that carries a content digest is checked against it.
+    """
     if not isinstance(source, (str, Path)):
         return source
     path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"SuperPoint weights file '{path}' does not exist")
-    if not path.is_file():
-        raise UnreadableWeightsError(f"SuperPoint weights '{path}' is not a file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):
-            raise _unreadable(path, err) from err
-        safe_error = err
-    except Exception as err:  # noqa: BLE001 - zip/pickle/EOF errors all mean "not a torch file"
-        raise _unreadable(path, err) from err
-    # A valid torch file that holds objects beyond tensors and plain containers.
-    warnings.warn(
-        f"'{path}' does not load with torch.load(weights_only=True) ({_short(safe_error)}); loading "
-        "it with full unpickling, which can run code from the file: only do this for files you trust",
-        UserWarning,
-        stacklevel=3,
-    )
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise _unreadable(path, err) from err
-
-
-def _short(err: BaseException) -> str:
-    """The informative line of a (possibly very long) torch.load error."""
-    text = str(err)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    line = lines[0] if lines else ""
-    return f"{type(err).__name__}: {line[:160]}"
-
-
-def _unreadable(path: Path, err: BaseException) -> UnreadableWeightsError:
-    return UnreadableWeightsError(
-        f"Cannot read SuperPoint weights file '{path}': not a readable torch file ({_short(err)}). "
-        "Is it truncated, or a download error page? Re-download or re-export it."
-    )
+        obj = safe_torch_load(path, "SuperPoint weights file", map_location)
+    except UnsafeFileError as err:
+        raise UnsafeWeightsError(str(err)) from None
+    except UnreadableFileError as err:
+        raise UnreadableWeightsError(str(err)) from None
+    if isinstance(obj, Mapping) and obj.get("format") in (MODEL_FORMAT, CHECKPOINT_FORMAT):
+        try:
+            verify_digest(obj, path, "SuperPoint weights file")
+        except DamagedFileError as err:
+            raise UnreadableWeightsError(str(err)) from None
+    return obj
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -460,6 +454,14 @@ def _load_checked(
     model: SuperPoint, state: Mapping[str, torch.Tensor], fmt: str, name: str, overridden: list[str]
 ) -> None:
     """Copy ``state`` into ``model`` after checking keys and shapes; report every problem."""
+    _check_keys_and_shapes(model, state, fmt, name, overridden)
+    model.load_state_dict({k: v for k, v in state.items()}, strict=False)
+
+
+def _check_keys_and_shapes(
+    model: SuperPoint, state: Mapping[str, torch.Tensor], fmt: str, name: str, overridden: list[str]
+) -> None:
+    """Raise :class:`WeightsMismatchError` with every missing, unexpected and mis-shaped key."""
     expected = model.state_dict()
     # num_batches_tracked only counts training steps: files without it load fine.
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
@@ -489,7 +491,6 @@ def _load_checked(
                 hint=hint,
             )
         )
-    model.load_state_dict({k: v for k, v in state.items()}, strict=False)
 
 
 def key_listing(items: list[str]) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from detkd.report.runs import RunFolder, read_runs
+from detkd.safe_files import UnreadableFileError
 
 #: Metric columns of the table, in order, with their labels (those present are shown).
 METRIC_COLUMNS = {
@@ -208,6 +209,8 @@ def _load_row_model(row: Row) -> torch.nn.Module | None:
             return load_teacher(row.run.teacher_checkpoint())[0]
         if row.model_name == "student" and row.run.model_file is not None:
             return load_keypoint_model(row.run.model_file)
+    except UnreadableFileError:
+        raise  # a hostile, damaged or truncated model file is reported, not skipped
     except (OSError, ValueError):
         return None
     return None

@@ -51,7 +51,7 @@ from detkd.data.detection import (
     unpad_targets,
 )
 from detkd.distill.detection import DETECTION_DISTILLERS, DetectionDistiller, create_detection_distiller
-from detkd.engine import ExistingRunError, StreamDataset, Task, TrainConfig, Trainer
+from detkd.engine import StreamDataset, Task, TrainConfig, Trainer
 from detkd.engine.distributed import is_launch_rank_zero
 from detkd.tasks.run_folder import open_run_folder, rank_zero_say
 from detkd.evaluation.detection import DetectionMetrics, evaluate_detections, format_detection_table, format_per_class_table
@@ -580,11 +580,7 @@ class DetectionOutcome:
 def _trainer(train_cfg: TrainConfig, out: Path, resume: bool) -> Trainer:
     """The engine for ``out``; refuses an existing run before its ``config.yaml`` is overwritten."""
     trainer = Trainer(train_cfg, out)
-    if trainer.checkpoint_path.exists() and not resume:
-        raise ExistingRunError(
-            f"'{out}' already holds a run ({trainer.checkpoint_path}). Pass --resume to continue it, "
-            "or choose another --out folder."
-        )
+    trainer.refuse_existing_run(resume)
     return trainer
 
 
@@ -610,7 +606,7 @@ def run_detection_training(
     trainer = _trainer(train_cfg, out, resume)
     say(f"model   : {describe_detector(model)}")
     say(f"data    : {data.description}")
-    open_run_folder(config, train_cfg, out, "images", rank_zero)
+    open_run_folder(config, train_cfg, out, "images", rank_zero, resume)
     result = trainer.fit(DetectionTrainTask(model, stream), resume=resume)
     if not result.is_global_zero:
         return DetectionOutcome(out, out / "model.pt", None, result.step, result.seconds)
@@ -673,7 +669,7 @@ def run_detection_distillation(
     say(f"student : {describe_detector(student)}")
     say(f"method  : {method} ({', '.join(terms)})" + (f" + ground truth x{gt_weight:g}" if gt_weight else ", no ground truth"))
     say(f"data    : {data.description}\nimages  : {images_text}")
-    open_run_folder(config, train_cfg, out, "images", rank_zero)
+    open_run_folder(config, train_cfg, out, "images", rank_zero, resume)
     train_data: StreamDataset = stream
     cached = bool(config["teacher_cache"]["folder"])
     if cached:

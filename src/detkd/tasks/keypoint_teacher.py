@@ -40,6 +40,7 @@ from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo, read_image, s
 from detkd.data.keypoint_pairs import PseudoLabelPairStream, resize_longer_side
 from detkd.data.synthetic_shapes import SyntheticShapesDataset
 from detkd.engine import Task, TrainConfig, Trainer
+from detkd.tasks.run_folder import claim_run_folder
 from detkd.geometry.homography import HomographyConfig, sample_homography, warp_image
 from detkd.losses.superpoint import (
     descriptor_hinge_loss,
@@ -328,7 +329,9 @@ def run_teacher_training(
     out = Path(out_dir)
     config = copy.deepcopy(config)
     steps = steps or {}
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_folder(out)
+    for stage_folder in ("shapes", "joint"):  # refused before config.yaml is rewritten
+        Trainer(TrainConfig(), out / stage_folder).refuse_existing_run(resume)
     save_config(config, out / "config.yaml")
     magicpoint_path = out / "shapes" / "magicpoint.pt"
     teacher_path = out / "joint" / "superpoint.pt"

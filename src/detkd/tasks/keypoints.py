@@ -280,7 +280,7 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     say(f"teacher : {origin} ({count_parameters(teacher):,} parameters)")
     say(f"student : {student_description(student, student_cfg['variant'])} ({count_parameters(student):,} parameters)")
     say(f"images  : {data_text}")
-    open_run_folder(config, train_cfg, out, "views", rank_zero)
+    open_run_folder(config, train_cfg, out, "views", rank_zero, resume)
 
     train_data: UnlabeledImageStream | CachedTeacherViews = stream
     if config["teacher_cache"]["folder"]:

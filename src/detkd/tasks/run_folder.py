@@ -1,13 +1,29 @@
-"""What every training command does before its trainer starts: talk on rank zero only, announce
-the run and write its ``config.yaml`` (so that the run can be repeated)."""
+"""What every training command does before its trainer starts: talk on rank zero only, claim the
+run folder for this run, refuse a folder that already holds a run (unless resuming), and write
+``config.yaml`` (so that the run can be repeated) only once the run is sure to start."""
 
 from __future__ import annotations
 
+import atexit
+import errno
+import json
+import logging
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from detkd.config import save_config
-from detkd.engine import TrainConfig
+from detkd.engine import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".detkd-run.lock"
+
+
+class RunFolderError(OSError):
+    """``--out`` cannot hold this run: not a folder, not writable, or in use by another live run."""
 
 
 def rank_zero_say(rank_zero: bool) -> Callable[..., None]:
@@ -16,13 +32,122 @@ def rank_zero_say(rank_zero: bool) -> Callable[..., None]:
 
 
 def open_run_folder(
-    config: dict[str, Any], train_cfg: TrainConfig, out: Path, unit: str, rank_zero: bool
+    config: dict[str, Any], train_cfg: TrainConfig, out: Path, unit: str, rank_zero: bool, resume: bool = False
 ) -> None:
-    """Announce ``steps x batch {unit} of HxW -> out`` and, on rank zero, write ``out/config.yaml``."""
+    """Announce the run, claim ``out`` (rank zero) and write ``out/config.yaml``.
+
+    Nothing in ``out`` changes when the run is refused: a folder of another live run
+    (:class:`RunFolderError`), or one that holds a run while ``resume`` is off
+    (:class:`~detkd.engine.trainer.ExistingRunError`).
+    """
     rank_zero_say(rank_zero)(
         f"run     : {train_cfg.steps} steps x {train_cfg.batch_size} {unit} of "
         f"{config['data']['height']}x{config['data']['width']} -> {out}"
     )
     if rank_zero:
-        out.mkdir(parents=True, exist_ok=True)
+        claim_run_folder(out)
+        Trainer(train_cfg, out).refuse_existing_run(resume)
         save_config(config, out / "config.yaml")
+
+
+# ---------------------------------------------------------------------- the folder lock
+_held: dict[Path, Path] = {}  # run folder -> its lock file, for the locks this process holds
+
+
+def claim_run_folder(out: str | Path) -> Path:
+    """Create ``out`` if needed and hold its lock file until this process ends.
+
+    The lock file holds the process id, host and start time of the run. A lock whose process
+    no longer runs (a killed run) is taken over with a warning; the same process may claim a
+    folder again (a resumed run in one Python session).
+
+    Returns:
+        The lock file.
+
+    Raises:
+        RunFolderError: ``out`` is under a regular file, cannot be written, or another live
+            process holds its lock.
+    """
+    out = Path(out)
+    _check_folder_path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _folder_error(out, err) from None
+    lock = out / LOCK_NAME
+    if _held.get(out.resolve()) == lock:
+        return lock
+    for _ in range(2):  # the second try follows the removal of a stale lock
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read_lock(lock)
+            if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+                break
+            if _process_alive(owner):
+                raise RunFolderError(
+                    f"'{out}' is in use by another detkd run (process {owner.get('pid')} on "
+                    f"{owner.get('host')}, since {owner.get('started', '?')}). Wait for it to finish or choose "
+                    f"another --out; if no such process runs, delete '{lock}'."
+                ) from None
+            log.warning("Taking over '%s' from process %s, which no longer runs", lock, owner.get("pid", "?"))
+            lock.unlink(missing_ok=True)
+            continue
+        except OSError as err:
+            raise _folder_error(out, err) from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, handle)
+        break
+    _held[out.resolve()] = lock
+    atexit.register(release_run_folder, out)
+    return lock
+
+
+def release_run_folder(out: str | Path) -> None:
+    """Remove the lock of ``out`` if this process holds it."""
+    lock = _held.pop(Path(out).resolve(), None)
+    if lock is not None and _read_lock(lock).get("pid") == os.getpid():
+        lock.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> dict[str, Any]:
+    try:
+        owner = json.loads(lock.read_text())
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}  # half-written or unreadable: treated as stale
+
+
+def _process_alive(owner: dict[str, Any]) -> bool:
+    """Whether the lock's process still runs; a lock of another host is taken as alive."""
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    return True
+
+
+def _check_folder_path(out: Path) -> None:
+    """A one-line error when a part of ``out`` is a regular file."""
+    for part in [out, *out.parents]:
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == out else f"is inside '{part}', which is a file"
+                raise RunFolderError(f"--out '{out}' {where}; choose a folder")
+            return
+
+
+def _folder_error(out: Path, err: OSError) -> RunFolderError:
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RunFolderError(f"--out '{out}' cannot be written ({err.strerror}); choose a folder you can write to")
+    if err.errno == errno.ENOSPC:
+        return RunFolderError(f"--out '{out}': the disk is full; free some space or choose another folder")
+    return RunFolderError(f"--out '{out}' cannot be used: {err.strerror or err}")

@@ -34,11 +34,13 @@ from detkd.models.detection.adapters import DetectorAdapter
 from detkd.models.detection.registry import create_detector_from_config
 from detkd.models.weights import (
     UnreadableWeightsError,
+    UnsafeWeightsError,
     WeightsMismatchError,
     key_listing,
     key_report_lines,
     plain_metadata,
 )
+from detkd.safe_files import UnreadableFileError, UnsafeFileError, safe_torch_load, verify_digest, with_digest
 
 DETECTOR_FORMAT = "detkd.detector"
 DETECTOR_FORMAT_VERSION = 1
@@ -58,14 +60,14 @@ def save_detector(adapter: DetectorAdapter, path: str | Path, extra: dict[str, A
     """
     if not isinstance(adapter, DetectorAdapter):
         raise TypeError(f"save_detector expects a DetectorAdapter, got {type(adapter).__name__}")
-    payload = {
+    payload = with_digest({
         "format": DETECTOR_FORMAT,
         "version": DETECTOR_FORMAT_VERSION,
         "config": adapter.config,
         "class_names": adapter.class_names,
         "state_dict": {k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()},
         "extra": plain_metadata(dict(extra or {}), "extra", "save_detector", tuples_as_lists=True),
-    }
+    })
     return atomic_save(payload, path)
 
 
@@ -115,30 +117,33 @@ def load_detector(path: str | Path, map_location: str | torch.device = "cpu") ->
         raise WeightsMismatchError(_not_a_detector(path, obj))
 
     try:
+        # Built on the meta device first: a config asking for huge layers allocates nothing
+        # before its shapes are compared with the file's tensors.
+        with torch.device("meta"):
+            skeleton = create_detector_from_config(config)
+        expected = skeleton.state_dict()
+        state = _strip_prefix(dict(state), set(expected), path)
+        _check_state(skeleton, expected, state, path, fmt)
         adapter = create_detector_from_config(config)
-    except (ConfigError, TypeError, ValueError) as err:
+    except (ConfigError, TypeError, ValueError, OverflowError, RuntimeError) as err:
+        if isinstance(err, WeightsMismatchError):
+            raise
         raise WeightsMismatchError(f"'{path}' (format {fmt}) holds a detector config that cannot be built: {err}") from err
-    expected = adapter.state_dict()
-    state = _strip_prefix(dict(state), set(expected), path)
-    _check_state(adapter, expected, state, path, fmt)
     adapter.load_state_dict(state, strict=False)  # every expected key is present (checked)
     return adapter.to(map_location).eval()
 
 
 # ---------------------------------------------------------------------- reading
 def _read(path: Path, map_location: Any) -> Any:
-    if not path.exists():
-        raise FileNotFoundError(f"Detector file '{path}' does not exist")
-    if not path.is_file():
-        raise UnreadableWeightsError(f"Detector file '{path}' is not a file")
+    """The object in ``path`` (:func:`safe_torch_load`), its content digest checked where it has one."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - zip/pickle/EOF errors all mean "not a readable torch file"
-        first_line = (str(err).strip().splitlines() or [""])[0][:160]
-        raise UnreadableWeightsError(
-            f"Cannot read detector file '{path}': not a torch file of plain tensors and containers "
-            f"({type(err).__name__}: {first_line}). Is it truncated or something else? Re-save it with save_detector."
-        ) from err
+        obj = safe_torch_load(path, "Detector file", map_location)
+        verify_digest(obj, path, "Detector file")
+    except UnsafeFileError as err:
+        raise UnsafeWeightsError(str(err)) from None
+    except UnreadableFileError as err:
+        raise UnreadableWeightsError(str(err)) from None
+    return obj
 
 
 def _is_tensor_dict(obj: Any) -> bool:
