@@ -23,7 +23,8 @@ from detkd.models.detection import (
     per_location,
     save_detector,
 )
-from detkd.models.weights import WeightsMismatchError
+from detkd.models.weights import UnreadableWeightsError, WeightsMismatchError
+from detkd.safe_files import with_digest
 
 TINY = {"retinanet": "retinanet_tiny_fpn", "fcos": "fcos_tiny_fpn", "faster_rcnn": "fasterrcnn_tiny_fpn"}
 ANCHORS_PER_LOCATION = {"retinanet": 9, "fcos": 1, "faster_rcnn": 3}
@@ -382,6 +383,10 @@ def test_mismatched_files_give_clear_errors(tmp_path):
     payload = torch.load(path, weights_only=True)
     payload["config"]["num_classes"] = 5  # the config no longer fits the weights
     torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(UnreadableWeightsError, match=r"edited\.pt.*damaged"):  # the content digest no longer fits
+        load_detector(tmp_path / "edited.pt")
+    payload = with_digest(payload)  # as if another tool had written a consistent but mismatched file
+    torch.save(payload, tmp_path / "edited.pt")
     with pytest.raises(WeightsMismatchError) as err:
         load_detector(tmp_path / "edited.pt")
     text = str(err.value)
@@ -391,7 +396,7 @@ def test_mismatched_files_give_clear_errors(tmp_path):
     del payload["state_dict"]["model.head.regression_head.bbox_reg.bias"]
     payload["config"]["num_classes"] = NUM_CLASSES
     payload["state_dict"]["model.extra.weight"] = torch.zeros(1)
-    torch.save(payload, tmp_path / "partial.pt")
+    torch.save(with_digest(payload), tmp_path / "partial.pt")
     with pytest.raises(WeightsMismatchError, match=r"(?s)missing keys \(1\): model.head.regression_head.bbox_reg.bias"
                        r".*unexpected keys \(1\): model.extra.weight"):
         load_detector(tmp_path / "partial.pt")
