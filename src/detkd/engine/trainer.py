@@ -341,7 +341,8 @@ class Trainer:
         saved = state.get("config", {})
         for key in ("lr", "seed"):
             if key in saved and saved[key] != getattr(self.config, key):
-                log.warning("Resuming with %s=%s (checkpoint used %s)", key, getattr(self.config, key), saved[key])
+                kept = " (the optimiser and schedule resume as saved, so the run keeps the checkpoint's lr)" if key == "lr" else ""
+                log.warning("Resuming with %s=%s (checkpoint used %s)%s", key, getattr(self.config, key), saved[key], kept)
         if state["step"] >= self.config.steps:
             log.warning("Checkpoint is at step %d >= steps=%d: nothing left to train", state["step"], self.config.steps)
         return good.step, state, good.path != self.checkpoint_path
