@@ -38,13 +38,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "half": {"channels": (32, 32, 64, 64), "head_channels": 128, "descriptor_dim": 256},
     # GoodPoint quarter student (32-32-64): 122,913 parameters
     "tiny": {"channels": (32, 32, 32, 32), "head_channels": 64, "descriptor_dim": 256},
-    # CPU students (FastEncoder, BatchNorm): ~3x faster than XFeat's network at 480x640 on one thread: 56,699 parameters
+    # CPU students (FastEncoder, BatchNorm; benchmarks/results/student_speed.md). Network 3x faster than
+    # XFeat's at 480x640 on one thread, full extract 2x in ONNX Runtime: 56,699 parameters
     "fast-s": {"encoder": "fast", "channels": (8, 16, 32, 32), "head_channels": 32, "descriptor_dim": 256,
                "batch_norm": True},
-    # about XFeat's network speed: 323,411 parameters
+    # about XFeat's speed, 5x tiny's parameters: 323,411 parameters
     "fast-m": {"encoder": "fast", "channels": (16, 32, 64, 96), "head_channels": 96, "descriptor_dim": 256,
                "batch_norm": True},
-    # about half XFeat's speed, wider than half at stride 8: 604,939 parameters
+    # 0.6-0.7x XFeat's speed, 4x faster than tiny: 604,939 parameters
     "fast-l": {"encoder": "fast", "channels": (24, 48, 96, 128), "head_channels": 128, "descriptor_dim": 256,
                "batch_norm": True},
 }
