@@ -42,7 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # XFeat's at 480x640 on one thread, full extract 2x in ONNX Runtime: 56,699 parameters
     "fast-s": {"encoder": "fast", "channels": (8, 16, 32, 32), "head_channels": 32, "descriptor_dim": 256,
                "batch_norm": True},
-    # about XFeat's speed, 5x tiny's parameters: 323,411 parameters
+    # about XFeat's speed, 2.6x tiny's parameters: 323,411 parameters
     "fast-m": {"encoder": "fast", "channels": (16, 32, 64, 96), "head_channels": 96, "descriptor_dim": 256,
                "batch_norm": True},
     # 0.6-0.7x XFeat's speed, 4x faster than tiny: 604,939 parameters
