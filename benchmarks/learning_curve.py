@@ -1,0 +1,237 @@
+"""Learning curve of key-point distillation: a student's share of its teacher against steps.
+
+One long distillation run per student, cut at milestones (500, 1000, 2000, ... steps). At each
+milestone the run stops, the student is saved and judged against the teacher on the same
+*validation* pairs, then the run resumes exactly where it stopped (the engine's resume is
+bit-identical), so the curve is one run, not several. Kill it at any time: the next call picks
+up at the last checkpoint and skips the milestones already recorded.
+
+Data (no photo that a benchmark holds out is used):
+
+* training: 28 of the 34 photos in ``../shared/data/photos``, scikit-image's training photos,
+  and the training block of tree tiles (``benchmarks/tree_tiles.py``);
+* validation (the curve, and every choice made from it): the other 6 shared photos
+  (:data:`VALIDATION_PHOTOS`), synthetic pairs;
+* test: scikit-image's held-out photos and the held-out tree tiles, judged once by
+  ``benchmarks/keypoints.py``, never here.
+
+The teacher's outputs come from a teacher cache (``--views-per-image`` fixed augmented views
+per image, built once and shared by every student), so a step costs only the student.
+
+    python benchmarks/learning_curve.py --student fast-s --milestones 500 1000 2000 4000 8000
+    python benchmarks/learning_curve.py --report-only         # tables and plot from what is recorded
+
+Writes ``benchmarks/results/learning_curve.{md,json,png}``; runs, cache and images live in
+``--work`` (default ``runs/learning_curve``, not tracked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from detkd.config import merge_config
+from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
+from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, run_distillation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tree_tiles import DEFAULT_SOURCE, write_tiles  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "photos"
+#: Shared photos kept out of training: the curve and every setting are judged on these.
+VALIDATION_PHOTOS = ("mate-Dune.jpg", "mate-Wood.jpg", "opencv-box_in_scene.jpg", "opencv-left.jpg",
+                     "plasma-ColorfulCups.jpg", "plasma-Path.jpg")
+SHARES = ("mma@3", "homography_accuracy@1", "homography_accuracy@3")
+SHARE_LABELS = {"mma@3": "MMA@3", "homography_accuracy@1": "HA@1", "homography_accuracy@3": "HA@3"}
+
+
+def prepare_images(work: Path) -> tuple[Path, Path]:
+    """``work/train_images`` and ``work/val_images`` (links and PNGs), made once."""
+    train, val = work / "train_images", work / "val_images"
+    if (work / "images.done").exists():
+        return train, val
+    for folder in (train, val):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for photo in sorted(SHARED_PHOTOS.glob("*.jpg")):
+        (val if photo.name in VALIDATION_PHOTOS else train).joinpath(photo.name).symlink_to(photo)
+    for name in BUILTIN_TRAIN_PHOTOS:
+        pixels = (builtin_photo(name, grey=True) * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(train / f"skimage-{name}.png")
+    if DEFAULT_SOURCE.exists():
+        tiles = work / "tiles"
+        write_tiles(DEFAULT_SOURCE, tiles)
+        for tile in sorted((tiles / "train").glob("*.png")):
+            (train / f"tree-{tile.name}").symlink_to(tile.resolve())
+    (work / "images.done").write_text("")
+    return train, val
+
+
+def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int) -> dict[str, Any]:
+    h, w = args.train_size
+    return merge_config(DEFAULT_DISTILL_CONFIG, {
+        "student": {"variant": args.student},
+        "data": {"images": str(train), "height": h, "width": w},
+        "teacher_cache": {"folder": str(args.work / f"teacher_cache_{h}x{w}_v{args.views_per_image}"),
+                          "views_per_image": args.views_per_image},
+        "loss": dict(args.loss),
+        "train": {"steps": steps, "batch_size": args.batch_size, "lr": args.lr, "accelerator": "cpu",
+                  "checkpoint_every": 250, "progress": args.progress, "lr_decay": args.lr_decay,
+                  "lr_decay_every": args.lr_decay_every},
+        "eval": {"images": str(val), "height": args.eval_size[0], "width": args.eval_size[1],
+                 "pairs_per_image": args.pairs_per_image, "max_keypoints": 1000},
+    })
+
+
+def record_path(args: argparse.Namespace) -> Path:
+    return args.work / f"{args.name}.jsonl"
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_curve(args: argparse.Namespace) -> None:
+    train, val = prepare_images(args.work)
+    records = record_path(args)
+    done = {r["steps"] for r in read_records(records)}
+    run_dir = args.work / "runs" / args.name
+    for steps in args.milestones:
+        if steps in done:
+            continue
+        started = time.perf_counter()
+        outcome = run_distillation(distill_config(args, train, val, steps), run_dir, resume=True)
+        shutil.copy2(outcome.student_path, run_dir / f"student_{steps}.pt")
+        record = {"name": args.name, "student": args.student, "steps": steps,
+                  "seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),
+                  "models": outcome.metrics, "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"}
+        with records.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(f"[curve] {args.name}: {steps} steps recorded ({record['seconds']:.0f} s)", flush=True)
+
+
+def share(record: dict[str, Any], metric: str) -> float:
+    teacher = record["models"]["teacher"][metric]
+    return record["models"]["student"][metric] / teacher if teacher else float("nan")
+
+
+def write_report(args: argparse.Namespace) -> None:
+    """Tables of every recorded curve in ``--work`` and one plot, into ``--out``."""
+    curves = {}
+    for path in sorted(args.work.glob("*.jsonl")):
+        rows = sorted(read_records(path), key=lambda r: r["steps"])
+        if rows:
+            curves[path.stem] = rows
+    if not curves:
+        print("nothing recorded yet")
+        return
+    lines = [
+        "# Learning curve of key-point distillation (validation pairs)",
+        "",
+        f"Command: `python benchmarks/{Path(__file__).name} ...` (one call per curve; see each run's config.yaml). "
+        f"Validation: synthetic pairs of the {len(VALIDATION_PHOTOS)} shared photos kept out of training "
+        f"({', '.join(VALIDATION_PHOTOS)}), at the size in each run's config; teacher and student on the same pairs, "
+        "both at input scale 1, 1000 key points. The test images are not used here.",
+        "",
+    ]
+    for name, rows in curves.items():
+        lines += [f"## {name} (student `{rows[0]['student']}`)", "",
+                  "| steps | " + " | ".join(f"student {SHARE_LABELS[m]}" for m in SHARES) + " | "
+                  + " | ".join(f"share of teacher {SHARE_LABELS[m]}" for m in SHARES) + " | loc. err (px) | s |",
+                  "|---:|" + "---:|" * (2 * len(SHARES) + 2)]
+        for r in rows:
+            student = r["models"]["student"]
+            lines.append(
+                f"| {r['steps']} | " + " | ".join(f"{student[m]:.3f}" for m in SHARES) + " | "
+                + " | ".join(f"{share(r, m):.0%}" for m in SHARES)
+                + f" | {student.get('localization_error', float('nan')):.2f} | {r['seconds']:.0f} |")
+        teacher = rows[-1]["models"]["teacher"]
+        lines += ["", "teacher: " + ", ".join(f"{SHARE_LABELS[m]} {teacher[m]:.3f}" for m in SHARES)
+                  + f", loc. err {teacher.get('localization_error', float('nan')):.2f} px", ""]
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "learning_curve.md").write_text(text + "\n")
+    (args.out / "learning_curve.json").write_text(json.dumps(curves, indent=1))
+    plot_curves(curves, args.out / "learning_curve.png")
+
+
+def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SHARES), figsize=(4.2 * len(SHARES), 3.6), sharey=True)
+    for ax, metric in zip(axes, SHARES):
+        for name, rows in curves.items():
+            points = [(r["steps"], 100 * share(r, metric)) for r in rows if np.isfinite(share(r, metric))]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name)
+        ax.axhline(90, color="grey", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_title(f"{SHARE_LABELS[metric]}: student / teacher")
+        ax.set_xlabel("distillation steps")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("% of the teacher (validation pairs)")
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_loss(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in DEFAULT_DISTILL_CONFIG["loss"] or not value:
+            raise SystemExit(f"--loss takes KEY=VALUE with KEY in {sorted(DEFAULT_DISTILL_CONFIG['loss'])}, got '{item}'")
+        out[key] = float(value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", default="fast-s", help="student variant [fast-s]")
+    parser.add_argument("--name", default=None, help="name of the curve [the student variant]")
+    parser.add_argument("--milestones", type=int, nargs="+", default=[500, 1000, 2000, 4000, 8000, 12000])
+    parser.add_argument("--train-size", type=int, nargs=2, default=[240, 320], help="training view H W [240 320]")
+    parser.add_argument("--eval-size", type=int, nargs=2, default=[240, 320], help="validation pair H W [240 320]")
+    parser.add_argument("--pairs-per-image", type=int, default=4, help="validation pairs per photo [4]")
+    parser.add_argument("--views-per-image", type=int, default=24, help="cached teacher views per image [24]")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--lr-decay", type=float, default=0.98, help="lr factor every --lr-decay-every steps [0.98]")
+    parser.add_argument("--lr-decay-every", type=int, default=1000)
+    parser.add_argument("--loss", nargs="*", default=[], help="loss weights KEY=VALUE (see detkd config keypoints-distill)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
+    parser.add_argument("--progress", action="store_true", help="show the training progress bar")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "learning_curve")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--report-only", action="store_true", help="only write the tables and plot")
+    args = parser.parse_args()
+    args.loss = parse_loss(args.loss)
+    args.name = args.name or args.student
+    args.milestones = sorted(set(args.milestones))
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        run_curve(args)
+    write_report(args)
+
+
+if __name__ == "__main__":
+    main()
