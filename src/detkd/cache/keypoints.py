@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from detkd.cache.fingerprint import array_digest, file_digest, module_checksum
 from detkd.cache.store import CacheBuildReport, CacheField, TeacherOutputCache
@@ -88,9 +89,16 @@ def decode_teacher_outputs(logits: torch.Tensor, descriptors: torch.Tensor) -> d
     return {"logits": logits, "heatmap": logits_to_heatmap(logits), "descriptors": F.normalize(desc, p=2, dim=1)}
 
 
-def teacher_checksum(teacher: SuperPoint) -> str:
-    """Checksum of the teacher's weights and the settings that shape its dense outputs."""
-    return module_checksum(teacher, {k: teacher.conf.get(k) for k in _OUTPUT_CONF_KEYS})
+def teacher_checksum(teacher: nn.Module) -> str:
+    """Checksum of the teacher's weights and the settings that shape its dense outputs.
+
+    A teacher of another family (:mod:`detkd.models.keypoint_teachers`) adds its ``family`` name
+    (``disk``, ``aliked-n16`` ...), so two families never share a cache; a SuperPoint's checksum is unchanged.
+    """
+    settings = {k: teacher.conf.get(k) for k in _OUTPUT_CONF_KEYS}
+    if "family" in teacher.conf:
+        settings["family"] = teacher.conf["family"]
+    return module_checksum(teacher, settings)
 
 
 def view_settings(stream: UnlabeledImageStream) -> dict[str, Any]:

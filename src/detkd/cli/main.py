@@ -32,6 +32,13 @@ class FriendlyGroup(click.Group):
             sys.exit(2)
 
 
+_TEACHER_HELP = ("Teacher: disk, aliked-t16, aliked-n16, aliked-n32, xfeat (kornia's networks), or a weight file "
+                 "recognised from its keys (those families, Magic Leap superpoint_v1.pth, rpautrat "
+                 "superpoint_v6_from_tf.pth, a detkd model/checkpoint). Default: the teacher shipped with detkd.")
+_TEACHER_WEIGHTS_HELP = ("Weight file of a teacher given by name (e.g. aliked-n16.pth). Default: kornia's download "
+                         "cache, downloaded when online.")
+_MODEL_NAMES = "disk, aliked-t16, aliked-n16, aliked-n32, xfeat, sift, orb"
+
 _INPUT_SCALE_HELP = ("Run every network on the image resized by this factor and map the key points back "
                      "(1.5 or 2: finer localisation at 2.25x or 4x the compute). Default: each model's own "
                      "input_scale (the shipped teacher's is 1.5).")
@@ -112,9 +119,9 @@ class _StudentOption(click.Option):
 @keypoints.command()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML config; see 'detkd config keypoints-distill' for every key and default.")
-@click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
-              help="Teacher weights: Magic Leap superpoint_v1.pth, rpautrat superpoint_v6_from_tf.pth, "
-                   "or a detkd model/checkpoint. Default: the teacher shipped with detkd.")
+@click.option("--teacher", default=None, help=_TEACHER_HELP)
+@click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=_TEACHER_WEIGHTS_HELP)
 @click.option("--student", cls=_StudentOption, type=_StudentChoice(), default=None,
               help="Student variant (listed with its parameters, from detkd.models.superpoint.VARIANTS).")
 @click.option("--images", type=click.Path(exists=True), default=None,
@@ -162,6 +169,7 @@ def distill(config_file: Path | None, out: Path, resume: bool, **options: Any) -
         "hpatches": "eval.hpatches", "device": "train.accelerator", "precision": "train.precision",
         "workers": "train.num_workers", "seed": "train.seed", "devices": "train.devices",
         "num_nodes": "train.num_nodes", "strategy": "train.strategy", "teacher_cache": "teacher_cache.folder",
+        "teacher_weights": "teacher.weights",
     }
     config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, {keys[k]: v for k, v in options.items()})
     run_distillation(config, out, resume=resume)
@@ -175,8 +183,9 @@ def devices_value(value: str | None) -> int | str | None:
 @keypoints.command("cache-teacher")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The YAML config of the distillation runs that will read the cache (same data settings).")
-@click.option("--teacher", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Teacher weights (as for distill). Default: the teacher shipped with detkd.")
+@click.option("--teacher", default=None, help=_TEACHER_HELP)
+@click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=_TEACHER_WEIGHTS_HELP)
 @click.option("--images", type=click.Path(exists=True), default=None,
               help="Folder of training photos. Default: the photos that ship with scikit-image.")
 @click.option("--cache", "cache_folder", type=click.Path(file_okay=False), default=None,
@@ -203,9 +212,10 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
         "views_per_image": "teacher_cache.views_per_image", "descriptors": "teacher_cache.descriptors",
         "height": "data.height", "width": "data.width", "batch_size": "teacher_cache.batch_size",
         "device": "train.accelerator", "workers": "train.num_workers", "seed": "train.seed",
+        "teacher_weights": "teacher.weights",
     }
     config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, {keys[k]: v for k, v in options.items()})
-    teacher, origin = load_teacher(config["teacher"]["checkpoint"])
+    teacher, origin = load_teacher(config["teacher"]["checkpoint"], config["teacher"]["weights"])
     stream, data_text = training_stream(config)
     click.echo(f"teacher : {origin}\nimages  : {data_text}")
     click.echo(build_teacher_cache(config, teacher, stream).summary())
@@ -213,10 +223,13 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
 
 @keypoints.command()
 @click.option("--model", "models", multiple=True, required=True,
-              help="Model to evaluate (repeatable): a detkd student.pt/checkpoint or SuperPoint weights; "
-                   "'default' is the shipped teacher. NAME=PATH sets the table row name.")
+              help="Model to evaluate (repeatable): a detkd student.pt/checkpoint, a weight file of any teacher "
+                   f"family, 'default' (the shipped teacher) or a name: {_MODEL_NAMES}. NAME=MODEL sets the row name.")
 @click.option("--teacher", default=None,
-              help="Also evaluate this teacher in the same run, first row ('default': the shipped one).")
+              help="Also evaluate this teacher in the same run, first row ('default': the shipped one; "
+                   "or a name or file as for distill).")
+@click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=_TEACHER_WEIGHTS_HELP)
 @click.option("--hpatches", type=click.Path(exists=True, file_okay=False), default=None,
               help="HPatches-format folder (i_*/v_* sequences with 1.ppm..6.ppm and H_1_k).")
 @click.option("--images", type=click.Path(exists=True), default=None,
@@ -230,7 +243,7 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
 @click.option("--input-scale", type=float, default=None, help=_INPUT_SCALE_HELP)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.md and match plots here.")
-def evaluate(models: tuple[str, ...], teacher: str | None, hpatches: str | None, images: str | None,
+def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str | None, hpatches: str | None, images: str | None,
              pairs_per_image: int, height: int, width: int, max_keypoints: int, seed: int,
              input_scale: float | None, out: Path | None) -> None:
     """Repeatability, localisation error, MMA@1-10, homography accuracy@1/3/5, matching score, F1."""
@@ -238,7 +251,7 @@ def evaluate(models: tuple[str, ...], teacher: str | None, hpatches: str | None,
 
     named = {}
     if teacher:
-        named["teacher"] = with_input_scale(load_named_model(teacher), input_scale)
+        named["teacher"] = with_input_scale(load_named_model(teacher, teacher_weights), input_scale)
     for entry in models:
         name, _, path = entry.rpartition("=")
         named[name or Path(path).stem if path != "default" else name or "default"] = with_input_scale(
@@ -250,7 +263,7 @@ def evaluate(models: tuple[str, ...], teacher: str | None, hpatches: str | None,
 
 def with_input_scale(model: Any, input_scale: float | None) -> Any:
     """``model`` with its ``input_scale`` set (checked), or unchanged when ``input_scale`` is None."""
-    if input_scale is not None:
+    if input_scale is not None and hasattr(model, "conf"):  # OpenCV's SIFT/ORB have no input scale
         from detkd.models.superpoint import check_input_scale
 
         try:
@@ -260,23 +273,30 @@ def with_input_scale(model: Any, input_scale: float | None) -> Any:
     return model
 
 
-def load_named_model(source: str) -> Any:
-    """A key-point model from a path; ``default`` is the shipped teacher."""
+def load_named_model(source: str, weights: str | None = None) -> Any:
+    """A key-point model: ``default`` (the shipped teacher), ``sift``/``orb`` (OpenCV), a teacher name
+    (``disk``, ``aliked-n16``, ``xfeat`` ..., with ``weights`` or kornia's cache) or a weight file."""
+    from detkd.evaluation.classical import FEATURE_KINDS, OpenCVFeatures
     from detkd.tasks.keypoints import load_teacher
 
-    return load_teacher(None if source == "default" else source)[0]
+    if source in FEATURE_KINDS:
+        return OpenCVFeatures(source)
+    return load_teacher(None if source == "default" else source, weights)[0]
 
 
 @keypoints.command()
 @click.argument("image0", type=click.Path(exists=True, dir_okay=False))
 @click.argument("image1", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", default="default", show_default=True,
-              help="detkd student.pt / SuperPoint weights; 'default' is the shipped teacher.")
+              help=f"detkd student.pt, a weight file of any teacher family, 'default' (the shipped teacher) "
+                   f"or a name: {_MODEL_NAMES}.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Weight file of a --model given by name. Default: kornia's download cache.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Draw the matches into this PNG.")
 @click.option("--max-keypoints", type=int, default=1000, show_default=True, help="Key points per image.")
 @click.option("--ransac-threshold", type=float, default=3.0, show_default=True, help="RANSAC inlier threshold, pixels.")
 @click.option("--input-scale", type=float, default=None, help=_INPUT_SCALE_HELP)
-def match(image0: str, image1: str, model: str, plot: Path | None, max_keypoints: int, ransac_threshold: float,
+def match(image0: str, image1: str, model: str, weights: str | None, plot: Path | None, max_keypoints: int, ransac_threshold: float,
           input_scale: float | None) -> None:
     """Match two images: mutual nearest neighbours, then a RANSAC homography."""
     import torch
@@ -285,7 +305,7 @@ def match(image0: str, image1: str, model: str, plot: Path | None, max_keypoints
     from detkd.evaluation.keypoint_metrics import correct_matches, estimate_homography
     from detkd.evaluation.matching import mutual_nearest_neighbours
 
-    net = with_input_scale(load_named_model(model), input_scale)
+    net = with_input_scale(load_named_model(model, weights), input_scale)
     images = [read_image(p) for p in (image0, image1)]
     feats = [net.extract(torch.from_numpy(im)[None, None], max_keypoints=max_keypoints) for im in images]
     kp0, kp1 = feats[0]["keypoints"][0], feats[1]["keypoints"][0]

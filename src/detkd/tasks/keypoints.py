@@ -37,16 +37,17 @@ from detkd.engine import Task, TrainConfig, Trainer
 from detkd.engine.distributed import is_launch_rank_zero
 from detkd.tasks.run_folder import open_run_folder, rank_zero_say
 from detkd.geometry.homography import HomographyConfig
-from detkd.models.pretrained import default_keypoint_teacher_path
+from detkd.models.keypoint_teachers import load_keypoint_teacher
 from detkd.models.superpoint import SuperPoint, count_parameters, create_model
-from detkd.models.weights import load_keypoint_model, save_keypoint_model
+from detkd.models.weights import save_keypoint_model
 
 log = logging.getLogger(__name__)
 
 #: Every option of ``detkd keypoints distill``; ``configs/keypoints_distill.yaml`` mirrors it.
 DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
     "teacher": {
-        "checkpoint": None,  # SuperPoint weights (any supported format); null: the shipped teacher
+        "checkpoint": None,  # null: the shipped teacher; disk | aliked-t16 | aliked-n16 | aliked-n32 | xfeat; or a weight file
+        "weights": None,  # weight file of a named teacher; null: kornia's download cache (downloaded when online)
     },
     "student": {
         "variant": "tiny",  # superpoint | half | tiny | fast-s | fast-m | fast-l ('detkd keypoints distill --help')
@@ -108,7 +109,7 @@ class KeypointDistillationTask(Task):
     """
 
     def __init__(
-        self, teacher: SuperPoint | None, student: SuperPoint, loss: KeypointDistillationLoss,
+        self, teacher: nn.Module | None, student: SuperPoint, loss: KeypointDistillationLoss,
         data: UnlabeledImageStream | CachedTeacherViews,
     ) -> None:
         super().__init__()
@@ -148,19 +149,21 @@ def config_section(cls: type, values: dict[str, Any], what: str) -> Any:
     return dataclass_from_dict(cls, {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}, what)
 
 
-def load_teacher(checkpoint: str | Path | None) -> tuple[SuperPoint, str]:
-    """The teacher model (eval mode) and a description of where it came from."""
-    path = Path(checkpoint) if checkpoint else default_keypoint_teacher_path()
-    teacher = load_keypoint_model(path).eval()
-    origin = f"{path}" if checkpoint else f"detkd's shipped teacher ({path.name})"
-    return teacher, origin
+def load_teacher(checkpoint: str | Path | None, weights: str | Path | None = None) -> tuple[nn.Module, str]:
+    """The teacher model (eval mode) and a description of where it came from.
+
+    ``checkpoint``: None (the shipped teacher), a teacher name (``disk``, ``aliked-n16``, ``xfeat`` ...,
+    weights from ``weights`` or kornia's download cache) or a weight file of any family
+    (:func:`detkd.models.keypoint_teachers.load_keypoint_teacher`).
+    """
+    return load_keypoint_teacher(checkpoint, weights)
 
 
 #: Keys of the ``student`` config section that replace the variant's structural options when set.
 STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim")
 
 
-def build_student(teacher: SuperPoint, variant: str, batch_norm: bool = True, **structure: Any) -> SuperPoint:
+def build_student(teacher: nn.Module, variant: str, batch_norm: bool = True, **structure: Any) -> SuperPoint:
     """A student of the named variant whose descriptors match the teacher's size.
 
     Args:
@@ -220,7 +223,7 @@ def build_device(accelerator: str) -> torch.device:
 
 
 def build_teacher_cache(
-    config: dict[str, Any], teacher: SuperPoint, stream: UnlabeledImageStream, progress: bool = True
+    config: dict[str, Any], teacher: nn.Module, stream: UnlabeledImageStream, progress: bool = True
 ) -> CacheBuildReport:
     """Compute and store the teacher's outputs for every view of ``config['teacher_cache']`` not yet cached."""
     cache_cfg, train = config["teacher_cache"], config["train"]
@@ -234,7 +237,7 @@ def build_teacher_cache(
 
 
 def cached_training_stream(
-    config: dict[str, Any], teacher: SuperPoint, stream: UnlabeledImageStream
+    config: dict[str, Any], teacher: nn.Module, stream: UnlabeledImageStream
 ) -> CachedTeacherViews:
     """The stream that reads teacher outputs from ``config['teacher_cache']['folder']``."""
     cache_cfg = config["teacher_cache"]
@@ -263,7 +266,7 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     out = Path(out_dir)
     config = copy.deepcopy(config)
     rank_zero = is_launch_rank_zero()
-    teacher, origin = load_teacher(config["teacher"]["checkpoint"])
+    teacher, origin = load_teacher(config["teacher"]["checkpoint"], config["teacher"]["weights"])
     train_cfg = TrainConfig.from_dict(config["train"])
     torch.manual_seed(train_cfg.seed)  # torch seeds each process at random: the student's start must not be
     student_cfg = config["student"]
@@ -322,7 +325,7 @@ def evaluation_pairs(eval_cfg: dict[str, Any]) -> tuple[list[Any], str]:
     return pairs, f"synthetic pairs of scikit-image held-out photos ({len(pairs)} pairs, seed {eval_cfg['seed']})"
 
 
-def teacher_at_student_scale(teacher: SuperPoint, student: SuperPoint) -> Any:
+def teacher_at_student_scale(teacher: nn.Module, student: SuperPoint) -> Any:
     """The teacher as the teacher-vs-student table judges it: at the student's ``input_scale``.
 
     The student learns the teacher's dense outputs at the training resolution; a teacher that
