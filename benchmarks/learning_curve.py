@@ -80,10 +80,12 @@ def prepare_images(work: Path) -> tuple[Path, Path]:
 
 def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int) -> dict[str, Any]:
     h, w = args.train_size
+    teacher = args.teacher or "shipped"
     return merge_config(DEFAULT_DISTILL_CONFIG, {
+        "teacher": {"checkpoint": args.teacher},
         "student": {"variant": args.student},
         "data": {"images": str(train), "height": h, "width": w},
-        "teacher_cache": {"folder": str(args.work / f"teacher_cache_{h}x{w}_v{args.views_per_image}"),
+        "teacher_cache": {"folder": str(args.work / f"teacher_cache_{teacher}_{h}x{w}_v{args.views_per_image}"),
                           "views_per_image": args.views_per_image},
         "loss": dict(args.loss),
         "train": {"steps": steps, "batch_size": args.batch_size, "lr": args.lr, "accelerator": "cpu",
@@ -117,6 +119,7 @@ def run_curve(args: argparse.Namespace) -> None:
         shutil.copy2(outcome.student_path, run_dir / f"student_{steps}.pt")
         record = {"name": args.name, "student": args.student, "steps": steps,
                   "seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),
+                  "command": "python benchmarks/learning_curve.py " + " ".join(sys.argv[1:]),
                   "models": outcome.metrics, "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"}
         with records.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -149,6 +152,7 @@ def write_report(args: argparse.Namespace) -> None:
     ]
     for name, rows in curves.items():
         lines += [f"## {name} (student `{rows[0]['student']}`)", "",
+                  f"`{rows[-1].get('command', 'python benchmarks/learning_curve.py --student ' + rows[0]['student'])}`", "",
                   "| steps | " + " | ".join(f"student {SHARE_LABELS[m]}" for m in SHARES) + " | "
                   + " | ".join(f"share of teacher {SHARE_LABELS[m]}" for m in SHARES) + " | loc. err (px) | s |",
                   "|---:|" + "---:|" * (2 * len(SHARES) + 2)]
@@ -206,7 +210,9 @@ def parse_loss(items: list[str]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", default="fast-s", help="student variant [fast-s]")
-    parser.add_argument("--name", default=None, help="name of the curve [the student variant]")
+    parser.add_argument("--teacher", default=None,
+                        help="teacher: a name (disk, aliked-n16, ...) or weight file [the shipped SuperPoint]")
+    parser.add_argument("--name", default=None, help="name of the curve [the student variant, '-from-TEACHER' if named]")
     parser.add_argument("--milestones", type=int, nargs="+", default=[500, 1000, 2000, 4000, 8000, 12000])
     parser.add_argument("--train-size", type=int, nargs=2, default=[240, 320], help="training view H W [240 320]")
     parser.add_argument("--eval-size", type=int, nargs=2, default=[240, 320], help="validation pair H W [240 320]")
@@ -224,7 +230,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="only write the tables and plot")
     args = parser.parse_args()
     args.loss = parse_loss(args.loss)
-    args.name = args.name or args.student
+    args.name = args.name or (f"{args.student}-from-{args.teacher}" if args.teacher else args.student)
     args.milestones = sorted(set(args.milestones))
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)

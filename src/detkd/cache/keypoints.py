@@ -41,7 +41,8 @@ from detkd.models.superpoint import CELL, SuperPoint, logits_to_heatmap
 DESCRIPTOR_ENCODINGS = ("float16", "int8")
 INT8_SCALE = 127.0  # int8 code of a descriptor component: round(127 * value)
 #: Settings of the teacher that change its dense outputs but are not in its state dict.
-_OUTPUT_CONF_KEYS = ("channels", "head_channels", "descriptor_dim", "batch_norm", "bn_eps")
+_OUTPUT_CONF_KEYS = ("channels", "head_channels", "descriptor_dim", "batch_norm", "bn_eps", "encoder", "flat_threshold",
+                     "flat_radius")
 
 
 def keypoint_cache_fields(height: int, width: int, descriptor_dim: int, descriptors: str = "float16") -> list[CacheField]:

@@ -131,7 +131,7 @@ class KeypointRawHeads(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.model.backbone(image)
-        logits = self.model.detector(features)
+        logits = self.model.detector_logits(image, features)
         descriptors = F.normalize(self.model.descriptor(features), p=2, dim=1)
         return logits, logits_to_heatmap(logits), descriptors
 

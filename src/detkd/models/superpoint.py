@@ -136,6 +136,9 @@ class SuperPoint(nn.Module):
         "max_keypoints": 1024,  # per image; -1 keeps all
         "subpixel_radius": 2,  # soft-argmax refinement window (heatmap pixels each side); 0: whole pixels
         "input_scale": 1.0,  # extract() runs the network on the image resized by this factor (see scale_input)
+        # no key points where the image is flat (see suppress_flat_regions); 0 switches the gate off
+        "flat_threshold": 0.02,  # intensity range (max - min, grey in [0, 1]) of a pixel's window below which it is flat
+        "flat_radius": 2,  # half-width of that window, in network-input pixels
     }
 
     def __init__(self, **conf: Any) -> None:
@@ -187,7 +190,7 @@ class SuperPoint(nn.Module):
                 "use extract(), which pads, or crop the image"
             )
         features = self.backbone(image)
-        logits = self.detector(features)
+        logits = self.detector_logits(image, features)
         descriptors = F.normalize(self.descriptor(features), p=2, dim=1)
         return {
             "logits": logits,
@@ -195,6 +198,15 @@ class SuperPoint(nn.Module):
             "descriptors": descriptors,
             "features": features,
         }
+
+    def detector_logits(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Cell logits ``(B, 65, H/8, W/8)`` of the detector head, with flat pixels suppressed.
+
+        Args:
+            image: ``(B, 1, H, W)`` the grey network input; features: its encoder output.
+        """
+        logits = self.detector(features)
+        return suppress_flat_regions(logits, image, self.conf["flat_threshold"], self.conf["flat_radius"])
 
     # ------------------------------------------------------------------ sparse outputs
     @torch.no_grad()
@@ -302,6 +314,48 @@ def unscale_keypoints(keypoints: torch.Tensor, scale_x: float, scale_y: float) -
         return keypoints
     factors = keypoints.new_tensor([scale_x, scale_y])
     return (keypoints + 0.5) / factors - 0.5
+
+
+#: How far below the "no key point" bin a flat pixel's bin is pushed: its probability becomes at most e^-20.
+FLAT_LOGIT_MARGIN = 20.0
+
+
+def flatness(image: torch.Tensor, radius: int, threshold: float) -> torch.Tensor:
+    """``(B, 1, H, W)`` in ``[0, 1]``: how flat each pixel's ``(2r+1)^2`` neighbourhood is.
+
+    With ``spread`` the neighbourhood's range (maximum minus minimum intensity, exact in every
+    runtime): 1 where ``spread <= threshold / 2``, 0 where ``spread >= threshold``, linear in
+    between, so that outputs change continuously with the pixels (an exported graph and
+    PyTorch agree near the threshold).
+    """
+    size = 2 * radius + 1
+    highest = F.max_pool2d(image, size, stride=1, padding=radius)
+    lowest = -F.max_pool2d(-image, size, stride=1, padding=radius)
+    return (2 - 2 * (highest - lowest) / threshold).clamp(0, 1)
+
+
+def suppress_flat_regions(logits: torch.Tensor, image: torch.Tensor, threshold: float, radius: int) -> torch.Tensor:
+    """Cell logits in which no pixel of a flat region can be a key point.
+
+    A key point needs texture: on a constant patch (black borders, letterboxing, the fill of a
+    warp) a network's output is its biases alone, and the shipped teacher, trained on photos,
+    fires everywhere on pure black. Each pixel bin is lowered towards at most the "no key
+    point" bin minus :data:`FLAT_LOGIT_MARGIN`, in proportion to the pixel's :func:`flatness`:
+    ``bin - f * relu(bin - (dustbin - margin))``. The heatmap, the cell distribution (so a
+    distillation target) and every exported graph agree.
+
+    Args:
+        logits: ``(B, 65, H/8, W/8)``; image: ``(B, 1, H, W)`` grey in ``[0, 1]``.
+        threshold: intensity range (in ``[0, 1]``) of a pixel's neighbourhood below which it starts to
+            count as flat; ``<= 0`` returns ``logits``.
+        radius: half-width of the window, in pixels.
+    """
+    if threshold <= 0:
+        return logits
+    flat = F.pixel_unshuffle(flatness(image, radius, threshold).to(logits.dtype), CELL)  # (B, 64, Hc, Wc)
+    points, dustbin = logits[:, :-1], logits[:, -1:]
+    points = points - flat * F.relu(points - (dustbin - FLAT_LOGIT_MARGIN))
+    return torch.cat([points, dustbin], dim=1)
 
 
 def logits_to_heatmap(logits: torch.Tensor) -> torch.Tensor:
