@@ -82,7 +82,7 @@ def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int)
     h, w = args.train_size
     teacher = args.teacher or "shipped"
     return merge_config(DEFAULT_DISTILL_CONFIG, {
-        "teacher": {"checkpoint": args.teacher},
+        "teacher": {"checkpoint": args.teacher, "weights": args.teacher_weights},
         "student": {"variant": args.student},
         "data": {"images": str(train), "height": h, "width": w},
         "teacher_cache": {"folder": str(args.work / f"teacher_cache_{teacher}_{h}x{w}_v{args.views_per_image}"),
@@ -212,6 +212,8 @@ def main() -> None:
     parser.add_argument("--student", default="fast-s", help="student variant [fast-s]")
     parser.add_argument("--teacher", default=None,
                         help="teacher: a name (disk, aliked-n16, ...) or weight file [the shipped SuperPoint]")
+    parser.add_argument("--teacher-weights", default=None,
+                        help="weight file of a named teacher [kornia's download cache]")
     parser.add_argument("--name", default=None, help="name of the curve [the student variant, '-from-TEACHER' if named]")
     parser.add_argument("--milestones", type=int, nargs="+", default=[500, 1000, 2000, 4000, 8000, 12000])
     parser.add_argument("--train-size", type=int, nargs=2, default=[240, 320], help="training view H W [240 320]")

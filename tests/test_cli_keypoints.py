@@ -68,6 +68,22 @@ def test_resume_continues_and_an_existing_run_is_protected(workspace):
     assert steps == [1, 2, 3, 4]
 
 
+def test_resume_keeps_the_runs_student_and_refuses_another_by_name(workspace):
+    out = workspace / "run"
+    runner = CliRunner()
+    first = runner.invoke(main, distill_args(workspace, out, steps=2, extra=["--student", "fast-s"]))
+    assert first.exit_code == 0, first.output
+    other = runner.invoke(main, distill_args(workspace, out, steps=4, extra=["--resume", "--student", "tiny"]))
+    assert other.exit_code == 2
+    assert "student.variant: 'fast-s' then, 'tiny' now" in other.output and "size mismatch" not in other.output
+    # without --config and --student, --resume reads the run's own config.yaml: still fast-s, no mismatch
+    plain = ["keypoints", "distill", "--out", str(out), "--resume", "--steps", "4"]
+    resumed = runner.invoke(main, plain)
+    assert resumed.exit_code == 0, resumed.output
+    assert "settings from" in resumed.output
+    assert load_keypoint_model(out / "student.pt").conf["encoder"] == "fast"
+
+
 def test_corrupt_image_is_skipped_and_named(workspace):
     (workspace / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     result = CliRunner().invoke(main, distill_args(workspace, workspace / "run"))

@@ -34,8 +34,29 @@ def test_each_term_by_hand():
     # orthogonal unit descriptors: MSE = (1 + 1) / 2, 1 - cos = 1
     assert terms["descriptor_mse"].item() == pytest.approx(1.0)
     assert terms["descriptor_cosine"].item() == pytest.approx(1.0)
-    expected = 120 * 0.25 + 150 * 0.5 + 0.5 * math.log(4 / 3) + 10 * 1.0 + 1.0
+    expected = 120 * 0.25 + 150 * 0.5 + 0.5 * math.log(4 / 3) + 0 * 1.0 + 1.0  # descriptor_mse off by default
     assert terms["loss"].item() == pytest.approx(expected)
+
+
+def test_descriptor_mse_is_two_over_d_times_the_cosine_term_for_unit_descriptors():
+    """Why descriptor_mse is off by default: |a - b|^2 = 2 - 2 cos for unit vectors, mean over D components."""
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(2, 16, 3, 4, generator=generator), dim=1)
+    student = torch.nn.functional.normalize(torch.randn(2, 16, 3, 4, generator=generator), dim=1)
+    heat, logits = torch.zeros(2, 24, 32), torch.zeros(2, 65, 3, 4)
+    terms = KeypointDistillationLoss()({"heatmap": heat, "logits": logits, "descriptors": teacher},
+                                       {"heatmap": heat, "logits": logits, "descriptors": student})
+    assert terms["descriptor_mse"].item() == pytest.approx(2 / 16 * terms["descriptor_cosine"].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"heatmap_mse": -1.0}, {"cell_kl": float("nan")}, {"temperature": 0.0},
+                                 {"descriptor_cosine": float("inf")}])
+def test_negative_or_non_finite_weights_are_refused_by_name(bad):
+    from detkd.config import ConfigError
+
+    key = next(iter(bad))
+    with pytest.raises(ConfigError, match=f"loss.{key}"):
+        KeypointDistillWeights(**bad)
 
 
 def test_temperature_softens_and_scales_by_t_squared():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from detkd.data.images import builtin_photo
 from detkd.geometry.homography import warp_image
-from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER
+from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER, SHIPPED_MODELS
 from detkd.models.superpoint import FLAT_LOGIT_MARGIN, create_model, flatness, suppress_flat_regions
 from detkd.models.weights import load_keypoint_model
 
@@ -44,8 +44,8 @@ def test_suppression_by_hand():
 
 
 def shipped_models():
-    return {"teacher": load_keypoint_model(DEFAULT_KEYPOINT_TEACHER).eval(),
-            "random fast-s": create_model("fast-s").eval(), "random tiny": create_model("tiny").eval()}
+    shipped = {name: load_keypoint_model(model.path).eval() for name, model in SHIPPED_MODELS.items()}
+    return {**shipped, "random fast-s": create_model("fast-s").eval(), "random tiny": create_model("tiny").eval()}
 
 
 @pytest.mark.parametrize("value", [0.0, 0.5, 1.0])

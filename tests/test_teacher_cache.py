@@ -120,6 +120,17 @@ def test_cached_loss_equals_online_loss_on_the_same_batch(tmp_path):
         torch.testing.assert_close(cached[name], value, rtol=2e-3, atol=1e-5, msg=name)
 
 
+def test_a_cache_that_grows_says_so(tmp_path):
+    teacher, data = tiny_teacher(), stream_of(photos())
+    first = build_keypoint_teacher_cache(teacher, data, tmp_path, views_per_image=1, progress=False)
+    assert "grew" not in first.summary()
+    grown = build_keypoint_teacher_cache(teacher, data, tmp_path, views_per_image=3, progress=False)
+    assert (grown.views, grown.computed, grown.reused) == (6, 4, 2)
+    assert "The cache grew: it held 2 of these views and now holds 3 views per image" in grown.summary()
+    again = build_keypoint_teacher_cache(teacher, data, tmp_path, views_per_image=3, progress=False)
+    assert "grew" not in again.summary()
+
+
 def test_online_teacher_builds_no_autograd_graph():
     task = KeypointDistillationTask(tiny_teacher(), create_model("tiny"), KeypointDistillationLoss(), stream_of(photos()))
     out = task.teacher_outputs({"image": torch.rand(2, 1, H, W)})

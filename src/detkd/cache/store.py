@@ -306,10 +306,16 @@ class CacheBuildReport:
     reused: int  # views already in the cache
     megabytes: float  # size of the cached views on disk
     seconds: float
+    views_per_image: int | None = None  # what the stream asked for
 
     def summary(self) -> str:
-        return (f"teacher cache {self.folder}: {self.views} views ({self.reused} reused, {self.computed} computed "
+        text = (f"teacher cache {self.folder}: {self.views} views ({self.reused} reused, {self.computed} computed "
                 f"in {self.seconds:.1f} s), {self.megabytes:.1f} MB")
+        if self.reused and self.computed and self.views_per_image:
+            text += (f". The cache grew: it held {self.reused} of these views and now holds {self.views_per_image} "
+                     "views per image (teacher_cache.views_per_image, --views-per-image); ask for the number it "
+                     "holds to keep it as it was")
+        return text
 
 
 class CacheWriter:

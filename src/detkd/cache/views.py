@@ -133,7 +133,7 @@ class CachedViews(StreamDataset):
         total = len(self.all_views())
         return CacheBuildReport(
             self.cache.folder, total, len(todo), total - len(todo),
-            total * self.cache.nbytes_per_entry() / 2**20, time.perf_counter() - began,
+            total * self.cache.nbytes_per_entry() / 2**20, time.perf_counter() - began, self.views_per_image,
         )
 
 

@@ -121,11 +121,12 @@ def train(config_file: Path | None, out: Path, resume: bool, **options: Any) -> 
     Faster R-CNN: RPN + RoI head). Writes model.pt, and the COCO metrics (mAP, AP50, AP75,
     small/medium/large, per class) of the val part with a plot of detections.
     """
-    from detkd.cli.main import resolve_config
+    from detkd.cli.main import resolve_config, run_config_file
     from detkd.tasks.detection import DEFAULT_TRAIN_CONFIG, run_detection_training
 
     keys = {**_RUN_KEYS, "model": "model.name"}
-    config = resolve_config(DEFAULT_TRAIN_CONFIG, config_file, {keys[k]: v for k, v in options.items()})
+    config = resolve_config(DEFAULT_TRAIN_CONFIG, run_config_file(config_file, out, resume),
+                            {keys[k]: v for k, v in options.items()})
     run_detection_training(config, out, resume=resume)
 
 
@@ -159,7 +160,7 @@ def distill(config_file: Path | None, out: Path, resume: bool, unlabeled: tuple[
     refused with the reason before training. At the end both are evaluated on the val part.
     The method's own options (weights, ablations: gid.relation_weight: 0, ...) are in --config.
     """
-    from detkd.cli.main import resolve_config
+    from detkd.cli.main import resolve_config, run_config_file
     from detkd.tasks.detection import DEFAULT_DISTILL_CONFIG, run_detection_distillation
 
     keys = {**_RUN_KEYS, "teacher": "teacher.checkpoint", "student": "student.name", "method": "distill.method",
@@ -167,7 +168,7 @@ def distill(config_file: Path | None, out: Path, resume: bool, unlabeled: tuple[
             "teacher_cache": "teacher_cache.folder"}
     overrides = {keys[k]: v for k, v in options.items()}
     overrides["data.unlabeled"] = list(unlabeled) or None
-    config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, overrides)
+    config = resolve_config(DEFAULT_DISTILL_CONFIG, run_config_file(config_file, out, resume), overrides)
     run_detection_distillation(config, out, resume=resume)
 
 

@@ -32,12 +32,13 @@ class FriendlyGroup(click.Group):
             sys.exit(2)
 
 
-_TEACHER_HELP = ("Teacher: disk, aliked-t16, aliked-n16, aliked-n32, xfeat (kornia's networks), or a weight file "
+_TEACHER_HELP = ("Teacher: a shipped model (default, student-fast-m, student-fast-s: 'detkd keypoints models'), "
+                 "disk, aliked-t16, aliked-n16, aliked-n32, xfeat (kornia's networks), or a weight file "
                  "recognised from its keys (those families, Magic Leap superpoint_v1.pth, rpautrat "
                  "superpoint_v6_from_tf.pth, a detkd model/checkpoint). Default: the teacher shipped with detkd.")
 _TEACHER_WEIGHTS_HELP = ("Weight file of a teacher given by name (e.g. aliked-n16.pth). Default: kornia's download "
                          "cache, downloaded when online.")
-_MODEL_NAMES = "disk, aliked-t16, aliked-n16, aliked-n32, xfeat, sift, orb"
+_MODEL_NAMES = "student-fast-m, student-fast-s (shipped students), disk, aliked-t16, aliked-n16, aliked-n32, xfeat, sift, orb"
 
 _INPUT_SCALE_HELP = ("Run every network on the image resized by this factor and map the key points back "
                      "(1.5 or 2: finer localisation at 2.25x or 4x the compute). Default: each model's own "
@@ -82,6 +83,16 @@ def resolve_config(defaults: dict[str, Any], config_file: Path | None, overrides
         if value is not None:
             set_dotted(config, dotted, value)
     return config
+
+
+def run_config_file(config_file: Path | None, out: Path, resume: bool) -> Path | None:
+    """The YAML file a run starts from: ``--config``, or on ``--resume`` without it the run's own
+    ``config.yaml``, so that a resumed run keeps its student, teacher and data unless told otherwise."""
+    saved = Path(out) / "config.yaml"
+    if config_file is None and resume and saved.exists():
+        click.echo(f"resume  : settings from {saved} (options given now override them)")
+        return saved
+    return config_file
 
 
 def size_option(func: Callable) -> Callable:
@@ -150,6 +161,9 @@ class _StudentOption(click.Option):
 @click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
               help="Folder of cached teacher outputs (built here if missing): the teacher runs once per "
                    "fixed view instead of every step. See 'detkd keypoints cache-teacher'.")
+@click.option("--views-per-image", type=int, default=None,
+              help="With --teacher-cache: fixed augmented views per photo; more views, less over-fitting to few "
+                   "photos. [default: 4]")
 @click.option("--workers", type=int, default=None, help="Data-loading processes. [default: 0]")
 @click.option("--seed", type=int, default=None, help="Random seed of data and initialisation. [default: 0]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -169,9 +183,10 @@ def distill(config_file: Path | None, out: Path, resume: bool, **options: Any) -
         "hpatches": "eval.hpatches", "device": "train.accelerator", "precision": "train.precision",
         "workers": "train.num_workers", "seed": "train.seed", "devices": "train.devices",
         "num_nodes": "train.num_nodes", "strategy": "train.strategy", "teacher_cache": "teacher_cache.folder",
-        "teacher_weights": "teacher.weights",
+        "teacher_weights": "teacher.weights", "views_per_image": "teacher_cache.views_per_image",
     }
-    config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, {keys[k]: v for k, v in options.items()})
+    config = resolve_config(DEFAULT_DISTILL_CONFIG, run_config_file(config_file, out, resume),
+                            {keys[k]: v for k, v in options.items()})
     run_distillation(config, out, resume=resume)
 
 
@@ -212,7 +227,7 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
         "views_per_image": "teacher_cache.views_per_image", "descriptors": "teacher_cache.descriptors",
         "height": "data.height", "width": "data.width", "batch_size": "teacher_cache.batch_size",
         "device": "train.accelerator", "workers": "train.num_workers", "seed": "train.seed",
-        "teacher_weights": "teacher.weights",
+        "teacher_weights": "teacher.weights", "views_per_image": "teacher_cache.views_per_image",
     }
     config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, {keys[k]: v for k, v in options.items()})
     teacher, origin = load_teacher(config["teacher"]["checkpoint"], config["teacher"]["weights"])
@@ -324,6 +339,33 @@ def match(image0: str, image1: str, model: str, weights: str | None, plot: Path 
         plot_matches(images[0], images[1], kp0, kp1, matches, inliers, plot,
                      title=f"{Path(image0).name} - {Path(image1).name}: {n_in}/{len(matches)} RANSAC inliers")
         click.echo(f"plot written to {plot}")
+
+
+@keypoints.command("models")
+def list_models() -> None:
+    """List the key-point models you can name: shipped teacher and students, other families, OpenCV."""
+    from detkd.models.keypoint_teachers import TEACHER_NAMES
+    from detkd.models.pretrained import SHIPPED_MODELS
+    from detkd.models.weights import load_keypoint_model
+
+    rows = []
+    for model in SHIPPED_MODELS.values():
+        if not model.path.exists():
+            rows.append((model.name, model.role, "-", "-", "not in this build", model.summary))
+            continue
+        net = load_keypoint_model(model.path)
+        params = sum(p.numel() for p in net.parameters())
+        rows.append((model.name, model.role, f"{params:,}", str(net.conf["descriptor_dim"]),
+                     f"{model.path.stat().st_size / 1024:.0f} KB", model.summary))
+    header = ("name", "role", "parameters", "desc. dim", "file", "what it is")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
+    click.echo("Shipped with detkd (model cards beside the files, in " f"{next(iter(SHIPPED_MODELS.values())).path.parent}):")
+    for row in [header] + rows:
+        click.echo("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[5])
+    click.echo("\nOther families (weights from --teacher-weights/--weights or kornia's download cache): "
+               + ", ".join(TEACHER_NAMES))
+    click.echo("OpenCV (evaluate and match only): sift, orb")
+    click.echo("Random-weight variants for speed and size (export, bench): detkd.models.superpoint.VARIANTS")
 
 
 @keypoints.command("train-teacher")

@@ -1,7 +1,8 @@
-"""Turn what a user types as MODEL into a model: ``default``, a variant name, a file or a run folder.
+"""Turn what a user types as MODEL into a model: a shipped model, a variant name, a file or a run folder.
 
-* ``default``: the key-point teacher that ships with detkd;
-* ``superpoint`` / ``half`` / ``tiny``: that key-point variant with random weights (seeded;
+* a shipped model (:data:`detkd.models.pretrained.SHIPPED_MODELS`): ``default`` (the key-point
+  teacher), ``student-fast-m``, ``student-fast-s`` (``detkd keypoints models`` lists them);
+* a key-point variant (``superpoint``, ``tiny``, ``fast-s`` ...): that variant with random weights (seeded;
   enough to measure speed and size, meaningless for accuracy);
 * a detector name of :func:`detkd.models.detection.list_detectors` (e.g. ``retinanet_tiny_fpn``),
   random weights, :data:`DETECTOR_CLASSES` classes (``NAME:K`` for ``K`` classes);
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from detkd.models.pretrained import SHIPPED_MODELS, is_shipped_model_name, shipped_model_path
 from detkd.models.superpoint import VARIANTS, create_model
 
 RANDOM_INIT_SEED = 0
@@ -61,12 +63,13 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
     text = str(spec)
     if name is None and "=" in text and not Path(text).exists():
         name, text = text.split("=", 1)
-    if text == "default":
-        from detkd.models.pretrained import default_keypoint_teacher_path
+    if is_shipped_model_name(text):
         from detkd.models.weights import load_keypoint_model
 
-        path = default_keypoint_teacher_path()
-        return ModelSource(name or "teacher", f"detkd's shipped key-point teacher ({path.name})", "keypoints",
+        path = shipped_model_path(text)
+        role = SHIPPED_MODELS[text].role
+        return ModelSource(name or ("teacher" if text == "default" else text),
+                           f"detkd's shipped key-point {role} ({path.name})", "keypoints",
                            load_keypoint_model(path).eval())
     if text in VARIANTS:
         with torch.random.fork_rng():
@@ -82,7 +85,8 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
         if path.suffix or "/" in text:
             raise FileNotFoundError(f"Model file '{path}' does not exist")
         raise ValueError(
-            f"Unknown model '{text}': give 'default' (the shipped key-point teacher), a variant "
+            f"Unknown model '{text}': give a shipped model ({', '.join(SHIPPED_MODELS)}; 'default' is the "
+            f"key-point teacher), a variant "
             f"({', '.join(VARIANTS)}), a detector name (detkd.models.detection.list_detectors(), e.g. "
             "retinanet_tiny_fpn), a .pt/.pth model file, a run folder or an .onnx export"
         )

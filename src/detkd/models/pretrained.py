@@ -1,14 +1,88 @@
-"""Checkpoints that detkd trained itself and ships inside the package."""
+"""Key-point models that detkd trained itself and ships inside the package, by name.
+
+Each shipped model is one ``.pt`` file (a detkd model file, loaded with ``weights_only=True``)
+and a model card (``.md``: teacher, data, steps, held-out numbers) in ``detkd/assets``. The
+names work wherever a key-point model is accepted: ``detkd.Predictor``, ``keypoints evaluate
+--model/--teacher``, ``keypoints match --model``, ``keypoints distill --teacher``, ``export`` and
+``bench``. ``detkd keypoints models`` lists them.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """One model in ``detkd/assets``.
+
+    Attributes:
+        name: what a user types (``default``, ``student-fast-m`` ...).
+        role: ``teacher`` or ``student``.
+        file: the model file's name in ``detkd/assets``.
+        summary: one line: architecture, what it was trained from, on what.
+    """
+
+    name: str
+    role: str
+    file: str
+    summary: str
+
+    @property
+    def path(self) -> Path:
+        return ASSETS / self.file
+
+    @property
+    def card(self) -> Path:
+        """The model card beside the file (same stem, ``.md``)."""
+        return self.path.with_suffix(".md")
+
+
+SHIPPED_MODELS: dict[str, ShippedModel] = {
+    model.name: model
+    for model in (
+        ShippedModel("default", "teacher", "superpoint_detkd.pt",
+                     "SuperPoint (1.3M parameters) trained from nothing by 'detkd keypoints train-teacher' "
+                     "(synthetic shapes, then homographic adaptation on photos)"),
+        ShippedModel("student-fast-m", "student", "student_fast_m.pt",
+                     "fast-m student (0.32M parameters, stride-2 stem) distilled from the shipped teacher "
+                     "on 58 unlabelled photos and aerial tiles"),
+        ShippedModel("student-fast-s", "student", "student_fast_s_aliked.pt",
+                     "fast-s student (52K parameters, 128-d descriptors) distilled from ALIKED-n16 "
+                     "on 58 unlabelled photos and aerial tiles"),
+    )
+}
+
 #: SuperPoint-family teacher trained by ``detkd keypoints train-teacher`` (see its model card).
-DEFAULT_KEYPOINT_TEACHER = ASSETS / "superpoint_detkd.pt"
-DEFAULT_KEYPOINT_TEACHER_CARD = ASSETS / "superpoint_detkd.md"
+DEFAULT_KEYPOINT_TEACHER = SHIPPED_MODELS["default"].path
+DEFAULT_KEYPOINT_TEACHER_CARD = SHIPPED_MODELS["default"].card
+
+
+def is_shipped_model_name(spec: object) -> bool:
+    """Whether ``spec`` is the name of a model that ships in the package."""
+    return isinstance(spec, str) and spec in SHIPPED_MODELS
+
+
+def shipped_model_path(name: str) -> Path:
+    """Path of the shipped model ``name``.
+
+    Raises:
+        KeyError: ``name`` is not a shipped model (the message lists them).
+        FileNotFoundError: this build lacks the file; the message says how to get a model.
+    """
+    if name not in SHIPPED_MODELS:
+        raise KeyError(f"'{name}' is not a shipped model; shipped: {', '.join(SHIPPED_MODELS)}")
+    path = SHIPPED_MODELS[name].path
+    if not path.exists():
+        raise FileNotFoundError(
+            f"This detkd build does not ship the model '{name}' (expected '{path}'). Pass a model file "
+            "instead (a SuperPoint checkpoint such as Magic Leap's superpoint_v1.pth, or a detkd model), "
+            "train a teacher with 'detkd keypoints train-teacher' or distil a student with 'detkd keypoints distill'."
+        )
+    return path
 
 
 def default_keypoint_teacher_path() -> Path:
@@ -17,11 +91,4 @@ def default_keypoint_teacher_path() -> Path:
     Raises:
         FileNotFoundError: this build ships none; the message says how to get a teacher.
     """
-    if not DEFAULT_KEYPOINT_TEACHER.exists():
-        raise FileNotFoundError(
-            "This detkd build ships no default key-point teacher "
-            f"(expected '{DEFAULT_KEYPOINT_TEACHER}'). Pass --teacher with a SuperPoint checkpoint "
-            "(Magic Leap superpoint_v1.pth, rpautrat superpoint_v6_from_tf.pth or a detkd model), "
-            "or train one with 'detkd keypoints train-teacher'."
-        )
-    return DEFAULT_KEYPOINT_TEACHER
+    return shipped_model_path("default")

@@ -79,7 +79,7 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
     },
     "loss": {
         "heatmap_mse": 120.0, "heatmap_gradient_mse": 150.0, "cell_kl": 1.0,
-        "descriptor_mse": 10.0, "descriptor_cosine": 1.0, "temperature": 1.0,
+        "descriptor_mse": 0.0, "descriptor_cosine": 1.0, "temperature": 1.0,  # descriptor_mse = 2/D x cosine: off
     },
     "train": {
         "steps": 2000, "batch_size": 8, "lr": 1.5e-3, "weight_decay": 1e-4, "lr_decay": 0.98,

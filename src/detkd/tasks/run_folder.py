@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from detkd.config import save_config
+import yaml
+
+from detkd.config import ConfigError, dump_config, load_config_file, save_config
 from detkd.engine import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,37 @@ def open_run_folder(
     if rank_zero:
         claim_run_folder(out)
         Trainer(train_cfg, out).refuse_existing_run(resume)
+        if resume:
+            refuse_other_models(config, out)
         save_config(config, out / "config.yaml")
+
+
+#: Config sections that a resumed run must keep: its checkpoints hold these models' weights.
+MODEL_SECTIONS = ("student", "teacher", "model")
+
+
+def refuse_other_models(config: dict[str, Any], out: Path) -> None:
+    """Raise :class:`ConfigError` when resuming ``out`` with other models than it was started with.
+
+    The run's ``config.yaml`` says what it was started with; a resumed run with another student
+    (or teacher) would fail deep inside ``load_state_dict`` or, worse, mix two models.
+    """
+    saved_path = out / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = load_config_file(saved_path)
+    for section in MODEL_SECTIONS:
+        if section not in config or section not in saved:
+            continue
+        now = yaml.safe_load(dump_config({section: config[section]}))[section]
+        differences = [f"{section}.{key}: {saved[section].get(key)!r} then, {value!r} now"
+                       for key, value in now.items() if saved[section].get(key) != value]
+        if differences:
+            raise ConfigError(
+                f"'{out}' holds a run started with other models ({'; '.join(differences)}; see {saved_path}). "
+                f"Resume it without {section} options ('--resume' alone keeps the run's own settings) or with "
+                "the same ones, or start a new run in another --out."
+            )
 
 
 # ---------------------------------------------------------------------- the folder lock

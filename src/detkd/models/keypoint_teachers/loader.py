@@ -63,7 +63,7 @@ def load_keypoint_teacher(
         FileNotFoundError: a file that does not exist. ValueError: an unknown name.
         UnsafeWeightsError / UnreadableWeightsError / WeightsMismatchError: see :mod:`detkd.models.weights`.
     """
-    from detkd.models.pretrained import default_keypoint_teacher_path
+    from detkd.models.pretrained import SHIPPED_MODELS, is_shipped_model_name, shipped_model_path
     from detkd.models.weights import load_keypoint_model
 
     if is_teacher_name(spec):
@@ -72,13 +72,17 @@ def load_keypoint_teacher(
     if weights:
         raise ValueError(f"teacher weights '{weights}' go with a teacher name ({', '.join(TEACHER_NAMES)}), "
                          f"not with '{spec}'")
-    if spec is None or str(spec) == DEFAULT:
-        path = default_keypoint_teacher_path()
-        return load_keypoint_model(path).eval(), f"detkd's shipped teacher ({path.name})"
+    if spec is None or is_shipped_model_name(str(spec)):
+        name = DEFAULT if spec is None else str(spec)
+        path = shipped_model_path(name)
+        role = SHIPPED_MODELS[name].role
+        return load_keypoint_model(path).eval(), f"detkd's shipped {role} '{name}' ({path.name})" if name != DEFAULT \
+            else f"detkd's shipped teacher ({path.name})"
     path = Path(spec)
     if not path.exists():
         if not path.suffix and "/" not in str(spec):
-            raise ValueError(f"Unknown teacher '{spec}': give default, {', '.join(TEACHER_NAMES)} or a weight file")
+            raise ValueError(f"Unknown teacher '{spec}': give {', '.join(SHIPPED_MODELS)} (shipped), "
+                             f"{', '.join(TEACHER_NAMES)} or a weight file")
         raise FileNotFoundError(f"Teacher weights file '{path}' does not exist")
     state = read_state(path)
     for family in FAMILIES:
