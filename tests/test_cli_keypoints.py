@@ -138,6 +138,16 @@ def test_evaluate_and_match_commands(workspace):
     assert "mutual matches" in result.output and plot.exists()
 
 
+def test_match_on_an_image_too_small_for_points_warns_and_device_is_accepted(workspace):
+    tiny = workspace / "tiny.png"
+    Image.fromarray((np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)).save(tiny)
+    result = CliRunner().invoke(main, ["keypoints", "match", str(tiny), str(tiny), "--model",
+                                        str(workspace / "teacher.pt"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "0 / 0 key points" in result.output
+    assert "no key points in" in result.output and "tiny.png" in result.output and "8x8" in result.output
+
+
 def test_input_scale_option_of_evaluate_and_match(workspace):
     runner = CliRunner()
     photo = str(sorted((workspace / "photos").iterdir())[0])

@@ -82,6 +82,9 @@ def test_all_stages_then_a_second_round_from_the_teacher(photos: Path, tmp_path:
     first_keys = {p.name for p in (first / "adapt").glob("*.npz")}
     second_keys = {p.name for p in (second / "adapt").glob("*.npz")}
     assert len(second_keys) == 2 and not first_keys & second_keys
+    # adapt alone writes pseudo-labels, no model: it returns the folder, not a model path
+    config["adapt"]["labeller"] = str(teacher)
+    assert run_teacher_training(config, tmp_path / "round3", stages=("adapt",)) == tmp_path / "round3" / "adapt"
 
 
 def test_missing_model_files_are_named(photos: Path, tmp_path: Path):

@@ -125,7 +125,8 @@ def test_plot_loss_curves_from_jsonl(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="line"):
         fig = draw_loss_curves(history)
     ax = fig.axes[0]
-    assert [line.get_label() for line in ax.get_lines()] == ["loss", "heatmap", "descriptor"]
+    assert [line.get_label() for line in ax.get_lines()] == [
+        "loss (weighted total)", "heatmap (unweighted)", "descriptor (unweighted)"]
     np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), list(range(10, 110, 10)))
     assert ax.get_yscale() == "log"
     assert ax.get_xlabel() == "optimiser step" and "loss" in ax.get_ylabel()
@@ -162,3 +163,23 @@ def test_plot_accuracy_vs_latency(tmp_path: Path) -> None:
     read_png(plot_accuracy_vs_latency(points, tmp_path / "bench.png", "MMA@3px"))
     with pytest.raises(ValueError, match="latency_ms"):
         draw_accuracy_vs_latency([{"name": "x", "accuracy": 1.0}], "acc")
+
+
+def test_match_plot_has_a_colour_legend() -> None:
+    from detkd.viz.plots import draw_matches
+
+    image = np.zeros((20, 30))
+    points = np.array([[1.0, 1.0], [5.0, 5.0]])
+    fig = draw_matches(image, image, points, points, np.array([[0, 0], [1, 1]]), np.array([True, False]))
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["key point", "correct match", "wrong match"]
+
+
+def test_labels_of_models_close_together_take_different_places() -> None:
+    from detkd.viz.plots import _label_offsets
+
+    latency = np.array([10.0, 10.2, 10.1, 100.0])
+    accuracy = np.array([0.5, 0.5, 0.51, 0.9])
+    offsets = _label_offsets(latency, accuracy)
+    assert len(set(offsets[:3])) == 3  # three models within 8% of each other: three places
+    assert offsets[3] == (6, 6)  # a model on its own keeps the first place

@@ -256,11 +256,13 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
 @click.option("--max-keypoints", type=int, default=1000, show_default=True, help="Key points per image.")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the synthetic pairs.")
 @click.option("--input-scale", type=float, default=None, help=_INPUT_SCALE_HELP)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the networks run (auto: a GPU when there is one). Matching and metrics run on the CPU.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.md and match plots here.")
 def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str | None, hpatches: str | None, images: str | None,
              pairs_per_image: int, height: int, width: int, max_keypoints: int, seed: int,
-             input_scale: float | None, out: Path | None) -> None:
+             input_scale: float | None, device: str, out: Path | None) -> None:
     """Repeatability, localisation error, MMA@1-10, homography accuracy@1/3/5, matching score, F1."""
     from detkd.tasks.keypoints import evaluate_and_report
 
@@ -272,7 +274,7 @@ def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str 
         named[name or Path(path).stem if path != "default" else name or "default"] = with_input_scale(
             load_named_model(path), input_scale)
     eval_cfg = {"images": images, "hpatches": hpatches, "pairs_per_image": pairs_per_image,
-                "height": height, "width": width, "max_keypoints": max_keypoints, "seed": seed}
+                "height": height, "width": width, "max_keypoints": max_keypoints, "seed": seed, "device": device}
     evaluate_and_report(named, eval_cfg, out)
 
 
@@ -311,8 +313,10 @@ def load_named_model(source: str, weights: str | None = None) -> Any:
 @click.option("--max-keypoints", type=int, default=1000, show_default=True, help="Key points per image.")
 @click.option("--ransac-threshold", type=float, default=3.0, show_default=True, help="RANSAC inlier threshold, pixels.")
 @click.option("--input-scale", type=float, default=None, help=_INPUT_SCALE_HELP)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the network runs (auto: a GPU when there is one).")
 def match(image0: str, image1: str, model: str, weights: str | None, plot: Path | None, max_keypoints: int, ransac_threshold: float,
-          input_scale: float | None) -> None:
+          input_scale: float | None, device: str) -> None:
     """Match two images: mutual nearest neighbours, then a RANSAC homography."""
     import torch
 
@@ -320,11 +324,21 @@ def match(image0: str, image1: str, model: str, weights: str | None, plot: Path 
     from detkd.evaluation.keypoint_metrics import correct_matches, estimate_homography
     from detkd.evaluation.matching import mutual_nearest_neighbours
 
+    from detkd.evaluation.keypoints import extract_features
+    from detkd.tasks.keypoints import build_device
+
     net = with_input_scale(load_named_model(model, weights), input_scale)
     images = [read_image(p) for p in (image0, image1)]
-    feats = [net.extract(torch.from_numpy(im)[None, None], max_keypoints=max_keypoints) for im in images]
-    kp0, kp1 = feats[0]["keypoints"][0], feats[1]["keypoints"][0]
-    matches = mutual_nearest_neighbours(feats[0]["descriptors"][0], feats[1]["descriptors"][0])
+    target = build_device(device)
+    if isinstance(net, torch.nn.Module):
+        net = net.to(target)
+    (kp0, desc0), (kp1, desc1) = (extract_features(net, torch.from_numpy(im)[None], max_keypoints, target)
+                                  for im in images)
+    for path, image, points in ((image0, images[0], kp0), (image1, images[1], kp1)):
+        if len(points) == 0:
+            click.secho(f"warning: no key points in {path} ({image.shape[1]}x{image.shape[0]} pixels): "
+                        "the image is too small, flat or dark for this model", fg="yellow", err=True)
+    matches = mutual_nearest_neighbours(desc0, desc1)
     homography = estimate_homography(kp0, kp1, matches, ransac_threshold=ransac_threshold)
     inliers = None if homography is None else correct_matches(kp0, kp1, matches, homography, ransac_threshold)
     n_in = int(inliers.sum()) if inliers is not None else 0
@@ -403,7 +417,10 @@ def train_teacher(config_file: Path | None, stages: tuple[str, ...], images: str
     chosen = STAGES if "all" in stages else tuple(s for s in STAGES if s in stages)
     steps = {k: v for k, v in (("shapes", shapes_steps), ("joint", joint_steps)) if v is not None}
     path = run_teacher_training(config, out, chosen, resume=resume, steps=steps)
-    click.echo(f"model written to {path}")
+    if path.is_dir():
+        click.echo(f"pseudo-labels written to {path} (the adapt stage writes no model; run --stage joint next)")
+    else:
+        click.echo(f"{'teacher' if 'joint' in chosen else 'MagicPoint detector'} written to {path}")
 
 
 @main.command("config")

@@ -301,6 +301,7 @@ class Trainer:
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     self._save(fabric, task, optimizer, scheduler, step, samples_seen())
         except KeyboardInterrupt:
+            bar.close()  # the message goes on its own line, not after the bar
             if step > start_step:
                 self._save(fabric, task, optimizer, scheduler, step, samples_seen())
                 log.warning("Interrupted at step %d; checkpoint written, continue with --resume", step)

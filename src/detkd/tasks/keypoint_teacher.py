@@ -324,7 +324,7 @@ def run_teacher_training(
     ``out_dir/joint/superpoint.pt`` (the teacher), each stage with its own checkpoints and logs.
 
     Returns:
-        Path of the last model written.
+        Path of what the last stage wrote: a model file (shapes, joint) or the adapt folder.
     """
     out = Path(out_dir)
     config = copy.deepcopy(config)
@@ -356,6 +356,7 @@ def run_teacher_training(
         detector = load_keypoint_model(labeller)
         print(f"stage adapt: homographic adaptation of the photos with {labeller} (cached)")
         images, points = run_adaptation(detector, config["adapt"], out / "adapt")
+        last = out / "adapt"
 
     if "joint" in stages:
         cfg = config["joint"]

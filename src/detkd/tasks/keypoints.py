@@ -218,7 +218,9 @@ def training_stream(config: dict[str, Any]) -> tuple[UnlabeledImageStream, str]:
 
 
 def build_device(accelerator: str) -> torch.device:
-    """Where the teacher runs while a cache is built: the GPU if training would use one."""
+    """The device of an accelerator setting (auto | cpu | cuda | gpu): a GPU for auto/cuda/gpu when there is one.
+
+    Used for the teacher while a cache is built and for evaluation (OpenCV models stay on the CPU)."""
     return torch.device("cuda" if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() else "cpu")
 
 
@@ -304,7 +306,8 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
 
     plot_loss_curves(result.history, out / "loss_curves.png", title="Key-point distillation")
     metrics, table = evaluate_and_report(
-        {"teacher": teacher_at_student_scale(teacher, student), "student": student}, config["eval"], out
+        {"teacher": teacher_at_student_scale(teacher, student), "student": student},
+        {**config["eval"], "device": config["train"]["accelerator"]}, out,  # evaluated where it trained
     )
     return DistillationOutcome(out, student_path, metrics, table)
 
@@ -349,7 +352,8 @@ def evaluate_and_report(
 
     pairs, pairs_text = evaluation_pairs(eval_cfg)
     print(f"evaluating on {pairs_text}")
-    evaluation = evaluate_keypoint_models(models, pairs, max_keypoints=eval_cfg["max_keypoints"])
+    device = build_device(eval_cfg.get("device") or "cpu")
+    evaluation = evaluate_keypoint_models(models, pairs, max_keypoints=eval_cfg["max_keypoints"], device=device)
     table = format_metrics_table(evaluation.summary)
     print(table)
     if out is not None:

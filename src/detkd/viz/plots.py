@@ -118,6 +118,11 @@ def draw_matches(
                 LineCollection(group_segments, colors=colour, linewidths=0.8, alpha=0.85, zorder=2, gid=gid)
             )
 
+    from matplotlib.lines import Line2D
+
+    legend = [Line2D([], [], marker="o", linestyle="", markersize=4, color=KEYPOINT_COLOUR, label="key point")]
+    legend += [Line2D([], [], color=MATCH_GROUPS[group][1], linewidth=1.5, label=f"{group} match") for group in groups]
+    ax.legend(handles=legend, loc="lower right", fontsize=7, framealpha=0.8)
     counts = f"{len(pairs)} matches"
     if is_correct is not None:
         counts += f", {int(is_correct.sum())} correct"
@@ -274,7 +279,8 @@ def draw_loss_curves(
         all_positive &= min(values) > 0
         total = term == "loss"
         ax.plot(
-            steps, values, label=term, linewidth=2.0 if total else 1.2, color="black" if total else None,
+            steps, values, label="loss (weighted total)" if total else f"{term} (unweighted)",
+            linewidth=2.0 if total else 1.2, color="black" if total else None,
             marker="o" if len(values) == 1 else None, markersize=3, zorder=3 if total else 2,
         )
         drawn += 1
@@ -327,9 +333,10 @@ def draw_accuracy_vs_latency(
         largest = params.max() if params.max() > 0 else 1.0
         sizes = 30 + 370 * np.sqrt(params / largest)
         ax.scatter(latency, accuracy, s=sizes, alpha=0.6, edgecolors="black", linewidths=0.8, gid="models")
-        for point, x, y in zip(points, latency, accuracy):
+        for point, x, y, (dx, dy) in zip(points, latency, accuracy, _label_offsets(latency, accuracy)):
             label = str(point["name"]) + (f"\n{_format_count(point['params'])} params" if point.get("params") else "")
-            ax.annotate(label, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8)
+            ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                        ha="left" if dx > 0 else "right")
         if latency.min() > 0 and latency.max() / latency.min() > 20:
             ax.set_xscale("log")
         ax.margins(0.15)
@@ -339,6 +346,24 @@ def draw_accuracy_vs_latency(
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _label_offsets(x: np.ndarray, y: np.ndarray) -> list[tuple[int, int]]:
+    """Label offsets (points) that keep the labels of models close in the plot apart.
+
+    Each model whose point lies within 8% of the ranges of an earlier one takes the next of a few
+    positions around its marker (right-above, left-below, right-below, left-above).
+    """
+    positions = [(6, 6), (-6, -22), (6, -22), (-6, 6)]
+    span_x = max(float(np.ptp(np.log(x))) if x.min() > 0 else float(np.ptp(x)), 1e-9)
+    span_y = max(float(np.ptp(y)), 1e-9)
+    coord_x = np.log(x) if x.min() > 0 else x
+    offsets: list[tuple[int, int]] = []
+    for i in range(len(x)):
+        near = sum(1 for j in range(i) if abs(coord_x[i] - coord_x[j]) < 0.08 * span_x
+                   and abs(y[i] - y[j]) < 0.08 * span_y)
+        offsets.append(positions[near % len(positions)])
+    return offsets
 
 
 def plot_accuracy_vs_latency(
