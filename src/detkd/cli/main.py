@@ -318,29 +318,19 @@ def load_named_model(source: str, weights: str | None = None) -> Any:
 def match(image0: str, image1: str, model: str, weights: str | None, plot: Path | None, max_keypoints: int, ransac_threshold: float,
           input_scale: float | None, device: str) -> None:
     """Match two images: mutual nearest neighbours, then a RANSAC homography."""
-    import torch
-
     from detkd.data.images import read_image
-    from detkd.evaluation.keypoint_metrics import correct_matches, estimate_homography
-    from detkd.evaluation.matching import mutual_nearest_neighbours
-
-    from detkd.evaluation.keypoints import extract_features
-    from detkd.tasks.keypoints import build_device
+    from detkd.keypoints import match as match_images
 
     net = with_input_scale(load_named_model(model, weights), input_scale)
     images = [read_image(p) for p in (image0, image1)]
-    target = build_device(device)
-    if isinstance(net, torch.nn.Module):
-        net = net.to(target)
-    (kp0, desc0), (kp1, desc1) = (extract_features(net, torch.from_numpy(im)[None], max_keypoints, target)
-                                  for im in images)
+    result = match_images(images[0], images[1], net, max_keypoints=max_keypoints,
+                          ransac_threshold=ransac_threshold, device=device)
+    kp0, kp1, matches, homography = result["keypoints0"], result["keypoints1"], result["matches"], result["homography"]
+    inliers = result["inliers"] if homography is not None else None
     for path, image, points in ((image0, images[0], kp0), (image1, images[1], kp1)):
         if len(points) == 0:
             click.secho(f"warning: no key points in {path} ({image.shape[1]}x{image.shape[0]} pixels): "
                         "the image is too small, flat or dark for this model", fg="yellow", err=True)
-    matches = mutual_nearest_neighbours(desc0, desc1)
-    homography = estimate_homography(kp0, kp1, matches, ransac_threshold=ransac_threshold)
-    inliers = None if homography is None else correct_matches(kp0, kp1, matches, homography, ransac_threshold)
     n_in = int(inliers.sum()) if inliers is not None else 0
     click.echo(f"{len(kp0)} / {len(kp1)} key points, {len(matches)} mutual matches, {n_in} RANSAC inliers")
     if homography is not None:
