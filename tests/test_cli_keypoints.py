@@ -175,3 +175,19 @@ def test_shipped_config_file_lists_every_default():
 
     shipped = load_config_file(Path(__file__).parents[1] / "configs" / "keypoints_distill.yaml")
     assert shipped == to_plain(DEFAULT_DISTILL_CONFIG)
+
+
+def test_evaluate_on_hpatches_splits_illumination_and_viewpoint_and_states_the_size(workspace):
+    from test_pairs import make_hpatches
+
+    root = make_hpatches(workspace / "hpatches")
+    result = CliRunner().invoke(main, ["keypoints", "evaluate", "--model", str(workspace / "teacher.pt"),
+                                       "--hpatches", str(root), "--hpatches-size", "0", "--out", str(workspace / "hp")])
+    assert result.exit_code == 0, result.output
+    assert "10 pairs, at full size" in result.output
+    assert "illumination pairs only (5)" in result.output and "viewpoint pairs only (5)" in result.output
+    saved = json.loads((workspace / "hp" / "metrics.json").read_text())
+    assert set(saved["by_kind"]) == {"illumination", "viewpoint"}
+    result = CliRunner().invoke(main, ["keypoints", "evaluate", "--model", str(workspace / "teacher.pt"),
+                                       "--hpatches", str(root), "--hpatches-size", "32"])
+    assert "shrunk to a longer side of at most 32 px" in result.output

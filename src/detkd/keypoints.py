@@ -105,6 +105,7 @@ def evaluate(
     *,
     images: str | Path | None = None,
     hpatches: str | Path | None = None,
+    hpatches_size: int = 640,
     pairs_per_image: int = 4,
     height: int = 240,
     width: int = 320,
@@ -118,8 +119,9 @@ def evaluate(
     Args:
         models: row name -> a model, or anything :func:`load` takes.
         images: photos to build seeded synthetic pairs from (default: scikit-image's held-out photos).
-        hpatches: an HPatches-format folder instead (images shrunk to a longer side of
-            ``max(height, width)``).
+        hpatches: an HPatches-format folder instead; its images shrunk to a longer side of
+            ``hpatches_size`` pixels (0: full size); with more than one kind of pair (illumination,
+            viewpoint) the printed table has one section per kind.
         device: where the networks run (``auto``: a GPU when there is one).
         out: write ``metrics.json``, ``metrics.md`` and match plots here.
 
@@ -131,7 +133,7 @@ def evaluate(
     loaded = {name: model if hasattr(model, "extract") else load(model) for name, model in models.items()}
     eval_cfg = {"images": str(images) if images else None, "hpatches": str(hpatches) if hpatches else None,
                 "pairs_per_image": pairs_per_image, "height": height, "width": width,
-                "max_keypoints": max_keypoints, "seed": seed, "device": device}
+                "max_keypoints": max_keypoints, "seed": seed, "device": device, "hpatches_size": hpatches_size}
     return evaluate_and_report(loaded, eval_cfg, out)[0]
 
 

@@ -251,8 +251,11 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
               help="Folder of photos to build synthetic pairs from (seeded homographies and lighting). "
                    "Default (without --hpatches): scikit-image's held-out photos.")
 @click.option("--pairs-per-image", type=int, default=4, show_default=True, help="Synthetic pairs per photo.")
-@click.option("--height", type=int, default=240, show_default=True, help="Synthetic pair height / HPatches max size.")
+@click.option("--height", type=int, default=240, show_default=True, help="Synthetic pair height.")
 @click.option("--width", type=int, default=320, show_default=True, help="Synthetic pair width.")
+@click.option("--hpatches-size", type=int, default=640, show_default=True,
+              help="With --hpatches: shrink each image to this longer side in pixels (homographies adjusted); "
+                   "0: full size. The table states it.")
 @click.option("--max-keypoints", type=int, default=1000, show_default=True, help="Key points per image.")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the synthetic pairs.")
 @click.option("--input-scale", type=float, default=None, help=_INPUT_SCALE_HELP)
@@ -261,7 +264,7 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.md and match plots here.")
 def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str | None, hpatches: str | None, images: str | None,
-             pairs_per_image: int, height: int, width: int, max_keypoints: int, seed: int,
+             pairs_per_image: int, height: int, width: int, hpatches_size: int, max_keypoints: int, seed: int,
              input_scale: float | None, device: str, out: Path | None) -> None:
     """Repeatability, localisation error, MMA@1-10, homography accuracy@1/3/5, matching score, F1."""
     from detkd.tasks.keypoints import evaluate_and_report
@@ -274,7 +277,8 @@ def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str 
         named[name or Path(path).stem if path != "default" else name or "default"] = with_input_scale(
             load_named_model(path), input_scale)
     eval_cfg = {"images": images, "hpatches": hpatches, "pairs_per_image": pairs_per_image,
-                "height": height, "width": width, "max_keypoints": max_keypoints, "seed": seed, "device": device}
+                "height": height, "width": width, "max_keypoints": max_keypoints, "seed": seed, "device": device,
+                "hpatches_size": hpatches_size}
     evaluate_and_report(named, eval_cfg, out)
 
 

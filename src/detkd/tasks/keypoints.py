@@ -91,6 +91,7 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
     "eval": {
         "images": None,  # held-out photos (synthetic pairs); null: scikit-image's held-out photos
         "hpatches": None,  # an HPatches-format folder instead of synthetic pairs
+        "hpatches_size": None,  # longer side HPatches images are shrunk to, px; null: max(height, width); 0: full size
         "pairs_per_image": 4,
         "height": 240,
         "width": 320,
@@ -318,8 +319,11 @@ def evaluation_pairs(eval_cfg: dict[str, Any]) -> tuple[list[Any], str]:
 
     size = (eval_cfg["height"], eval_cfg["width"])
     if eval_cfg.get("hpatches"):
-        pairs = hpatches_pairs(eval_cfg["hpatches"], max_size=max(size))
-        return pairs, f"HPatches at {eval_cfg['hpatches']} ({len(pairs)} pairs)"
+        limit = eval_cfg.get("hpatches_size")
+        limit = max(size) if limit is None else (None if limit <= 0 else int(limit))
+        pairs = hpatches_pairs(eval_cfg["hpatches"], max_size=limit)
+        where = "at full size" if limit is None else f"shrunk to a longer side of at most {limit} px"
+        return pairs, f"HPatches at {eval_cfg['hpatches']} ({len(pairs)} pairs, {where})"
     common = {"pairs_per_image": eval_cfg["pairs_per_image"], "size": size, "seed": eval_cfg["seed"]}
     if eval_cfg.get("images"):
         pairs = synthetic_pairs_from_folder(eval_cfg["images"], **common)
@@ -355,11 +359,17 @@ def evaluate_and_report(
     device = build_device(eval_cfg.get("device") or "cpu")
     evaluation = evaluate_keypoint_models(models, pairs, max_keypoints=eval_cfg["max_keypoints"], device=device)
     table = format_metrics_table(evaluation.summary)
+    kinds = sorted({record["kind"] for record in evaluation.per_pair})
+    by_kind = {kind: evaluation.summary_for(kind) for kind in kinds} if len(kinds) > 1 else {}
+    for kind, rows in by_kind.items():  # HPatches: illumination and viewpoint apart, as reported in the field
+        count = len({r["pair"] for r in evaluation.per_pair if r["kind"] == kind})
+        table += f"\n\n{kind} pairs only ({count}):\n\n" + format_metrics_table(rows)
     print(table)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps({"pairs": pairs_text, "models": evaluation.summary}, indent=2))
+        (out / "metrics.json").write_text(json.dumps({"pairs": pairs_text, "models": evaluation.summary,
+                                                      "by_kind": by_kind}, indent=2))
         (out / "metrics.md").write_text(f"Evaluated on {pairs_text}.\n\n{table}\n")
         draw_example_matches(evaluation, out)
     return evaluation.summary, table
