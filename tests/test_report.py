@@ -11,6 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
@@ -165,3 +166,81 @@ def test_report_of_a_detection_run(tmp_path):
     assert "<th>mAP</th>" in page and f"<td>{metrics['student']['ap50']:.3f}</td>" in page
     titles = [title for title, _ in IMG_SRC.findall(page)]
     assert any("detections" in t for t in titles) and any("against latency" in t for t in titles)
+
+
+def test_report_matches_real_bench_rows_by_model_file_and_reports_the_rest(runs, tmp_path):
+    """Issue 17.1: bench names rows after files ('student', 'teacher (input x1.5)'), report after run
+    folders; rows are matched by resolved model file, and a row matched by neither is printed and noted."""
+    from detkd.export.bench import benchmark
+
+    student = runs[0] / "student.pt"
+    bench = benchmark(["default", str(student), "tiny"], 32, 48, threads=1, repeats=1, warmup=0, memory=False,
+                      gpu=False, work_dir=tmp_path / "work", log=None)
+    bench_json = bench.write_json(tmp_path / "bench.json")
+    out = tmp_path / "r.html"
+    cli = CliRunner().invoke(main, ["report", str(runs[0]), "--bench", str(bench_json), "--out", str(out)])
+    assert cli.exit_code == 0, cli.output
+    # The random 'tiny' row is no model of the report: said on the terminal, not dropped silently.
+    assert "bench row 'tiny'" in cli.output and "matches no model of this report" in cli.output
+
+    result = build_report(runs[:1], out, bench_json=bench_json, log=None)
+    teacher, tiny_seed0 = result.rows
+    rows = json.loads(bench_json.read_text())["rows"]
+    latency = {r["name"]: r["latency"]["onnxruntime-cpu"]["median_ms"] for r in rows}
+    assert teacher.bench_row.startswith("teacher (input x") and teacher.latency_ms == latency[teacher.bench_row]
+    assert tiny_seed0.bench_row == "student" and tiny_seed0.latency_ms == latency["student"]
+    assert len(result.notes) == 1 and "bench row 'tiny'" in result.notes[0]
+    page = out.read_text()
+    assert "<h2>Accuracy against latency</h2>" in page and page.count("against latency\" src=") == 2
+    assert "<th>report row</th>" in page and "<td>tiny_seed0 (tiny)</td></tr>" in page
+    assert "matches no model of this report" in page and "matches no model" in result.markdown.read_text()
+    assert [r.name for r in bench.rows][1] == "student" and bench.rows[1].path == str(student.resolve())
+    assert bench.rows[2].path is None  # built by name: no file
+
+
+def test_report_notes_unmatched_report_rows_and_missing_scatter(runs, tmp_path):
+    """A report row without bench row, and a bench row without report row, are printed and on the page;
+    with no latency at all the accuracy-against-latency section says why it is empty."""
+    only_teacher = {"height": 64, "width": 80, "threads": 1, "rows": [  # an older bench file: no paths
+        {"name": "teacher (input x1.5)", "params": 1, "latency": {"onnxruntime-cpu": {"median_ms": 50.0}}}]}
+    (tmp_path / "teacher.json").write_text(json.dumps(only_teacher))
+    said: list[str] = []
+    result = build_report(runs[:1], tmp_path / "a.html", bench_json=tmp_path / "teacher.json", log=said.append)
+    assert [r.latency_ms for r in result.rows] == [50.0, None]  # the name without ' (input x1.5)' matches
+    assert len(result.notes) == 1 and "'tiny_seed0 (tiny)'" in result.notes[0] and "has no row in the bench file" \
+        in result.notes[0]
+    assert any(line.startswith("note: 'tiny_seed0 (tiny)'") for line in said)
+    assert "has no row in the bench file" in (tmp_path / "a.html").read_text()
+
+    unrelated = {"height": 64, "width": 80, "threads": 1, "rows": [
+        {"name": "other", "path": "/nowhere/other.pt", "latency": {"onnxruntime-cpu": {"median_ms": 5.0}}}]}
+    (tmp_path / "other.json").write_text(json.dumps(unrelated))
+    result = build_report(runs[:1], tmp_path / "b.html", bench_json=tmp_path / "other.json", log=None)
+    assert all(r.latency_ms is None for r in result.rows) and len(result.notes) == 3
+    page = result.html.read_text()
+    assert ("<h2>Accuracy against latency</h2><p class=\"warning\">Not drawn: no model of the table has a latency"
+            in page)
+    assert "bench row &#x27;other&#x27; (/nowhere/other.pt) matches no model" in page
+    assert "<td>none (not matched)</td>" in page
+
+
+def test_report_latency_pads_sizes_the_model_does_not_take(runs, tmp_path):
+    """Issue 17.2: a run evaluated at 120x160 with the shipped teacher (input_scale 1.5 -> 180x240, not
+    whole 8-pixel cells): the latency input is padded as extract() pads, instead of failing."""
+    from detkd.export.onnx import graph_for
+    from detkd.tasks.keypoints import load_teacher
+
+    run = tmp_path / "eval120"
+    shutil.copytree(runs[0], run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["eval"].update(height=120, width=160)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert read_run(run).eval_size() == (120, 160)
+    result = build_report([run], tmp_path / "r.html", threads=1, repeats=1, log=None)
+    assert all(r.latency_ms is not None for r in result.rows)
+    assert "at 120x160" in result.html.read_text() and "teacher padded to 128x160" in result.html.read_text()
+
+    from detkd.report.page import latency_batch
+
+    graph = graph_for(load_teacher(None)[0])
+    assert graph.size_multiple == 16 and tuple(latency_batch(graph, 120, 160).shape) == (1, 1, 128, 160)

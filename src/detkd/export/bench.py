@@ -56,7 +56,12 @@ class LatencyStats:
 
 @dataclass
 class BenchRow:
-    """Everything measured for one model."""
+    """Everything measured for one model.
+
+    ``path`` is the resolved file the model came from (:attr:`ModelSource.path`; ``None`` for a
+    model built by name): ``detkd report --bench`` matches rows to its runs' model files by it,
+    whatever the row's display ``name``.
+    """
 
     name: str
     origin: str
@@ -67,6 +72,7 @@ class BenchRow:
     latency: dict[str, LatencyStats] = field(default_factory=dict)
     memory_mb: dict[str, float | None] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
+    path: str | None = None
 
 
 @dataclass
@@ -294,7 +300,8 @@ def _prepare(source: ModelSource, height: int, width: int, max_keypoints: int | 
                 "bench it at its own size or re-export it (detkd export --height/--width or --dynamic)"
             )
         row = BenchRow(source.name, source.origin, source.task, _onnx_params(source.onnx_path), None,
-                       source.onnx_path.stat().st_size / 2**20, parity=meta.get("parity"))
+                       source.onnx_path.stat().st_size / 2**20, parity=meta.get("parity"),
+                       path=_path_text(source))
         return _Prepared(row, None, source.onnx_path, None, int(meta["input"]["shape"][1]))
     graph = graph_for(source.module, max_keypoints=max_keypoints)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name)
@@ -310,7 +317,7 @@ def _prepare(source: ModelSource, height: int, width: int, max_keypoints: int | 
     row = BenchRow(
         name, source.origin, source.task,
         sum(p.numel() for p in source.module.parameters()), count_gflops(graph.module, example),
-        result.path.stat().st_size / 2**20, parity=result.metadata["parity"],
+        result.path.stat().st_size / 2**20, parity=result.metadata["parity"], path=_path_text(source),
     )
     return _Prepared(row, graph, result.path, model_file, graph.channels)
 
@@ -372,6 +379,11 @@ def _gpu_latency(prepared: list[_Prepared], height: int, width: int, repeats: in
         say(f"timing onnxruntime-cuda: {len(ort_runners)} model(s) x {repeats} runs ...")
         for name, stats in interleaved_latency(ort_runners, repeats, warmup).items():
             _row(prepared, name).latency["onnxruntime-cuda"] = stats
+
+
+def _path_text(source: ModelSource) -> str | None:
+    """The source's resolved model file as text (JSON), ``None`` for a model built by name."""
+    return None if source.path is None else str(source.path)
 
 
 def _row(prepared: list[_Prepared], name: str) -> BenchRow:

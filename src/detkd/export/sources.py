@@ -40,6 +40,10 @@ class ModelSource:
         task: ``"keypoints"`` or ``"detection"``.
         module: the PyTorch model in eval mode on the CPU; ``None`` for an ONNX file.
         onnx_path: the ONNX file when the source is one.
+        path: the file the model was read from, resolved (absolute, symlinks followed): the
+            shipped file, a run folder's ``student.pt``, the ``.pt``/``.onnx`` file; ``None``
+            for a model built by name with random weights. ``detkd report`` matches bench rows
+            to its runs by this path.
     """
 
     name: str
@@ -47,6 +51,7 @@ class ModelSource:
     task: str
     module: nn.Module | None = None
     onnx_path: Path | None = None
+    path: Path | None = None
 
     @property
     def is_onnx(self) -> bool:
@@ -70,7 +75,7 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
         role = SHIPPED_MODELS[text].role
         return ModelSource(name or ("teacher" if text == "default" else text),
                            f"detkd's shipped key-point {role} ({path.name})", "keypoints",
-                           load_keypoint_model(path).eval())
+                           load_keypoint_model(path).eval(), path=path.resolve())
     if text in VARIANTS:
         with torch.random.fork_rng():
             torch.manual_seed(RANDOM_INIT_SEED)
@@ -99,7 +104,7 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
         from detkd.export.onnx import read_metadata
 
         task = read_metadata(path).get("task", "keypoints")
-        return ModelSource(name or path.stem, f"ONNX file {path}", task, None, path)
+        return ModelSource(name or path.stem, f"ONNX file {path}", task, None, path, path=path.resolve())
     return _from_file(path, name or path.stem)
 
 
@@ -125,10 +130,10 @@ def _from_file(path: Path, name: str) -> ModelSource:
     if _is_detector_file(path):
         from detkd.models.detection import load_detector
 
-        return ModelSource(name, f"{path}", "detection", load_detector(path).eval())
+        return ModelSource(name, f"{path}", "detection", load_detector(path).eval(), path=path.resolve())
     from detkd.models.weights import load_keypoint_model
 
-    return ModelSource(name, f"{path}", "keypoints", load_keypoint_model(path).eval())
+    return ModelSource(name, f"{path}", "keypoints", load_keypoint_model(path).eval(), path=path.resolve())
 
 
 def _is_detector_file(path: Path) -> bool:

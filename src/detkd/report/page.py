@@ -14,6 +14,7 @@ import hashlib
 import html
 import json
 import math
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from detkd.models.pretrained import is_shipped_model_name, shipped_model_path
 from detkd.report.runs import RunFolder, read_runs
 from detkd.safe_files import UnreadableFileError
 
@@ -41,7 +44,11 @@ _LOWER_IS_BETTER = {"localization_error"}
 
 @dataclass
 class Row:
-    """One model in the comparison."""
+    """One model in the comparison.
+
+    ``model_path`` is the row's model file, resolved (``None``: none found); ``bench_row`` the
+    name of the ``detkd bench`` row its latency came from (``None``: measured here, or none).
+    """
 
     label: str
     run: RunFolder
@@ -50,6 +57,8 @@ class Row:
     params: int | None = None
     latency_ms: float | None = None
     teacher_metrics: dict[str, float] | None = None
+    model_path: Path | None = None
+    bench_row: str | None = None
 
 
 @dataclass
@@ -68,6 +77,7 @@ class ReportResult:
     files: Path
     rows: list[Row] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # latency problems, printed and shown on the page
 
 
 def build_report(
@@ -86,10 +96,12 @@ def build_report(
     Args:
         runs: run folders (see :mod:`detkd.report.runs`).
         bench_json: a ``detkd bench --json`` file; its latencies (ONNX Runtime CPU when
-            present, else PyTorch CPU) are used for rows whose names match, and its table is
-            shown. Without it, PyTorch CPU latency is measured here.
-        latency_size: ``(H, W)`` of the latency measurement (default: the first run's
-            evaluation size).
+            present, else PyTorch CPU) are used for the rows it holds (matched by resolved model
+            file, else by name: :func:`match_bench_row`), and its table is shown. A bench row
+            or a report row left unmatched is printed and noted on the page. Without it,
+            PyTorch CPU latency is measured here.
+        latency_size: ``(H, W)`` of the latency measurement (default: each run's evaluation
+            size); sides are padded to what the model takes, as ``extract()`` pads.
         threads: CPU threads for that measurement (default: torch's).
         repeats: timed runs per model.
     """
@@ -106,14 +118,14 @@ def build_report(
     bench = json.loads(Path(bench_json).read_text()) if bench_json else None
     if bench is not None and "rows" not in bench and isinstance(bench.get("bench"), dict):
         bench = bench["bench"]  # benchmarks/deploy.py's JSON holds the bench report under "bench"
-    latency_note = attach_latency(rows, bench, latency_size, threads, repeats, say)
+    latency_note, notes = attach_latency(rows, bench, latency_size, threads, repeats, say)
     figures = draw_figures(rows, folders, files, latency_note)
-    page = Page(title, folders, rows, figures, latency_note, bench)
+    page = Page(title, folders, rows, figures, latency_note, bench, notes)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page.html())
     markdown = out.with_suffix(".md")
     markdown.write_text(page.markdown(files.name))
-    return ReportResult(out, markdown, files, rows, figures)
+    return ReportResult(out, markdown, files, rows, figures, notes)
 
 
 # ---------------------------------------------------------------------- rows
@@ -139,35 +151,35 @@ def comparison_rows(runs: Sequence[RunFolder]) -> list[Row]:
 
 
 def attach_latency(rows: list[Row], bench: dict[str, Any] | None, size: tuple[int, int] | None,
-                   threads: int | None, repeats: int, say: Callable[[str], None]) -> str:
-    """Fill ``params`` and ``latency_ms`` of the rows; returns how latency was obtained."""
+                   threads: int | None, repeats: int, say: Callable[[str], None]) -> tuple[str, list[str]]:
+    """Fill ``params``, ``model_path`` and ``latency_ms`` of the rows.
+
+    Returns:
+        How latency was obtained (one sentence), and the problems (a row without latency, a
+        bench row that matches no row), each also passed to ``say``.
+    """
     models = {id(row): _load_row_model(row) for row in rows}
     for row in rows:
         model = models[id(row)]
         row.params = sum(p.numel() for p in model.parameters()) if model is not None else None
+        row.model_path = _row_model_path(row)
     if bench:
-        by_name = {r["name"]: r for r in bench.get("rows", [])}
-        runtime = "onnxruntime-cpu" if any("onnxruntime-cpu" in r.get("latency", {}) for r in by_name.values()) \
-            else "pytorch-cpu"
-        for row in rows:
-            entry = by_name.get(row.label) or by_name.get(row.run.name if row.model_name == "student" else row.label)
-            if entry and runtime in entry.get("latency", {}):
-                row.latency_ms = entry["latency"][runtime]["median_ms"]
-                row.params = row.params or entry.get("params")
-        return (f"{runtime} latency from {bench.get('height')}x{bench.get('width')} benchmark "
-                f"({bench.get('threads')} thread(s)); rows are matched by name")
+        return _bench_latency(rows, bench, say)
     from detkd.export.bench import interleaved_latency
-    from detkd.export.onnx import graph_for, photo_batch
+    from detkd.export.onnx import graph_for
 
-    runners, sizes = {}, set()
+    runners, sizes, padding = {}, set(), []
     for row in rows:
         model = models[id(row)]
         if model is None:
             continue
-        row_size = size or row.run.eval_size() or (240, 320)
+        row_size = tuple(size or row.run.eval_size() or (240, 320))
         graph = graph_for(model)
-        batch = photo_batch(["coffee"], graph.channels, *row_size)
+        batch = latency_batch(graph, *row_size)
+        padded = tuple(batch.shape[-2:])
         sizes.add(f"{row_size[0]}x{row_size[1]}")
+        if padded != row_size:
+            padding.append(f"{row.label} padded to {padded[0]}x{padded[1]}")
 
         def run(module: torch.nn.Module = graph.module, batch: torch.Tensor = batch) -> None:
             with torch.inference_mode():
@@ -175,7 +187,7 @@ def attach_latency(rows: list[Row], bench: dict[str, Any] | None, size: tuple[in
 
         runners[row.label] = run
     if not runners:
-        return "latency not measured (no model file found)"
+        return "latency not measured (no model file found)", []
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
     try:
@@ -187,8 +199,86 @@ def attach_latency(rows: list[Row], bench: dict[str, Any] | None, size: tuple[in
     for row in rows:
         if row.label in stats:
             row.latency_ms = stats[row.label].median_ms
+    padded_text = f"; {', '.join(padding)} with zeros, as extract() pads" if padding else ""
     return (f"PyTorch CPU latency (network and post-processing) at {', '.join(sorted(sizes))} (each run's "
-            f"evaluation size unless given), {used} thread(s), median of {repeats} runs, measured while writing this report")
+            f"evaluation size unless given{padded_text}), {used} thread(s), median of {repeats} runs, "
+            "measured while writing this report"), []
+
+
+def latency_batch(graph: Any, height: int, width: int) -> torch.Tensor:
+    """The photo the latency is measured on: ``(1, C, H', W')`` in ``[0, 1]``.
+
+    ``H x W`` is resized from a real photo, then zero-padded at the bottom and right to the
+    sides ``graph`` takes (multiples of ``graph.size_multiple``, at least ``graph.min_size``
+    pixels), as :meth:`~detkd.models.superpoint.SuperPoint.extract` pads: an evaluation size
+    such as 120x160 for a teacher with ``input_scale`` 1.5 (16-pixel multiples) becomes 128x160.
+    """
+    from detkd.export.onnx import photo_batch
+
+    batch = photo_batch(["coffee"], graph.channels, height, width)
+    multiple = max(1, int(graph.size_multiple))
+    new_h = max(-(-height // multiple) * multiple, graph.min_size)
+    new_w = max(-(-width // multiple) * multiple, graph.min_size)
+    return F.pad(batch, (0, new_w - width, 0, new_h - height))
+
+
+#: What ``detkd bench`` appends to the name of a model that upsamples its input.
+_INPUT_SCALE_SUFFIX = re.compile(r" \(input x[0-9.]+\)$")
+
+
+def match_bench_row(row: Row, entries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``detkd bench --json`` row of ``row``'s model, or ``None``.
+
+    First by model file: the bench row's ``path`` (the resolved file ``detkd bench`` read)
+    equals ``row.model_path``. Then by name: the bench row's name, without the ``(input xS)``
+    that bench appends for an upsampling model, equals the row's label, or (students) its
+    run folder's name, as ``detkd bench RUN_FOLDER`` or ``NAME=MODEL`` names it.
+    """
+    if row.model_path is not None:
+        for entry in entries:
+            if entry.get("path") and Path(str(entry["path"])).resolve() == row.model_path:
+                return entry
+    names = {row.label} if row.model_name == "teacher" else {row.label, row.run.name}
+    for entry in entries:
+        name = str(entry.get("name"))
+        if name in names or _INPUT_SCALE_SUFFIX.sub("", name) in names:
+            return entry
+    return None
+
+
+def _bench_latency(rows: list[Row], bench: dict[str, Any], say: Callable[[str], None]) -> tuple[str, list[str]]:
+    """Latencies of ``rows`` from a ``detkd bench --json`` dict; returns the sentence and the problems."""
+    entries = [e for e in bench.get("rows", []) if isinstance(e, dict)]
+    runtime = "onnxruntime-cpu" if any("onnxruntime-cpu" in e.get("latency", {}) for e in entries) else "pytorch-cpu"
+    notes: list[str] = []
+    used: set[int] = set()
+    for row in rows:
+        entry = match_bench_row(row, entries)
+        if entry is None:
+            model = str(row.model_path) if row.model_path else "no model file found"
+            notes.append(
+                f"'{row.label}' ({model}) has no row in the bench file, so its latency is n/a: add its model "
+                f"file to 'detkd bench' (rows are matched by model file, else by name: "
+                f"'{row.label if row.model_name == 'teacher' else row.run.name}=MODEL')")
+            continue
+        used.add(id(entry))
+        row.bench_row = str(entry.get("name"))
+        row.params = row.params or entry.get("params")
+        stats = entry.get("latency", {}).get(runtime)
+        if isinstance(stats, dict) and _is_number(stats.get("median_ms")):
+            row.latency_ms = float(stats["median_ms"])
+        else:
+            notes.append(f"bench row '{row.bench_row}' (matched to '{row.label}') has no {runtime} latency, "
+                         "so its latency is n/a: rerun 'detkd bench' with a PyTorch model file, not an .onnx export")
+    for entry in entries:
+        if id(entry) not in used:
+            notes.append(
+                f"bench row '{entry.get('name')}' ({entry.get('path') or entry.get('origin') or 'no file'}) matches "
+                "no model of this report (neither its model file nor its name), so it is in the benchmark table only")
+    for note in notes:
+        say(f"note: {note}")
+    return (f"{runtime} latency from {bench.get('height')}x{bench.get('width')} benchmark "
+            f"({bench.get('threads')} thread(s)); rows are matched by model file, else by name"), notes
 
 
 def _load_row_model(row: Row) -> torch.nn.Module | None:
@@ -213,6 +303,22 @@ def _load_row_model(row: Row) -> torch.nn.Module | None:
         raise  # a hostile, damaged or truncated model file is reported, not skipped
     except (OSError, ValueError):
         return None
+    return None
+
+
+def _row_model_path(row: Row) -> Path | None:
+    """The resolved file of the row's model (as :func:`_load_row_model` reads it), or ``None``."""
+    if row.model_name == "teacher":
+        checkpoint = row.run.teacher_checkpoint()
+        if row.run.task == "keypoints" and (checkpoint is None or is_shipped_model_name(str(checkpoint))):
+            try:
+                return shipped_model_path(str(checkpoint or "default")).resolve()
+            except (KeyError, FileNotFoundError):
+                return None
+        path = Path(checkpoint) if checkpoint else None
+        return path.resolve() if path is not None and path.is_file() else None
+    if (row.run.task == "detection" or row.model_name == "student") and row.run.model_file is not None:
+        return row.run.model_file.resolve()
     return None
 
 
@@ -256,6 +362,22 @@ class Page:
     figures: list[Figure]
     latency_note: str
     bench: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)  # latency problems (unmatched bench or report rows)
+
+    def bench_matches(self) -> dict[str, list[str]]:
+        """Bench row name -> labels of the report rows that took its latency."""
+        matches: dict[str, list[str]] = {}
+        for row in self.rows:
+            if row.bench_row is not None:
+                matches.setdefault(row.bench_row, []).append(row.label)
+        return matches
+
+    def latency_section_note(self) -> str | None:
+        """Why the accuracy-against-latency section has no figure; ``None`` when it has one or nothing to draw."""
+        if not self.headline() or any("against latency" in f.title for f in self.figures):
+            return None
+        return "Not drawn: no model of the table has a latency" + (
+            " (see the notes under the metrics table)." if self.notes else ".")
 
     def columns(self) -> list[str]:
         present = set().union(*(r.metrics for r in self.rows)) if self.rows else set()
@@ -312,6 +434,10 @@ class Page:
             f"<p class=\"note\">Latency: {e(self.latency_note)}. Percentages compare each student with the "
             "teacher of its own run (same evaluation pairs).</p>",
         ]
+        if self.notes:
+            parts += ["<ul class=\"warning\">", *(f"<li>{e(note)}</li>" for note in self.notes), "</ul>"]
+        if self.latency_section_note():
+            parts.append(f"<h2>Accuracy against latency</h2><p class=\"warning\">{e(self.latency_section_note())}</p>")
         sections = [("Accuracy against latency", [f for f in self.figures if "against latency" in f.title]),
                     ("Training", [f for f in self.figures if f.title.startswith("Loss curves")]),
                     ("Figures of the runs", [f for f in self.figures
@@ -321,7 +447,8 @@ class Page:
                 parts.append(f"<h2>{e(name)}</h2>")
                 parts += [_html_figure(f) for f in figures]
         if self.bench:
-            parts += ["<h2>Deployment benchmark</h2>", _html_table(*_bench_table(self.bench), "bench")]
+            parts += ["<h2>Deployment benchmark</h2>",
+                      _html_table(*_bench_table(self.bench, self.bench_matches()), "bench")]
         parts.append("<h2>Configuration</h2>")
         for run in self.runs:
             parts.append(f"<details open><summary>{e(run.name)}: config.yaml</summary>"
@@ -335,19 +462,25 @@ class Page:
         lines = [f"# {self.title}", "", "## Runs", "", *(f"* {line}" for line in self.run_lines()), "",
                  "## Metrics", "", _md_table(header, body), "",
                  f"Latency: {self.latency_note}. Percentages compare each student with the teacher of its own run.", ""]
+        if self.notes:
+            lines += [*(f"* **Note:** {note}" for note in self.notes), ""]
+        if self.latency_section_note():
+            lines += ["## Accuracy against latency", "", self.latency_section_note(), ""]
         for figure in self.figures:
             lines += [f"### {figure.title}", "", f"![{figure.title}]({files_dir}/{figure.path.name})", ""]
         if self.bench:
-            lines += ["## Deployment benchmark", "", _md_table(*_bench_table(self.bench)), ""]
+            lines += ["## Deployment benchmark", "", _md_table(*_bench_table(self.bench, self.bench_matches())), ""]
         lines += ["## Configuration", ""]
         for run in self.runs:
             lines += [f"### {run.name}", "", "```yaml", (run.config_text or "(no config.yaml)").rstrip(), "```", ""]
         return "\n".join(lines)
 
 
-def _bench_table(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Compact table of a ``detkd bench --json`` file."""
-    rows = bench.get("rows", [])
+def _bench_table(bench: dict[str, Any],
+                 matches: dict[str, list[str]] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Compact table of a ``detkd bench --json`` file; with ``matches`` (bench name -> report
+    labels), a last column names the report row(s) each bench row gave its latency to."""
+    rows = [r for r in bench.get("rows", []) if isinstance(r, dict)]
     runtimes = [rt for rt in ("pytorch-cpu", "onnxruntime-cpu", "pytorch-cuda", "onnxruntime-cuda")
                 if any(rt in r.get("latency", {}) for r in rows)]
     header = ["model", "params", "GFLOPs", *(f"{rt} median ms" for rt in runtimes),
@@ -359,7 +492,11 @@ def _bench_table(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         cells += [f"{row['latency'][rt]['median_ms']:.1f}" if rt in row.get("latency", {}) else "n/a" for rt in runtimes]
         speed = row.get("speedup_vs_first", {})
         cells += [f"{speed[rt]:.2f}x" if speed.get(rt) else "n/a" for rt in runtimes]
+        if matches is not None:
+            cells.append(", ".join(matches.get(str(row.get("name")), [])) or "none (not matched)")
         body.append(cells)
+    if matches is not None:
+        header.append("report row")
     return header, body
 
 
@@ -415,5 +552,6 @@ tbody tr:nth-child(even) { background: #fafafa; }
 figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption, .note, .meta { color: #555; font-size: .85em; }
+.warning { color: #8a4b00; font-size: .9em; }
 pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: .8em; }
 """
