@@ -20,6 +20,22 @@ def _detector_names() -> list[str]:
     return list_detectors()
 
 
+def _max_detections(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    """``--max-detections``: ``auto`` or a positive integer (``None``: not given)."""
+    if value is None:
+        return None
+    from detkd.evaluation.detection import parse_max_detections
+
+    try:
+        return parse_max_detections(value, "--max-detections")
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+_MAX_DETECTIONS_HELP = ("Detections kept and scored per image (COCO maxDets): a number, or auto = max(100, 1.5 x the "
+                        "most boxes in one evaluated image, rounded up), so that dense scenes are not capped at 100.")
+
+
 def _with(options: list[Callable], func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
@@ -80,13 +96,15 @@ def _run_options(func: Callable) -> Callable:
         click.option("--workers", type=int, default=None, help="Data-loading processes. [default: 0]"),
         click.option("--seed", type=int, default=None, help="Random seed of data and initialisation. [default: 0]"),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+        click.option("--max-detections", default=None, metavar="N|auto", callback=_max_detections,
+                     help=_MAX_DETECTIONS_HELP + " [default: auto]"),
     ], func)
 
 
 _RUN_KEYS = {
     **_DATA_KEYS, "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr",
     "device": "train.accelerator", "precision": "train.precision", "workers": "train.num_workers",
-    "seed": "train.seed",
+    "seed": "train.seed", "max_detections": "eval.max_detections",
 }
 
 
@@ -244,8 +262,18 @@ def cache_teacher(config_file: Path | None, unlabeled: tuple[str, ...], **option
 @click.option("--size", type=int, default=None,
               help="Letterbox size of the images, pixels (multiple of 128). Default: the model's training size "
                    "(stored in model.pt), else 512.")
-@click.option("--tile-size", type=int, default=None, help="Cut large images into tiles of this many pixels first.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per forward pass.")
+@click.option("--tile-size", type=int, default=None,
+              help="Predict each image in overlapping tiles of this many pixels, merge the boxes across tile seams "
+                   "and score the whole image against all its boxes. [default: whole images letterboxed]")
+@click.option("--tile-overlap", type=float, default=0.25, show_default=True,
+              help="With --tile-size: overlap of neighbouring tiles, a fraction of the tile below 1, else pixels. "
+                   "Make it larger than the largest object.")
+@click.option("--per-tile", is_flag=True,
+              help="With --tile-size: score every tile alone against the boxes clipped to it (as the end of "
+                   "'detect train' does with data.tile_size) instead of whole images.")
+@click.option("--max-detections", default="auto", show_default=True, metavar="N|auto", callback=_max_detections,
+              help=_MAX_DETECTIONS_HELP)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images (or tiles) per forward pass.")
 @click.option("--score-threshold", type=float, default=0.05, show_default=True,
               help="Detections below this score are dropped before COCO evaluation.")
 @click.option("--skip-bad", is_flag=True, help="Leave out bad annotations (counted) instead of stopping.")
@@ -255,9 +283,13 @@ def cache_teacher(config_file: Path | None, unlabeled: tuple[str, ...], **option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.md and detection plots here.")
 def evaluate(models: tuple[str, ...], data: str, split: str, size: int | None, tile_size: int | None,
-             batch_size: int, score_threshold: float, skip_bad: bool, plot: Path | None, plot_images: int,
-             out: Path | None) -> None:
-    """COCO mAP, AP50, AP75, AP small/medium/large, AR100 and per-class AP (pycocotools)."""
+             tile_overlap: float, per_tile: bool, max_detections: int | str, batch_size: int, score_threshold: float,
+             skip_bad: bool, plot: Path | None, plot_images: int, out: Path | None) -> None:
+    """COCO mAP, AP50, AP75, AP small/medium/large, AR and per-class AP (pycocotools).
+
+    With --tile-size, large images (orthophotos) are predicted in overlapping tiles whose boxes
+    are merged into one set per image (objects cut by a seam count once), and scored as whole images.
+    """
     from detkd.tasks.detection import (
         DEFAULT_TRAIN_CONFIG,
         evaluate_and_report,
@@ -272,7 +304,20 @@ def evaluate(models: tuple[str, ...], data: str, split: str, size: int | None, t
         named[name or Path(path).stem] = load_teacher(path)
     first_path = models[0].rpartition("=")[2]
     height, width = (size, size) if size else stored_train_size(first_path) or (512, 512)
-    data_cfg = {**DEFAULT_TRAIN_CONFIG["data"], "config": data, "skip_bad": skip_bad, "tile_size": tile_size}
+    tiling = None
+    if per_tile and tile_size is None:
+        raise click.UsageError("--per-tile needs --tile-size")
+    if tile_size is not None:
+        from detkd.tasks.detection_predict import WholeImageTiling
+
+        try:
+            tiling = WholeImageTiling(tile_size, int(tile_overlap) if float(tile_overlap).is_integer() else tile_overlap)
+        except ValueError as err:
+            raise click.UsageError(f"--tile-size {tile_size} --tile-overlap {tile_overlap:g}: {err}") from None
+    data_cfg = {**DEFAULT_TRAIN_CONFIG["data"], "config": data, "skip_bad": skip_bad}
+    if per_tile and tiling is not None:
+        data_cfg.update(tile_size=tile_size, tile_overlap=tiling.overlap_px)
+        tiling = None
     dataset = read_detection_data(data_cfg, split)
     evaluated = dataset.val
     if evaluated is None:
@@ -284,8 +329,8 @@ def evaluate(models: tuple[str, ...], data: str, split: str, size: int | None, t
                 f"({', '.join(dataset.class_names)})"
             )
     eval_cfg = {**DEFAULT_TRAIN_CONFIG["eval"], "batch_size": batch_size, "score_threshold": score_threshold,
-                "plot_images": plot_images}
-    evaluate_and_report(named, evaluated, eval_cfg, (height, width), out, plot)
+                "plot_images": plot_images, "max_detections": max_detections}
+    evaluate_and_report(named, evaluated, eval_cfg, (height, width), out, plot, tiling=tiling)
     if plot is not None:
         click.echo(f"plot written to {plot}")
 

@@ -2,11 +2,17 @@
 
 :func:`evaluate_detections` builds the ground-truth and detection ``COCO`` objects in memory and
 runs ``COCOeval`` (``iouType="bbox"``): mAP over IoU 0.50:0.05:0.95, AP50, AP75, AP for small
-(< 32^2 px area), medium and large (> 96^2 px) objects, AR with 100 detections per image, and
-per-class AP. Areas are box areas in the pixels of the original images (COCO itself uses mask
-areas for its ground truth; detkd has boxes only). Ground-truth boxes marked ``ignore`` (COCO
-crowd, VOC difficult) are passed as COCO crowd regions: a detection on one is neither a hit nor
-a false positive. A metric without any ground truth to measure (e.g. AP large when no object is
+(< 32^2 px area), medium and large (> 96^2 px) objects, AR, and per-class AP, all with at most
+``max_detections`` detections per image (COCO's ``params.maxDets[2]``, 100 by default).
+:func:`resolve_max_detections` turns the ``auto`` setting into a number that dense scenes (an
+aerial photo with hundreds of tree crowns) do not cap: at least 100 and at least 1.5 x the
+largest number of boxes in any evaluated image. The summary values are read from COCOeval's
+accumulated tables at that ``maxDets`` (its ``summarize`` scores the headline AP at 100 only).
+
+Areas are box areas in the pixels of the original images (COCO itself uses mask areas for its
+ground truth; detkd has boxes only). Ground-truth boxes marked ``ignore`` (COCO crowd, VOC
+difficult) are passed as COCO crowd regions: a detection on one is neither a hit nor a false
+positive. A metric without any ground truth to measure (e.g. AP large when no object is
 large) is ``nan`` where COCOeval reports -1.
 """
 
@@ -16,7 +22,7 @@ import contextlib
 import io
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -35,6 +41,73 @@ METRIC_TITLES = {
     "ar100": "AR100",
 }
 
+#: ``max_detections = "auto"``: at least this many detections per image (COCO's own 100) ...
+AUTO_MIN_DETECTIONS = 100
+#: ... and at least this many times the most boxes in any evaluated image (rounded up).
+AUTO_DETECTIONS_PER_BOX = 1.5
+
+
+def parse_max_detections(value: Any, what: str = "eval.max_detections") -> int | str:
+    """``"auto"`` (or ``None``) -> ``"auto"``; a positive integer (or its text) -> that ``int``.
+
+    Raises:
+        ValueError: anything else, with the accepted values in the message.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return "auto"
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be 'auto' or a positive integer, got {value!r}")
+    try:
+        number = int(str(value).strip()) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be 'auto' or a positive integer, got {value!r}") from None
+    if number < 1 or (not isinstance(value, str) and number != value):
+        raise ValueError(f"{what} must be 'auto' or a positive integer, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class MaxDetections:
+    """The number of detections kept per image (COCO ``maxDets``) and why.
+
+    Attributes:
+        value: detections per image, ``>= 1``.
+        auto: ``True`` when derived from the data (``"auto"``), ``False`` when set.
+        most_boxes: the largest number of ground-truth boxes in one evaluated image (ignored ones included).
+    """
+
+    value: int
+    auto: bool
+    most_boxes: int
+
+    def describe(self) -> str:
+        """E.g. ``"at most 419 detections per image (auto: 1.5 x 279 boxes in the most crowded image)"``."""
+        if not self.auto:
+            why = "set"
+        elif self.value == AUTO_MIN_DETECTIONS and self.most_boxes * AUTO_DETECTIONS_PER_BOX <= AUTO_MIN_DETECTIONS:
+            why = f"auto: COCO's {AUTO_MIN_DETECTIONS}, the most crowded image has {self.most_boxes} boxes"
+        else:
+            why = f"auto: {AUTO_DETECTIONS_PER_BOX:g} x {self.most_boxes} boxes in the most crowded image"
+        return f"at most {self.value} detections per image ({why})"
+
+
+def resolve_max_detections(setting: Any, records: DetectionSet | Iterable[DetectionRecord]) -> MaxDetections:
+    """Detections per image to keep and score: ``setting`` if it is a number, else derived from ``records``.
+
+    ``"auto"`` (or ``None``) gives ``max(100, ceil(1.5 * B))`` where ``B`` is the largest number of
+    ground-truth boxes (ignored ones included) in any of ``records``: 66 boxes -> 100, 67 -> 101,
+    279 -> 419. A set number is used as it is, even below the most crowded image's box count.
+
+    Raises:
+        ValueError: ``setting`` is neither ``"auto"`` nor a positive integer.
+    """
+    parsed = parse_max_detections(setting)
+    items = records.records if isinstance(records, DetectionSet) else records
+    most = max((r.num_boxes for r in items), default=0)
+    if parsed != "auto":
+        return MaxDetections(int(parsed), False, most)
+    return MaxDetections(max(AUTO_MIN_DETECTIONS, math.ceil(most * AUTO_DETECTIONS_PER_BOX)), True, most)
+
 
 @dataclass
 class DetectionMetrics:
@@ -44,10 +117,13 @@ class DetectionMetrics:
         map: AP averaged over IoU 0.50:0.95 (COCO's headline "AP").
         ap50, ap75: AP at IoU 0.5 and 0.75.
         ap_small, ap_medium, ap_large: mAP over objects of area < 32^2, 32^2..96^2, > 96^2 pixels.
-        ar100: recall averaged over IoU 0.50:0.95 with at most 100 detections per image.
+        ar100: recall averaged over IoU 0.50:0.95 with at most ``max_detections`` detections per
+            image (the name is COCO's for the default of 100; tables title it ``AR<max_detections>``).
         per_class: class name -> mAP (0.50:0.95) of that class.
         per_class_ap50: class name -> AP50 of that class.
         num_images, num_ground_truth, num_detections: what was evaluated (ignored boxes not counted).
+        max_detections: detections per image that were scored (COCO ``params.maxDets[2]``); every
+            AP and AR above uses it.
     """
 
     map: float
@@ -62,6 +138,7 @@ class DetectionMetrics:
     num_images: int = 0
     num_ground_truth: int = 0
     num_detections: int = 0
+    max_detections: int = 100
 
     def summary(self) -> dict[str, float]:
         """The scalar metrics, keyed as in :data:`METRIC_TITLES`."""
@@ -111,6 +188,37 @@ def _class_ap(precision: np.ndarray, k: int, iou_index: int | None = None) -> fl
     return float(valid.mean()) if valid.size else float("nan")
 
 
+def _summary_stats(evaluator: COCOeval) -> dict[str, float]:
+    """COCOeval's summary metrics at the last ``params.maxDets``, read from its accumulated tables.
+
+    The same means as ``COCOeval.summarize`` (entries of -1, nothing to measure, left out; ``nan``
+    when none is left), computed here because ``summarize`` scores its headline AP at a fixed
+    100 detections whatever ``params.maxDets`` says (-1 for any other value in pycocotools 2.0).
+    """
+    params = evaluator.params
+    precision = evaluator.eval["precision"]  # (T IoU thresholds, R recall thresholds, K classes, A areas, M maxDets)
+    recall = evaluator.eval["recall"]  # (T, K, A, M)
+    area = {label: i for i, label in enumerate(params.areaRngLbl)}
+    last = len(params.maxDets) - 1
+
+    def mean(table: np.ndarray) -> float:
+        valid = table[table > -1]
+        return float(valid.mean()) if valid.size else float("nan")
+
+    def at_iou(threshold: float) -> np.ndarray:
+        return np.flatnonzero(np.isclose(params.iouThrs, threshold))
+
+    return {
+        "map": mean(precision[:, :, :, area["all"], last]),
+        "ap50": mean(precision[at_iou(0.5), :, :, area["all"], last]),
+        "ap75": mean(precision[at_iou(0.75), :, :, area["all"], last]),
+        "ap_small": mean(precision[:, :, :, area["small"], last]),
+        "ap_medium": mean(precision[:, :, :, area["medium"], last]),
+        "ap_large": mean(precision[:, :, :, area["large"], last]),
+        "ar100": mean(recall[:, :, area["all"], last]),
+    }
+
+
 def evaluate_detections(
     predictions: Sequence[Mapping[str, Any]],
     ground_truth: DetectionSet | Sequence[DetectionRecord],
@@ -125,12 +233,17 @@ def evaluate_detections(
             indices ``0 .. K-1`` (tensors or arrays; ``N`` may be 0).
         ground_truth: the labelled images.
         class_names: ``K`` names; default: the set's own.
-        max_detections: detections kept per image (the highest scores), as COCO's ``maxDets``.
+        max_detections: detections kept per image (the highest scores): COCO's ``params.maxDets``
+            become ``[1, 10, max_detections]`` and every reported AP / AR uses the last.
 
     Raises:
         ValueError: a count or shape mismatch, a label outside ``0 .. K-1``, or a non-finite box or score.
     """
     records = list(ground_truth.records if isinstance(ground_truth, DetectionSet) else ground_truth)
+    if isinstance(max_detections, bool) or not isinstance(max_detections, (int, np.integer)) or max_detections < 1:
+        raise ValueError(f"max_detections must be a positive integer, got {max_detections!r} "
+                         "(resolve 'auto' with resolve_max_detections first)")
+    max_detections = int(max_detections)
     if class_names is None:
         if not isinstance(ground_truth, DetectionSet):
             raise ValueError("class_names is needed when ground_truth is a list of records")
@@ -171,21 +284,19 @@ def evaluate_detections(
             })
 
     evaluator = COCOeval(_coco(images, gt_annotations, categories), _coco(images, dt_annotations, categories), "bbox")
-    evaluator.params.maxDets = [1, 10, max_detections]
+    evaluator.params.maxDets = [1, min(10, max_detections), max_detections]
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
-    stats = [float("nan") if s < 0 else float(s) for s in evaluator.stats]
     precision = evaluator.eval["precision"]
     return DetectionMetrics(
-        map=stats[0], ap50=stats[1], ap75=stats[2], ap_small=stats[3], ap_medium=stats[4], ap_large=stats[5],
-        ar100=stats[8],
+        **_summary_stats(evaluator),
         per_class={name: _class_ap(precision, k) for k, name in enumerate(class_names)},
         per_class_ap50={name: _class_ap(precision, k, 0) for k, name in enumerate(class_names)},
         num_images=len(records),
         num_ground_truth=sum(int((~r.ignore).sum()) for r in records),
         num_detections=len(dt_annotations),
+        max_detections=max_detections,
     )
 
 
@@ -203,8 +314,15 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
+def recall_title(max_detections: int) -> str:
+    """Column title of :attr:`DetectionMetrics.ar100` for a ``max_detections``: ``"AR100"``, ``"AR419"``."""
+    return f"AR{int(max_detections)}"
+
+
 def format_detection_table(
-    rows: Mapping[str, DetectionMetrics | Mapping[str, Any]], columns: Sequence[str] | None = None
+    rows: Mapping[str, DetectionMetrics | Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    titles: Mapping[str, str] | None = None,
 ) -> str:
     """A markdown table, one row per model: COCO metrics in AP points (x100, one decimal), other columns as they are.
 
@@ -213,6 +331,9 @@ def format_detection_table(
             :data:`METRIC_TITLES` plus any others, e.g. ``params``, ``latency_ms``).
         columns: keys to show, in order; default: the COCO metrics, then the other keys in
             first-seen order.
+        titles: column titles that replace those of :data:`METRIC_TITLES` (e.g.
+            ``{"ar100": recall_title(419)}``). Without it, ``ar100`` is titled after the
+            ``max_detections`` of the :class:`DetectionMetrics` rows when they all share one.
 
     Example::
 
@@ -221,11 +342,16 @@ def format_detection_table(
         | teacher | 41.3 | 63.0 | ... | 32,000,000 |
     """
     table = {name: (row.summary() if isinstance(row, DetectionMetrics) else dict(row)) for name, row in rows.items()}
+    limits = {row.max_detections for row in rows.values() if isinstance(row, DetectionMetrics)}
+    names = dict(METRIC_TITLES)
+    if len(limits) == 1:
+        names["ar100"] = recall_title(limits.pop())
+    names.update(titles or {})
     if columns is None:
         extra = [k for row in table.values() for k in row if k not in METRIC_TITLES]
         columns = [k for k in METRIC_TITLES if any(k in row for row in table.values())]
         columns += list(dict.fromkeys(extra))
-    header = "| model | " + " | ".join(METRIC_TITLES.get(c, c) for c in columns) + " |"
+    header = "| model | " + " | ".join(names.get(c, c) for c in columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 1)]
     for name, row in table.items():
         lines.append(f"| {name} | " + " | ".join(_cell(c, row.get(c)) for c in columns) + " |")

@@ -48,13 +48,21 @@ from detkd.data.detection import (
     load_data_config,
     load_record_image,
     tile_records,
+    unlabeled_records,
     unpad_targets,
 )
 from detkd.distill.detection import DETECTION_DISTILLERS, DetectionDistiller, create_detection_distiller
 from detkd.engine import StreamDataset, Task, TrainConfig, Trainer
 from detkd.engine.distributed import is_launch_rank_zero
 from detkd.tasks.run_folder import open_run_folder, rank_zero_say
-from detkd.evaluation.detection import DetectionMetrics, evaluate_detections, format_detection_table, format_per_class_table
+from detkd.evaluation.detection import (
+    DetectionMetrics,
+    evaluate_detections,
+    format_detection_table,
+    format_per_class_table,
+    recall_title,
+)
+from detkd.tasks.detection_predict import WholeImageTiling, check_eval_config, resolve_eval_config
 from detkd.models.detection import (
     DetectorAdapter,
     DetectorOutputs,
@@ -106,7 +114,7 @@ _EVAL_DEFAULTS: dict[str, Any] = {
     "batch_size": 8,
     "score_threshold": 0.05,  # detections below are dropped before COCO evaluation
     "nms_iou": 0.5,
-    "max_detections": 100,  # per image (COCO maxDets)
+    "max_detections": "auto",  # per image (COCO maxDets); auto: max(100, 1.5 x the most boxes in one evaluated image)
     "plot_images": 6,  # validation images drawn into detections.png
     "plot_score_threshold": 0.3,
 }
@@ -349,7 +357,8 @@ def unlabeled_stream(config: dict[str, Any], data: DetectionData) -> tuple[Unlab
     """Images without boxes for label-free distillation, and where they came from.
 
     Source: ``data.unlabeled`` folders, else ``data.yaml``'s ``unlabeled``, else the training
-    images with their boxes left out.
+    images with their boxes left out. With ``data.tile_size`` the folders' images are cut into
+    tiles as the labelled ones are (:func:`~detkd.data.detection.tile_records`).
     """
     height, width = _size(config["data"], "data")
     folders = config["data"]["unlabeled"] or data.unlabeled
@@ -357,9 +366,13 @@ def unlabeled_stream(config: dict[str, Any], data: DetectionData) -> tuple[Unlab
         folders = [folders]
     options = _stream_options(config)
     if folders:
-        return UnlabeledDetectionStream(list(folders), height, width, **options), (
-            f"unlabeled images in {', '.join(str(f) for f in folders)}"
-        )
+        records, where = unlabeled_records(list(folders)), ", ".join(str(f) for f in folders)
+        tile = config["data"]["tile_size"]
+        if tile:
+            count = len(records)
+            records = tile_records(records, int(tile), int(config["data"]["tile_overlap"] or 0))
+            where += f" ({count} image(s) cut into {len(records)} tiles of {int(tile)} px)"
+        return UnlabeledDetectionStream(records, height, width, **options), f"unlabeled images in {where}"
     return UnlabeledDetectionStream(data.train, height, width, **options), (
         f"the {len(data.train)} training images, boxes not used"
     )
@@ -475,9 +488,13 @@ def _first_batch(stream: StreamDataset, size: int = 2) -> dict[str, torch.Tensor
 def predict_set(
     model: DetectorAdapter, dataset: DetectionSet, eval_cfg: dict[str, Any], size: tuple[int, int]
 ) -> list[dict[str, torch.Tensor]]:
-    """Detections of ``model`` on every image of ``dataset`` (letterboxed to ``size``), in original pixels."""
+    """Detections of ``model`` on every image of ``dataset`` (letterboxed to ``size``), in original pixels.
+
+    At most ``eval.max_detections`` per image (``auto`` resolved from ``dataset``).
+    """
     device = next(model.parameters()).device
     predictions = []
+    eval_cfg, _ = resolve_eval_config(eval_cfg, dataset)
     for batch in iter_eval_batches(dataset, size, int(eval_cfg["batch_size"])):
         detections = model.predict(
             batch.images.to(device), eval_cfg["score_threshold"], eval_cfg["nms_iou"], int(eval_cfg["max_detections"])
@@ -511,21 +528,30 @@ def evaluate_and_report(
     size: tuple[int, int],
     out: str | Path | None = None,
     plot: str | Path | None = None,
+    tiling: WholeImageTiling | None = None,
 ) -> EvaluationReport:
     """Evaluate ``models`` on ``dataset``; print the tables and, with ``out``, write the report files.
+
+    Each image is letterboxed to ``size``, or, with ``tiling``, predicted in overlapping tiles
+    (each letterboxed to ``size``) merged into whole-image boxes (:mod:`detkd.tasks.detection_predict`).
+    ``eval.max_detections`` (``auto``: from the most crowded image of ``dataset``) is kept per
+    image and is COCO's ``maxDets``; the description, the tables and ``metrics.json`` state it.
 
     Writes into ``out``: ``metrics.json`` (every metric, per-class AP, parameters), ``metrics.md``
     (the tables) and ``detections.png`` of the last model (``detections_<name>.png`` for the
     others) on the first ``eval.plot_images`` images. ``plot`` writes the last model's plot there instead.
     """
-    description = f"{dataset.source}: {len(dataset)} image(s), {dataset.num_boxes} box(es), letterboxed to {size[0]}x{size[1]}"
+    eval_cfg, limit = resolve_eval_config(eval_cfg, dataset)
+    how = tiling.describe(size) if tiling is not None else f"letterboxed to {size[0]}x{size[1]}"
+    description = f"{dataset.source}: {len(dataset)} image(s), {dataset.num_boxes} box(es), {how}; {limit.describe()}"
     print(f"evaluating on {description}")
     metrics, predictions = {}, {}
     for name, model in models.items():
-        predictions[name] = predict_set(model, dataset, eval_cfg, size)
-        metrics[name] = evaluate_detections(predictions[name], dataset, max_detections=int(eval_cfg["max_detections"]))
+        predictions[name] = (tiling.predict(model, dataset, eval_cfg, size) if tiling is not None
+                             else predict_set(model, dataset, eval_cfg, size))
+        metrics[name] = evaluate_detections(predictions[name], dataset, max_detections=limit.value)
     rows = {name: {**m.summary(), "parameters": count_parameters(models[name])} for name, m in metrics.items()}
-    table = format_detection_table(rows)
+    table = format_detection_table(rows, titles={"ar100": recall_title(limit.value)})
     per_class = format_per_class_table(metrics)
     print(table)
     print(f"\nper-class AP (IoU 0.50:0.95):\n{per_class}")
@@ -536,6 +562,8 @@ def evaluate_and_report(
         out.mkdir(parents=True, exist_ok=True)
         payload = {
             "data": description,
+            "max_detections": limit.value,
+            "max_detections_rule": limit.describe(),
             "models": {n: {**metrics[n].as_dict(), "parameters": count_parameters(models[n]), "detector": models[n].name}
                        for n in names},
         }
@@ -596,6 +624,7 @@ def run_detection_training(
     """
     out = Path(out_dir)
     config = copy.deepcopy(config)
+    check_eval_config(config["eval"])
     rank_zero = is_launch_rank_zero()
     say = rank_zero_say(rank_zero)
     data = data or read_detection_data(config["data"], config["eval"]["split"])
@@ -642,6 +671,7 @@ def run_detection_distillation(
     """
     out = Path(out_dir)
     config = copy.deepcopy(config)
+    check_eval_config(config["eval"])
     rank_zero = is_launch_rank_zero()
     say = rank_zero_say(rank_zero)
     distill_cfg = config["distill"]

@@ -14,6 +14,7 @@ Training samples have a fixed shape so that PyTorch's default collate batches th
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -30,7 +31,7 @@ from detkd.data.detection.transforms import (
     letterbox,
     random_box_view,
 )
-from detkd.data.images import scan_images
+from detkd.data.images import DataWarning, scan_images
 from detkd.engine.task import StreamDataset
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,38 @@ def _check_size(height: int, width: int, multiple: int = 128) -> None:
             f"Detection input size must be positive multiples of {multiple} (the detectors' largest stride), "
             f"got {height} x {width}"
         )
+
+
+#: A view that shrinks an image more than this many times (at zoom 1, the letterbox fit) is warned about.
+SHRINK_WARNING = 2.0
+
+
+def shrink_factor(record: DetectionRecord, height: int, width: int) -> float:
+    """How many times letterboxing ``record`` into ``height x width`` shrinks it: ``max(h / height, w / width)``.
+
+    Below 1 it is enlarged. A 2299 x 2472 px photo into 256 x 256: ``2472 / 256 = 9.66``.
+    """
+    return max(record.height / height, record.width / width)
+
+
+def warn_if_shrunk(
+    records: Sequence[DetectionRecord], height: int, width: int, limit: float = SHRINK_WARNING, what: str = "image"
+) -> list[tuple[DetectionRecord, float]]:
+    """Warn (one :class:`~detkd.data.images.DataWarning`) when views of ``records`` shrink any of them more than ``limit`` times.
+
+    Returns the shrunk records with their factors (see :func:`shrink_factor`), most shrunk first.
+    """
+    shrunk = sorted(((r, shrink_factor(r, height, width)) for r in records), key=lambda pair: -pair[1])
+    shrunk = [(r, f) for r, f in shrunk if f > limit]
+    if shrunk:
+        worst, factor = shrunk[0]
+        warnings.warn(
+            f"{len(shrunk)} of {len(records)} {what}(s) are shrunk more than {limit:g}x to fit the {height} x {width} "
+            f"view (most: {worst.name}, {worst.width} x {worst.height} px, shrunk {factor:.1f}x); small objects may "
+            "vanish. Cut large images into tiles: --tile-size (data.tile_size).",
+            DataWarning, stacklevel=3,
+        )
+    return shrunk
 
 
 def pad_targets(boxes: np.ndarray, labels: np.ndarray, max_boxes: int) -> dict[str, Tensor]:
@@ -123,6 +156,7 @@ class DetectionStream(StreamDataset):
             )
         self.records = records
         self.height, self.width = height, width
+        warn_if_shrunk(records, height, width, what="training image")
         self.view = view or BoxViewConfig()
         self.colour = colour
         self.max_boxes = max_boxes
@@ -218,13 +252,15 @@ def iter_eval_batches(
 ) -> Iterator[EvalBatch]:
     """Deterministic evaluation batches: every image letterboxed to ``size`` (``int`` or ``(H, W)``, multiples of 128).
 
-    Images are decoded in order, keeping the last two files (pass ``cache`` to keep more).
+    Images are decoded in order, keeping the last two files (pass ``cache`` to keep more). One
+    warning names the images shrunk more than 2x (:func:`warn_if_shrunk`).
     Predictions on ``batch.images`` map back with :meth:`EvalBatch.to_original` and can then be
     compared with the records' boxes (e.g. by :func:`detkd.evaluation.detection.evaluate_detections`).
     """
     height, width = (size, size) if isinstance(size, int) else size
     _check_size(height, width)
     records = list(dataset.records if isinstance(dataset, DetectionSet) else dataset)
+    warn_if_shrunk(records, height, width, what="evaluated image")
     images = cache or ImageCache(max_files=2)  # tiles of one photo come in a row: decode it once
     for start in range(0, len(records), batch_size):
         chunk = range(start, min(start + batch_size, len(records)))
