@@ -102,3 +102,16 @@ def test_cli_bench_prints_table_and_writes_json(tmp_path):
     unknown = CliRunner().invoke(main, ["bench", "no_such_model", "--no-memory"])
     assert unknown.exit_code == 2 and "Unknown model 'no_such_model'" in unknown.output
 
+
+def test_name_equals_model_names_a_row_but_an_equals_sign_in_a_path_does_not(tmp_path):
+    from detkd.export.sources import load_model_source, split_model_name
+
+    assert split_model_name("gid=runs/gid/student.pt") == ("gid", "runs/gid/student.pt")
+    assert split_model_name("runs/lr=0.1/student.pt") == (None, "runs/lr=0.1/student.pt")
+    assert split_model_name("=tiny") == (None, "tiny") and split_model_name("tiny") == (None, "tiny")
+    (tmp_path / "a=b").mkdir()
+    assert split_model_name(tmp_path / "a=b") == (None, str(tmp_path / "a=b"))  # an existing path stays whole
+    assert load_model_source("fast=tiny").name == "fast"
+    with pytest.raises(FileNotFoundError, match=r"'runs/lr=0\.1/student\.pt' does not exist"):
+        load_model_source("runs/lr=0.1/student.pt")
+    assert "NAME=MODEL names its table row" in " ".join(CliRunner().invoke(main, ["bench", "--help"]).output.split())

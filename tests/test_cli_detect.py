@@ -109,6 +109,41 @@ def test_data_yaml_without_train_part_is_named(tmp_path):
     assert result.exit_code == 2 and "'train' is missing" in result.output and "data.yaml" in result.output
 
 
+@pytest.mark.parametrize("command, runner", [("train", "run_detection_training"),
+                                             ("distill", "run_detection_distillation")])
+def test_train_and_distill_take_devices_num_nodes_and_strategy(tmp_path, monkeypatch, command, runner):
+    import detkd.tasks.detection as detection
+
+    seen = []
+    monkeypatch.setattr(detection, runner, lambda config, out, resume=False: seen.append(config["train"]))
+    base = ["detect", command, "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, [*base, "--devices", "0,1", "--num-nodes", "2", "--strategy", "ddp"])
+    assert result.exit_code == 0, result.output
+    assert (seen[-1]["devices"], seen[-1]["num_nodes"], seen[-1]["strategy"]) == ("0,1", 2, "ddp")
+    assert CliRunner().invoke(main, [*base, "--devices", "4"]).exit_code == 0
+    assert seen[-1]["devices"] == 4  # a count is an int for Fabric, as 'keypoints distill --devices' gives it
+    assert CliRunner().invoke(main, base).exit_code == 0
+    assert (seen[-1]["devices"], seen[-1]["num_nodes"], seen[-1]["strategy"]) == (1, 1, "auto")  # the defaults
+    assert "GPU ids like '0,1'" in CliRunner().invoke(main, ["detect", command, "--help"]).output
+
+
+def test_evaluate_rows_named_by_name_equals_path_and_paths_with_equals_signs(tmp_path):
+    from detkd.data.detection import write_synthetic_dataset
+
+    data_yaml = write_synthetic_dataset(tmp_path / "shapes", num_train=1, num_val=1, size=128, seed=0)
+    names = ["circle", "triangle", "rectangle", "star", "cross"]
+    for folder in ("lr=0.1", "other"):
+        (tmp_path / folder).mkdir()
+        save_detector(create_detector("retinanet_tiny_fpn", 5, class_names=names), tmp_path / folder / "model.pt")
+    args = ["detect", "evaluate", "--data", str(data_yaml), "--size", "128", "--plot-images", "1"]
+    in_lr = str(tmp_path / "lr=0.1" / "model.pt")  # an '=' in the path is not a NAME=PATH
+    result = CliRunner().invoke(main, [*args, "--model", in_lr, "--model", f"fast={in_lr}"])
+    assert result.exit_code == 0, result.output
+    assert "| model " in result.output and "| fast " in result.output
+    twice = CliRunner().invoke(main, [*args, "--model", in_lr, "--model", str(tmp_path / "other" / "model.pt")])
+    assert twice.exit_code == 2 and "Two --model rows are named 'model'" in twice.output  # not one row silently lost
+
+
 def test_config_command_prints_the_train_defaults():
     result = CliRunner().invoke(main, ["config", "detect-train"])
     assert result.exit_code == 0 and yaml.safe_load(result.output) == yaml.safe_load(yaml.safe_dump(DEFAULT_TRAIN_CONFIG))

@@ -256,6 +256,65 @@ def test_data_yaml_formats_and_unknown_keys(tmp_path):
         load_data_config(tmp_path / "bad3.yaml")
 
 
+def test_data_yaml_class_map_reads_several_labels_as_one_class(tmp_path):
+    # COCO: categories dog (id 7) and cat (id 3) read as one class 'pet'
+    coco_file(tmp_path, [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 5]},
+                         {"id": 2, "image_id": 1, "category_id": 3, "bbox": [1, 1, 4, 4]},
+                         {"id": 3, "image_id": 2, "category_id": 3, "bbox": [0, 0, 5, 5]}])
+    (tmp_path / "data.yaml").write_text("format: coco\nnames: [pet]\nclass_map: {dog: pet, cat: pet}\n"
+                                        "train: {annotations: ann.json, images: imgs}\n")
+    train = load_data_config(tmp_path / "data.yaml").read("train")
+    assert train.class_names == ["pet"] and [r.labels.tolist() for r in train.records] == [[0, 0], [0]]
+
+    # VOC: Alive and Dead read as Tree; an unmapped name that is in 'names' keeps its class
+    save_png(tmp_path / "voc" / "a.png", 40, 30)
+    voc_xml(tmp_path / "voc" / "a.xml", "a.png", 40, 30,
+            [("Alive", 1, 1, 10, 10, 0), ("Dead", 5, 5, 20, 20, 0), ("Car", 1, 1, 40, 30, 0)])
+    (tmp_path / "voc.yaml").write_text("format: voc\nnames: [Car, Tree]\nclass_map: {Alive: Tree, Dead: Tree}\n"
+                                       "train: voc\n")
+    assert load_data_config(tmp_path / "voc.yaml").read("train").records[0].labels.tolist() == [1, 1, 0]
+
+    # YOLO: the keys are the ids of the label files; ids 0 and 1 -> Tree (label 0)
+    save_png(tmp_path / "y" / "images" / "a.png", 10, 10)
+    (tmp_path / "y" / "labels").mkdir(parents=True)
+    (tmp_path / "y" / "labels" / "a.txt").write_text("1 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.4 0.4\n")
+    (tmp_path / "y.yaml").write_text("path: y\ntrain: images\nnames: [Tree]\nclass_map: {0: Tree, 1: Tree}\n")
+    assert load_data_config(tmp_path / "y.yaml").read("train").records[0].labels.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("format: coco\nnames: [pet]\nclass_map: {dog: pet, cat: animal}\ntrain: ann.json\n",
+     r"m\.yaml: class_map\.cat: maps to 'animal', which is not in 'names' \['pet'\]"),
+    ("format: coco\nclass_map: {dog: pet}\ntrain: ann.json\n", r"m\.yaml: 'class_map' needs 'names'"),
+    ("format: yolo\nnames: [Tree]\nclass_map: {Alive: Tree}\ntrain: images\n",
+     r"m\.yaml: class_map key 'Alive': YOLO label files hold class ids"),
+    ("format: coco\nnames: [pet]\nclass_map: [dog, pet]\ntrain: ann.json\n", r"m\.yaml: 'class_map' must be a mapping"),
+])
+def test_data_yaml_bad_class_map_names_file_and_key(tmp_path, text, message):
+    (tmp_path / "m.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_data_config(tmp_path / "m.yaml")
+
+
+def test_skip_bad_names_images_left_without_boxes(tmp_path):
+    # image a.png holds only a 'cat' box, not in the class names: skipped, so a.png would train as background
+    path = coco_file(tmp_path, [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]},
+                                {"id": 2, "image_id": 2, "category_id": 7, "bbox": [1, 1, 5, 5]}])
+    with pytest.warns(UserWarning, match=r"Skipped 1 bad .*1 image\(s\) left without boxes.*\(a\.png\).*background"):
+        data = read_coco(path, tmp_path / "imgs", class_names=["dog"], skip_bad=True)
+    assert [r.num_boxes for r in data.records] == [0, 1]
+
+    # YOLO: four images whose every line has an unknown class id, one good: three named, "and 1 more"
+    for name in "abcde":
+        save_png(tmp_path / "y" / "images" / f"{name}.png", 10, 10)
+    (tmp_path / "y" / "labels").mkdir(parents=True)
+    for name in "abcd":
+        (tmp_path / "y" / "labels" / f"{name}.txt").write_text("5 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "y" / "labels" / "e.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    with pytest.warns(UserWarning, match=r"4 image\(s\) left without boxes.*\(a\.png, b\.png, c\.png and 1 more\)"):
+        read_yolo(tmp_path / "y" / "images", class_names=["a"], skip_bad=True)
+
+
 # ----------------------------------------------------------------------------- tiling
 def test_tile_records_hand_worked(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 255, (60, 100, 3), dtype=np.uint8)

@@ -5,20 +5,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import default_collate
 
-from detkd.config import load_config_file, merge_config, to_plain
-from detkd.data.detection import DetectionStream, synthetic_detection_set, unpad_targets, write_synthetic_dataset
+from detkd.config import ConfigError, load_config_file, merge_config, to_plain
+from detkd.data.detection import (
+    DetectionSet,
+    DetectionStream,
+    synthetic_detection_set,
+    unpad_targets,
+    write_synthetic_dataset,
+)
 from detkd.distill.detection import create_detection_distiller
 from detkd.engine import load_checkpoint
 from detkd.models.detection import create_detector, load_detector, save_detector
+from detkd.tasks.run_folder import refuse_other_models
 from detkd.tasks.detection import (
     DEFAULT_DISTILL_CONFIG,
     DEFAULT_TRAIN_CONFIG,
+    DetectionData,
     DetectionDistillTask,
     DetectionTrainTask,
+    RUN_PATH_KEYS,
     IncompatibleModelsError,
     read_detection_data,
     run_detection_distillation,
@@ -154,6 +164,52 @@ def test_gid_across_faster_rcnn_and_retinanet_is_refused_before_training(workspa
     with pytest.raises(IncompatibleModelsError, match="fasterrcnn_tiny_fpn.*retinanet_tiny_fpn.*'gid'.*1-class RPN"):
         run_detection_distillation(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("teacher_name, student_name", [("fasterrcnn_tiny_fpn", "retinanet_tiny_fpn"),
+                                                         ("fasterrcnn_tiny_fpn", "fcos_tiny_fpn"),
+                                                         ("retinanet_tiny_fpn", "fasterrcnn_tiny_fpn")])
+def test_gid_across_faster_rcnn_and_one_stage_is_refused_on_one_class_data(workspace, tmp_path, teacher_name,
+                                                                           student_name):
+    # one class: the RPN's 1-class objectness has the shape of a one-stage detector's class scores
+    shapes = synthetic_detection_set(2, 128, seed=5)
+    for record in shapes.records:
+        record.labels = np.zeros_like(record.labels)
+    train = DetectionSet(shapes.records, ["shape"], "one-class shapes")
+    data = DetectionData(train, None, ["shape"], "train: one-class shapes")
+    save_detector(create_detector(teacher_name, 1, class_names=["shape"]), tmp_path / "teacher.pt")
+    config = distill_config(workspace, "gid")
+    config["teacher"]["checkpoint"] = str(tmp_path / "teacher.pt")
+    config["student"]["name"] = student_name
+    with pytest.raises(IncompatibleModelsError, match="'gid'.*Faster R-CNN (teacher|student) exposes only its 1-class RPN") as err:
+        run_detection_distillation(config, tmp_path / "run", data=data)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_config_holds_absolute_data_and_teacher_paths(workspace, tmp_path, monkeypatch):
+    root, data_yaml = workspace
+    monkeypatch.chdir(root)  # the run is started with paths relative to the data's folder
+    config = distill_config(workspace, "pkd")
+    config["data"]["config"] = str(data_yaml.relative_to(root))
+    config["teacher"]["checkpoint"] = "teacher.pt"
+    config["data"]["unlabeled"] = ["shapes/val"]
+    config["teacher_cache"]["folder"] = None
+    config["train"]["steps"] = 1
+    config["eval"]["split"] = "test"  # no test part: no evaluation after the step
+    run_detection_distillation(config, tmp_path / "run")
+    saved = load_config_file(tmp_path / "run" / "config.yaml")
+    assert saved["data"]["config"] == str(data_yaml) and saved["teacher"]["checkpoint"] == str(root / "teacher.pt")
+    assert saved["data"]["unlabeled"] == [str(root / "shapes" / "val")] and saved["teacher_cache"]["folder"] is None
+    assert saved["student"]["name"] == "retinanet_tiny_fpn" and saved["train"]["steps"] == 1  # the rest as given
+
+    monkeypatch.chdir(tmp_path)  # another folder: the saved config still finds its data and teacher
+    assert len(read_detection_data(saved["data"], "val").train) == 6 and Path(saved["teacher"]["checkpoint"]).is_file()
+    # resuming from the data's folder with the relative paths is the same run, not "other models"
+    monkeypatch.chdir(root)
+    refuse_other_models(config, tmp_path / "run", RUN_PATH_KEYS)
+    with pytest.raises(ConfigError, match="other models"):
+        refuse_other_models({**config, "teacher": {"checkpoint": "other.pt"}}, tmp_path / "run", RUN_PATH_KEYS)
 
 
 def test_tiling_cuts_each_image_into_tiles(tmp_path):

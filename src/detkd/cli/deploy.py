@@ -85,7 +85,9 @@ def bench_command(models: tuple[str, ...], height: int, width: int, threads: int
     """Parameters, GFLOPs, peak memory and latency of MODELS in PyTorch and ONNX Runtime.
 
     The first model is the reference (the teacher): every ratio is relative to it. All models
-    are measured in the same run, interleaved, at the same size and thread count.
+    are measured in the same run, interleaved, at the same size and thread count. A MODEL is a
+    model file (.pt key points or detector, .onnx), a run folder, 'default', a key-point variant
+    or a detector name; NAME=MODEL names its table row (e.g. gid=runs/gid/student.pt).
     """
     import os
 

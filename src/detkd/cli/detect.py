@@ -36,6 +36,13 @@ _MAX_DETECTIONS_HELP = ("Detections kept and scored per image (COCO maxDets): a 
                         "most boxes in one evaluated image, rounded up), so that dense scenes are not capped at 100.")
 
 
+def _devices(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    """``--devices`` as Fabric takes it (:func:`detkd.cli.main.devices_value`, shared with 'keypoints distill')."""
+    from detkd.cli.main import devices_value  # main imports this module: imported when called
+
+    return devices_value(value)
+
+
 def _with(options: list[Callable], func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
@@ -93,6 +100,10 @@ def _run_options(func: Callable) -> Callable:
         click.option("--precision", default=None,
                      help="Fabric precision: auto (bf16-mixed on a bf16 GPU, else 32-true), 32-true, "
                           "bf16-mixed, 16-mixed. [default: auto]"),
+        click.option("--devices", default=None, callback=_devices,
+                     help="Processes (GPUs) per node: a number, 'auto', or GPU ids like '0,1'. [default: 1]"),
+        click.option("--num-nodes", type=int, default=None, help="Machines taking part. [default: 1]"),
+        click.option("--strategy", default=None, help="Fabric strategy: auto, ddp, ddp_spawn, ... [default: auto]"),
         click.option("--workers", type=int, default=None, help="Data-loading processes. [default: 0]"),
         click.option("--seed", type=int, default=None, help="Random seed of data and initialisation. [default: 0]"),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
@@ -104,7 +115,8 @@ def _run_options(func: Callable) -> Callable:
 _RUN_KEYS = {
     **_DATA_KEYS, "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr",
     "device": "train.accelerator", "precision": "train.precision", "workers": "train.num_workers",
-    "seed": "train.seed", "max_detections": "eval.max_detections",
+    "seed": "train.seed", "max_detections": "eval.max_detections", "devices": "train.devices",
+    "num_nodes": "train.num_nodes", "strategy": "train.strategy",
 }
 
 
@@ -298,11 +310,17 @@ def evaluate(models: tuple[str, ...], data: str, split: str, size: int | None, t
         stored_train_size,
     )
 
-    named = {}
+    from detkd.export.sources import split_model_name
+
+    named, origins = {}, {}
     for entry in models:
-        name, _, path = entry.rpartition("=")
-        named[name or Path(path).stem] = load_teacher(path)
-    first_path = models[0].rpartition("=")[2]
+        name, path = split_model_name(entry)
+        name = name or Path(path).stem
+        if name in named:
+            raise click.UsageError(f"Two --model rows are named '{name}' ({origins[name]}, {path}): name each row, "
+                                   f"e.g. --model {name}2={path}")
+        named[name], origins[name] = load_teacher(path), path
+    first_path = split_model_name(models[0])[1]
     height, width = (size, size) if size else stored_train_size(first_path) or (512, 512)
     tiling = None
     if per_tile and tile_size is None:

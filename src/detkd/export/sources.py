@@ -12,7 +12,7 @@
 * a run folder: its ``student.pt``;
 * an ``.onnx`` file exported by detkd (only ONNX Runtime can run it).
 
-``NAME=MODEL`` gives the model a display name.
+``NAME=MODEL`` gives the model a display name (:func:`split_model_name`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,22 @@ class ModelSource:
         return self.onnx_path is not None
 
 
+def split_model_name(spec: str | Path) -> tuple[str | None, str]:
+    """``NAME=MODEL`` -> ``(NAME, MODEL)``; ``(None, spec)`` when ``spec`` names no row.
+
+    Split at the first ``=``, unless ``spec`` is an existing path or what comes before the ``=``
+    holds a path separator (``runs/lr=0.1/student.pt`` is a path, not a name). An empty name
+    (``=MODEL``) gives ``(None, MODEL)``.
+    """
+    text = str(spec)
+    if "=" not in text or Path(text).exists():
+        return None, text
+    name, model = text.split("=", 1)
+    if "/" in name or "\\" in name:
+        return None, text
+    return name or None, model
+
+
 def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
     """Resolve one MODEL argument (see the module doc).
 
@@ -66,8 +82,8 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
         ValueError: a name that is neither ``default``, a variant nor a path.
     """
     text = str(spec)
-    if name is None and "=" in text and not Path(text).exists():
-        name, text = text.split("=", 1)
+    if name is None:
+        name, text = split_model_name(text)
     if is_shipped_model_name(text):
         from detkd.models.weights import load_keypoint_model
 

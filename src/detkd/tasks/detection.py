@@ -156,6 +156,10 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
 }
 
 
+#: Paths that a run's config.yaml holds absolute, so that ``--config run/config.yaml`` works from any folder.
+RUN_PATH_KEYS = ("data.config", "data.unlabeled", "teacher.checkpoint", "teacher_cache.folder")
+
+
 class IncompatibleModelsError(ValueError):
     """Teacher and student cannot be distilled with the chosen method; the message says why and what to change."""
 
@@ -635,7 +639,7 @@ def run_detection_training(
     trainer = _trainer(train_cfg, out, resume)
     say(f"model   : {describe_detector(model)}")
     say(f"data    : {data.description}")
-    open_run_folder(config, train_cfg, out, "images", rank_zero, resume)
+    open_run_folder(config, train_cfg, out, "images", rank_zero, resume, path_keys=RUN_PATH_KEYS)
     result = trainer.fit(DetectionTrainTask(model, stream), resume=resume)
     if not result.is_global_zero:
         return DetectionOutcome(out, out / "model.pt", None, result.step, result.seconds)
@@ -699,7 +703,7 @@ def run_detection_distillation(
     say(f"student : {describe_detector(student)}")
     say(f"method  : {method} ({', '.join(terms)})" + (f" + ground truth x{gt_weight:g}" if gt_weight else ", no ground truth"))
     say(f"data    : {data.description}\nimages  : {images_text}")
-    open_run_folder(config, train_cfg, out, "images", rank_zero, resume)
+    open_run_folder(config, train_cfg, out, "images", rank_zero, resume, path_keys=RUN_PATH_KEYS)
     train_data: StreamDataset = stream
     cached = bool(config["teacher_cache"]["folder"])
     if cached:

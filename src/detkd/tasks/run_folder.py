@@ -5,6 +5,7 @@ run folder for this run, refuse a folder that already holds a run (unless resumi
 from __future__ import annotations
 
 import atexit
+import copy
 import errno
 import json
 import logging
@@ -12,7 +13,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -34,11 +35,14 @@ def rank_zero_say(rank_zero: bool) -> Callable[..., None]:
 
 
 def open_run_folder(
-    config: dict[str, Any], train_cfg: TrainConfig, out: Path, unit: str, rank_zero: bool, resume: bool = False
+    config: dict[str, Any], train_cfg: TrainConfig, out: Path, unit: str, rank_zero: bool, resume: bool = False,
+    path_keys: Sequence[str] = (),
 ) -> None:
     """Announce the run, claim ``out`` (rank zero) and write ``out/config.yaml``.
 
-    Nothing in ``out`` changes when the run is refused: a folder of another live run
+    The values at ``path_keys`` (dotted keys of file or folder paths, e.g. ``data.config``) are
+    written absolute (:func:`absolute_paths`), so that ``--config out/config.yaml`` repeats the run
+    from any folder. Nothing in ``out`` changes when the run is refused: a folder of another live run
     (:class:`RunFolderError`), or one that holds a run while ``resume`` is off
     (:class:`~detkd.engine.trainer.ExistingRunError`).
     """
@@ -47,27 +51,55 @@ def open_run_folder(
         f"{config['data']['height']}x{config['data']['width']} -> {out}"
     )
     if rank_zero:
+        config = absolute_paths(config, path_keys)
         claim_run_folder(out)
         Trainer(train_cfg, out).refuse_existing_run(resume)
         if resume:
-            refuse_other_models(config, out)
+            refuse_other_models(config, out, path_keys)
         save_config(config, out / "config.yaml")
+
+
+def absolute_paths(config: dict[str, Any], path_keys: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``config`` with the paths at the dotted ``path_keys`` made absolute (from the current folder).
+
+    A value may be a path or a list of paths; ``None`` and missing keys stay as they are. ``~`` is
+    expanded; symbolic links are kept as given.
+    """
+    config = copy.deepcopy(config)
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, (str, Path)) and str(value):
+            return os.path.abspath(os.path.expanduser(str(value)))
+        if isinstance(value, (list, tuple)):
+            return [absolute(v) for v in value]
+        return value
+
+    for dotted in path_keys:
+        *parents, last = dotted.split(".")
+        section: Any = config
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict) and last in section:
+            section[last] = absolute(section[last])
+    return config
 
 
 #: Config sections that a resumed run must keep: its checkpoints hold these models' weights.
 MODEL_SECTIONS = ("student", "teacher", "model")
 
 
-def refuse_other_models(config: dict[str, Any], out: Path) -> None:
+def refuse_other_models(config: dict[str, Any], out: Path, path_keys: Sequence[str] = ()) -> None:
     """Raise :class:`ConfigError` when resuming ``out`` with other models than it was started with.
 
     The run's ``config.yaml`` says what it was started with; a resumed run with another student
-    (or teacher) would fail deep inside ``load_state_dict`` or, worse, mix two models.
+    (or teacher) would fail deep inside ``load_state_dict`` or, worse, mix two models. Paths at
+    ``path_keys`` are compared absolute (a relative one in an older ``config.yaml`` from the current folder).
     """
     saved_path = out / "config.yaml"
     if not saved_path.exists():
         return
-    saved = load_config_file(saved_path)
+    saved = absolute_paths(load_config_file(saved_path), path_keys)
+    config = absolute_paths(config, path_keys)
     for section in MODEL_SECTIONS:
         if section not in config or section not in saved:
             continue

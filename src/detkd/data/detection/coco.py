@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from detkd.data.detection.records import (
     AnnotationChecker,
@@ -44,9 +44,12 @@ def _load_json(json_path: Path) -> dict[str, Any]:
 
 
 def _category_labels(
-    json_path: Path, categories: list[Any], class_names: Sequence[str] | None
+    json_path: Path, categories: list[Any], class_names: Sequence[str] | None, class_map: Mapping[str, str] | None = None
 ) -> tuple[dict[int, int | None], list[str], dict[int, str]]:
-    """category id -> label (``None`` for a category outside ``class_names``), the class names, id -> name."""
+    """category id -> label (``None`` for a category outside ``class_names``), the class names, id -> name.
+
+    A category named in ``class_map`` takes the label of the class it maps to.
+    """
     names_by_id: dict[int, str] = {}
     id_by_name: dict[str, int] = {}
     for i, cat in enumerate(categories):
@@ -62,11 +65,11 @@ def _category_labels(
             )
         names_by_id[cat["id"]] = cat["name"]
         id_by_name[cat["name"]] = cat["id"]
-    if class_names is None:
-        ordered = sorted(names_by_id)
-        return {cid: k for k, cid in enumerate(ordered)}, [names_by_id[c] for c in ordered], names_by_id
+    mapping = dict(class_map or {})
+    if class_names is None:  # categories by id; mapped ones merge into the first of their class
+        class_names = list(dict.fromkeys(mapping.get(names_by_id[c], names_by_id[c]) for c in sorted(names_by_id)))
     index = {name: k for k, name in enumerate(class_names)}
-    return {cid: index.get(name) for cid, name in names_by_id.items()}, list(class_names), names_by_id
+    return {cid: index.get(mapping.get(name, name)) for cid, name in names_by_id.items()}, list(class_names), names_by_id
 
 
 def read_coco(
@@ -74,6 +77,7 @@ def read_coco(
     image_root: str | Path | None = None,
     class_names: Sequence[str] | None = None,
     skip_bad: bool = False,
+    class_map: Mapping[str, str] | None = None,
 ) -> DetectionSet:
     """Read a COCO detection JSON file.
 
@@ -84,7 +88,10 @@ def read_coco(
         class_names: the class list to map category *names* onto (label = position in the list);
             an annotation whose category is not in it is an error ("unknown class name"). Default:
             all categories, ordered by id.
-        skip_bad: skip bad annotations and images (counted, one warning) instead of raising.
+        skip_bad: skip bad annotations and images (counted, one warning) instead of raising. The
+            warning also names the images left without boxes because every box of theirs was skipped.
+        class_map: ``{category name: class name}``; the annotations of a category named here are read
+            as that class (several categories may map to one). Other categories keep their own name.
 
     Returns:
         A :class:`DetectionSet`; images without annotations are kept (they hold no objects).
@@ -99,7 +106,7 @@ def read_coco(
     root = Path(image_root) if image_root is not None else json_path.parent
     data = _load_json(json_path)
     check = AnnotationChecker(json_path, skip_bad)
-    label_of, names, names_by_id = _category_labels(json_path, data["categories"], class_names)
+    label_of, names, names_by_id = _category_labels(json_path, data["categories"], class_names, class_map)
 
     images: dict[Any, dict[str, Any]] = {}
     for i, img in enumerate(data["images"]):
@@ -122,7 +129,8 @@ def read_coco(
         if size is None:
             continue
         width, height = size
-        images[img["id"]] = {"path": path, "width": width, "height": height, "boxes": [], "labels": [], "ignore": []}
+        images[img["id"]] = {"path": path, "width": width, "height": height, "boxes": [], "labels": [], "ignore": [],
+                             "annotated": 0}
 
     seen_ids: set[Any] = set()
     for i, ann in enumerate(data["annotations"]):
@@ -143,6 +151,7 @@ def read_coco(
                 check.fail(json_path, entry, "annotation of an unknown image",
                            f"image_id {ann['image_id']} is not in 'images'; fix the id or add the image.")
             continue  # its image was skipped already (and counted)
+        image["annotated"] += 1
         entry += f" of image '{Path(image['path']).name}'"
         category = ann.get("category_id")
         if category not in label_of:
@@ -151,9 +160,11 @@ def read_coco(
             continue
         label = label_of[category]
         if label is None:
+            mapped = (class_map or {}).get(names_by_id[category])
             check.fail(json_path, entry, "unknown class name",
-                       f"Category '{names_by_id[category]}' is not in the class names {list(names)}; "
-                       f"add it to 'names' in data.yaml or remove the annotation.")
+                       f"Category '{names_by_id[category]}'{f' (mapped to {mapped!r})' if mapped else ''} is not in "
+                       f"the class names {list(names)}; add it to 'names' in data.yaml (or map it onto one of them "
+                       f"with 'class_map') or remove the annotation.")
             continue
         bbox = ann.get("bbox")
         if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
@@ -171,6 +182,8 @@ def read_coco(
         record_from_boxes(img["path"], img["width"], img["height"], img["boxes"], img["labels"], img["ignore"], image_id)
         for image_id, img in images.items()
     ]
+    for img in images.values():
+        check.count_boxes(Path(img["path"]).name, img["annotated"], len(img["boxes"]))
     if not records:
         raise AnnotationError(f"{json_path}: no usable image (the 'images' list is empty or every image was skipped).")
     problems = check.finish()

@@ -7,6 +7,14 @@ detkd's own layout::
     train: {annotations: train.json, images: train}
     val:   {annotations: val.json, images: val}
     unlabeled: [more_photos]     # optional image folders for label-free distillation
+    class_map: {Alive: Tree, Dead: Tree}   # optional: read these labels as these classes
+
+``class_map`` reads a data set labelled with other (finer) classes as the classes of ``names``:
+each key is a label as the annotation files name it (COCO category name, VOC ``<name>``; for
+YOLO, a class id of the label files), each value a class of ``names``, and several keys may map
+to one class (``names: [Tree]`` with the map above reads ``Alive`` and ``Dead`` boxes as one
+class ``Tree``). Labels that are not keys keep their own name (YOLO: their id). With
+``class_map``, ``names`` is required and lists the classes after mapping.
 
 Each split is one source or a list of sources. A source is, per format:
 
@@ -36,7 +44,7 @@ from detkd.data.detection.voc import read_voc
 from detkd.data.detection.yolo import read_yolo
 
 FORMATS = ("coco", "voc", "yolo")
-TOP_KEYS = ("format", "path", "names", "nc", "train", "val", "test", "unlabeled", "download")
+TOP_KEYS = ("format", "path", "names", "nc", "train", "val", "test", "unlabeled", "download", "class_map")
 SOURCE_KEYS = {"coco": ("annotations", "images"), "voc": ("annotations", "images"), "yolo": ("images", "labels")}
 
 
@@ -60,6 +68,7 @@ class DataConfig:
     val: list[DataSource] = field(default_factory=list)
     test: list[DataSource] = field(default_factory=list)
     unlabeled: list[Path] = field(default_factory=list)
+    class_map: dict[Any, str] = field(default_factory=dict)  # annotation label (YOLO: file id) -> class of names
 
     def read(self, split: str, skip_bad: bool = False, class_names: list[str] | None = None) -> DetectionSet:
         """The :class:`DetectionSet` of ``split`` (``train``, ``val`` or ``test``); see :func:`read_split`."""
@@ -79,6 +88,33 @@ def _names(value: Any, file: Path) -> list[str] | None:
     if len(set(value)) != len(value):
         raise ConfigError(f"{file}: 'names' has duplicates: {value}")
     return list(value)
+
+
+def _class_map(value: Any, names: list[str] | None, fmt: str, file: Path) -> dict[Any, str]:
+    """``class_map`` of data.yaml, checked: every value a class of ``names``; YOLO keys are class ids."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"{file}: 'class_map' must be a mapping {{label in the annotations: class in 'names'}}, "
+                          f"e.g. {{Alive: Tree, Dead: Tree}}; got {value!r}")
+    if names is None:
+        raise ConfigError(f"{file}: 'class_map' needs 'names', the classes after mapping (e.g. names: [Tree])")
+    mapping: dict[Any, str] = {}
+    for key, target in value.items():
+        if fmt == "yolo":
+            if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
+                raise ConfigError(f"{file}: class_map key {key!r}: YOLO label files hold class ids, so the keys of "
+                                  f"'class_map' are ids (e.g. {{0: Tree, 1: Tree}})")
+            key = int(key)
+        elif key is None or str(key) == "":
+            raise ConfigError(f"{file}: class_map has an empty key; the keys are labels as the annotations name them")
+        else:
+            key = str(key)
+        if not isinstance(target, str) or target not in names:
+            raise ConfigError(f"{file}: class_map.{key}: maps to {target!r}, which is not in 'names' {names}; "
+                              "map it onto one of them, or add the class to 'names'")
+        mapping[key] = target
+    return mapping
 
 
 def _source(fmt: str, value: Any, root: Path, file: Path, where: str) -> DataSource:
@@ -105,7 +141,8 @@ def load_data_config(path: str | Path) -> DataConfig:
     """Parse a ``data.yaml`` (see the module docstring); nothing is read from the data yet.
 
     Raises:
-        ConfigError: unknown key (named), unknown format, missing ``train``, bad ``names`` or ``nc``.
+        ConfigError: unknown key (named), unknown format, missing ``train``, bad ``names`` or ``nc``,
+            a ``class_map`` without ``names`` or mapping onto a class not in ``names`` (the key named).
     """
     file = Path(path)
     raw = load_config_file(file)
@@ -123,6 +160,7 @@ def load_data_config(path: str | Path) -> DataConfig:
         raise ConfigError(f"{file}: nc is {raw['nc']} but 'names' lists {len(names)} classes")
     if raw.get("train") is None:
         raise ConfigError(f"{file}: 'train' is missing")
+    class_map = _class_map(raw.get("class_map"), names, fmt, file)
 
     def split(key: str) -> list[DataSource]:
         value = raw.get(key)
@@ -137,16 +175,17 @@ def load_data_config(path: str | Path) -> DataConfig:
         raise ConfigError(f"{file}: 'unlabeled' must be a folder or a list of folders, got {raw.get('unlabeled')!r}")
     return DataConfig(
         file=file, format=fmt, names=names, train=split("train"), val=split("val"), test=split("test"),
-        unlabeled=[root / u for u in unlabeled],
+        unlabeled=[root / u for u in unlabeled], class_map=class_map,
     )
 
 
 def _read_source(config: DataConfig, source: DataSource, names: list[str] | None, skip_bad: bool) -> DetectionSet:
+    class_map = config.class_map or None
     if config.format == "coco":
-        return read_coco(source.annotations, source.images, names, skip_bad)  # type: ignore[arg-type]
+        return read_coco(source.annotations, source.images, names, skip_bad, class_map)  # type: ignore[arg-type]
     if config.format == "voc":
-        return read_voc(source.annotations, names, source.images, skip_bad)  # type: ignore[arg-type]
-    return read_yolo(source.images, source.labels, names or [], skip_bad)  # type: ignore[arg-type]
+        return read_voc(source.annotations, names, source.images, skip_bad, class_map)  # type: ignore[arg-type]
+    return read_yolo(source.images, source.labels, names or [], skip_bad, class_map)  # type: ignore[arg-type]
 
 
 def read_split(

@@ -167,6 +167,7 @@ class AnnotationChecker:
         self.tolerance = tolerance
         self.problems: list[str] = []
         self.reasons: Counter[str] = Counter()
+        self.emptied: list[str] = []  # images that had boxes, all of them skipped
 
     def fail(self, file: str | Path, entry: str, reason: str, fix: str) -> None:
         """Report a bad entry: raise :class:`AnnotationError`, or record it when skipping.
@@ -244,17 +245,33 @@ class AnnotationChecker:
             return None
         return box
 
+    def count_boxes(self, image: str, annotated: int, kept: int) -> None:
+        """Note an image that had ``annotated`` boxes of which ``kept`` are left; none left is reported by :meth:`finish`."""
+        if annotated > 0 and kept == 0:
+            self.emptied.append(image)
+
     def finish(self) -> list[str]:
-        """Warn once about everything skipped; return the problem lines."""
+        """Warn once about everything skipped (and the images left without boxes); return the problem lines."""
         if self.problems:
             why = ", ".join(f"{n} x {reason}" for reason, n in self.reasons.most_common())
             warnings.warn(
                 f"Skipped {len(self.problems)} bad annotation entr(y/ies) in {self.source}: {why}. "
-                f"First: {self.problems[0]}",
+                f"{self.emptied_text()}First: {self.problems[0]}",
                 DataWarning,
                 stacklevel=3,
             )
         return list(self.problems)
+
+    def emptied_text(self, shown: int = 3) -> str:
+        """The sentence about images whose every box was skipped (they would train as background), or ``''``."""
+        if not self.emptied:
+            return ""
+        names = ", ".join(self.emptied[:shown])
+        more = f" and {len(self.emptied) - shown} more" if len(self.emptied) > shown else ""
+        return (
+            f"{len(self.emptied)} image(s) left without boxes, every box of theirs skipped ({names}{more}): they stay "
+            "in the set as background (no objects); fix their annotations (or the class names) if they hold objects. "
+        )
 
 
 def record_from_boxes(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -84,9 +84,13 @@ def _declared_size(root: ET.Element) -> tuple[float, float] | None:
 
 
 def _read_one(
-    xml_path: Path, image_root: Path | None, class_index: dict[str, int] | None, check: AnnotationChecker
+    xml_path: Path, image_root: Path | None, class_index: dict[str, int] | None, check: AnnotationChecker,
+    class_map: Mapping[str, str] | None = None,
 ) -> tuple[DetectionRecord, list[str]] | None:
-    """One file -> (record with labels still as names' positions or -1 placeholders, its object names)."""
+    """One file -> (record with labels still as names' positions or -1 placeholders, its objects' class names).
+
+    An object whose name is a key of ``class_map`` gets the class it maps to.
+    """
     try:
         root = ET.parse(xml_path).getroot()
     except (ET.ParseError, OSError) as err:
@@ -108,16 +112,21 @@ def _read_one(
         return None
     width, height = size
     boxes, names, ignore = [], [], []
-    for i, obj in enumerate(root.findall("object")):
+    objects = root.findall("object")
+    for i, obj in enumerate(objects):
         name = (obj.findtext("name") or "").strip()
         entry = f"object {i} ('{name}')"
         if not name:
             check.fail(xml_path, f"object {i}", "object without a <name>", "Give every <object> a class <name>.")
             continue
+        mapped = (class_map or {}).get(name)
+        if mapped is not None:
+            name = mapped
         if class_index is not None and name not in class_index:
             check.fail(xml_path, entry, "unknown class name",
-                       f"'{name}' is not in the class names {sorted(class_index, key=class_index.get)}; "
-                       f"add it to 'names' in data.yaml or fix the label.")
+                       f"'{name}'{' (from class_map)' if mapped is not None else ''} is not in the class names "
+                       f"{sorted(class_index, key=class_index.get)}; add it to 'names' in data.yaml (or map it onto "
+                       f"one of them with 'class_map') or fix the label.")
             continue
         bndbox = obj.find("bndbox")
         values = [_number(bndbox, tag) for tag in ("xmin", "ymin", "xmax", "ymax")]
@@ -135,6 +144,7 @@ def _read_one(
         names.append(name)
         ignore.append(bool(difficult))
     record = record_from_boxes(path, int(width), int(height), boxes, [0] * len(boxes), ignore, xml_path.stem)
+    check.count_boxes(path.name, len(objects), len(boxes))
     return record, names
 
 
@@ -143,6 +153,7 @@ def read_voc(
     class_names: Sequence[str] | None = None,
     image_root: str | Path | None = None,
     skip_bad: bool = False,
+    class_map: Mapping[str, str] | None = None,
 ) -> DetectionSet:
     """Read Pascal VOC XML files.
 
@@ -157,7 +168,10 @@ def read_voc(
             Default: the sorted names found in the files.
         image_root: folder holding the images named by ``<filename>``; default: the XML's folder,
             then ``../JPEGImages``. A stale ``<filename>`` falls back to the XML's stem.
-        skip_bad: skip bad objects and files (counted, one warning) instead of raising.
+        skip_bad: skip bad objects and files (counted, one warning) instead of raising. The warning
+            also names the images left without boxes because every object of theirs was skipped.
+        class_map: ``{object name: class name}``; objects with a name given here are read as that
+            class (several names may map to one). Other objects keep their own name.
 
     Raises:
         AnnotationError: malformed XML or another root than ``<annotation>``, a missing, empty,
@@ -173,7 +187,7 @@ def read_voc(
         if not xml_path.is_file():
             check.fail(xml_path, "file", "annotation file does not exist", "Fix the path or the split list.")
             continue
-        result = _read_one(xml_path, root, class_index, check)
+        result = _read_one(xml_path, root, class_index, check, class_map)
         if result is not None:
             read.append(result)
     if not read:

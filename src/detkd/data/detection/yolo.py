@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -53,15 +53,20 @@ def _label_lines(label_path: Path, check: AnnotationChecker) -> list[str] | None
 
 
 def _parse_labels(
-    lines: list[str], label_path: Path, width: int, height: int, num_classes: int, check: AnnotationChecker
-) -> tuple[list[np.ndarray], list[int]]:
-    """``class cx cy w h`` lines of a ``width x height`` pixel image -> ``xyxy`` pixel boxes and class ids (bad lines checked)."""
+    lines: list[str], label_path: Path, width: int, height: int, num_classes: int, check: AnnotationChecker,
+    id_map: Mapping[int, int] | None = None,
+) -> tuple[list[np.ndarray], list[int], int]:
+    """``class cx cy w h`` lines of a ``width x height`` pixel image -> ``xyxy`` pixel boxes, class ids (bad lines
+    checked; a file id in ``id_map`` becomes the label it maps to) and the number of box lines."""
     boxes, labels = [], []
+    id_map = id_map or {}
+    annotated = 0
     for number, line in enumerate(lines, start=1):
         tokens = line.split()
         if not tokens:
             continue
         entry = f"line {number} '{line.strip()}'"
+        annotated += 1
         if len(tokens) != 5:
             check.fail(label_path, entry, "line is not 'class cx cy w h'",
                        f"Expected 5 values, got {len(tokens)} (polygon/segment labels are not read).")
@@ -72,9 +77,11 @@ def _parse_labels(
             check.fail(label_path, entry, "line holds a non-number", "Every value must be a number.")
             continue
         cls, cx, cy, w, h = values
-        if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
+        mapped = id_map.get(int(cls)) if math.isfinite(cls) and cls == int(cls) else None
+        if mapped is None and (not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes):
             check.fail(label_path, entry, "class id out of range",
-                       f"Class id {tokens[0]} is not in 0..{num_classes - 1} ({num_classes} names in data.yaml).")
+                       f"Class id {tokens[0]} is not in 0..{num_classes - 1} ({num_classes} names in data.yaml)"
+                       + (f" nor a key of class_map ({sorted(id_map)})." if id_map else "."))
             continue
         box = check.box(
             [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height],
@@ -83,8 +90,8 @@ def _parse_labels(
         if box is None:
             continue
         boxes.append(box)
-        labels.append(int(cls))
-    return boxes, labels
+        labels.append(int(cls) if mapped is None else mapped)
+    return boxes, labels, annotated
 
 
 def _count_orphan_labels(labels_root: Path, used: set[Path], images_dir: Path, check: AnnotationChecker) -> None:
@@ -103,6 +110,7 @@ def read_yolo(
     labels_dir: str | Path | None = None,
     class_names: Sequence[str] = (),
     skip_bad: bool = False,
+    class_map: Mapping[int, str] | None = None,
 ) -> DetectionSet:
     """Read a folder of images and their YOLO label files.
 
@@ -115,7 +123,10 @@ def read_yolo(
             with its last ``images`` component replaced by ``labels`` (``data/images/train`` ->
             ``data/labels/train``), or ``images_dir`` itself when there is none.
         class_names: the names of class ids ``0 .. K-1`` (YOLO files hold ids only).
-        skip_bad: skip bad lines and images (counted, one warning) instead of raising.
+        skip_bad: skip bad lines and images (counted, one warning) instead of raising. The warning
+            also names the images left without boxes because every line of theirs was skipped.
+        class_map: ``{class id in the label files: class name}``; lines of an id given here are read
+            as that class of ``class_names`` (several ids may map to one). Other ids keep their label.
 
     Raises:
         AnnotationError: a bad image, a label file that is not text, a malformed line, a class id
@@ -128,6 +139,12 @@ def read_yolo(
         raise AnnotationError(f"{images_dir}: YOLO images folder does not exist. Check the path in data.yaml.")
     labels_root = Path(labels_dir) if labels_dir is not None else default_labels_dir(images_dir)
     check = AnnotationChecker(images_dir, skip_bad)
+    id_map = {}
+    for file_id, name in (class_map or {}).items():
+        if name not in class_names:
+            raise AnnotationError(f"{images_dir}: class_map maps id {file_id} to '{name}', which is not in the class "
+                                  f"names {list(class_names)}.")
+        id_map[int(file_id)] = list(class_names).index(name)
     records, used_labels = [], set()
     for path in list_images(images_dir):
         label_path = labels_root / path.relative_to(images_dir).with_suffix(".txt")
@@ -137,7 +154,8 @@ def read_yolo(
         if size is None or lines is None:
             continue
         width, height = size
-        boxes, labels = _parse_labels(lines, label_path, width, height, len(class_names), check)
+        boxes, labels, annotated = _parse_labels(lines, label_path, width, height, len(class_names), check, id_map)
+        check.count_boxes(path.name, annotated, len(boxes))
         records.append(record_from_boxes(path, width, height, boxes, labels, [False] * len(boxes), path.stem))
     _count_orphan_labels(labels_root, used_labels, images_dir, check)
     if not records:
