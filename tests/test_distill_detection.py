@@ -24,6 +24,7 @@ from detkd.distill.detection import (
     HintConfig,
     PKDConfig,
     create_detection_distiller,
+    find_general_instances,
     near_object_mask,
     relation_loss,
     select_general_instances,
@@ -95,6 +96,12 @@ def constant_maps(values: list[float], channels: int = 2, requires_grad: bool = 
     return [torch.full((1, channels, h, w), v, requires_grad=requires_grad) for v, (h, w) in zip(values, SIZES)]
 
 
+def channel_maps(values: list[list[float]], requires_grad: bool = False) -> list[torch.Tensor]:
+    """One map per level of SIZES, channel ``c`` of level ``l`` constant ``values[l][c]``."""
+    maps = [torch.tensor(v).view(1, -1, 1, 1).expand(1, len(v), h, w).clone() for v, (h, w) in zip(values, SIZES)]
+    return [m.requires_grad_(requires_grad) for m in maps]
+
+
 def identity_conv(conv: nn.Conv2d) -> None:
     """Turn a square conv (1x1 or 3x3, padding k // 2) into the identity."""
     with torch.no_grad():
@@ -154,30 +161,66 @@ def test_gid_reports_number_of_instances():
     assert set(out) == {"gid_feature", "distill", "gid_instances"}
 
 
+def test_gi_score_is_per_anchor_when_teacher_and_student_share_anchors():
+    """Two anchors per location, the same for both. At location 5 the teacher is sure (0.95) of
+    class 0 on anchor 10, the student equally sure on anchor 11; every other score is 0.05. Per
+    anchor (the paper's per-instance rule): |0.95 - 0.05| = 0.9 on both anchors, one GI after NMS
+    (both anchors are the cell [8, 8, 16, 16]). The per-location maximum would see 0.95 in both
+    models there and score 0: no GI at all. With anchors that differ (shifted by 1 px) per anchor
+    does not pair up, and the per-location rule is used."""
+    t_logits = torch.full((2 * L, 2), logit(0.05))
+    s_logits = torch.full((2 * L, 2), logit(0.05))
+    t_logits[10, 0] = logit(0.95)
+    s_logits[11, 0] = logit(0.95)
+    teacher, student = make_outputs(t_logits, per_loc=2), make_outputs(s_logits, per_loc=2)
+    gid = GeneralInstanceDistillation(2, 2, GIDConfig(relation_weight=0, response_cls_weight=0, response_box_weight=0))
+    assert gid(teacher, student)["gid_instances"].item() == 1
+    gis = find_general_instances(teacher, student)
+    assert gis.scores[0].tolist() == pytest.approx([0.9], abs=1e-5)
+    assert gis.locations[0].tolist() in ([10], [11])
+    assert torch.equal(gis.boxes[0], torch.tensor([[8.0, 8, 16, 16]]))
+    assert gis.per_anchor
+
+    shifted = make_outputs(s_logits, per_loc=2, anchors=cell_boxes().repeat_interleave(2, dim=0) + 1.0)
+    gis = find_general_instances(teacher, shifted)
+    assert not gis.per_anchor and gis.count == 0
+    assert gid(teacher, shifted)["gid_instances"].item() == 0
+
+
 # -- feature loss -------------------------------------------------------------------------
 def test_gid_feature_loss_pools_from_the_mapped_level():
-    """Teacher maps are 1 on level 0 (stride 8) and 3 on level 1 (stride 16), student maps 0.
-    With canonical_scale 16 and level 4, the 16 x 16 GI box [8, 8, 24, 24] pools from
-    floor(4 + log2(16/16)) = 4 = log2(16) (level 1) and the 8 x 8 box [0, 0, 8, 8] from level 0.
-    sum of squares: 3^2 * 2 channels * 100 + 1^2 * 2 * 100 = 2000, / (K=2 * 10 * 10) = 10, x 0.005."""
+    """Teacher channels are [1, 0] on level 0 (stride 8) and [3, 3] on level 1 (stride 16), the
+    student's [1, 1] on both. Each map is scaled to mean square 1 first: teacher [sqrt 2, 0] and
+    [1, 1], student [1, 1]. With canonical_scale 16 and level 4, the 16 x 16 GI box [8, 8, 24, 24]
+    pools from floor(4 + log2(16/16)) = 4 = log2(16) (level 1: no difference) and the 8 x 8 box
+    [0, 0, 8, 8] from level 0: (sqrt 2 - 1)^2 + 1 = 4 - 2 sqrt 2 per cell, x 100 cells,
+    / (K=2 * 10 * 10) = 2 - sqrt 2, x 0.005. (Unnormalised: (1 x 100 + 8 x 100) / 200 = 4.5.)"""
     t_logits, s_logits = torch.zeros(L, 2), torch.zeros(L, 2)
     t_logits[5, 0], t_logits[0, 0] = 2.0, 1.0  # two GIs, loc 5 first
     t_boxes = cell_boxes()
     t_boxes[5] = torch.tensor([8.0, 8, 24, 24])
-    teacher = make_outputs(t_logits, t_boxes, features=constant_maps([1.0, 3.0]))
-    student = make_outputs(s_logits, features=constant_maps([0.0, 0.0]))
+    teacher = make_outputs(t_logits, t_boxes, features=channel_maps([[1.0, 0.0], [3.0, 3.0]]))
+    student = make_outputs(s_logits, features=channel_maps([[1.0, 1.0], [1.0, 1.0]]))
     options = dict(relation_weight=0, response_cls_weight=0, response_box_weight=0, canonical_scale=16)
     out = GeneralInstanceDistillation(2, 2, GIDConfig(**options))(teacher, student)
-    assert out["gid_feature"].item() == pytest.approx(0.005 * 10.0)
-    assert out["distill"].item() == pytest.approx(0.05)
-    # torchvision's default mapping (224 px -> level 4) sends both small boxes to level 0: (200 + 200) / 200
+    assert out["gid_feature"].item() == pytest.approx(0.005 * (2 - math.sqrt(2)), rel=1e-5)
+    assert out["distill"].item() == pytest.approx(0.005 * (2 - math.sqrt(2)), rel=1e-5)
+    # the size of the activations does not matter: teacher x 1000 on level 0, student x 0.01
+    teacher.features = [teacher.features[0] * 1000, teacher.features[1]]
+    student.features = [student.features[0] * 0.01, student.features[1]]
+    out = GeneralInstanceDistillation(2, 2, GIDConfig(**options))(teacher, student)
+    assert out["gid_feature"].item() == pytest.approx(0.005 * (2 - math.sqrt(2)), rel=1e-5)
+    # torchvision's default mapping (224 px -> level 4) sends both small boxes to level 0: 2 x (4 - 2 sqrt 2) / 2
     options.pop("canonical_scale")
     out = GeneralInstanceDistillation(2, 2, GIDConfig(**options))(teacher, student)
-    assert out["gid_feature"].item() == pytest.approx(0.005 * 2.0)
+    assert out["gid_feature"].item() == pytest.approx(0.005 * (4 - 2 * math.sqrt(2)), rel=1e-5)
 
 
 def test_gid_feature_loss_goes_through_the_adapter():
-    """A 1x1 adapter that doubles the student's 1.5 on level 0 matches a teacher of 3 exactly."""
+    """A 1x1 adapter that doubles the student's 1.5 on level 0 matches a teacher of 3 exactly.
+    With a bias [1, 0, 0] it gives [4, 3, 3]: scaled to mean square 1 (/ sqrt(34/3)) against the
+    teacher's [1, 1, 1], sum_c (a_c / r - 1)^2 = 34/3 / r^2 - 2 * 10 / r + 3 = 6 - 20 sqrt(3/34)
+    per cell, x 100 cells / (1 GI x 100). (Unnormalised: 1.)"""
     t_logits = torch.zeros(L, 2)
     t_logits[0, 0] = 2.0
     teacher = make_outputs(t_logits, features=constant_maps([3.0, 3.0], channels=3))
@@ -190,8 +233,9 @@ def test_gid_feature_loss_goes_through_the_adapter():
         gid.adapter.weight[:, 0, 0, 0] = 2.0
     assert gid(teacher, student)["gid_feature"].item() == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
-        gid.adapter.bias.fill_(1.0)  # now 4 vs 3 on 3 channels: 3 * 100 / 100 = 3
-    assert gid(teacher, student)["gid_feature"].item() == pytest.approx(0.005 * 3.0)
+        gid.adapter.bias[0] = 1.0
+    expected = 6 - 20 * math.sqrt(3 / 34)  # 0.0591
+    assert gid(teacher, student)["gid_feature"].item() == pytest.approx(0.005 * expected, rel=1e-4)
 
 
 # -- relation loss ------------------------------------------------------------------------
@@ -351,23 +395,36 @@ def test_gid_gradients_reach_student_and_adapter_not_teacher():
 
 
 # -- hint -----------------------------------------------------------------------------------
-def hint_pair(channels: int = 2, requires_grad: bool = False) -> tuple[DetectorOutputs, DetectorOutputs]:
-    """Teacher maps 2 (level 0) and 0 (level 1); student maps 1 and 3."""
-    teacher = make_outputs(features=constant_maps([2.0, 0.0], channels))
-    student = make_outputs(features=constant_maps([1.0, 3.0], 2, requires_grad))
+def hint_pair(requires_grad: bool = False) -> tuple[DetectorOutputs, DetectorOutputs]:
+    """Teacher channels [3, 4] (level 0) and [2, 0] (level 1); student [4, 3] and [0, 1]."""
+    teacher = make_outputs(features=channel_maps([[3.0, 4.0], [2.0, 0.0]]))
+    student = make_outputs(features=channel_maps([[4.0, 3.0], [0.0, 1.0]], requires_grad))
     return teacher, student
 
 
 def test_hint_with_identity_adapter_equals_hand_value():
-    """0.5 * mean((2 - 1)^2) + 0.5 * mean((0 - 3)^2) = 0.5 + 4.5."""
+    """Each map scaled to mean square 1, so a level costs 1 - cos(t, s): level 0
+    1 - (12 + 12) / 25 = 0.04, level 1 1 - 0 = 1. (Unnormalised: 0.5 * 1 + 0.5 * (4 + 1) / 2 = 1.75.)"""
     teacher, student = hint_pair()
     hint = FeatureHint(2, 2)
+    assert hint.config.weight == 1.0
     assert isinstance(hint.adapter, nn.Conv2d) and hint.adapter.kernel_size == (3, 3)
     identity_conv(hint.adapter)
-    assert hint(teacher, student)["hint"].item() == pytest.approx(5.0)
+    assert hint(teacher, student)["hint"].item() == pytest.approx(1.04, rel=1e-5)
     only_coarse = FeatureHint(2, 2, HintConfig(levels=[1]))
     identity_conv(only_coarse.adapter)
-    assert only_coarse(teacher, student)["distill"].item() == pytest.approx(4.5)
+    assert only_coarse(teacher, student)["distill"].item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_hint_levels_weigh_the_same_whatever_their_activation_size():
+    """A coarse level 100x larger (as a trained teacher's P6/P7) adds as much as before, not 10^4 as
+    much; a 1000x smaller student changes nothing either."""
+    teacher, student = hint_pair()
+    hint = FeatureHint(2, 2)
+    identity_conv(hint.adapter)
+    teacher.features = [teacher.features[0], teacher.features[1] * 100]
+    student.features = [student.features[0] / 1000, student.features[1] / 1000]
+    assert hint(teacher, student)["hint"].item() == pytest.approx(1.04, rel=1e-5)
 
 
 def test_near_object_mask_by_hand():
@@ -383,14 +440,16 @@ def test_near_object_mask_by_hand():
 
 
 def test_masked_hint_with_ground_truth_and_teacher_boxes():
-    """On the three masked locations: level 0 (2-1)^2 x 2 channels x 2 locations = 4, level 1
-    (0-3)^2 x 2 x 1 = 18; (4 + 18) / (2 * 3) = 11/3, x 0.01."""
+    """Maps scaled to mean square 1 over the whole level first: level 0 [3, 4] and [4, 3] / sqrt 12.5,
+    level 1 [sqrt 2, 0] and [0, sqrt 2]. On the three masked locations: level 0 (1 + 1) / 12.5 x 2
+    locations = 0.32, level 1 (2 + 2) x 1 = 4; (0.32 + 4) / (2 * 3) = 0.72, x 0.01.
+    (Unnormalised: (2 x 2 + 5) / 6 = 1.5.)"""
     teacher, student = hint_pair()
     targets = [{"boxes": torch.tensor([[0.0, 0, 16, 8]]), "labels": torch.tensor([0])}]
     hint = FeatureHint(2, 2, HintConfig(mask="gt"))
     identity_conv(hint.adapter)
     out = hint(teacher, student, targets)
-    assert out["hint"].item() == pytest.approx(0.01 * 11 / 3)
+    assert out["hint"].item() == pytest.approx(0.01 * 0.72, rel=1e-5)
     assert out["hint_locations"].item() == 3
     with pytest.raises(ValueError, match="no targets"):
         hint(teacher, student)
@@ -403,7 +462,7 @@ def test_masked_hint_with_ground_truth_and_teacher_boxes():
     teacher = make_outputs(t_logits, t_boxes, features=teacher.features)
     auto = FeatureHint(2, 2, HintConfig(mask="auto"))
     identity_conv(auto.adapter)
-    assert auto(teacher, student)["hint"].item() == pytest.approx(0.01 * 11 / 3)
+    assert auto(teacher, student)["hint"].item() == pytest.approx(0.01 * 0.72, rel=1e-5)
 
 
 def test_hint_mask_for_point_anchors_uses_generated_anchors():
@@ -430,16 +489,28 @@ def test_pkd_is_zero_for_maps_equal_up_to_a_positive_affine_map():
     scale = torch.tensor([3.0, 0.5]).view(1, 2, 1, 1)
     s_maps = [m * scale + torch.tensor([1.0, -2.0]).view(1, 2, 1, 1) for m in t_maps]
     teacher, student = make_outputs(features=t_maps), make_outputs(features=s_maps)
-    assert PKD(2, 2)(teacher, student)["pkd"].item() == pytest.approx(0.0, abs=1e-8)
+    assert PKD(2, 2, PKDConfig(levels=[0, 1]))(teacher, student)["pkd"].item() == pytest.approx(0.0, abs=1e-8)
+
+
+def five_levels(maps: list[torch.Tensor], family: str = "retinanet") -> DetectorOutputs:
+    """Outputs with five FPN levels P3..P7 (only the features are real; PKD and CWD read nothing else)."""
+    return make_outputs(features=maps, family=family, strides=[8, 16, 32, 64, 128])
 
 
 def test_pkd_of_negated_maps_by_hand():
     """norm(-t) = -norm(t) and mean(norm(t)^2) = 1 (population variance): MSE = 4, / 2 = 2 per
-    level, 2 levels, weight 6 -> 24."""
+    level. Defaults: levels P3..P6 (4 of the 5), weight 10 for a RetinaNet or FCOS student -> 80,
+    6 for Faster R-CNN -> 48. (Before: every level, weight 6 -> 60.)"""
     torch.manual_seed(1)
-    t_maps = [torch.randn(1, 2, h, w) for h, w in SIZES]
-    teacher, student = make_outputs(features=t_maps), make_outputs(features=[-m for m in t_maps])
-    assert PKD(2, 2)(teacher, student)["pkd"].item() == pytest.approx(24.0, rel=1e-4)
+    t_maps = [torch.randn(1, 2, 2, 2) for _ in range(5)]
+    teacher = five_levels(t_maps)
+    for family, expected in (("retinanet", 80.0), ("fcos", 80.0), ("faster_rcnn", 48.0)):
+        student = five_levels([-m for m in t_maps], family)
+        assert PKD(2, 2)(teacher, student)["pkd"].item() == pytest.approx(expected, rel=1e-4)
+    assert PKDConfig().levels == [0, 1, 2, 3] and PKDConfig().weight is None
+    student = five_levels([-m for m in t_maps])
+    every_level = PKD(2, 2, PKDConfig(weight=6.0, levels=None))(teacher, student)["pkd"].item()
+    assert every_level == pytest.approx(60.0, rel=1e-4)
     assert PKD(2, 2, PKDConfig(weight=1.0, levels=[0]))(teacher, student)["pkd"].item() == pytest.approx(2.0, rel=1e-4)
     # a 1 x 1 map has no spatial variation: it normalises to 0 instead of NaN
     assert torch.equal(normalise_per_channel(torch.randn(1, 3, 1, 1)), torch.zeros(1, 3, 1, 1))
@@ -462,17 +533,36 @@ def test_channel_wise_kl_by_hand():
 def test_cwd_on_features_and_logits():
     torch.manual_seed(0)
     maps = [torch.randn(1, 2, h, w) for h, w in SIZES]
-    same = ChannelWiseDistillation(2, 2)(make_outputs(features=maps), make_outputs(features=maps))
+    two = CWDConfig(levels=[0, 1])
+    same = ChannelWiseDistillation(2, 2, two)(make_outputs(features=maps), make_outputs(features=maps))
     assert same["cwd"].item() == pytest.approx(0.0, abs=1e-6)
     # one level of 1 x 2 positions: weight 5 x the hand KL above
     teacher = make_outputs(features=[torch.tensor([[[[1.0, 2.0]], [[0.0, LN3]]]])])
     student = make_outputs(features=[torch.tensor([[[[1.0, 2.0]], [[0.0, 0.0]]]])])
     kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
-    assert ChannelWiseDistillation(2, 2)(teacher, student)["cwd"].item() == pytest.approx(5 * kl / 2, rel=1e-5)
+    assert ChannelWiseDistillation(2, 2, CWDConfig(levels=[0]))(teacher, student)["cwd"].item() == pytest.approx(
+        5 * kl / 2, rel=1e-5
+    )
 
     logits = torch.randn(L, 2)
-    cwd = ChannelWiseDistillation(256, 128, CWDConfig(source="logits"))
+    cwd = ChannelWiseDistillation(256, 128, CWDConfig(source="logits", levels=[0, 1]))
     assert cwd(make_outputs(logits), make_outputs(logits, channels=3))["cwd"].item() == pytest.approx(0, abs=1e-6)
+
+
+def test_cwd_default_levels_are_p3_to_p6():
+    """Five levels: P3..P5 identical, P6 the hand example above (weight 5 x KL / 2), P7 different
+    (random). The default levels [0, 1, 2, 3] leave P7 out: exactly 5 x KL / 2."""
+    torch.manual_seed(2)
+    shared = [torch.randn(1, 2, 2, 2) for _ in range(3)]
+    t_p6 = torch.tensor([[[[1.0, 2.0]], [[0.0, LN3]]]])
+    s_p6 = torch.tensor([[[[1.0, 2.0]], [[0.0, 0.0]]]])
+    teacher = five_levels([*shared, t_p6, torch.randn(1, 2, 1, 2)])
+    student = five_levels([*shared, s_p6, torch.randn(1, 2, 1, 2)])
+    kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    assert ChannelWiseDistillation(2, 2)(teacher, student)["cwd"].item() == pytest.approx(5 * kl / 2, rel=1e-5)
+    assert CWDConfig().levels == [0, 1, 2, 3]
+    every_level = ChannelWiseDistillation(2, 2, CWDConfig(levels=None))(teacher, student)["cwd"].item()
+    assert every_level > 5 * kl / 2 + 1e-3
 
 
 def test_dense_logit_maps_layout():
@@ -529,7 +619,8 @@ def test_feature_methods_send_gradients_to_student_and_adapter_only(method):
     torch.manual_seed(0)
     teacher = make_outputs(features=[torch.randn(1, 4, h, w, requires_grad=True) for h, w in SIZES])
     student = make_outputs(features=[torch.randn(1, 2, h, w, requires_grad=True) for h, w in SIZES])
-    distiller = create_detection_distiller(method, 4, 2)
+    options = {} if method == "hint" else {"levels": [0, 1]}  # the fixture has 2 levels
+    distiller = create_detection_distiller(method, 4, 2, **options)
     distiller(teacher, student)["distill"].backward()
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in student.features)
     assert distiller.adapter.weight.grad.abs().sum() > 0

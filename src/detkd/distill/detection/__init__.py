@@ -29,6 +29,7 @@ from detkd.distill.detection.gid import (
     GeneralInstances,
     GIDConfig,
     Matcher,
+    find_general_instances,
     relation_loss,
     select_general_instances,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "Matcher",
     "PKDConfig",
     "create_detection_distiller",
+    "find_general_instances",
     "make_adapter",
     "near_object_mask",
     "relation_loss",

@@ -132,6 +132,24 @@ def select_levels(num_levels: int, levels: Sequence[int] | None) -> list[int]:
     return chosen
 
 
+def unit_mean_square(features: Tensor, eps: float = 1e-12) -> Tensor:
+    """``(B, C, H, W)`` maps divided by their root mean square over ``(C, H, W)``, per image.
+
+    Every image's map then has mean square 1 (an all-zero map stays zero): one scalar per image
+    and FPN level, so the level's overall scale goes and everything else (the relative strength
+    of channels and positions, the sign, channel offsets) stays. Used by the hint and by GID's
+    feature term, whose squared errors otherwise grow with the square of the activations: a
+    trained RetinaNet teacher's FPN has an RMS of about 11 / 8 / 5 / 33 / 73 on P3..P7, so
+    unnormalised P6 and P7 made 97% of the hint, which was hundreds to tens of thousands of
+    times the detection loss. For two maps ``t``, ``s`` of one level and their normalised
+    ``t'``, ``s'``: ``mean((t' - s')^2) / 2 = 1 - cos(t, s)`` (cosine over the flattened map), so
+    a level costs between 0 (the same map up to a positive scale) and 2, about 1 for unrelated
+    maps, whatever the size of the activations.
+    """
+    mean_square = features.pow(2).mean(dim=(1, 2, 3), keepdim=True)
+    return features * mean_square.clamp_min(eps).rsqrt()  # clamp: no NaN gradient at an all-zero map
+
+
 def zero_term(student: DetectorOutputs) -> Tensor:
     """A scalar 0 that stays attached to the student's graph (backward works with nothing selected)."""
     return student.features[0].sum() * 0.0

@@ -7,10 +7,24 @@ is normalised once by the number of masked locations over all levels, as in Wang
 
 * :class:`FeatureHint` (``hint``) -- FitNets (Romero et al. 2015) on the FPN, also the
   backbone/feature-extractor distillation of Zhang et al. 2020 for Faster R-CNN:
-  ``0.5 * mean((t - r(s))^2)`` per level, ``r`` a 3x3 conv from the student's width to the
-  teacher's. Default weight 1.0. With a near-object mask (fine-grained feature imitation,
-  Wang et al., CVPR 2019): ``sum((t - r(s))^2 * mask) / (2 * N_mask)`` over all levels, with
-  ``N_mask`` the number of masked locations; default weight 0.01. A location is masked when one
+  ``0.5 * mean((t' - r(s)')^2)`` per level, ``r`` a 3x3 conv from the student's width to the
+  teacher's, every level (P3..P7) by default. ``'`` is a per-level normalisation that the papers
+  do not have: each image's map of one level, the teacher's and the adapted student's, is
+  divided by its root mean square over ``(C, H, W)`` (:func:`unit_mean_square`), so a level
+  costs ``1 - cos(t, r(s))`` (cosine over the flattened map), between 0 and 2. Why: the raw
+  squared error grows with the square of the activations, and a trained teacher's FPN grows
+  towards the coarse levels (RMS 11 / 8 / 5 / 33 / 73 on P3..P7 for a RetinaNet teacher):
+  unnormalised, P6 and P7 made 97% of the hint, and the default weight gave 334-784 against an
+  FCOS detection loss of about 2 and 2.6k-60k against 1-1.9 for Faster R-CNN, so the hint
+  drowned the detection loss. Normalised, every level weighs the same, the value no longer
+  depends on the teacher's activation scale, and with the default weight 1.0 the hint starts
+  at about 1 per level (unrelated maps), about 5 over P3..P7, next to a detection loss of about
+  3 for the small CPU students (``benchmarks/results/detector_loss_scale.md``), and falls as
+  the student's maps line up. A positive scale factor on a map costs nothing (the adapter
+  ``r`` could absorb one anyway). With a near-object mask (fine-grained
+  feature imitation, Wang et al., CVPR 2019): ``sum((t' - r(s)')^2 * mask) / (2 * N_mask)`` over
+  all levels (``'`` the same normalisation, over the whole map), with ``N_mask`` the number of
+  masked locations; default weight 0.01. A location is masked when one
   of its anchors has an IoU with some box above ``mask_factor`` (0.5) times that box's best anchor
   IoU. The boxes are the ground truth (``mask="gt"``), the teacher's confident detections
   (``mask="teacher"``, label-free: per-location score >= ``teacher_score_threshold``, then NMS
@@ -23,15 +37,20 @@ is normalised once by the number of masked locations over all levels, as in Wang
   spatial positions to zero mean and unit (population) variance, then ``MSE / 2`` per level.
   MMRazor normalises over batch and positions together; per image keeps the loss independent
   of the batch's composition. The population variance keeps a 1x1 level (P7 on small images)
-  defined: it normalises to zeros and adds nothing. Default weight 6, as MMRazor's
-  ``pkd_fpn_faster-rcnn_r101_faster-rcnn_r50_2x_coco`` gives every FPN level.
+  defined: it normalises to zeros and adds nothing. Defaults as MMRazor's reference configs,
+  which attach the loss to the first four FPN outputs only: levels ``[0, 1, 2, 3]`` (P3..P6
+  of the P3..P7 pyramids here; P7 left out), weight 10 per level for a one-stage student
+  (RetinaNet, FCOS: ``pkd_fpn_retina_x101_retina_r50_2x_coco``, also used for the FCOS teacher)
+  and 6 for a Faster R-CNN student (``pkd_fpn_faster-rcnn_r101_faster-rcnn_r50_2x_coco``);
+  ``weight: null`` picks by the student's family, a number overrides it.
 * :class:`ChannelWiseDistillation` (``cwd``, Shu et al., ICCV 2021) -- per channel, a softmax
   over the spatial positions at temperature ``tau``; ``tau^2 * KL(teacher || student)`` summed
   over positions and averaged over channels and images, per level. On FPN features (default)
   or on the dense class-logit maps (``source="logits"``: ``A * K`` channels when both have the
   same anchors per location, else the per-location maximum over anchors, ``K`` channels).
-  Defaults ``tau = 1``, weight 5, as the CWD authors' RetinaNet/Faster R-CNN FPN configs
-  (mmdetection-distiller, taken over by MMRazor).
+  Defaults ``tau = 1``, weight 5 per level, levels ``[0, 1, 2, 3]`` (P3..P6, P7 left out), as
+  the CWD authors' RetinaNet config (mmdetection-distiller
+  ``cwd_retina_rx101_64x4d_distill_retina_r50_fpn_2x_coco``: ``neck.fpn_convs.0..3``).
 
 FPN widths that differ need an adapter (``"auto"``: a 1x1 conv then; PKD and CWD use none when
 the widths agree).
@@ -40,7 +59,7 @@ the widths agree).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -59,6 +78,7 @@ from detkd.distill.detection.common import (
     make_adapter,
     select_levels,
     total,
+    unit_mean_square,
 )
 from detkd.models.detection.outputs import DetectorOutputs, per_location
 
@@ -82,7 +102,7 @@ class HintConfig:
     """Options of :class:`FeatureHint`."""
 
     weight: float | None = None  # None: 1.0 without a mask, 0.01 with one (Wang et al. 2019)
-    levels: list[int] | None = None  # FPN level indices (0 = finest); None = all
+    levels: list[int] | None = None  # FPN level indices (0 = finest); None = all (P3..P7)
     adapter: str = "conv3x3"
     mask: str = "none"  # "none", "gt", "teacher" or "auto"; see the module docstring
     mask_factor: float = 0.5
@@ -160,6 +180,10 @@ def teacher_detections(teacher: DetectorOutputs, score_threshold: float, nms_iou
 class FeatureHint(DetectionDistiller):
     """FitNets hint on FPN levels, optionally restricted to near-object locations; see the module docstring.
 
+    Every level's teacher map and adapted student map are normalised to mean square 1 per image
+    (:func:`~detkd.distill.detection.common.unit_mean_square`) before the squared error, so each
+    level contributes at most 2 (unmasked) whatever the size of its activations.
+
     The term is returned as ``"hint"`` and, with a mask, the masked location count as ``"hint_locations"``.
     """
 
@@ -180,9 +204,12 @@ class FeatureHint(DetectionDistiller):
         cfg = self.config
         levels = select_levels(len(teacher.features), cfg.levels)
         differences = [
-            (teacher.features[level].detach().float() - self.adapter(student.features[level]).float()).pow(2)
+            (
+                unit_mean_square(teacher.features[level].detach().float())
+                - unit_mean_square(self.adapter(student.features[level]).float())
+            ).pow(2)
             for level in levels
-        ]  # each (B, C, H_l, W_l)
+        ]  # each (B, C, H_l, W_l), dimensionless
         if cfg.mask == "none":
             loss = sum(0.5 * d.mean() for d in differences)
             return total({"hint": cfg.weight * loss})
@@ -215,12 +242,18 @@ class FeatureHint(DetectionDistiller):
 
 
 # -- PKD -------------------------------------------------------------------------------------
+#: PKD's default levels: the four finest, P3..P6 (MMRazor's configs distil ``fpn0..fpn3``).
+PKD_LEVELS = (0, 1, 2, 3)
+#: PKD's default weight per level by the student's family (MMRazor's reference configs).
+PKD_WEIGHTS = {"retinanet": 10.0, "fcos": 10.0, "faster_rcnn": 6.0}
+
+
 @dataclass
 class PKDConfig:
     """Options of :class:`PKD`."""
 
-    weight: float = 6.0
-    levels: list[int] | None = None
+    weight: float | None = None  # None: by the student's family, PKD_WEIGHTS (10 one-stage, 6 Faster R-CNN)
+    levels: list[int] | None = field(default_factory=lambda: list(PKD_LEVELS))  # None = all levels
     adapter: str = "auto"
 
     @classmethod
@@ -228,7 +261,7 @@ class PKDConfig:
         return dataclass_from_dict(cls, values, "pkd distillation")
 
     def __post_init__(self) -> None:
-        _check_common("pkd", self.weight, self.adapter, self.levels)
+        _check_common("pkd", 1.0 if self.weight is None else self.weight, self.adapter, self.levels)
 
 
 def normalise_per_channel(features: Tensor, eps: float = 1e-6) -> Tensor:
@@ -244,7 +277,11 @@ def pkd_level_loss(teacher: Tensor, student: Tensor) -> Tensor:
 
 
 class PKD(DetectionDistiller):
-    """Pearson-correlation feature distillation on FPN levels (``"pkd"``); see the module docstring."""
+    """Pearson-correlation feature distillation on FPN levels (``"pkd"``); see the module docstring.
+
+    With ``config.weight`` None the weight is looked up per forward pass from the student's
+    family in :data:`PKD_WEIGHTS` (10 for RetinaNet and FCOS, 6 for Faster R-CNN).
+    """
 
     def __init__(self, teacher_channels: int, student_channels: int, config: PKDConfig | None = None) -> None:
         super().__init__(teacher_channels, student_channels)
@@ -264,10 +301,22 @@ class PKD(DetectionDistiller):
         loss = sum(
             pkd_level_loss(teacher.features[level].detach(), self.adapter(student.features[level])) for level in levels
         )
-        return total({"pkd": self.config.weight * loss})
+        return total({"pkd": self.weight_for(student.family) * loss})
+
+    def weight_for(self, family: str) -> float:
+        """The weight in use for a student of ``family``: ``config.weight``, else :data:`PKD_WEIGHTS`."""
+        if self.config.weight is not None:
+            return float(self.config.weight)
+        if family not in PKD_WEIGHTS:
+            raise ValueError(f"pkd: no default weight for a '{family}' student; set pkd.weight")
+        return PKD_WEIGHTS[family]
 
 
 # -- CWD -------------------------------------------------------------------------------------
+#: CWD's default levels: the four finest, P3..P6 (the authors' RetinaNet config distils fpn_convs 0..3).
+CWD_LEVELS = (0, 1, 2, 3)
+
+
 @dataclass
 class CWDConfig:
     """Options of :class:`ChannelWiseDistillation`."""
@@ -275,7 +324,7 @@ class CWDConfig:
     weight: float = 5.0
     tau: float = 1.0
     source: str = "features"  # or "logits": the dense class-logit maps
-    levels: list[int] | None = None
+    levels: list[int] | None = field(default_factory=lambda: list(CWD_LEVELS))  # None = all levels
     adapter: str = "auto"  # features only
 
     @classmethod

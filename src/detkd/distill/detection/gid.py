@@ -1,20 +1,38 @@
 """General Instance Distillation, GID (Dai et al., CVPR 2021, arXiv 2103.02340).
 
 General instances (GIs) are the places where teacher and student disagree most, found without
-ground truth on the per-location grid that both detectors share (:func:`per_location`):
+ground truth (:func:`find_general_instances`), per predicted instance as in the paper wherever
+that is possible:
 
-* GI score of a location = ``max_k |p_teacher[k] - p_student[k]|`` over the classes ``k``;
-* GI box = the box of whichever model has the higher (max-over-classes) score there, clipped
-  to the image; ties go to the teacher;
-* NMS at IoU 0.3 over the locations scoring above ``min_score`` (strictly), then the top ``K = 10``
-  per image. For speed only the ``pre_nms_top_n`` best locations enter NMS.
+* teacher and student with the same anchors (same family, same anchor layout, e.g. RetinaNet
+  -> RetinaNet; FCOS -> FCOS; Faster R-CNN RPN -> RPN): per *anchor* (:func:`per_anchor`),
+  GI score = ``max_k |p_teacher[k] - p_student[k]|`` over the classes ``k`` of that anchor;
+* different anchors (another family or another anchor layout): per anchor does not pair up,
+  so per *location* of the grid both share (:func:`per_location`: each model's maximum over
+  the location's anchors, per class), same formula. This loses which anchor holds a score:
+  a teacher sure of anchor 0 and a student equally sure of anchor 1 at one location score 0
+  there, where per anchor they score the full difference;
+* GI box = the box of whichever model has the higher (max-over-classes) score at that anchor
+  (location), clipped to the image; ties go to the teacher;
+* NMS at IoU 0.3 over the candidates scoring above ``min_score`` (strictly), then the top
+  ``K = 10`` per image. For speed only the ``pre_nms_top_n`` best candidates enter NMS.
 
 Three losses read the GIs (each is switched off by a weight of 0):
 
 * ``gid_feature``: every GI box is pooled (RoIAlign ``10 x 10``, sampling ratio 2) from the FPN
   level that its size maps to, in the teacher's maps and in the student's maps after the
-  adapter; ``sum (t - a(s))^2 / (N * 10 * 10)`` with ``N`` the number of GIs in the batch.
-  Weight 0.005. The level rule is torchvision's ``LevelMapper`` (inside ``MultiScaleRoIAlign``):
+  adapter; ``sum (t' - a(s)')^2 / (N * 10 * 10)`` (summed over channels and the 10 x 10 cells)
+  with ``N`` the number of GIs in the batch. Weight 0.005, the paper's. ``'`` is not in the
+  paper: before pooling, each image's map of each level, the teacher's and the adapted
+  student's, is divided by its root mean square over ``(C, H, W)``
+  (:func:`~detkd.distill.detection.common.unit_mean_square`), the normalisation of the hint.
+  Why: the raw term grows with the square of the teacher's activations, which a trained FPN
+  has at RMS 5-73 (RetinaNet teacher, P3..P7, largest on the coarse levels that big boxes
+  pool from), so with weight 0.005 it started at 15-130x the detection loss. Normalised, a
+  GI costs ``C`` times a dimensionless mean squared error (``C`` the teacher's FPN width), which
+  is about 2 for unrelated maps, so the weighted term starts near ``0.005 * 2 * C`` (0.6 at 64
+  channels, 2.6 at 256), the size of the detection loss, and falls as the student's features
+  line up. The level rule is torchvision's ``LevelMapper`` (inside ``MultiScaleRoIAlign``):
   ``level = floor(canonical_level + log2(sqrt(w * h) / canonical_scale))`` with ``level =
   log2(stride)``, clamped to the levels present. With the defaults (224, 4) a 224-px box pools
   from stride 16 on every family; RetinaNet/FCOS (strides 8..128) pool boxes under 224 px from
@@ -59,9 +77,10 @@ from detkd.distill.detection.common import (
     check_same_grid,
     make_adapter,
     total,
+    unit_mean_square,
     zero_term,
 )
-from detkd.models.detection.outputs import DetectorOutputs, per_location
+from detkd.models.detection.outputs import DetectorOutputs, per_anchor, per_location
 
 Matcher = Callable[[Tensor, Tensor], Tensor]
 
@@ -115,11 +134,14 @@ class GIDConfig:
 @dataclass
 class GeneralInstances:
     """GIs of a batch, one entry per image: ``boxes`` ``(K_b, 4)`` xyxy pixels, ``scores`` ``(K_b,)``,
-    ``locations`` ``(K_b,)`` indices into the per-location grid; best score first."""
+    ``locations`` ``(K_b,)`` indices of the candidates they came from; best score first.
+    ``per_anchor``: the candidates were anchors (``locations`` index ``N`` anchors; teacher and
+    student share anchors) rather than locations of the per-location grid (``L`` entries)."""
 
     boxes: list[Tensor]
     scores: list[Tensor]
     locations: list[Tensor]
+    per_anchor: bool = False
 
     @property
     def count(self) -> int:
@@ -138,11 +160,14 @@ def select_general_instances(
     min_score: float = 0.0,
     pre_nms_top_n: int = 1000,
 ) -> GeneralInstances:
-    """General Instance Selection on a shared location grid.
+    """General Instance Selection over ``L`` candidates that teacher and student share.
+
+    The candidates are anchors when both have the same anchors, else locations of the shared
+    grid (:func:`find_general_instances` chooses); this function does not care which.
 
     Args:
-        teacher_scores, student_scores: ``(B, L, K)`` class probabilities per location.
-        teacher_boxes, student_boxes: ``(B, L, 4)`` xyxy pixels per location.
+        teacher_scores, student_scores: ``(B, L, K)`` class probabilities per candidate.
+        teacher_boxes, student_boxes: ``(B, L, 4)`` xyxy pixels per candidate.
         image_size: ``(H, W)`` pixels; boxes are clipped to it, empty boxes dropped.
     """
     if teacher_scores.shape != student_scores.shape or teacher_boxes.shape != student_boxes.shape:
@@ -239,20 +264,6 @@ def per_location_max_logits(outputs: DetectorOutputs) -> Tensor:
     return outputs.cls_logits.reshape(batch, n // a, a, k).amax(dim=2)
 
 
-def check_class_scores(teacher: DetectorOutputs, student: DetectorOutputs) -> None:
-    """Raise when only one of the two is a Faster R-CNN: its dense outputs are the 1-class RPN objectness,
-    not class scores, so GI scores and the response loss would compare objectness with a class score
-    (with one class the shapes agree, so :func:`check_same_grid` lets the pair through)."""
-    frcnn = [who for who, o in (("teacher", teacher), ("student", student)) if o.family == "faster_rcnn"]
-    if len(frcnn) == 1:
-        other = student if frcnn[0] == "teacher" else teacher
-        raise ValueError(
-            f"GID compares per-location class scores, but the Faster R-CNN {frcnn[0]} exposes only its 1-class RPN "
-            f"objectness (its class scores live in the RoI head), not the {other.family} class scores: distil a "
-            "Faster R-CNN into a Faster R-CNN with gid, or use hint, pkd or cwd (feature methods) across families"
-        )
-
-
 def same_anchors(teacher: DetectorOutputs, student: DetectorOutputs) -> bool:
     """Whether per-anchor outputs are comparable: same family (box coder) and the same anchors."""
     return (
@@ -261,6 +272,28 @@ def same_anchors(teacher: DetectorOutputs, student: DetectorOutputs) -> bool:
         and teacher.anchors.shape == student.anchors.shape
         and torch.allclose(teacher.anchors.to(student.anchors), student.anchors)
     )
+
+
+@torch.no_grad()
+def find_general_instances(
+    teacher: DetectorOutputs,
+    student: DetectorOutputs,
+    num_instances: int = 10,
+    nms_iou: float = 0.3,
+    min_score: float = 0.0,
+    pre_nms_top_n: int = 1000,
+) -> GeneralInstances:
+    """GIs of a batch: per anchor when teacher and student share anchors (:func:`same_anchors`;
+    the paper's per-instance rule), else per location of the shared grid. The result's
+    ``per_anchor`` says which was used."""
+    shared = same_anchors(teacher, student)
+    predictions = per_anchor if shared else per_location
+    instances = select_general_instances(
+        *predictions(teacher), *predictions(student), teacher.image_size,
+        num_instances, nms_iou, min_score, pre_nms_top_n,
+    )  # fmt: skip
+    instances.per_anchor = shared
+    return instances
 
 
 class GeneralInstanceDistillation(DetectionDistiller):
@@ -307,18 +340,14 @@ class GeneralInstanceDistillation(DetectionDistiller):
         ``targets`` is not used: GIs are chosen from the predictions alone (label-free).
         """
         check_same_grid(teacher, student, "GID")
-        check_class_scores(teacher, student)
         self.check_channels(teacher, student)
         cfg = self.config
-        t_scores, t_boxes = (x.detach() for x in per_location(teacher))
-        s_scores, s_boxes = per_location(student)
-        instances = select_general_instances(
-            t_scores, t_boxes, s_scores.detach(), s_boxes.detach(), teacher.image_size,
-            cfg.num_instances, cfg.nms_iou, cfg.min_score, cfg.pre_nms_top_n,
-        )  # fmt: skip
+        instances = find_general_instances(
+            teacher, student, cfg.num_instances, cfg.nms_iou, cfg.min_score, cfg.pre_nms_top_n
+        )
         batch = len(instances.boxes)
         terms: dict[str, Tensor] = {}
-        diagnostics = {"gid_instances": torch.tensor(instances.count / batch, device=s_scores.device)}
+        diagnostics = {"gid_instances": torch.tensor(instances.count / batch, device=student.cls_logits.device)}
 
         if cfg.feature_weight > 0 or cfg.relation_weight > 0:
             pool = dict(
@@ -326,17 +355,19 @@ class GeneralInstanceDistillation(DetectionDistiller):
                 sampling_ratio=cfg.sampling_ratio, canonical_scale=cfg.canonical_scale,
                 canonical_level=cfg.canonical_level,
             )  # fmt: skip
-            t_rois = pool_instances([f.detach() for f in teacher.features], **pool)
             if cfg.feature_weight > 0:
-                terms["gid_feature"] = cfg.feature_weight * self._feature_loss(t_rois, student, pool)
+                terms["gid_feature"] = cfg.feature_weight * self._feature_loss(teacher, student, pool)
             if cfg.relation_weight > 0:
+                t_rois = pool_instances([f.detach() for f in teacher.features], **pool)
                 s_rois = pool_instances(student.features, **pool)
                 terms["gid_relation"] = cfg.relation_weight * self._relation_loss(t_rois, s_rois, instances, student)
 
         if cfg.response_on:
-            if same_anchors(teacher, student):
+            if instances.per_anchor:  # same anchors
                 cls_loss, box_loss, matched = self._anchor_response(teacher, student, instances)
             else:
+                t_boxes = per_location(teacher)[1].detach()
+                s_boxes = per_location(student)[1]
                 cls_loss, box_loss, matched = self._location_response(teacher, student, instances, t_boxes, s_boxes)
             diagnostics["gid_matched"] = matched
             if cfg.response_cls_weight > 0:
@@ -346,11 +377,12 @@ class GeneralInstanceDistillation(DetectionDistiller):
         return total(terms, diagnostics)
 
     # -- the three kinds of knowledge ----------------------------------------------------
-    def _feature_loss(self, t_rois: Tensor, student: DetectorOutputs, pool: dict[str, Any]) -> Tensor:
-        if t_rois.shape[0] == 0:  # keep the adapter in the graph, with a zero gradient
+    def _feature_loss(self, teacher: DetectorOutputs, student: DetectorOutputs, pool: dict[str, Any]) -> Tensor:
+        """The paper's ``sum (t - a(s))^2 / (N * 10 * 10)`` on maps of unit mean square per image and level."""
+        if not any(len(b) for b in pool["boxes"]):  # keep the adapter in the graph, with a zero gradient
             return sum((p.sum() * 0.0 for p in self.adapter.parameters()), zero_term(student))
-        adapted = [self.adapter(f) for f in student.features]
-        s_rois = pool_instances(adapted, **pool)
+        t_rois = pool_instances([unit_mean_square(f.detach().float()) for f in teacher.features], **pool)
+        s_rois = pool_instances([unit_mean_square(self.adapter(f).float()) for f in student.features], **pool)
         return (t_rois - s_rois).pow(2).sum() / (t_rois.shape[0] * t_rois.shape[-2] * t_rois.shape[-1])
 
     def _relation_loss(

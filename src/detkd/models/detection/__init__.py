@@ -6,7 +6,7 @@ forward pass returns :class:`DetectorOutputs` (conventions in :mod:`.outputs`).
 
 from detkd.models.detection.adapters import DetectorAdapter, FasterRCNNAdapter, FCOSAdapter, RetinaNetAdapter
 from detkd.models.detection.backbones import FPN_LEVEL_NAMES, FPN_STRIDES, TinyBackbone, build_fpn_backbone
-from detkd.models.detection.outputs import DetectorOutputs, per_location
+from detkd.models.detection.outputs import DetectorOutputs, per_anchor, per_location
 from detkd.models.detection.profile import count_parameters, detector_gflops
 from detkd.models.detection.registry import (
     FAMILIES,
@@ -39,6 +39,7 @@ __all__ = [
     "get_variant",
     "list_detectors",
     "load_detector",
+    "per_anchor",
     "per_location",
     "read_detector_extra",
     "save_detector",

@@ -71,22 +71,36 @@ class DetectorOutputs:
         return int(self.features[0].shape[1])
 
 
+def per_anchor(outputs: DetectorOutputs) -> tuple[Tensor, Tensor]:
+    """Class scores and boxes of every anchor (every predicted instance), no reduction.
+
+    Returns:
+        scores: ``(B, N, K)`` class probabilities: the sigmoid of the class logits; FCOS:
+            ``sqrt(sigmoid(class) * sigmoid(centre-ness))``, the score its post-processing ranks by.
+        boxes: ``(B, N, 4)`` xyxy pixels (``outputs.boxes``).
+    """
+    probs = outputs.cls_logits.sigmoid()
+    if outputs.centerness is not None:
+        probs = torch.sqrt(probs * outputs.centerness.sigmoid().unsqueeze(-1))
+    return probs, outputs.boxes
+
+
 def per_location(outputs: DetectorOutputs) -> tuple[Tensor, Tensor]:
     """Collapse the anchors of each feature location into one prediction per location.
 
     Different families place different numbers of anchors at a location; per location they
     share one grid (same strides, same image size), which is where teacher and student of
-    different families are compared.
+    different families are compared. (Where both have the same anchors, compare per anchor,
+    :func:`per_anchor`, instead: the maximum over a location's anchors forgets which anchor,
+    i.e. which box shape, holds the score.)
 
     Returns:
-        scores: ``(B, L, K)`` class probabilities (sigmoid; FCOS multiplied by the sigmoid of
-            centre-ness, as its post-processing does), the maximum over the location's anchors.
+        scores: ``(B, L, K)`` class probabilities of :func:`per_anchor`, the maximum over the
+            location's anchors (per class).
         boxes: ``(B, L, 4)`` xyxy pixels of the anchor that holds the highest score there.
         ``L = sum_l H_l * W_l``.
     """
-    probs = outputs.cls_logits.sigmoid()
-    if outputs.centerness is not None:
-        probs = torch.sqrt(probs * outputs.centerness.sigmoid().unsqueeze(-1))
+    probs, anchor_boxes = per_anchor(outputs)
     batch, n, k = probs.shape
     a = outputs.anchors_per_location
     if n % a:
@@ -94,6 +108,6 @@ def per_location(outputs: DetectorOutputs) -> tuple[Tensor, Tensor]:
     probs = probs.reshape(batch, n // a, a, k)
     best_per_anchor, _ = probs.max(dim=3)  # (B, L, A)
     best_anchor = best_per_anchor.argmax(dim=2)  # (B, L)
-    boxes = outputs.boxes.reshape(batch, n // a, a, 4)
+    boxes = anchor_boxes.reshape(batch, n // a, a, 4)
     index = best_anchor[..., None, None].expand(batch, n // a, 1, 4)
     return probs.max(dim=2).values, boxes.gather(2, index).squeeze(2)
