@@ -264,6 +264,20 @@ def per_location_max_logits(outputs: DetectorOutputs) -> Tensor:
     return outputs.cls_logits.reshape(batch, n // a, a, k).amax(dim=2)
 
 
+def check_class_scores(teacher: DetectorOutputs, student: DetectorOutputs) -> None:
+    """Raise when only one of the two is a Faster R-CNN: its dense outputs are the 1-class RPN objectness,
+    not class scores, so GI scores and the response loss would compare objectness with a class score
+    (with one class the shapes agree, so :func:`check_same_grid` lets the pair through)."""
+    frcnn = [who for who, o in (("teacher", teacher), ("student", student)) if o.family == "faster_rcnn"]
+    if len(frcnn) == 1:
+        other = student if frcnn[0] == "teacher" else teacher
+        raise ValueError(
+            f"GID compares per-location class scores, but the Faster R-CNN {frcnn[0]} exposes only its 1-class RPN "
+            f"objectness (its class scores live in the RoI head), not the {other.family} class scores: distil a "
+            "Faster R-CNN into a Faster R-CNN with gid, or use hint, pkd or cwd (feature methods) across families"
+        )
+
+
 def same_anchors(teacher: DetectorOutputs, student: DetectorOutputs) -> bool:
     """Whether per-anchor outputs are comparable: same family (box coder) and the same anchors."""
     return (
@@ -340,6 +354,7 @@ class GeneralInstanceDistillation(DetectionDistiller):
         ``targets`` is not used: GIs are chosen from the predictions alone (label-free).
         """
         check_same_grid(teacher, student, "GID")
+        check_class_scores(teacher, student)
         self.check_channels(teacher, student)
         cfg = self.config
         instances = find_general_instances(
