@@ -70,6 +70,8 @@ NOTES = """Reading the tables:
 * pkd is scale-free already; its new defaults are levels P3..P6 and weight 10 per level for a
   one-stage student, 6 for Faster R-CNN (MMRazor). At initialisation each level costs about 1
   (1 - Pearson correlation of unrelated maps), so pkd starts near 4 x weight.
+* The three pairs build the same backbones and FPNs from the same seeds, so their FPN maps and
+  the feature-only terms (hint, pkd, cwd) coincide; the families differ in heads and losses.
 * cwd (softmax over positions at tau 1) does depend on the teacher's scale; only its default
   levels changed here (P3..P6).
 * GIs are now chosen per anchor when teacher and student share anchors (RetinaNet and Faster
