@@ -191,3 +191,17 @@ def test_evaluate_on_hpatches_splits_illumination_and_viewpoint_and_states_the_s
     result = CliRunner().invoke(main, ["keypoints", "evaluate", "--model", str(workspace / "teacher.pt"),
                                        "--hpatches", str(root), "--hpatches-size", "32"])
     assert "shrunk to a longer side of at most 32 px" in result.output
+
+
+def test_evaluate_row_names_paths_with_equals_and_run_folders(workspace):
+    odd = workspace / "lr=0.1"
+    odd.mkdir()
+    (odd / "student.pt").write_bytes((workspace / "teacher.pt").read_bytes())
+    args = ["keypoints", "evaluate", "--images", str(workspace / "photos"), "--pairs-per-image", "1",
+            "--height", "64", "--width", "96", "--out", str(workspace / "ev")]
+    result = CliRunner().invoke(main, [*args, "--model", str(odd / "student.pt"), "--model", f"mine={odd}"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((workspace / "ev" / "metrics.json").read_text())["models"]
+    assert set(rows) == {"student", "mine"} and rows["student"] == rows["mine"]
+    twice = CliRunner().invoke(main, [*args, "--model", str(odd / "student.pt"), "--model", str(odd / "student.pt")])
+    assert twice.exit_code == 2 and "two rows named 'student'" in twice.output

@@ -272,10 +272,14 @@ def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str 
     named = {}
     if teacher:
         named["teacher"] = with_input_scale(load_named_model(teacher, teacher_weights), input_scale)
+    from detkd.export.sources import split_model_name
+
     for entry in models:
-        name, _, path = entry.rpartition("=")
-        named[name or Path(path).stem if path != "default" else name or "default"] = with_input_scale(
-            load_named_model(path), input_scale)
+        name, path = split_model_name(entry)
+        row = name or (Path(path).name if Path(path).is_dir() else Path(path).stem)
+        if row in named:
+            raise click.BadParameter(f"two rows named '{row}': name them with NAME=MODEL", param_hint="--model")
+        named[row] = with_input_scale(load_named_model(path), input_scale)
     eval_cfg = {"images": images, "hpatches": hpatches, "pairs_per_image": pairs_per_image,
                 "height": height, "width": width, "max_keypoints": max_keypoints, "seed": seed, "device": device,
                 "hpatches_size": hpatches_size}
@@ -295,14 +299,11 @@ def with_input_scale(model: Any, input_scale: float | None) -> Any:
 
 
 def load_named_model(source: str, weights: str | None = None) -> Any:
-    """A key-point model: ``default`` (the shipped teacher), ``sift``/``orb`` (OpenCV), a teacher name
-    (``disk``, ``aliked-n16``, ``xfeat`` ..., with ``weights`` or kornia's cache) or a weight file."""
-    from detkd.evaluation.classical import FEATURE_KINDS, OpenCVFeatures
-    from detkd.tasks.keypoints import load_teacher
+    """A key-point model: a shipped model, ``sift``/``orb`` (OpenCV), a teacher name (``disk``,
+    ``aliked-n16``, ``xfeat`` ..., with ``weights`` or kornia's cache), a weight file or a run folder."""
+    from detkd.keypoints import load
 
-    if source in FEATURE_KINDS:
-        return OpenCVFeatures(source)
-    return load_teacher(None if source == "default" else source, weights)[0]
+    return load(source, weights)
 
 
 @keypoints.command()
