@@ -237,7 +237,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.stem or ("keypoint_anchors_quick" if args.quick else "keypoint_anchors")
     (args.out / f"{stem}.md").write_text(text + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps({"cost": costs, "accuracy": accuracy, "args": vars(args)},
+    (args.out / f"{stem}.json").write_text(json.dumps({"cost": costs, "accuracy": accuracy, "args": vars(args), "argv": sys.argv[1:]},
                                                       indent=2, default=str))
     print(f"written: {args.out / (stem + '.md')}")
 

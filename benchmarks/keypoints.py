@@ -1,6 +1,6 @@
 """Key-point distillation benchmark: size, cost, CPU speed and accuracy of teacher and students.
 
-For the teacher and each student variant (``half``, ``tiny``):
+For the teacher and each student variant (``fast-s``, ``fast-m`` by default):
 
 * parameters, GFLOPs of one 480x640 forward pass (``torch.utils.flop_counter``; 1 multiply-add
   = 2 FLOPs), CPU latency of the network at 480x640 (median of repeated runs after warm-up,
@@ -13,7 +13,8 @@ Held-out pairs: scikit-image's held-out photos and the held-out block of tiles o
 orthophoto in ``../shared/data/trees`` (via ``benchmarks/tree_tiles.py``); neither was used to
 train the teacher or the students.
 
-    python benchmarks/keypoints.py --steps 800           # writes benchmarks/results/keypoints.{md,json,png}
+    python benchmarks/keypoints.py                       # writes benchmarks/results/keypoints.{md,json,png}
+                                                         # (8000 steps per student: hours on a CPU; resumable with --runs)
     python benchmarks/keypoints.py --quick --teacher T.pt  # smoke test, seconds
 """
 
@@ -43,6 +44,7 @@ from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, run_distillation
 from detkd.viz.plots import plot_accuracy_vs_latency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning_curve import prepare_images  # noqa: E402
 from tree_tiles import DEFAULT_SOURCE, write_tiles  # noqa: E402
 
 
@@ -81,10 +83,15 @@ def heldout_pairs(size: tuple[int, int], pairs_per_image: int, tiles_dir: Path) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=DEFAULT_KEYPOINT_TEACHER, help="teacher weights [shipped teacher]")
-    parser.add_argument("--students", nargs="+", default=["half", "tiny"], help="student variants [half tiny]")
-    parser.add_argument("--steps", type=int, default=800, help="distillation steps per student [800]")
+    parser.add_argument("--students", nargs="+", default=["fast-s", "fast-m"], help="student variants [fast-s fast-m]")
+    parser.add_argument("--steps", type=int, default=8000,
+                        help="distillation steps per student [8000: where the learning curve flattens, "
+                             "benchmarks/results/learning_curve.md]")
     parser.add_argument("--batch-size", type=int, default=8, help="views per step [8]")
-    parser.add_argument("--train-size", type=int, nargs=2, default=[160, 224], help="training view H W [160 224]")
+    parser.add_argument("--train-size", type=int, nargs=2, default=[240, 320], help="training view H W [240 320]")
+    parser.add_argument("--lr-decay", type=float, default=0.8, help="lr factor every 1000 steps [0.8]")
+    parser.add_argument("--views-per-image", type=int, default=24,
+                        help="teacher outputs cached per training photo (the teacher runs once per view) [24]")
     parser.add_argument("--eval-size", type=int, nargs=2, default=[240, 320], help="evaluation pair H W [240 320]")
     parser.add_argument("--pairs-per-image", type=int, default=4, help="synthetic pairs per held-out image [4]")
     parser.add_argument("--latency-size", type=int, nargs=2, default=[480, 640], help="latency/GFLOPs input H W")
@@ -103,7 +110,7 @@ def main() -> None:
         parser.error(f"--input-scale: {error}")
     if args.quick:
         args.steps, args.batch_size, args.train_size, args.eval_size = 2, 2, [64, 96], [64, 96]
-        args.pairs_per_image, args.latency_size, args.repeats = 1, [120, 160], 2
+        args.pairs_per_image, args.latency_size, args.repeats, args.views_per_image = 1, [120, 160], 2, 1
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
@@ -111,13 +118,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="detkd-bench-"))
     runs = args.runs or work / "runs"
     students: dict[str, SuperPoint] = {}
+    train_images, _ = prepare_images(runs / "images")  # the learning curve's training photos (none held out here)
     for variant in args.students:
         config = merge_config(DEFAULT_DISTILL_CONFIG, {
             "teacher": {"checkpoint": str(args.teacher)},
             "student": {"variant": variant},
-            "data": {"height": args.train_size[0], "width": args.train_size[1]},
+            "data": {"images": str(train_images), "height": args.train_size[0], "width": args.train_size[1]},
+            "teacher_cache": {"folder": str(runs / f"teacher_cache_v{args.views_per_image}"),
+                              "views_per_image": args.views_per_image},
             "train": {"steps": args.steps, "batch_size": args.batch_size, "accelerator": "cpu",
-                      "checkpoint_every": max(args.steps // 4, 1)},
+                      "checkpoint_every": max(min(args.steps // 4, 500), 1), "lr_decay": args.lr_decay},
             "eval": {"height": args.eval_size[0], "width": args.eval_size[1], "pairs_per_image": 1},
         })
         outcome = run_distillation(config, runs / variant, resume=True)

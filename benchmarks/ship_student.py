@@ -1,0 +1,123 @@
+"""Ship a distilled student: copy it into ``src/detkd/assets`` with its provenance and write its model card.
+
+The card is built only from recorded files: the run's ``config.yaml`` (teacher, data, schedule,
+loss), the learning-curve records of the run (validation pairs, every milestone) and, when given,
+the held-out table of ``benchmarks/keypoint_anchors.py`` (``--heldout``, its JSON). Nothing is
+typed in by hand, so the card says what the files say.
+
+    python benchmarks/ship_student.py --name student-fast-m --run runs/learning_curve/runs/fast-m \\
+        --steps 8000 --curve runs/learning_curve/fast-m.jsonl --heldout benchmarks/results/keypoint_anchors.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detkd.models.pretrained import SHIPPED_MODELS
+from detkd.models.superpoint import count_parameters
+from detkd.models.weights import load_keypoint_model, save_keypoint_model
+
+SHARES = (("mma@3", "MMA@3"), ("homography_accuracy@1", "HA@1"), ("homography_accuracy@3", "HA@3"))
+
+
+def curve_table(records: list[dict[str, Any]]) -> list[str]:
+    lines = ["| steps | " + " | ".join(f"student {label}" for _, label in SHARES) + " | "
+             + " | ".join(f"share of teacher {label}" for _, label in SHARES) + " | loc. err (px) |",
+             "|---:|" + "---:|" * (2 * len(SHARES) + 1)]
+    for r in sorted(records, key=lambda r: r["steps"]):
+        s, t = r["models"]["student"], r["models"]["teacher"]
+        lines.append(f"| {r['steps']} | " + " | ".join(f"{s[k]:.3f}" for k, _ in SHARES) + " | "
+                     + " | ".join(f"{s[k] / t[k]:.0%}" if t[k] else "-" for k, _ in SHARES)
+                     + f" | {s['localization_error']:.2f} |")
+    t = records[-1]["models"]["teacher"]
+    lines += ["", "Teacher on the same pairs: " + ", ".join(f"{label} {t[k]:.3f}" for k, label in SHARES)
+              + f", loc. err {t['localization_error']:.2f} px."]
+    return lines
+
+
+def heldout_lines(path: Path, name: str) -> list[str]:
+    results = json.loads(path.read_text())
+    accuracy = results["accuracy"]
+    if not all(name in rows for rows in accuracy.values()):
+        return [f"(`{path}` holds no row '{name}': run benchmarks/keypoint_anchors.py after shipping.)"]
+    cost = {r["model"]: r for r in results["cost"]}.get(name, {})
+    lines = [f"From `{path.relative_to(path.parents[2]) if len(path.parents) > 2 else path}` "
+             f"(`python benchmarks/keypoint_anchors.py {' '.join(results.get('argv', []))}`, "
+             "held-out synthetic pairs of scikit-image's held-out photos and of the held-out aerial tiles, "
+             "at most 1000 points, mutual nearest neighbours):", "",
+             "| pairs | MMA@3 | HA@1 | HA@3 | repeatability | loc. err (px) |", "|---|---:|---:|---:|---:|---:|"]
+    for pair_set, rows in accuracy.items():
+        r = rows[name]
+        lines.append(f"| {pair_set} | {r['mma@3']:.3f} | {r['homography_accuracy@1']:.3f} | "
+                     f"{r['homography_accuracy@3']:.3f} | {r['repeatability']:.3f} | {r['localization_error']:.2f} |")
+    if cost:
+        lines += ["", f"Full extract at the benchmark's latency size, 1000 points: {cost['latency_ms']:.0f} ms "
+                      f"(median, PyTorch on the CPU, interleaved with the other models), "
+                      f"{cost['gflops']:.2f} GFLOPs."]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, choices=[n for n, m in SHIPPED_MODELS.items() if m.role == "student"])
+    parser.add_argument("--run", type=Path, required=True, help="the distillation run folder")
+    parser.add_argument("--steps", type=int, required=True, help="which milestone: RUN/student_STEPS.pt")
+    parser.add_argument("--curve", type=Path, required=True, help="the run's learning-curve records (.jsonl)")
+    parser.add_argument("--heldout", type=Path, default=None, help="keypoint_anchors.json with this student's row")
+    parser.add_argument("--choice", default="", help="how this milestone was chosen (validation), one sentence")
+    args = parser.parse_args()
+
+    shipped = SHIPPED_MODELS[args.name]
+    source = args.run / f"student_{args.steps}.pt"
+    config = yaml.safe_load((args.run / "config.yaml").read_text())
+    records = [json.loads(line) for line in args.curve.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r["steps"] <= args.steps]
+    student = load_keypoint_model(source).eval()
+    teacher = config["teacher"]["checkpoint"] or "detkd's shipped teacher (default)"
+    meta = {"name": args.name, "teacher": str(teacher), "steps": args.steps,
+            "student": config["student"]["variant"], "data": str(config["data"]["images"])}
+    save_keypoint_model(student, shipped.path, meta=meta)
+    digest = hashlib.sha256(shipped.path.read_bytes()).hexdigest()
+    train = config["train"]
+    conf = student.conf
+    lines = [
+        f"# detkd's shipped student `{args.name}` (`{shipped.file}`)", "",
+        f"`{config['student']['variant']}` student ({conf['encoder']} encoder, widths {list(conf['channels'])}, "
+        f"heads {conf['head_channels']}, {conf['descriptor_dim']}-d descriptors), {count_parameters(student):,} "
+        f"parameters, {shipped.path.stat().st_size / 1024:.0f} KB, sha256 `{digest[:16]}...`. "
+        f"Use it by name: `detkd.Predictor('{args.name}')`, `detkd keypoints match A B --model {args.name}`, "
+        f"`detkd export {args.name} ...`.", "",
+        "## How it was made", "",
+        f"- Teacher: {teacher}.",
+        f"- Data: the 58 training images of `benchmarks/learning_curve.py` (28 of the 34 shared photos, "
+        "scikit-image's training photos, the training block of aerial tree tiles), no labels; "
+        f"{config['teacher_cache']['views_per_image']} fixed augmented views per image "
+        f"({config['data']['height']}x{config['data']['width']}), the teacher's outputs cached once.",
+        f"- Schedule: {args.steps} steps x {train['batch_size']} views, AdamW lr {train['lr']}, x{train['lr_decay']} "
+        f"every {train['lr_decay_every']} steps, on one CPU thread (2-core machine shared with other jobs).",
+        f"- Loss weights: {config['loss']}.",
+        f"- Command: `{records[-1].get('command', 'python benchmarks/learning_curve.py')}`; this file is "
+        f"`student_{args.steps}.pt` of that run, shipped with `python benchmarks/ship_student.py --name {args.name} "
+        f"--steps {args.steps} ...`.",
+    ]
+    if args.choice:
+        lines.append(f"- Choice: {args.choice}")
+    lines += ["", "## Validation (the learning curve; 6 shared photos kept out of training)", "",
+              "Synthetic pairs of the validation photos at 240x320, teacher and student at input scale 1, "
+              "1000 points:", "", *curve_table(records), ""]
+    lines += ["## Held-out", ""]
+    lines += heldout_lines(args.heldout, args.name) if args.heldout else ["(not yet judged on held-out pairs)"]
+    lines += ["", "Every detkd key-point model suppresses points on flat regions (intensity range below 0.02 "
+              "in a 5x5 window): black borders and warp fill give none."]
+    shipped.card.write_text("\n".join(lines) + "\n")
+    print(f"shipped {source} -> {shipped.path} ({shipped.path.stat().st_size / 1024:.0f} KB); card {shipped.card}")
+
+
+if __name__ == "__main__":
+    main()
