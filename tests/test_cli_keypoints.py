@@ -49,7 +49,7 @@ def test_distill_writes_student_metrics_plots_and_config(workspace):
         assert (out / name).exists(), name
     assert list((out / "tensorboard").iterdir())
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["train"]["steps"] == 2 and config["student"]["variant"] == "tiny"
+    assert config["train"]["steps"] == 2 and config["student"]["variant"] == "fast-m"
     metrics = json.loads((out / "metrics.json").read_text())["models"]
     assert set(metrics) == {"teacher", "student"} and 0 <= metrics["student"]["repeatability"] <= 1
     student = load_keypoint_model(out / "student.pt")

@@ -78,3 +78,13 @@ def test_a_warped_photo_gives_no_key_point_inside_its_fill():
 def test_ungated_teacher_fires_on_black_so_the_gate_is_what_helps():
     teacher = load_keypoint_model(DEFAULT_KEYPOINT_TEACHER, flat_threshold=0.0).eval()
     assert teacher.extract(torch.zeros(1, 1, 96, 128))["keypoints"][0].shape[0] > 50
+
+
+@pytest.mark.parametrize("shape, radius", [((2, 1, 37, 53), 2), ((1, 3, 16, 9), 4), ((1, 1, 5, 5), 3), ((1, 1, 4, 4), 0)])
+def test_window_max_equals_max_pooling(shape, radius):
+    """The shifted-maxima window (eager) and max-pooling (traced for ONNX) give the same values."""
+    from detkd.models.superpoint import window_max
+
+    values = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    expected = F.max_pool2d(values, 2 * radius + 1, stride=1, padding=radius) if radius else values
+    assert torch.equal(window_max(values, radius), expected)

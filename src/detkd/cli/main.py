@@ -123,7 +123,7 @@ class _StudentOption(click.Option):
         counts = ", ".join(f"{name} {count / 1e6:.2f}M" if count >= 1e6 else f"{name} {count / 1e3:.0f}K"
                            for name, count in variant_parameter_counts().items())
         self.help = (f"Student variant, with its parameters: {counts}. The fast-* students have a strided "
-                     "encoder, fast on a CPU. [default: tiny]")
+                     "encoder, fast on a CPU. [default: fast-m]")
         return super().get_help_record(ctx)
 
 

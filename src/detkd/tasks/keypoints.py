@@ -50,7 +50,7 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         "weights": None,  # weight file of a named teacher; null: kornia's download cache (downloaded when online)
     },
     "student": {
-        "variant": "tiny",  # superpoint | half | tiny | fast-s | fast-m | fast-l ('detkd keypoints distill --help')
+        "variant": "fast-m",  # fast-s | fast-m | fast-l (strided encoder, fast on a CPU) | superpoint | half | tiny
         "batch_norm": True,  # BatchNorm after each conv (helps small students train)
         # Structural options of the variant, replaced when set (null: the variant's own):
         "encoder": None,  # vgg (SuperPoint's) | fast (strided stem, cheap on a CPU)
@@ -82,7 +82,7 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         "descriptor_mse": 0.0, "descriptor_cosine": 1.0, "temperature": 1.0,  # descriptor_mse = 2/D x cosine: off
     },
     "train": {
-        "steps": 2000, "batch_size": 8, "lr": 1.5e-3, "weight_decay": 1e-4, "lr_decay": 0.98,
+        "steps": 2000, "batch_size": 8, "lr": 1.5e-3, "weight_decay": 1e-4, "lr_decay": 0.8,
         "lr_decay_every": 1000, "warmup_steps": 0, "grad_clip": 1.0, "checkpoint_every": 500,
         "log_every": 10, "num_workers": 0, "seed": 0, "accelerator": "auto", "devices": 1,
         "num_nodes": 1, "strategy": "auto", "precision": "auto", "progress": True,
