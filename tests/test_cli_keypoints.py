@@ -53,7 +53,7 @@ def test_distill_writes_student_metrics_plots_and_config(workspace):
     metrics = json.loads((out / "metrics.json").read_text())["models"]
     assert set(metrics) == {"teacher", "student"} and 0 <= metrics["student"]["repeatability"] <= 1
     student = load_keypoint_model(out / "student.pt")
-    assert student.conf["channels"] == (32, 32, 32, 32)
+    assert student.conf["channels"] == (16, 32, 64, 96)  # fast-m, the default student
 
 
 def test_resume_continues_and_an_existing_run_is_protected(workspace):
