@@ -186,7 +186,12 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
             if points:
                 ax.plot(*zip(*points), marker="o", label=name)
         ax.axhline(90, color="grey", linestyle="--", linewidth=1)
+        ax.text(ax.get_xlim()[0], 91, " target 90%", fontsize=7, color="grey", va="bottom")
         ax.set_xscale("log")
+        steps = sorted({r["steps"] for rows in curves.values() for r in rows})
+        ax.set_xticks(steps, [f"{s // 1000}k" if s >= 1000 else str(s) for s in steps])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_ylim(-3, 103)
         ax.set_title(f"{SHARE_LABELS[metric]}: student / teacher")
         ax.set_xlabel("distillation steps")
         ax.grid(True, alpha=0.3)
