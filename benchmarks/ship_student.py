@@ -47,7 +47,7 @@ def heldout_lines(path: Path, name: str) -> list[str]:
     if not all(name in rows for rows in accuracy.values()):
         return [f"(`{path}` holds no row '{name}': run benchmarks/keypoint_anchors.py after shipping.)"]
     cost = {r["model"]: r for r in results["cost"]}.get(name, {})
-    lines = [f"From `{path.relative_to(path.parents[2]) if len(path.parents) > 2 else path}` "
+    lines = [f"From `{path}` "
              f"(`python benchmarks/keypoint_anchors.py {' '.join(results.get('argv', []))}`, "
              "held-out synthetic pairs of scikit-image's held-out photos and of the held-out aerial tiles, "
              "at most 1000 points, mutual nearest neighbours):", "",

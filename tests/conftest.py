@@ -18,3 +18,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def make_keypoint_workspace(folder, photo_shapes):
+    """A random-weight ``tiny`` teacher (``folder/teacher.pt``, seed 0) and random photos
+    (``folder/photos/p{i}.png``, one per shape ``(H, W)`` grey or ``(H, W, 3)`` colour, seed 0)."""
+    import numpy as np
+    from PIL import Image
+
+    from detkd.models.superpoint import create_model
+    from detkd.models.weights import save_keypoint_model
+
+    torch.manual_seed(0)
+    save_keypoint_model(create_model("tiny").eval(), folder / "teacher.pt")
+    photos = folder / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, shape in enumerate(photo_shapes):
+        Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(photos / f"p{i}.png")
+    return folder

@@ -11,9 +11,9 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import make_keypoint_workspace
 from detkd.cli.main import main
-from detkd.models.superpoint import create_model
-from detkd.models.weights import load_keypoint_model, save_keypoint_model
+from detkd.models.weights import load_keypoint_model
 
 TINY_EVAL = {"eval": {"pairs_per_image": 1, "height": 64, "width": 96, "max_keypoints": 100},
              "train": {"log_every": 1, "checkpoint_every": 2, "progress": False}}
@@ -21,14 +21,7 @@ TINY_EVAL = {"eval": {"pairs_per_image": 1, "height": 64, "width": 96, "max_keyp
 
 @pytest.fixture()
 def workspace(tmp_path):
-    torch.manual_seed(0)
-    save_keypoint_model(create_model("tiny").eval(), tmp_path / "teacher.pt")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        pixels = (rng.random((50 + 10 * i, 70, 3)) * 255).astype(np.uint8)  # colour, smaller than the view
-        Image.fromarray(pixels).save(photos / f"p{i}.png")
+    make_keypoint_workspace(tmp_path, [(50 + 10 * i, 70, 3) for i in range(3)])  # colour, smaller than the view
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY_EVAL))
     return tmp_path
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from PIL import Image
 
 import detkd.models.superpoint as superpoint
+from conftest import make_keypoint_workspace
 from detkd.cli.main import main
 from detkd.config import merge_config
 from detkd.models.superpoint import VARIANTS, SuperPoint, count_parameters, create_model, variant_parameter_counts
@@ -112,13 +111,7 @@ def test_config_student_section_overrides_the_variants_structure():
 
 
 def test_distillation_of_a_fast_student_end_to_end(tmp_path):
-    torch.manual_seed(0)
-    save_keypoint_model(create_model("tiny").eval(), tmp_path / "teacher.pt")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray((rng.random((70, 90, 3)) * 255).astype(np.uint8)).save(photos / f"p{i}.png")
+    photos = make_keypoint_workspace(tmp_path, [(70, 90, 3)] * 2) / "photos"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({
         "student": {"variant": "fast-s", "channels": [8, 16, 32, 24]},
         "eval": {"pairs_per_image": 1, "height": 64, "width": 96, "max_keypoints": 100},

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 import detkd.keypoints as kp
+from conftest import make_keypoint_workspace
 from detkd.data.images import builtin_photo
-from detkd.models.superpoint import create_model
-from detkd.models.weights import save_keypoint_model
 
 TINY = {"eval.pairs_per_image": 1, "eval.height": 64, "eval.width": 96, "eval.max_keypoints": 100,
         "train.progress": False, "train.batch_size": 2, "train.checkpoint_every": 2}
@@ -18,14 +15,7 @@ TINY = {"eval.pairs_per_image": 1, "eval.height": 64, "eval.width": 96, "eval.ma
 
 @pytest.fixture()
 def workspace(tmp_path):
-    torch.manual_seed(0)
-    save_keypoint_model(create_model("tiny").eval(), tmp_path / "teacher.pt")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray((rng.random((70, 100)) * 255).astype(np.uint8)).save(photos / f"p{i}.png")
-    return tmp_path
+    return make_keypoint_workspace(tmp_path, [(70, 100)] * 2)
 
 
 def test_distill_then_evaluate_then_resume(workspace):

@@ -36,6 +36,13 @@ class ShippedModel:
         return ASSETS / self.file
 
     @property
+    def origin(self) -> str:
+        """Where the model came from, in words, for banners and table notes."""
+        if self.name == "default":
+            return f"detkd's shipped teacher ({self.file})"
+        return f"detkd's shipped {self.role} '{self.name}' ({self.file})"
+
+    @property
     def card(self) -> Path:
         """The model card beside the file (same stem, ``.md``)."""
         return self.path.with_suffix(".md")

@@ -26,7 +26,7 @@ HELDOUT_SHAPES_SEED = 10_000
 def check_shapes_stage(model: SuperPoint, stage_cfg: dict[str, Any], check_cfg: dict[str, Any], folder: Path) -> None:
     """Print precision / recall on held-out shapes; draw the detections on 4 of them (``detections.png``)."""
     from detkd.data.synthetic_shapes import SyntheticShapesDataset
-    from detkd.evaluation.corners import synthetic_shapes_precision_recall
+    from detkd.evaluation.corners import CORNER_DISTANCE, synthetic_shapes_precision_recall
     from detkd.viz.plots import plot_keypoints
 
     count = int(check_cfg["shapes_images"])
@@ -36,7 +36,7 @@ def check_shapes_stage(model: SuperPoint, stage_cfg: dict[str, Any], check_cfg: 
     counts = synthetic_shapes_precision_recall(model, num_images=count, seed=HELDOUT_SHAPES_SEED,
                                                height=height, width=width)
     print(f"check shapes: on {count} held-out synthetic scenes, precision {counts.precision:.2f}, recall "
-          f"{counts.recall:.2f} (corners within {2} px; {counts.detections} detections, {counts.labels} corners)")
+          f"{counts.recall:.2f} (corners within {CORNER_DISTANCE:g} px; {counts.detections} detections, {counts.labels} corners)")
     data = SyntheticShapesDataset(height=height, width=width, seed=HELDOUT_SHAPES_SEED)
     scenes = [data[k]["image"] for k in range(min(4, count))]
     mosaic = torch.cat(scenes, dim=-1)  # (1, H, 4W)

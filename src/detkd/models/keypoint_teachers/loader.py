@@ -73,11 +73,8 @@ def load_keypoint_teacher(
         raise ValueError(f"teacher weights '{weights}' go with a teacher name ({', '.join(TEACHER_NAMES)}), "
                          f"not with '{spec}'")
     if spec is None or is_shipped_model_name(str(spec)):
-        name = DEFAULT if spec is None else str(spec)
-        path = shipped_model_path(name)
-        role = SHIPPED_MODELS[name].role
-        return load_keypoint_model(path).eval(), f"detkd's shipped {role} '{name}' ({path.name})" if name != DEFAULT \
-            else f"detkd's shipped teacher ({path.name})"
+        shipped = SHIPPED_MODELS[DEFAULT if spec is None else str(spec)]
+        return load_keypoint_model(shipped_model_path(shipped.name)).eval(), shipped.origin
     path = Path(spec)
     if not path.exists():
         if not path.suffix and "/" not in str(spec):
