@@ -98,7 +98,7 @@ def schedule(args: argparse.Namespace, steps: int, seed: int) -> dict[str, Any]:
         "steps": steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": max(1, steps // 20),
         "lr_decay": 0.1, "lr_decay_every": max(1, (3 * steps) // 4), "checkpoint_every": max(1, steps // 4),
         "log_every": max(1, min(10, steps // 10)), "accelerator": "cpu", "progress": False, "seed": seed,
-        "precision": "32-true",
+        "precision": "32-true", "val_every": args.val_every,
     }
 
 
@@ -139,6 +139,12 @@ def row(metrics: DetectionMetrics) -> dict[str, float]:
     return {"map": 100 * metrics.map, "ap50": 100 * metrics.ap50, "ap75": 100 * metrics.ap75}
 
 
+def validation_curve(out: Path) -> list[dict[str, float]]:
+    """The run's ``validation.jsonl`` records (``step``, ``map``, ``ap50`` in points); empty without ``--val-every``."""
+    path = out / "validation.jsonl"
+    return read_history(path) if path.exists() else []
+
+
 def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Teacher, then every student run on one data set; returns the rows and costs."""
     print(f"\n===== {name} =====\n{data.description}", flush=True)
@@ -152,6 +158,7 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
         "detector": args.teacher, **row(teacher_out.report.metrics["model"]), "steps": args.teacher_steps,
         "train_s": training_seconds(teacher_out.out_dir, args.teacher_steps, args.batch_size),
         "wall_s": time.perf_counter() - began, "session_s": teacher_out.seconds,
+        "curve": validation_curve(teacher_out.out_dir),
     }}
     for run in args.runs:
         spec = STUDENT_RUNS[run]
@@ -173,7 +180,7 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
         rows[run] = {"detector": args.student, "method": method if spec else "ground truth only", **row(metrics),
                      "options": options if spec else {}, "steps": args.student_steps,
                      "train_s": training_seconds(outcome.out_dir, args.student_steps, args.batch_size),
-                     "session_s": outcome.seconds,
+                     "session_s": outcome.seconds, "curve": validation_curve(outcome.out_dir),
                      "wall_s": time.perf_counter() - began}
         print(f"[{name}] {run}: mAP {rows[run]['map']:.1f}, AP50 {rows[run]['ap50']:.1f} "
               f"({rows[run]['train_s']:.0f} s training)", flush=True)
@@ -205,6 +212,41 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
     return {"description": data.description, "rows": rows, "cost": cost}
 
 
+def curve_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Validation mAP at a quarter, half, three quarters and all of each run's steps (flat at the end = converged)."""
+    curves = {run: r["curve"] for run, r in rows.items() if r.get("curve")}
+    if not curves:
+        return []
+    lines = ["", "Validation mAP along each run's schedule (`--val-every`; the last column is the final evaluation's "
+                 "set, so it equals the table above); 'last quarter' = mAP gained over the final 25% of the steps:", "",
+             "| run | steps | 25% | 50% | 75% | 100% | best (step) | last quarter |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run, curve in curves.items():
+        steps = rows[run]["steps"]
+        at = {int(r["step"]): r["map"] for r in curve}
+
+        def near(fraction: float) -> float:
+            return at[min(at, key=lambda k: abs(k - fraction * steps))]
+
+        best_step = max(at, key=lambda k: at[k])
+        cells = " | ".join(f"{near(f):.1f}" for f in (0.25, 0.5, 0.75, 1.0))
+        lines.append(f"| {run} | {steps} | {cells} | {at[best_step]:.1f} ({best_step}) | {near(1.0) - near(0.75):+.1f} |")
+    return lines
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
+    """Every run's validation mAP and AP50 against its steps, one figure row per data set."""
+    from detkd.viz.plots import plot_validation_curves
+
+    written = None
+    for name, result in results.items():
+        runs = {run: r["curve"] for run, r in result["rows"].items() if r.get("curve")}
+        if runs:
+            target = path if len(results) == 1 else path.with_name(f"{path.stem}_{name}{path.suffix}")
+            written = plot_validation_curves(runs, target, ["map", "ap50"], title=f"{name}: validation during training",
+                                             labels={"map": "mAP (IoU 0.50:0.95), points", "ap50": "AP50, points"})
+    return written
+
+
 def fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "n/a"
@@ -226,6 +268,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, header: list[str])
                 f"{r['ap75']:.1f} | {fmt(r.get('delta_map'))} | {'n/a' if gap is None else f'{100 * gap:.0f}%'} | "
                 f"{r['train_s']:.0f} | {r['train_s'] / max(r['steps'], 1):.2f} |"
             )
+        lines += curve_table(rows)
         t, s = cost["teacher"], cost["student"]
         sizes = list(cost["latency_ratio"])
         if not all(r["trained_here"] for r in rows.values()):
@@ -274,6 +317,9 @@ def main() -> None:
     parser.add_argument("--student-steps", type=int, default=300, help="steps of every student run [300]")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step [8]")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate [2e-3]")
+    parser.add_argument("--val-every", type=int, default=0,
+                        help="validate every run every N steps: the validation curves (does longer training still "
+                             "help?) go into <results>_curves.png and the tables [0: final evaluation only]")
     parser.add_argument("--size", type=int, default=128, help="training / evaluation / latency image side [128]")
     parser.add_argument("--shapes-train", type=int, default=400, help="synthetic training images [400]")
     parser.add_argument("--shapes-val", type=int, default=100, help="synthetic validation images [100]")
@@ -339,6 +385,9 @@ def main() -> None:
                            "torch": torch.__version__, "device": "cpu only (no GPU used)"},
                "total_wall_s": total, "args": vars(args), "results": results}
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
+    curves = plot_curves(results, args.out / f"{stem}_curves.png")
+    if curves is not None:
+        print(f"validation curves: {curves}")
     print(f"written: {args.out / (stem + '.md')} and .json (runs in {work})")
 
 

@@ -146,6 +146,20 @@ def test_distillation_run_writes_student_that_loads_from_file_and_checkpoint(wor
     assert set(metrics) == {"teacher", "student"} and 0.0 <= metrics["student"]["map"] <= 1.0
 
 
+def test_val_every_records_the_students_validation_curve_ending_at_its_final_metrics(workspace, tmp_path):
+    config = distill_config(workspace, "gid")
+    config["train"].update(steps=2, val_every=1)
+    out = tmp_path / "curve"
+    outcome = run_detection_distillation(config, out)
+    curve = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [1, 2] and set(curve[0]) == {"step", "map", "ap50"}
+    # the last validation is the student's final evaluation (same set, same settings), in points
+    final = outcome.report.metrics["student"]
+    assert curve[-1]["map"] == pytest.approx(100 * final.map, abs=1e-6)
+    assert curve[-1]["ap50"] == pytest.approx(100 * final.ap50, abs=1e-6)
+    assert (out / "validation.png").exists()
+
+
 def test_teacher_with_other_classes_is_refused_before_training(workspace, tmp_path):
     root, _ = workspace
     save_detector(create_detector("retinanet_tiny_fpn", 2, class_names=["tree", "car"]), tmp_path / "other.pt")

@@ -251,3 +251,47 @@ def test_rank_zero_before_training_comes_from_the_launcher_environment(monkeypat
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert is_launch_rank_zero() is zero
+
+
+class ValidatedLineTask(LineTask):
+    """LineTask whose validation draws random numbers and records the mode it ran in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modes: list[bool] = []
+
+    def validate(self):
+        self.modes.append(self.student.training)
+        torch.rand(5)  # must not shift the training stream
+        return {"weight": float(self.student.weight.sum()), "grad_enabled": float(torch.is_grad_enabled())}
+
+
+def test_validation_runs_every_n_steps_and_at_the_end_without_changing_training(tmp_path):
+    torch.manual_seed(0)
+    plain = LineTask()
+    Trainer(config(steps=7), tmp_path / "plain").fit(plain)
+    torch.manual_seed(0)
+    validated = ValidatedLineTask()
+    Trainer(config(steps=7, val_every=3), tmp_path / "val").fit(validated)
+
+    for p, q in zip(plain.student.parameters(), validated.student.parameters()):
+        torch.testing.assert_close(p, q)
+    records = read_history(tmp_path / "val" / "validation.jsonl")
+    assert [r["step"] for r in records] == [3, 6, 7]  # every 3 steps, and the last one
+    assert validated.modes == [False, False, False] and validated.student.training
+    assert all(r["grad_enabled"] == 0.0 for r in records)
+    assert records[-1]["weight"] == pytest.approx(float(validated.student.weight.detach().sum()))
+    assert not (tmp_path / "plain" / "validation.jsonl").exists()  # val_every 0: no file
+
+
+def test_resumed_run_drops_validation_records_past_its_checkpoint(tmp_path):
+    Trainer(config(steps=6, val_every=2), tmp_path).fit(ValidatedLineTask())
+    # as if killed after step 4 with step 6's record written: the checkpoint is at step 3 (checkpoint_every=3)
+    Trainer(config(steps=3, val_every=2), tmp_path / "b").fit(ValidatedLineTask())
+    path = tmp_path / "b" / "validation.jsonl"
+    path.write_text(path.read_text() + json.dumps({"step": 4, "weight": 0.0}) + "\n")
+    Trainer(config(steps=6, val_every=2), tmp_path / "b").fit(ValidatedLineTask(), resume=True)
+    assert [r["step"] for r in read_history(path)] == [2, 3, 4, 6]
+    full = read_history(tmp_path / "validation.jsonl")
+    assert [r["step"] for r in full] == [2, 4, 6]
+    assert read_history(path)[-1]["weight"] == pytest.approx(full[-1]["weight"])

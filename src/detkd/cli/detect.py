@@ -95,6 +95,10 @@ def _run_options(func: Callable) -> Callable:
         click.option("--steps", type=int, default=None, help="Optimiser steps in total. [default: 3000]"),
         click.option("--batch-size", type=int, default=None, help="Images per step. [default: 8]"),
         click.option("--lr", type=float, default=None, help="AdamW learning rate. [default: 1e-3]"),
+        click.option("--val-every", type=int, default=None,
+                     help="Validate (mAP, AP50 on the val part) every N steps: validation.jsonl, validation.png "
+                          "and TensorBoard's val/ curves show whether longer training still helps. "
+                          "[default: 0, only at the end]"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
                      help="Where to train. [default: auto]"),
         click.option("--precision", default=None,
@@ -114,7 +118,7 @@ def _run_options(func: Callable) -> Callable:
 
 _RUN_KEYS = {
     **_DATA_KEYS, "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr",
-    "device": "train.accelerator", "precision": "train.precision", "workers": "train.num_workers",
+    "val_every": "train.val_every", "device": "train.accelerator", "precision": "train.precision", "workers": "train.num_workers",
     "seed": "train.seed", "max_detections": "eval.max_detections", "devices": "train.devices",
     "num_nodes": "train.num_nodes", "strategy": "train.strategy",
 }

@@ -37,6 +37,14 @@ class Task(nn.Module):
         """One training step's losses; must contain ``"loss"``."""
         raise NotImplementedError
 
+    def validate(self) -> dict[str, float]:
+        """Validation metrics of the model being trained (``train.val_every``); ``{}``: the task has none.
+
+        Called by the trainer on rank 0 in eval mode under ``no_grad``; the training RNG state is
+        restored afterwards, so validating changes nothing of the training itself.
+        """
+        return {}
+
     def checkpoint_extra(self) -> dict[str, Any]:
         """Extra, picklable facts saved with each checkpoint (e.g. the model's config)."""
         return {}

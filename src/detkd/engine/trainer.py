@@ -4,7 +4,10 @@ Devices, precision and multi-process training come from Lightning Fabric. The lo
 every detkd run needs: reproducible data streams, AdamW with a step-wise exponential schedule,
 gradient clipping, a stop on a non-finite loss (the last good checkpoint stays), atomic
 checkpoints, exact resume, a progress bar with images/s and data-wait share, TensorBoard
-scalars and a ``history.jsonl`` that plots and reports read.
+scalars and a ``history.jsonl`` that plots and reports read. With ``val_every`` the task's
+:meth:`~detkd.engine.task.Task.validate` runs every that many steps (and at the last one) on
+rank 0; its metrics go to ``validation.jsonl`` and TensorBoard's ``val/`` scalars, so a run
+shows its validation curve (whether longer training still helps) as it trains.
 
 Multi-process runs (``devices``/``num_nodes`` > 1): every process draws its own share of each
 step's global batch (``batch_size x world_size`` samples, see :class:`StreamSampler`); logged
@@ -62,6 +65,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up from 0
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
+    val_every: int = 0  # steps between validations of the task (validation.jsonl); 0: none during training
     log_every: int = 10  # steps between logged scalars
     num_workers: int = 0  # data-loading processes per training process
     seed: int = 0
@@ -155,6 +159,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / "checkpoints" / "last.pt"
         self.history_path = self.out_dir / "history.jsonl"
+        self.validation_path = self.out_dir / "validation.jsonl"
 
     def fit(self, task: Task, resume: bool = False) -> TrainResult:
         """Train ``task``; with ``resume`` continue from ``checkpoints/last.pt`` exactly.
@@ -231,7 +236,8 @@ class Trainer:
                 if self.checkpoint_path.exists():
                     self._set_aside(self.checkpoint_path, "damaged")
                 os.replace(previous_checkpoint_path(self.checkpoint_path), self.checkpoint_path)
-            self._truncate_history(start_step)
+            self._truncate_history(self.history_path, start_step)
+            self._truncate_history(self.validation_path, start_step)
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=start_step)
@@ -298,6 +304,8 @@ class Trainer:
                         self._log(writer, record)
                     bar.set_postfix(loss=f"{last['loss']:.4g}", img_s=f"{images_per_s:.1f}", wait=f"{wait_share:.0%}")
                 bar.update(1)
+                if cfg.val_every > 0 and (step % cfg.val_every == 0 or step == cfg.steps):
+                    self._validate(fabric, task, writer, step, bar)
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     self._save(fabric, task, optimizer, scheduler, step, samples_seen())
         except KeyboardInterrupt:
@@ -469,21 +477,42 @@ class Trainer:
             )
         fabric.barrier()
 
-    def _truncate_history(self, start_step: int) -> None:
-        """Drop records past the resumed step so the history has no duplicate steps."""
-        if not self.history_path.exists():
+    def _validate(self, fabric: Any, task: Task, writer: Any, step: int, bar: Any) -> None:
+        """Run ``task.validate()`` on rank 0 (eval mode, no gradients, training RNG untouched) and record it."""
+        if fabric.is_global_zero:
+            rng = torch.get_rng_state()
+            task.eval()
+            try:
+                with torch.no_grad():
+                    metrics = task.validate()
+            finally:
+                task.train()
+                torch.set_rng_state(rng)
+            if metrics:
+                record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+                for key, value in metrics.items():
+                    writer.add_scalar(f"val/{key}", float(value), step)
+                with self.validation_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                bar.write(f"validation at step {step}: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()))
+        fabric.barrier()
+
+    @staticmethod
+    def _truncate_history(path: Path, start_step: int) -> None:
+        """Drop records of ``path`` past the resumed step so the file has no duplicate steps."""
+        if not path.exists():
             return
         if start_step == 0:
-            self.history_path.unlink()
+            path.unlink()
             return
         kept = []
-        for line in self.history_path.read_text().splitlines():
+        for line in path.read_text().splitlines():
             try:
                 if json.loads(line)["step"] <= start_step:
                     kept.append(line)
             except (json.JSONDecodeError, KeyError):
                 continue  # a line cut by a kill mid-write
-        self.history_path.write_text("".join(f"{line}\n" for line in kept))
+        path.write_text("".join(f"{line}\n" for line in kept))
 
     def _log(self, writer: Any, record: dict[str, float]) -> None:
         step = int(record["step"])

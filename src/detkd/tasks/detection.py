@@ -24,7 +24,7 @@ import json
 import logging
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -102,7 +102,7 @@ _DATA_DEFAULTS: dict[str, Any] = {
 _TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 3000, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "lr_decay": 0.1,
     "lr_decay_every": 2000, "warmup_steps": 100, "grad_clip": 10.0, "checkpoint_every": 500,
-    "log_every": 10, "num_workers": 0, "seed": 0, "accelerator": "auto", "devices": 1,
+    "val_every": 0, "log_every": 10, "num_workers": 0, "seed": 0, "accelerator": "auto", "devices": 1,
     "num_nodes": 1, "strategy": "auto", "precision": "auto", "progress": True,
     "sync_batchnorm": True, "channels_last": False, "compile": False,
 }
@@ -165,6 +165,10 @@ class IncompatibleModelsError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ tasks
+#: A periodic validation: metrics (name -> value) of a detector, e.g. ``{"map": 41.2, "ap50": 63.0}``.
+Validator = Callable[[DetectorAdapter], dict[str, float]]
+
+
 class DetectionTrainTask(Task):
     """Supervised training of one detector: the sum of its family's own losses.
 
@@ -173,10 +177,14 @@ class DetectionTrainTask(Task):
     ``num_boxes (B,)``.
     """
 
-    def __init__(self, model: DetectorAdapter, data: StreamDataset) -> None:
+    def __init__(self, model: DetectorAdapter, data: StreamDataset, validator: Validator | None = None) -> None:
         super().__init__()
         self.model = model
         self.data = data
+        self.validator = validator
+
+    def validate(self) -> dict[str, float]:
+        return self.validator(self.model) if self.validator is not None else {}
 
     def trainable(self) -> nn.Module:
         return self.model
@@ -205,6 +213,7 @@ class DetectionDistillTask(Task):
             with the student.
         data: the training stream; samples with ``boxes`` (labelled) or ``image`` only (label-free).
         gt_weight: weight of the student's supervised loss; 0 (or a label-free stream) leaves it out.
+        validator: the student's periodic validation (``train.val_every``), e.g. :func:`detection_validator`.
 
     The logged terms: ``loss``, ``gt`` (weighted sum of the student's own losses), each
     weighted distillation term, their sum ``distill``, and the distiller's diagnostics.
@@ -217,8 +226,10 @@ class DetectionDistillTask(Task):
         distiller: DetectionDistiller,
         data: StreamDataset,
         gt_weight: float = 1.0,
+        validator: Validator | None = None,
     ) -> None:
         super().__init__()
+        self.validator = validator
         if gt_weight < 0:
             raise ConfigError(f"distill.gt_weight must be >= 0, got {gt_weight}")
         if teacher is None and not isinstance(data, CachedDetectorViews):
@@ -247,6 +258,9 @@ class DetectionDistillTask(Task):
 
     def train_dataset(self) -> StreamDataset:
         return self.data
+
+    def validate(self) -> dict[str, float]:
+        return self.validator(self.student) if self.validator is not None else {}
 
     def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> DetectorOutputs:
         """The teacher's outputs on ``batch["image"]``: decoded from the batch's cached fields, or computed without a graph."""
@@ -509,6 +523,19 @@ def predict_set(
     return predictions
 
 
+def detection_validator(dataset: DetectionSet | None, eval_cfg: dict[str, Any], size: tuple[int, int]) -> Validator | None:
+    """COCO mAP and AP50 (points) of a detector on ``dataset``, for ``train.val_every``; ``None`` without a set."""
+    if dataset is None:
+        return None
+    _, limit = resolve_eval_config(eval_cfg, dataset)
+
+    def validate(model: DetectorAdapter) -> dict[str, float]:
+        metrics = evaluate_detections(predict_set(model, dataset, eval_cfg, size), dataset, max_detections=limit.value)
+        return {"map": 100 * metrics.map, "ap50": 100 * metrics.ap50}
+
+    return validate
+
+
 def eval_size(eval_cfg: dict[str, Any], data_cfg: dict[str, Any]) -> tuple[int, int]:
     """``(H, W)`` of evaluated images: ``eval.height/width``, or the training size when they are null."""
     merged = {"height": eval_cfg["height"] or data_cfg["height"], "width": eval_cfg["width"] or data_cfg["width"]}
@@ -640,7 +667,8 @@ def run_detection_training(
     say(f"model   : {describe_detector(model)}")
     say(f"data    : {data.description}")
     open_run_folder(config, train_cfg, out, "images", rank_zero, resume, path_keys=RUN_PATH_KEYS)
-    result = trainer.fit(DetectionTrainTask(model, stream), resume=resume)
+    validator = detection_validator(data.val, config["eval"], eval_size(config["eval"], config["data"]))
+    result = trainer.fit(DetectionTrainTask(model, stream, validator), resume=resume)
     if not result.is_global_zero:
         return DetectionOutcome(out, out / "model.pt", None, result.step, result.seconds)
     model_path = save_detector(model.eval(), out / "model.pt", extra=_model_extra(config, data, result.step))
@@ -710,7 +738,9 @@ def run_detection_distillation(
         if rank_zero:  # the other processes wait for it when they meet in the trainer
             say(build_teacher_cache(config, teacher, stream, data.class_names, progress=train_cfg.progress).summary())
         train_data = cached_training_stream(config, teacher, stream, data.class_names)
-    task = DetectionDistillTask(None if cached else teacher, student, distiller, train_data, gt_weight=gt_weight)
+    validator = detection_validator(data.val, config["eval"], eval_size(config["eval"], config["data"]))
+    task = DetectionDistillTask(None if cached else teacher, student, distiller, train_data, gt_weight=gt_weight,
+                                validator=validator)
     result = trainer.fit(task, resume=resume)
     if not result.is_global_zero:
         return DetectionOutcome(out, out / "student.pt", None, result.step, result.seconds)
@@ -735,8 +765,13 @@ def _model_extra(config: dict[str, Any], data: DetectionData, steps: int) -> dic
 
 
 def _plot_losses(history: Path, out: Path, title: str, terms: list[str] | None) -> None:
-    from detkd.viz.plots import loss_terms, plot_loss_curves, read_history_records
+    """``loss_curves.png`` from ``history.jsonl``; ``validation.png`` too when the run validated as it trained."""
+    from detkd.viz.plots import loss_terms, plot_loss_curves, plot_validation_curves, read_history_records
 
+    validation = out / "validation.jsonl"
+    if validation.exists():
+        plot_validation_curves({title: validation}, out / "validation.png", ["map", "ap50"], title="Validation",
+                               labels={"map": "mAP (IoU 0.50:0.95)", "ap50": "AP50"})
     records = read_history_records(history) if history.exists() else []
     if not records:
         return

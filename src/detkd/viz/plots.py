@@ -303,6 +303,54 @@ def plot_loss_curves(
     return _save(draw_loss_curves(history, title, terms), path)
 
 
+def draw_validation_curves(
+    runs: Mapping[str, History], metrics: Sequence[str], title: str = "Validation", labels: Mapping[str, str] | None = None,
+) -> Figure:
+    """Validation metrics against the optimiser step, one panel per metric and one line per run.
+
+    Args:
+        runs: run name -> records ``{"step": int, <metric>: float, ...}`` or the path of a
+            ``validation.jsonl``; several runs on one figure compare schedules and methods.
+        metrics: record fields to draw, one panel each (e.g. ``["map", "ap50"]``).
+        title: figure title.
+        labels: axis label of each metric (default: the field name).
+
+    Returns:
+        A figure; each line is marked at its validation steps, its last value written at its end.
+    """
+    labels = labels or {}
+    fig = Figure(figsize=(5.2 * len(metrics), 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    for panel, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), panel + 1)
+        for name, history in runs.items():
+            records = read_history_records(history) if isinstance(history, (str, Path)) else list(history)
+            points = [(r["step"], float(r[metric])) for r in records
+                      if _is_number(r.get(metric)) and math.isfinite(r[metric]) and "step" in r]
+            if not points:
+                continue
+            steps, values = zip(*points)
+            (line,) = ax.plot(steps, values, marker="o", markersize=3, linewidth=1.5, label=name)
+            ax.annotate(f"{values[-1]:.1f}", (steps[-1], values[-1]), textcoords="offset points", xytext=(4, 0),
+                        fontsize=7, color=line.get_color(), va="center")
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel(labels.get(metric, metric))
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_validation_curves(
+    runs: Mapping[str, History], path: str | Path, metrics: Sequence[str], title: str = "Validation",
+    labels: Mapping[str, str] | None = None,
+) -> Path:
+    """Save validation curves (see :func:`draw_validation_curves`); returns the written path."""
+    return _save(draw_validation_curves(runs, metrics, title, labels), path)
+
+
 # ---------------------------------------------------------------------- benchmarks
 def draw_accuracy_vs_latency(
     points: Sequence[Mapping[str, Any]], accuracy_label: str, title: str = "Accuracy vs latency"
