@@ -1,0 +1,130 @@
+"""Did distillation help? The detection benchmark's runs over several student seeds, side by side.
+
+Reads the ``.json`` files that ``benchmarks/detection.py`` wrote for the same settings and
+different ``--student-seed`` (the teacher is the same one, trained once), and per data set prints
+
+* each run's mAP and AP50 as mean +- sample standard deviation over the seeds;
+* its gain over the baseline, paired by seed (student and baseline of one seed share the initial
+  weights and the data stream), as mean +- standard deviation, with the smallest per-seed gain;
+* a verdict: "yes" when every seed gained and the mean gain exceeds the baseline's own seed
+  spread, "no" when the mean gain is not positive, "unclear" otherwise;
+* the share of the teacher's mAP each run keeps, and how much the last quarter of each schedule
+  still added (from ``--val-every`` curves: a run still climbing has not converged).
+
+    python benchmarks/detection_seeds.py benchmarks/results/detection_s256_seed*.json --tag s256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``n - 1``; 0 for one value)."""
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def last_quarter_gain(curve: Sequence[dict[str, float]], steps: int) -> float | None:
+    """mAP of the last validation minus the one nearest 75% of ``steps``; ``None`` without a curve."""
+    if len(curve) < 2:
+        return None
+    at = {int(r["step"]): float(r["map"]) for r in curve}
+    last = max(at)
+    three_quarters = min(at, key=lambda k: abs(k - 0.75 * steps))
+    return at[last] - at[three_quarters]
+
+
+def verdict(gains: Sequence[float], baseline_spread: float) -> str:
+    """``yes`` / ``no`` / ``unclear`` for paired per-seed gains (see the module docstring)."""
+    mean = statistics.fmean(gains)
+    if mean <= 0:
+        return "no"
+    if min(gains) > 0 and mean > baseline_spread:
+        return "yes"
+    return "unclear"
+
+
+def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One summary per run name present in every seed: ``runs_by_seed[seed][run] = {"map", "ap50", "steps", "curve"}``.
+
+    Returns dicts with ``run``, ``seeds``, ``map``/``ap50`` (mean, std), ``gain`` (mean, std) and
+    ``min_gain`` over paired seeds (``None`` for the teacher and the baseline), ``verdict``,
+    ``teacher_share`` (mean mAP / teacher mAP), ``last_quarter`` (mean, or ``None``).
+    """
+    seeds = sorted(runs_by_seed)
+    common = [run for run in runs_by_seed[seeds[0]] if all(run in runs_by_seed[s] for s in seeds)]
+    teacher = statistics.fmean(runs_by_seed[s]["teacher"]["map"] for s in seeds) if "teacher" in common else None
+    baseline_spread = mean_std([runs_by_seed[s]["baseline"]["map"] for s in seeds])[1] if "baseline" in common else 0.0
+    summaries = []
+    for run in common:
+        rows = [runs_by_seed[s][run] for s in seeds]
+        summary: dict[str, Any] = {
+            "run": run, "seeds": seeds, "map": mean_std([r["map"] for r in rows]), "ap50": mean_std([r["ap50"] for r in rows]),
+            "gain": None, "min_gain": None, "verdict": "",
+        }
+        if run not in ("teacher", "baseline") and "baseline" in common:
+            gains = [runs_by_seed[s][run]["map"] - runs_by_seed[s]["baseline"]["map"] for s in seeds]
+            summary.update(gain=mean_std(gains), min_gain=min(gains), verdict=verdict(gains, baseline_spread))
+        summary["teacher_share"] = summary["map"][0] / teacher if teacher else None
+        quarters = [q for q in (last_quarter_gain(r.get("curve") or [], int(r["steps"])) for r in rows) if q is not None]
+        summary["last_quarter"] = statistics.fmean(quarters) if quarters else None
+        summaries.append(summary)
+    return summaries
+
+
+def table(summaries: list[dict[str, Any]]) -> str:
+    lines = ["| run | seeds | mAP | AP50 | gain over baseline (paired) | smallest gain | helped? | of teacher's mAP | last quarter of schedule |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for s in summaries:
+        gain = "n/a" if s["gain"] is None else f"{s['gain'][0]:+.1f} ± {s['gain'][1]:.1f}"
+        smallest = "n/a" if s["min_gain"] is None else f"{s['min_gain']:+.1f}"
+        share = "n/a" if s["teacher_share"] is None else f"{100 * s['teacher_share']:.0f}%"
+        quarter = "n/a" if s["last_quarter"] is None else f"{s['last_quarter']:+.1f}"
+        lines.append(f"| {s['run']} | {len(s['seeds'])} | {s['map'][0]:.1f} ± {s['map'][1]:.1f} | "
+                     f"{s['ap50'][0]:.1f} ± {s['ap50'][1]:.1f} | {gain} | {smallest} | {s['verdict'] or 'n/a'} | {share} | {quarter} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", type=Path, help="detection benchmark .json files, one per student seed")
+    parser.add_argument("--tag", default="", help="output name: detection_seeds_<tag>.md")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
+    args = parser.parse_args(argv)
+
+    by_set: dict[str, dict[int, dict[str, Any]]] = {}
+    commands = []
+    for path in args.results:
+        payload = json.loads(path.read_text())
+        seed = int(payload["args"]["student_seed"])
+        commands.append(f"`{payload['command']}` ({payload['date']}, commit {payload['git_commit']})")
+        for name, result in payload["results"].items():
+            if seed in by_set.setdefault(name, {}):
+                raise SystemExit(f"{path}: student seed {seed} of '{name}' is given twice; pass one file per seed")
+            by_set[name][seed] = result["rows"]
+    lines = ["# Detector distillation over student seeds: did it help?", "",
+             f"Command: `python benchmarks/detection_seeds.py {' '.join(sys.argv[1:] if argv is None else argv)}`  ",
+             "From:  ", *[f"- {c}" for c in commands], "",
+             "Mean ± sample standard deviation over the seeds, in COCO points (pycocotools, held-out val part). "
+             "Gains are paired by seed (same initial student, same data stream). helped? = yes when every seed "
+             "gained and the mean gain exceeds the baseline's seed spread; unclear when the mean gain is positive "
+             "but not both; no otherwise. 'last quarter' = validation mAP gained over the final 25% of the "
+             "steps (near 0: the curve has flattened).", ""]
+    for name, runs_by_seed in by_set.items():
+        lines += [f"## {name}", "", table(summarise(runs_by_seed)), ""]
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"detection_seeds{'_' + args.tag if args.tag else ''}.md"
+    path.write_text(text + "\n")
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()

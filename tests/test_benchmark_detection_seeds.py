@@ -1,0 +1,63 @@
+"""benchmarks/detection_seeds.py: the seed summary of the detector benchmark, against hand-computed values."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "detection_seeds.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("detection_seeds_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+seeds_script = _load_script()
+
+MAPS = {  # seed -> run -> mAP
+    0: {"teacher": 60.0, "baseline": 40.0, "gid": 45.0, "pkd": 41.0, "cwd": 39.0},
+    1: {"teacher": 60.0, "baseline": 42.0, "gid": 46.0, "pkd": 41.0, "cwd": 41.0},
+    2: {"teacher": 60.0, "baseline": 44.0, "gid": 50.0, "pkd": 45.0, "cwd": 43.0},
+}
+
+
+def rows(seed: int) -> dict[str, dict]:
+    curve = [{"step": 25, "map": 10.0}, {"step": 50, "map": 20.0}, {"step": 75, "map": 30.0}, {"step": 100, "map": 33.0}]
+    return {run: {"map": value, "ap50": value + 10, "steps": 100, "curve": curve if run == "gid" else []}
+            for run, value in MAPS[seed].items()}
+
+
+def test_summary_by_hand():
+    summaries = {s["run"]: s for s in seeds_script.summarise({seed: rows(seed) for seed in MAPS})}
+    assert summaries["baseline"]["map"] == pytest.approx((42.0, 2.0))  # (40+42+44)/3; sqrt((4+0+4)/2)
+    assert summaries["baseline"]["gain"] is None and summaries["teacher"]["verdict"] == ""
+    gid = summaries["gid"]  # paired gains 5, 4, 6
+    assert gid["gain"] == pytest.approx((5.0, 1.0)) and gid["min_gain"] == 4.0
+    assert gid["verdict"] == "yes"  # every seed gained, 5 > the baseline's spread 2
+    assert gid["teacher_share"] == pytest.approx(47.0 / 60.0)
+    assert gid["ap50"][0] == pytest.approx(57.0)
+    assert gid["last_quarter"] == pytest.approx(3.0)  # 33 at step 100 - 30 at step 75
+    assert summaries["pkd"]["gain"][0] == pytest.approx(1.0 / 3.0)  # gains 1, -1, 1
+    assert summaries["pkd"]["verdict"] == "unclear"
+    assert summaries["cwd"]["verdict"] == "no"  # gains -1, -1, -1
+    assert summaries["cwd"]["last_quarter"] is None
+
+
+def test_script_writes_the_table_and_refuses_a_seed_given_twice(tmp_path):
+    files = []
+    for seed in MAPS:
+        payload = {"command": f"python benchmarks/detection.py --student-seed {seed}", "date": "2026-12-04 00:00 UTC",
+                   "git_commit": "abc", "args": {"student_seed": seed}, "results": {"shapes": {"rows": rows(seed)}}}
+        files.append(tmp_path / f"seed{seed}.json")
+        files[-1].write_text(json.dumps(payload))
+    seeds_script.main([*map(str, files), "--tag", "t", "--out", str(tmp_path)])
+    text = (tmp_path / "detection_seeds_t.md").read_text()
+    assert "| gid | 3 | 47.0 ± 2.6 | 57.0 ± 2.6 | +5.0 ± 1.0 | +4.0 | yes | 78% | +3.0 |" in text
+    with pytest.raises(SystemExit, match="seed 0 of 'shapes' is given twice"):
+        seeds_script.main([str(files[0]), str(files[0]), "--out", str(tmp_path)])
