@@ -294,13 +294,19 @@ def cache_teacher(config_file: Path | None, unlabeled: tuple[str, ...], **option
               help="Detections below this score are dropped before COCO evaluation.")
 @click.option("--skip-bad", is_flag=True, help="Leave out bad annotations (counted) instead of stopping.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Draw the last model's detections (and the ground truth) on a few images into this PNG.")
+              help="Draw every model's detections side by side into this PNG: one row per image (named), one "
+                   "column per --model; hits (IoU >= 0.5 with a box of the same class) green, false alarms red, "
+                   "missed ground-truth boxes orange dashed, counted above each panel.")
 @click.option("--plot-images", type=int, default=6, show_default=True, help="Images in the --plot figure.")
+@click.option("--plot-threshold", type=float, default=None,
+              help="Score threshold of the boxes drawn (and counted) in --plot and --out's detections*.png; "
+                   "boxes scoring below --score-threshold are never drawn. [default: 0.3, eval.plot_score_threshold]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.md and detection plots here.")
 def evaluate(models: tuple[str, ...], data: str, split: str, size: int | None, tile_size: int | None,
              tile_overlap: float, per_tile: bool, max_detections: int | str, batch_size: int, score_threshold: float,
-             skip_bad: bool, plot: Path | None, plot_images: int, out: Path | None) -> None:
+             skip_bad: bool, plot: Path | None, plot_images: int, plot_threshold: float | None,
+             out: Path | None) -> None:
     """COCO mAP, AP50, AP75, AP small/medium/large, AR and per-class AP (pycocotools).
 
     With --tile-size, large images (orthophotos) are predicted in overlapping tiles whose boxes
@@ -352,6 +358,8 @@ def evaluate(models: tuple[str, ...], data: str, split: str, size: int | None, t
             )
     eval_cfg = {**DEFAULT_TRAIN_CONFIG["eval"], "batch_size": batch_size, "score_threshold": score_threshold,
                 "plot_images": plot_images, "max_detections": max_detections}
+    if plot_threshold is not None:
+        eval_cfg["plot_score_threshold"] = plot_threshold
     evaluate_and_report(named, evaluated, eval_cfg, (height, width), out, plot, tiling=tiling)
     if plot is not None:
         click.echo(f"plot written to {plot}")

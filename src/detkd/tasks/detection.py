@@ -570,7 +570,8 @@ def evaluate_and_report(
 
     Writes into ``out``: ``metrics.json`` (every metric, per-class AP, parameters), ``metrics.md``
     (the tables) and ``detections.png`` of the last model (``detections_<name>.png`` for the
-    others) on the first ``eval.plot_images`` images. ``plot`` writes the last model's plot there instead.
+    others) on the first ``eval.plot_images`` images. ``plot`` writes every model side by side
+    there (:func:`draw_examples`, one column per model).
     """
     eval_cfg, limit = resolve_eval_config(eval_cfg, dataset)
     how = tiling.describe(size) if tiling is not None else f"letterboxed to {size[0]}x{size[1]}"
@@ -603,24 +604,29 @@ def evaluate_and_report(
             f"Evaluated on {description}.\n\n{table}\n\nPer-class AP (IoU 0.50:0.95, points):\n\n{per_class}\n"
         )
         plots = {n: out / ("detections.png" if n == names[-1] else f"detections_{n}.png") for n in names}
-    if plot is not None:
-        plots[names[-1]] = Path(plot)
+    columns = {n: f"{n} ({models[n].name})" for n in names}
     for name, path in plots.items():
-        draw_examples(dataset, predictions[name], path, eval_cfg, title=f"{name}: {models[name].name}")
+        draw_examples(dataset, {columns[name]: predictions[name]}, path, eval_cfg)
+    if plot is not None:
+        draw_examples(dataset, {columns[n]: predictions[n] for n in names}, Path(plot), eval_cfg)
     return EvaluationReport(metrics, table, per_class, description)
 
 
 def draw_examples(
-    dataset: DetectionSet, predictions: list[dict[str, torch.Tensor]], path: Path, eval_cfg: dict[str, Any], title: str
+    dataset: DetectionSet, predictions: dict[str, list[dict[str, torch.Tensor]]], path: Path, eval_cfg: dict[str, Any]
 ) -> Path:
-    """The first ``eval.plot_images`` images with predictions (coloured) and ground truth (white, dashed)."""
-    from detkd.viz.detections import plot_detection_grid
+    """The first ``eval.plot_images`` images (rows) with each model's detections (columns, titled by the keys
+    of ``predictions``) scoring at least ``eval.plot_score_threshold``: hits green, false alarms red,
+    missed ground-truth boxes orange dashed (:mod:`detkd.evaluation.detection_plots`)."""
+    from detkd.evaluation.detection_plots import plot_model_comparison
 
     count = max(1, min(int(eval_cfg["plot_images"]), len(dataset)))
     records = dataset.records[:count]
-    return plot_detection_grid(
-        [load_record_image(r) for r in records], predictions[:count], path, ground_truths=records,
-        class_names=dataset.class_names, score_threshold=float(eval_cfg["plot_score_threshold"]), title=title,
+    threshold = float(eval_cfg["plot_score_threshold"])
+    return plot_model_comparison(
+        [load_record_image(r) for r in records], records, {k: v[:count] for k, v in predictions.items()}, path,
+        class_names=dataset.class_names, score_threshold=threshold, row_names=[r.name for r in records],
+        title=f"Detections scoring \u2265 {threshold:g} on {count} of {len(dataset)} image(s)",
     )
 
 
