@@ -156,3 +156,46 @@ def test_onnx_export_of_the_smallest_fast_student_matches_pytorch(tmp_path):
     assert all(value <= 1e-4 for value in result.parity.errors.values()), result.parity.errors
     raw = export_onnx(model, tmp_path / "fast_raw.onnx", 64, 80, raw_heads=True, verbose=False)
     assert all(value <= 1e-4 for value in raw.parity.errors.values()), raw.parity.errors
+
+
+@pytest.mark.parametrize("name", ["fast-s", "fast-m"])
+def test_eval_mode_folds_batch_norm_into_the_convs_without_changing_outputs(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    for module in model.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    image = torch.rand(1, 1, 48, 64)
+    with torch.no_grad():
+        folded = model(image)
+        calls = []
+        hook = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, i, o: calls.append(m) if isinstance(m, torch.nn.BatchNorm2d) else None)
+        model(image)
+        hook.remove()
+        folded_bn_calls = len(calls)
+        superpoint_can_fold = superpoint.can_fold_batch_norm
+        try:
+            superpoint.can_fold_batch_norm = lambda module, bn: False  # the plain conv -> BatchNorm path
+            plain = model(image)
+        finally:
+            superpoint.can_fold_batch_norm = superpoint_can_fold
+    for key in ("logits", "descriptors", "features"):
+        torch.testing.assert_close(folded[key], plain[key], rtol=1e-4, atol=1e-5)
+    # only the heads' first blocks (conv -> ReLU -> BatchNorm: not foldable into their own conv) still run BatchNorm
+    assert folded_bn_calls == 2
+    assert model.train()(image)["logits"].requires_grad  # training mode: BatchNorm with batch statistics, as before
+
+
+def test_sampled_descriptors_interpolate_between_cell_centres():
+    descriptors = torch.randn(1, 8, 3, 4)
+    # pixel (8*2 + 3.5, 8*1 + 3.5) is the centre of cell (row 1, column 2): that cell's descriptor
+    centre = superpoint.sample_descriptors(torch.tensor([[[19.5, 11.5]]]), descriptors)[0, 0]
+    torch.testing.assert_close(centre, torch.nn.functional.normalize(descriptors[0, :, 1, 2], dim=0))
+    # half-way between the centres of cells (1, 2) and (1, 3): their mean, normalised
+    between = superpoint.sample_descriptors(torch.tensor([[[23.5, 11.5]]]), descriptors)[0, 0]
+    torch.testing.assert_close(between, torch.nn.functional.normalize(descriptors[0, :, 1, 2:4].mean(-1), dim=0))

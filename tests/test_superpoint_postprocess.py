@@ -13,6 +13,7 @@ from detkd.models.superpoint import (
     input_size_multiple,
     scale_input,
     subpixel_offsets,
+    subpixel_offsets_at,
     unscale_keypoints,
 )
 
@@ -34,6 +35,21 @@ def test_subpixel_offsets_are_the_heatmap_centre_of_mass():
     symmetric = torch.zeros(1, 5, 5)
     symmetric[0, 2, 1:4] = torch.tensor([0.1, 0.5, 0.1])
     assert subpixel_offsets(symmetric, radius=2)[0, :, 2, 2].tolist() == pytest.approx([0.0, 0.0])
+
+
+def test_subpixel_offsets_at_given_pixels_equal_the_dense_ones_edges_included():
+    peak = _peak()[0]
+    xs, ys = torch.tensor([4, 5]), torch.tensor([4, 4])
+    assert subpixel_offsets_at(peak, xs, ys, 1).tolist() == [pytest.approx([0.2, -0.2]), pytest.approx([-0.8, -0.2])]
+    torch.manual_seed(0)
+    heatmap = torch.rand(1, 13, 17)
+    ys, xs = torch.meshgrid(torch.arange(13), torch.arange(17), indexing="ij")  # every pixel, borders too
+    for radius in (1, 2, 3):
+        dense = subpixel_offsets(heatmap, radius)[0, :, ys.flatten(), xs.flatten()].T
+        torch.testing.assert_close(subpixel_offsets_at(heatmap[0], xs.flatten(), ys.flatten(), radius), dense)
+    assert subpixel_offsets_at(heatmap[0], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 2).shape == (0, 2)
+    with pytest.raises(ValueError, match="radius"):
+        subpixel_offsets_at(heatmap[0], xs.flatten(), ys.flatten(), 0)
 
 
 def test_subpixel_offsets_checks_its_inputs():
