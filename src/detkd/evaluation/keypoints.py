@@ -1,7 +1,8 @@
 """Evaluate key-point models (teacher and students) on image pairs with known homographies.
 
 For every pair and model: detect and describe both images (``model.extract``), match with
-mutual nearest neighbours, then compute the metrics of :mod:`detkd.evaluation.keypoint_metrics`
+mutual nearest neighbours (or the model's own :data:`Matcher`, e.g. LightGlue from
+:mod:`detkd.evaluation.lightglue`), then compute the metrics of :mod:`detkd.evaluation.keypoint_metrics`
 and average them over the pairs. :func:`format_metrics_table` prints the comparison.
 """
 
@@ -40,9 +41,10 @@ class KeypointExtractor(Protocol):
     def extract(self, image: torch.Tensor, **overrides: Any) -> dict[str, list[torch.Tensor]]: ...
 
 
-#: A matcher: ``(keypoints0 (N, 2), descriptors0 (N, D), keypoints1 (M, 2), descriptors1 (M, D))`` ->
-#: ``(K, 2)`` long indices ``(i, j)``. The default is mutual nearest neighbours of the descriptors.
-Matcher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: A matcher: ``(keypoints0 (N, 2), descriptors0 (N, D), keypoints1 (M, 2), descriptors1 (M, D),
+#: shape0=(H0, W0), shape1=(H1, W1))`` -> ``(K, 2)`` long indices ``(i, j)``; the image shapes come as
+#: keywords (LightGlue normalises key points by them). The default is mutual nearest neighbours.
+Matcher = Callable[..., torch.Tensor]
 
 
 class WithExtractOptions:
@@ -134,7 +136,7 @@ def evaluate_pair(
     if matcher is None:
         matches = mutual_nearest_neighbours(descriptors0, descriptors1)
     else:
-        matches = matcher(keypoints0, descriptors0, keypoints1, descriptors1)
+        matches = matcher(keypoints0, descriptors0, keypoints1, descriptors1, shape0=shape0, shape1=shape1)
     rep = km.repeatability(keypoints0, keypoints1, H, shape0, shape1, CORRECT_THRESHOLD)
     mma = km.matching_accuracy(keypoints0, keypoints1, matches, H, km.MMA_THRESHOLDS)
     H_est = km.estimate_homography(keypoints0, keypoints1, matches, ransac_threshold=CORRECT_THRESHOLD)

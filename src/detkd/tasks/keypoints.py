@@ -16,7 +16,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -349,15 +349,22 @@ def teacher_at_student_scale(teacher: nn.Module, student: SuperPoint) -> Any:
 
 
 def evaluate_and_report(
-    models: dict[str, Any], eval_cfg: dict[str, Any], out: str | Path | None
+    models: dict[str, Any], eval_cfg: dict[str, Any], out: str | Path | None,
+    matchers: Mapping[str, Any] | None = None, matcher_text: str | None = None,
 ) -> tuple[dict[str, dict[str, float]], str]:
-    """Evaluate ``models`` on the same pairs; print the table and, with ``out``, write the files."""
+    """Evaluate ``models`` on the same pairs; print the table and, with ``out``, write the files.
+
+    ``matchers``: row name -> matcher (others: mutual nearest neighbours), described by ``matcher_text``.
+    """
     from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
 
     pairs, pairs_text = evaluation_pairs(eval_cfg)
+    if matcher_text:
+        pairs_text += f"; matcher: {matcher_text}"
     print(f"evaluating on {pairs_text}")
     device = build_device(eval_cfg.get("device") or "cpu")
-    evaluation = evaluate_keypoint_models(models, pairs, max_keypoints=eval_cfg["max_keypoints"], device=device)
+    evaluation = evaluate_keypoint_models(models, pairs, max_keypoints=eval_cfg["max_keypoints"], device=device,
+                                          matchers=matchers)
     table = format_metrics_table(evaluation.summary)
     kinds = sorted({record["kind"] for record in evaluation.per_pair})
     by_kind = {kind: evaluation.summary_for(kind) for kind in kinds} if len(kinds) > 1 else {}

@@ -162,6 +162,11 @@ class KeypointTeacher(nn.Module):
     def extra_repr(self) -> str:
         return f"name={self.name!r}, descriptor_dim={self.conf['descriptor_dim']}"
 
+    @property
+    def descriptor_space(self) -> str:
+        """The space its descriptors live in: its own name (what a matcher such as LightGlue reads)."""
+        return self.name
+
     # ------------------------------------------------------------------ to implement
     def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, channels, H', W')`` (padded to :attr:`multiple`) -> ``logits`` ``(B, 65, H'/8, W'/8)``

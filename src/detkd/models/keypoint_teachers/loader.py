@@ -9,6 +9,11 @@
 
 Every file is read with :func:`detkd.safe_files.safe_torch_load` (``weights_only=True``, never a
 fallback): a file asking for a Python global is refused.
+
+Every model returned has a ``descriptor_space``: the teacher name of :data:`TEACHER_NAMES` whose
+descriptors it gives (a teacher's own name; for a detkd student, the teacher its file's
+``meta.teacher`` names, whose descriptor size it kept), or None. Matchers trained on one
+descriptor space (LightGlue: :mod:`detkd.evaluation.lightglue`) read it.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ def load_keypoint_teacher(
                          f"not with '{spec}'")
     if spec is None or is_shipped_model_name(str(spec)):
         shipped = SHIPPED_MODELS[DEFAULT if spec is None else str(spec)]
-        return load_keypoint_model(shipped_model_path(shipped.name)).eval(), shipped.origin
+        path = shipped_model_path(shipped.name)
+        return _with_descriptor_space(load_keypoint_model(path).eval(), path), shipped.origin
     path = Path(spec)
     if not path.exists():
         if not path.suffix and "/" not in str(spec):
@@ -86,7 +92,16 @@ def load_keypoint_teacher(
         name = family.recognise(state)
         if name is not None:
             return _build_named(name, state, path), f"{name} ({path})"
-    return load_keypoint_model(path).eval(), str(path)
+    return _with_descriptor_space(load_keypoint_model(path).eval(), path), str(path)
+
+
+def _with_descriptor_space(model: nn.Module, path: Path) -> nn.Module:
+    """``model`` with ``descriptor_space`` set from its file's ``meta.teacher`` (``"aliked-n16 (FILE)"``)."""
+    from detkd.models.weights import read_keypoint_model_meta
+
+    words = str(read_keypoint_model_meta(path).get("teacher") or "").split()
+    model.descriptor_space = words[0] if words and words[0] in TEACHER_NAMES else None
+    return model
 
 
 def fetch_weights(name: str) -> Path:
