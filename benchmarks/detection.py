@@ -50,10 +50,10 @@ from detkd.models.detection import count_parameters, detector_gflops, load_detec
 from detkd.tasks.detection import (
     DEFAULT_DISTILL_CONFIG,
     DEFAULT_TRAIN_CONFIG,
-    DetectionData,
     run_detection_distillation,
     run_detection_training,
 )
+from detkd.tasks.detection_data import DetectionData
 
 TREES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trees"
 MIN_GAP = 1.0  # mAP points; below this the teacher is not measurably better and "gap closed" is undefined

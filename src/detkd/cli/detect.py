@@ -239,14 +239,8 @@ def cache_teacher(config_file: Path | None, unlabeled: tuple[str, ...], **option
       detkd detect distill --teacher runs/teacher/model.pt --data data.yaml --teacher-cache runs/det_cache --out runs/gid
     """
     from detkd.cli.main import resolve_config
-    from detkd.tasks.detection import (
-        DEFAULT_DISTILL_CONFIG,
-        build_teacher_cache,
-        check_class_lists,
-        distillation_stream,
-        load_teacher,
-        read_detection_data,
-    )
+    from detkd.tasks.detection import DEFAULT_DISTILL_CONFIG, check_class_lists, load_teacher
+    from detkd.tasks.detection_data import build_teacher_cache, distillation_stream, read_detection_data
 
     keys = {**_DATA_KEYS, "teacher": "teacher.checkpoint", "cache_folder": "teacher_cache.folder",
             "views_per_image": "teacher_cache.views_per_image", "label_free": "distill.label_free",
@@ -312,13 +306,9 @@ def evaluate(models: tuple[str, ...], data: str, split: str, size: int | None, t
     With --tile-size, large images (orthophotos) are predicted in overlapping tiles whose boxes
     are merged into one set per image (objects cut by a seam count once), and scored as whole images.
     """
-    from detkd.tasks.detection import (
-        DEFAULT_TRAIN_CONFIG,
-        evaluate_and_report,
-        load_teacher,
-        read_detection_data,
-        stored_train_size,
-    )
+    from detkd.tasks.detection import DEFAULT_TRAIN_CONFIG, load_teacher, stored_train_size
+    from detkd.tasks.detection_data import read_detection_data
+    from detkd.tasks.detection_eval import evaluate_and_report
 
     from detkd.export.sources import split_model_name
 

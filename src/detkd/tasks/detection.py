@@ -15,54 +15,29 @@ with the shared engine, save the model, evaluate it on the validation split (COC
 through pycocotools, per-class AP) and write the report files beside the resolved config.
 Baseline and distilled students read the same ``train`` section, so with one config they get
 the same schedule and compare fairly.
+
+The data and training streams (teacher cache included) are :mod:`detkd.tasks.detection_data`,
+prediction, validation and the report files :mod:`detkd.tasks.detection_eval`; their names are
+importable from here too.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from detkd.cache.detection import (
-    CachedDetectorViews,
-    build_detector_teacher_cache,
-    cached_teacher_fields,
-    decode_detector_outputs,
-    open_detector_cache,
-)
-from detkd.cache.store import CacheBuildReport
-from detkd.config import ConfigError, dataclass_from_dict
-from detkd.data.detection import (
-    BoxViewConfig,
-    ColourJitterConfig,
-    DetectionSet,
-    DetectionStream,
-    UnlabeledDetectionStream,
-    iter_eval_batches,
-    load_data_config,
-    load_record_image,
-    tile_records,
-    unlabeled_records,
-    unpad_targets,
-)
+from detkd.cache.detection import CachedDetectorViews, cached_teacher_fields, decode_detector_outputs
+from detkd.config import ConfigError
+from detkd.data.detection import BoxViewConfig, ColourJitterConfig, unpad_targets
 from detkd.distill.detection import DETECTION_DISTILLERS, DetectionDistiller, create_detection_distiller
 from detkd.engine import StreamDataset, Task, TrainConfig, Trainer
 from detkd.engine.distributed import is_launch_rank_zero
-from detkd.tasks.run_folder import open_run_folder, rank_zero_say
-from detkd.evaluation.detection import (
-    DetectionMetrics,
-    evaluate_detections,
-    format_detection_table,
-    format_per_class_table,
-    recall_title,
-)
-from detkd.tasks.detection_predict import WholeImageTiling, check_eval_config, resolve_eval_config
 from detkd.models.detection import (
     DetectorAdapter,
     DetectorOutputs,
@@ -71,6 +46,29 @@ from detkd.models.detection import (
     load_detector,
     read_detector_extra,
     save_detector,
+)
+from detkd.tasks.detection_predict import check_eval_config
+from detkd.tasks.run_folder import open_run_folder, rank_zero_say
+
+# Data and evaluation live in their own modules; their names stay importable from here.
+from detkd.tasks.detection_data import (  # noqa: F401 - re-exported
+    DetectionData,
+    build_teacher_cache,
+    cache_device,
+    cached_training_stream,
+    distillation_stream,
+    labelled_stream,
+    read_detection_data,
+    unlabeled_stream,
+)
+from detkd.tasks.detection_eval import (  # noqa: F401 - re-exported
+    EvaluationReport,
+    Validator,
+    detection_validator,
+    draw_examples,
+    eval_size,
+    evaluate_and_report,
+    predict_set,
 )
 
 log = logging.getLogger(__name__)
@@ -165,10 +163,6 @@ class IncompatibleModelsError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ tasks
-#: A periodic validation: metrics (name -> value) of a detector, e.g. ``{"map": 41.2, "ap50": 63.0}``.
-Validator = Callable[[DetectorAdapter], dict[str, float]]
-
-
 class DetectionTrainTask(Task):
     """Supervised training of one detector: the sum of its family's own losses.
 
@@ -294,145 +288,6 @@ class DetectionDistillTask(Task):
         return {"detector_config": self.student.config, "class_names": self.student.class_names}
 
 
-# ------------------------------------------------------------------------------------ data
-@dataclass
-class DetectionData:
-    """The data of a run: labelled train and evaluation sets and where they came from.
-
-    Attributes:
-        train: labelled training images (tiles, when ``data.tile_size`` is set).
-        val: the evaluation split, or ``None`` when ``data.yaml`` has none.
-        class_names: label ``k`` is ``class_names[k]``.
-        description: one line per part, for the run's printout and ``metrics.md``.
-        unlabeled: image folders for label-free distillation (``data.yaml``'s ``unlabeled``).
-    """
-
-    train: DetectionSet
-    val: DetectionSet | None
-    class_names: list[str]
-    description: str
-    unlabeled: list[Path] = field(default_factory=list)
-
-
-def _tiled(dataset: DetectionSet, size: int | None, overlap: int) -> DetectionSet:
-    if not size:
-        return dataset
-    tiles = tile_records(dataset.records, int(size), int(overlap))
-    return DetectionSet(tiles, dataset.class_names, f"{dataset.source}, {size} px tiles", list(dataset.problems))
-
-
-def read_detection_data(data_cfg: dict[str, Any], split: str = "val") -> DetectionData:
-    """Read the ``data.yaml`` named in ``data_cfg['config']``: its train part and ``split`` (if present)."""
-    if not data_cfg.get("config"):
-        raise ConfigError("No data given: pass --data data.yaml (or set data.config in the YAML config)")
-    config = load_data_config(data_cfg["config"])
-    train = _tiled(config.read("train", data_cfg["skip_bad"]), data_cfg["tile_size"], data_cfg["tile_overlap"])
-    val = None
-    if getattr(config, split):
-        val = config.read(split, data_cfg["skip_bad"], class_names=train.class_names)
-        if val.class_names != train.class_names:
-            raise ConfigError(
-                f"{config.file}: the {split} part lists classes {val.class_names}, the train part {train.class_names}"
-            )
-        val = _tiled(val, data_cfg["tile_size"], data_cfg["tile_overlap"])
-    lines = [f"train: {train.summary()}"] + ([f"{split}: {val.summary()}"] if val is not None else [f"{split}: none"])
-    return DetectionData(train, val, list(train.class_names), "\n".join(lines), list(config.unlabeled))
-
-
-def _size(cfg: dict[str, Any], what: str) -> tuple[int, int]:
-    height, width = int(cfg["height"]), int(cfg["width"])
-    if height <= 0 or width <= 0 or height % 128 or width % 128:
-        raise ConfigError(
-            f"{what}.height and {what}.width must be positive multiples of 128 (the detectors' largest stride), "
-            f"got {height} x {width}"
-        )
-    return height, width
-
-
-def _stream_options(config: dict[str, Any]) -> dict[str, Any]:
-    data = config["data"]
-    colour = dataclass_from_dict(ColourJitterConfig, _tuples(data["colour"]), "data.colour")
-    return {
-        "view": dataclass_from_dict(BoxViewConfig, _tuples(data["view"]), "data.view"),
-        "colour": colour if colour.probability > 0 else None,
-        "max_boxes": int(data["max_boxes"]),
-        "seed": int(config["train"]["seed"]),
-        "cache": bool(data["cache"]),
-    }
-
-
-def _tuples(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-
-
-def labelled_stream(config: dict[str, Any], train: DetectionSet) -> DetectionStream:
-    """The augmented training stream of ``train`` as ``config['data']`` describes it."""
-    height, width = _size(config["data"], "data")
-    return DetectionStream(train, height, width, **_stream_options(config))
-
-
-def unlabeled_stream(config: dict[str, Any], data: DetectionData) -> tuple[UnlabeledDetectionStream, str]:
-    """Images without boxes for label-free distillation, and where they came from.
-
-    Source: ``data.unlabeled`` folders, else ``data.yaml``'s ``unlabeled``, else the training
-    images with their boxes left out. With ``data.tile_size`` the folders' images are cut into
-    tiles as the labelled ones are (:func:`~detkd.data.detection.tile_records`).
-    """
-    height, width = _size(config["data"], "data")
-    folders = config["data"]["unlabeled"] or data.unlabeled
-    if isinstance(folders, (str, Path)):
-        folders = [folders]
-    options = _stream_options(config)
-    if folders:
-        records, where = unlabeled_records(list(folders)), ", ".join(str(f) for f in folders)
-        tile = config["data"]["tile_size"]
-        if tile:
-            count = len(records)
-            records = tile_records(records, int(tile), int(config["data"]["tile_overlap"] or 0))
-            where += f" ({count} image(s) cut into {len(records)} tiles of {int(tile)} px)"
-        return UnlabeledDetectionStream(records, height, width, **options), f"unlabeled images in {where}"
-    return UnlabeledDetectionStream(data.train, height, width, **options), (
-        f"the {len(data.train)} training images, boxes not used"
-    )
-
-
-def distillation_stream(config: dict[str, Any], data: DetectionData) -> tuple[DetectionStream, str]:
-    """The images a distillation run trains on: labelled, or unlabelled with ``distill.label_free``; and where from."""
-    if config["distill"]["label_free"]:
-        return unlabeled_stream(config, data)
-    return labelled_stream(config, data.train), "labelled training images"
-
-
-# ------------------------------------------------------------------------------------ teacher cache
-def cache_device(accelerator: str) -> torch.device:
-    """Where the teacher runs while a cache is built: the GPU if training would use one."""
-    return torch.device("cuda" if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() else "cpu")
-
-
-def build_teacher_cache(
-    config: dict[str, Any], teacher: DetectorAdapter, stream: DetectionStream, class_names: Sequence[str],
-    progress: bool = True,
-) -> CacheBuildReport:
-    """Compute and store the teacher's outputs for every view of ``config['teacher_cache']`` not yet cached."""
-    cache_cfg, train = config["teacher_cache"], config["train"]
-    if not cache_cfg["folder"]:
-        raise ConfigError("teacher_cache.folder is not set: name the folder for the teacher's outputs (--cache)")
-    return build_detector_teacher_cache(
-        teacher, stream, cache_cfg["folder"], class_names, views_per_image=int(cache_cfg["views_per_image"]),
-        batch_size=int(cache_cfg["batch_size"]), device=cache_device(train["accelerator"]),
-        num_workers=int(train["num_workers"]), progress=progress,
-    )
-
-
-def cached_training_stream(
-    config: dict[str, Any], teacher: DetectorAdapter, stream: DetectionStream, class_names: Sequence[str]
-) -> CachedDetectorViews:
-    """The stream that reads teacher outputs from ``config['teacher_cache']['folder']``."""
-    cache_cfg = config["teacher_cache"]
-    cache, layout = open_detector_cache(cache_cfg["folder"], teacher, stream, class_names)
-    return CachedDetectorViews(stream, cache, layout, int(cache_cfg["views_per_image"]))
-
-
 # ------------------------------------------------------------------------------------ models
 def build_detector(model_cfg: dict[str, Any], class_names: Sequence[str]) -> DetectorAdapter:
     """A new detector named ``model_cfg['name']`` for ``class_names`` with ``model_cfg['overrides']``."""
@@ -499,135 +354,6 @@ def check_compatible(
 
 def _first_batch(stream: StreamDataset, size: int = 2) -> dict[str, torch.Tensor]:
     return torch.utils.data.default_collate([stream[k] for k in range(size)])
-
-
-# ------------------------------------------------------------------------------------ evaluation
-@torch.no_grad()
-def predict_set(
-    model: DetectorAdapter, dataset: DetectionSet, eval_cfg: dict[str, Any], size: tuple[int, int]
-) -> list[dict[str, torch.Tensor]]:
-    """Detections of ``model`` on every image of ``dataset`` (letterboxed to ``size``), in original pixels.
-
-    At most ``eval.max_detections`` per image (``auto`` resolved from ``dataset``).
-    """
-    device = next(model.parameters()).device
-    predictions = []
-    eval_cfg, _ = resolve_eval_config(eval_cfg, dataset)
-    for batch in iter_eval_batches(dataset, size, int(eval_cfg["batch_size"])):
-        detections = model.predict(
-            batch.images.to(device), eval_cfg["score_threshold"], eval_cfg["nms_iou"], int(eval_cfg["max_detections"])
-        )
-        for i, det in enumerate(detections):
-            det = {k: v.cpu() for k, v in det.items()}
-            predictions.append({"boxes": batch.to_original(det["boxes"], i), "scores": det["scores"], "labels": det["labels"]})
-    return predictions
-
-
-def detection_validator(dataset: DetectionSet | None, eval_cfg: dict[str, Any], size: tuple[int, int]) -> Validator | None:
-    """COCO mAP and AP50 (points) of a detector on ``dataset``, for ``train.val_every``; ``None`` without a set."""
-    if dataset is None:
-        return None
-    _, limit = resolve_eval_config(eval_cfg, dataset)
-
-    def validate(model: DetectorAdapter) -> dict[str, float]:
-        metrics = evaluate_detections(predict_set(model, dataset, eval_cfg, size), dataset, max_detections=limit.value)
-        return {"map": 100 * metrics.map, "ap50": 100 * metrics.ap50}
-
-    return validate
-
-
-def eval_size(eval_cfg: dict[str, Any], data_cfg: dict[str, Any]) -> tuple[int, int]:
-    """``(H, W)`` of evaluated images: ``eval.height/width``, or the training size when they are null."""
-    merged = {"height": eval_cfg["height"] or data_cfg["height"], "width": eval_cfg["width"] or data_cfg["width"]}
-    return _size(merged, "eval")
-
-
-@dataclass
-class EvaluationReport:
-    """COCO metrics of several models on one set, and the tables printed for them."""
-
-    metrics: dict[str, DetectionMetrics]
-    table: str
-    per_class_table: str
-    description: str
-
-
-def evaluate_and_report(
-    models: dict[str, DetectorAdapter],
-    dataset: DetectionSet,
-    eval_cfg: dict[str, Any],
-    size: tuple[int, int],
-    out: str | Path | None = None,
-    plot: str | Path | None = None,
-    tiling: WholeImageTiling | None = None,
-) -> EvaluationReport:
-    """Evaluate ``models`` on ``dataset``; print the tables and, with ``out``, write the report files.
-
-    Each image is letterboxed to ``size``, or, with ``tiling``, predicted in overlapping tiles
-    (each letterboxed to ``size``) merged into whole-image boxes (:mod:`detkd.tasks.detection_predict`).
-    ``eval.max_detections`` (``auto``: from the most crowded image of ``dataset``) is kept per
-    image and is COCO's ``maxDets``; the description, the tables and ``metrics.json`` state it.
-
-    Writes into ``out``: ``metrics.json`` (every metric, per-class AP, parameters), ``metrics.md``
-    (the tables) and ``detections.png`` of the last model (``detections_<name>.png`` for the
-    others) on the first ``eval.plot_images`` images. ``plot`` writes every model side by side
-    there (:func:`draw_examples`, one column per model).
-    """
-    eval_cfg, limit = resolve_eval_config(eval_cfg, dataset)
-    how = tiling.describe(size) if tiling is not None else f"letterboxed to {size[0]}x{size[1]}"
-    description = f"{dataset.source}: {len(dataset)} image(s), {dataset.num_boxes} box(es), {how}; {limit.describe()}"
-    print(f"evaluating on {description}")
-    metrics, predictions = {}, {}
-    for name, model in models.items():
-        predictions[name] = (tiling.predict(model, dataset, eval_cfg, size) if tiling is not None
-                             else predict_set(model, dataset, eval_cfg, size))
-        metrics[name] = evaluate_detections(predictions[name], dataset, max_detections=limit.value)
-    rows = {name: {**m.summary(), "parameters": count_parameters(models[name])} for name, m in metrics.items()}
-    table = format_detection_table(rows, titles={"ar100": recall_title(limit.value)})
-    per_class = format_per_class_table(metrics)
-    print(table)
-    print(f"\nper-class AP (IoU 0.50:0.95):\n{per_class}")
-    names = list(models)
-    plots: dict[str, Path] = {}
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "data": description,
-            "max_detections": limit.value,
-            "max_detections_rule": limit.describe(),
-            "models": {n: {**metrics[n].as_dict(), "parameters": count_parameters(models[n]), "detector": models[n].name}
-                       for n in names},
-        }
-        (out / "metrics.json").write_text(json.dumps(payload, indent=2))
-        (out / "metrics.md").write_text(
-            f"Evaluated on {description}.\n\n{table}\n\nPer-class AP (IoU 0.50:0.95, points):\n\n{per_class}\n"
-        )
-        plots = {n: out / ("detections.png" if n == names[-1] else f"detections_{n}.png") for n in names}
-    columns = {n: f"{n} ({models[n].name})" for n in names}
-    for name, path in plots.items():
-        draw_examples(dataset, {columns[name]: predictions[name]}, path, eval_cfg)
-    if plot is not None:
-        draw_examples(dataset, {columns[n]: predictions[n] for n in names}, Path(plot), eval_cfg)
-    return EvaluationReport(metrics, table, per_class, description)
-
-
-def draw_examples(
-    dataset: DetectionSet, predictions: dict[str, list[dict[str, torch.Tensor]]], path: Path, eval_cfg: dict[str, Any]
-) -> Path:
-    """The first ``eval.plot_images`` images (rows) with each model's detections (columns, titled by the keys
-    of ``predictions``) scoring at least ``eval.plot_score_threshold``: hits green, false alarms red,
-    missed ground-truth boxes orange dashed (:mod:`detkd.evaluation.detection_plots`)."""
-    from detkd.evaluation.detection_plots import plot_model_comparison
-
-    count = max(1, min(int(eval_cfg["plot_images"]), len(dataset)))
-    records = dataset.records[:count]
-    threshold = float(eval_cfg["plot_score_threshold"])
-    return plot_model_comparison(
-        [load_record_image(r) for r in records], records, {k: v[:count] for k, v in predictions.items()}, path,
-        class_names=dataset.class_names, score_threshold=threshold, row_names=[r.name for r in records],
-        title=f"Detections scoring \u2265 {threshold:g} on {count} of {len(dataset)} image(s)",
-    )
 
 
 # ------------------------------------------------------------------------------------ jobs
