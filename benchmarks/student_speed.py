@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from detkd.export.bench import count_gflops, environment, interleaved_latency
+from detkd.export.bench import count_gflops, environment, interleaved_latency, used_parameters
 from detkd.export.onnx import ParityError, export_onnx, ort_session, photo_batch
 from detkd.models.pretrained import default_keypoint_teacher_path
 from detkd.models.superpoint import VARIANTS, SuperPoint, count_parameters, create_model
@@ -115,8 +115,8 @@ def main() -> None:
 
         torch.manual_seed(SEED)
         xfeat = XFeat(top_k=KEYPOINTS, detection_threshold=0.0).eval()
-        rows["xfeat"] = {"model": "xfeat", "structure": "kornia.feature.XFeat (detectAndCompute, top_k 1000)",
-                         "params": count_parameters(xfeat), "gflops": count_gflops(xfeat.net, image),
+        rows["xfeat"] = {"model": "xfeat", "structure": "kornia.feature.XFeat (detectAndCompute, top_k 1000; params: those extract reads, without the fine matcher)",
+                         "params": used_parameters(xfeat.net, image), "gflops": count_gflops(xfeat.net, image),
                          "weights": f"random (seed {SEED})"}
         runners["xfeat/network"] = lambda: xfeat.net(image)
         runners["xfeat/torch"] = lambda: xfeat.detectAndCompute(image)
@@ -143,6 +143,8 @@ def main() -> None:
     xfeat_ms = rows["xfeat"]["torch_ms"]
     lines = [
         f"# Student speed: full extract at {height}x{width}, {args.threads} thread(s), top {KEYPOINTS} key points",
+        "",
+        f"Command: `python benchmarks/student_speed.py {' '.join(sys.argv[1:])}`",
         "",
         "| model | encoder, widths | params | GFLOPs | network PyTorch ms | extract PyTorch ms | extract ORT ms "
         "| speed-up vs XFeat extract (PyTorch / ORT) | key points (PyTorch / ORT) |",

@@ -38,8 +38,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "half": {"channels": (32, 32, 64, 64), "head_channels": 128, "descriptor_dim": 256},
     # GoodPoint quarter student (32-32-64): 122,913 parameters
     "tiny": {"channels": (32, 32, 32, 32), "head_channels": 64, "descriptor_dim": 256},
-    # CPU students (FastEncoder, BatchNorm; benchmarks/results/student_speed.md). Network 3x faster than
-    # XFeat's at 480x640 on one thread, full extract 2x in ONNX Runtime: 56,699 parameters
+    # CPU students (FastEncoder, BatchNorm; benchmarks/results/student_speed.md). Full extract 2.4x faster
+    # than XFeat's at 480x640 on one thread in PyTorch, 2.0x in ONNX Runtime: 56,699 parameters
     "fast-s": {"encoder": "fast", "channels": (8, 16, 32, 32), "head_channels": 32, "descriptor_dim": 256,
                "batch_norm": True},
     # about XFeat's speed, 2.6x tiny's parameters: 323,411 parameters
