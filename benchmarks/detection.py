@@ -63,6 +63,7 @@ STUDENT_RUNS: dict[str, tuple[str, dict[str, Any]] | None] = {
     "baseline": None,
     "hint": ("hint", {}),
     "gid": ("gid", {}),
+    "gid_label_free": ("gid", {"label_free": True}),  # no ground-truth loss: GID's losses alone on the same images
     "gid_feature": ("gid", {"relation_weight": 0.0, "response_cls_weight": 0.0, "response_box_weight": 0.0}),
     "gid_relation": ("gid", {"feature_weight": 0.0, "response_cls_weight": 0.0, "response_box_weight": 0.0}),
     "gid_response": ("gid", {"feature_weight": 0.0, "relation_weight": 0.0}),
@@ -174,7 +175,8 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
             config = merge_config(DEFAULT_DISTILL_CONFIG, {
                 "teacher": {"checkpoint": str(teacher_out.model_path)},
                 "student": {"name": args.student, "overrides": overrides},
-                "distill": {"method": method, method: options}, **sections})
+                "distill": {"method": method, "label_free": bool(options.get("label_free", False)),
+                            method: {k: v for k, v in options.items() if k != "label_free"}}, **sections})
             outcome = run_detection_distillation(config, folder, resume=True, data=data)
             metrics = outcome.report.metrics["student"]
         rows[run] = {"detector": args.student, "method": method if spec else "ground truth only", **row(metrics),
@@ -366,7 +368,8 @@ def main() -> None:
         f"batch {args.batch_size}, {args.size}x{args.size} views, warm-up 5% of the steps, lr x0.1 at 75%, seed "
         f"{args.seed} (students: {args.student_seed}); teacher {args.teacher} {args.teacher_steps} steps, students {args.student} "
         f"{args.student_steps} steps each (same initial weights and data stream); {anchors}. Methods use their default weights (GID paper weights, "
-        "hint 1.0 unmasked, PKD 6, CWD 5 with tau 1) plus the ground-truth loss x1.  ",
+        "hint 1.0 unmasked and GID feature 0.005, both on features normalised by the teacher's RMS per level, PKD 10 one-stage / 6 Faster R-CNN on P3-P6, CWD 5 with tau 1 on P3-P6) plus the ground-truth loss x1 (not for gid_label_free: "
+        "GID's losses alone).  ",
         f"Data: `shapes` = synthetic shapes (in memory, 5 classes, {BENCH_SHAPES}); `trees` = the orthophoto in ../shared/data/trees "
         "(read from there), cut into tiles, spatially separate train/val regions.  ",
         "mAP and AP are COCO metrics (pycocotools) in points; 'gap closed' = (student - baseline) / "
