@@ -368,7 +368,7 @@ def main() -> None:
         f"batch {args.batch_size}, {args.size}x{args.size} views, warm-up 5% of the steps, lr x0.1 at 75%, seed "
         f"{args.seed} (students: {args.student_seed}); teacher {args.teacher} {args.teacher_steps} steps, students {args.student} "
         f"{args.student_steps} steps each (same initial weights and data stream); {anchors}. Methods use their default weights (GID paper weights, "
-        "hint 1.0 unmasked and GID feature 0.005, both on features normalised by the teacher's RMS per level, PKD 10 one-stage / 6 Faster R-CNN on P3-P6, CWD 5 with tau 1 on P3-P6) plus the ground-truth loss x1 (not for gid_label_free: "
+        "hint 1.0 unmasked and GID feature 0.005, both on maps divided by their own RMS per level and image, PKD 10 one-stage / 6 Faster R-CNN on P3-P6, CWD 5 with tau 1 on P3-P6) plus the ground-truth loss x1 (not for gid_label_free: "
         "GID's losses alone).  ",
         f"Data: `shapes` = synthetic shapes (in memory, 5 classes, {BENCH_SHAPES}); `trees` = the orthophoto in ../shared/data/trees "
         "(read from there), cut into tiles, spatially separate train/val regions.  ",
