@@ -61,3 +61,23 @@ def test_script_writes_the_table_and_refuses_a_seed_given_twice(tmp_path):
     assert "| gid | 3 | 47.0 ± 2.6 | 57.0 ± 2.6 | +5.0 ± 1.0 | +4.0 | yes | 78% | +3.0 |" in text
     with pytest.raises(SystemExit, match="seed 0 of 'shapes' is given twice"):
         seeds_script.main([str(files[0]), str(files[0]), "--out", str(tmp_path)])
+
+
+def test_detection_curves_puts_runs_side_by_side_at_each_step(tmp_path):
+    spec = importlib.util.spec_from_file_location("detection_curves_benchmark", SCRIPT.with_name("detection_curves.py"))
+    curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curves)
+    for name, records, steps in (("a", [(500, 10.0), (1000, 20.5)], 1000), ("b", [(500, 12.25)], 4000)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "validation.jsonl").write_text("".join(json.dumps({"step": s, "map": m, "ap50": 2 * m}) + "\n"
+                                                         for s, m in records))
+        (folder / "config.yaml").write_text(f"train:\n  steps: {steps}\n")
+    curves.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--tag", "t", "--out", str(tmp_path)])
+    text = (tmp_path / "detection_curves_t.md").read_text()
+    assert "| 500 | 10.0 | 12.2 |" in text and "| 1000 | 20.5 | - |" in text  # b has not got there yet
+    assert "| 1000 | 41.0 | - |" in text  # the AP50 table
+    assert "a 1000/1000, b 500/4000" in text
+    assert (tmp_path / "detection_curves_t.png").exists()
+    with pytest.raises(SystemExit, match="--val-every"):
+        curves.main([f"c={tmp_path}", "--tag", "x", "--out", str(tmp_path)])
