@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "detection_seeds.py"
+from conftest import load_benchmark_script
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("detection_seeds_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-seeds_script = _load_script()
+seeds_script = load_benchmark_script("detection_seeds")
 
 MAPS = {  # seed -> run -> mAP
     0: {"teacher": 60.0, "baseline": 40.0, "gid": 45.0, "pkd": 41.0, "cwd": 39.0},
@@ -64,9 +54,7 @@ def test_script_writes_the_table_and_refuses_a_seed_given_twice(tmp_path):
 
 
 def test_detection_curves_puts_runs_side_by_side_at_each_step(tmp_path):
-    spec = importlib.util.spec_from_file_location("detection_curves_benchmark", SCRIPT.with_name("detection_curves.py"))
-    curves = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(curves)
+    curves = load_benchmark_script("detection_curves")
     for name, records, steps in (("a", [(500, 10.0), (1000, 20.5)], 1000), ("b", [(500, 12.25)], 4000)):
         folder = tmp_path / name
         folder.mkdir()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,17 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import load_benchmark_script
 from detkd.models.superpoint import create_model
 from detkd.models.weights import save_keypoint_model
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "keypoint_teacher.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("keypoint_teacher_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fake_orthophoto(folder: Path) -> Path:
@@ -36,7 +27,7 @@ def fake_orthophoto(folder: Path) -> Path:
 
 
 def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
-    bench = _load_script()
+    bench = load_benchmark_script("keypoint_teacher")
     trees = fake_orthophoto(tmp_path / "trees")
     torch.manual_seed(0)
     teacher = save_keypoint_model(create_model("tiny").eval(), tmp_path / "teacher.pt")
@@ -60,7 +51,7 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
 
 
 def test_verdict_is_strict() -> None:
-    bench = _load_script()
+    bench = load_benchmark_script("keypoint_teacher")
     summary = {"teacher": {"repeatability": 0.6, "homography_accuracy@3": 0.5},
                "SIFT": {"repeatability": 0.5, "homography_accuracy@3": 0.5}}
     v = bench.verdict(summary)
@@ -70,7 +61,7 @@ def test_verdict_is_strict() -> None:
 
 
 def test_validation_split_uses_training_images_and_shows_the_native_scale(tmp_path: Path) -> None:
-    bench = _load_script()
+    bench = load_benchmark_script("keypoint_teacher")
     trees = fake_orthophoto(tmp_path / "trees")
     torch.manual_seed(0)
     teacher = save_keypoint_model(create_model("tiny", input_scale=2).eval(), tmp_path / "teacher.pt")
@@ -94,7 +85,7 @@ def test_validation_split_uses_training_images_and_shows_the_native_scale(tmp_pa
 
 
 def test_sign_test_and_paired_comparison_by_hand() -> None:
-    bench = _load_script()
+    bench = load_benchmark_script("keypoint_teacher")
     # 5 wins, 0 losses: P(5-0 or 0-5) = 2 / 2^5 = 0.0625; 2 vs 1: P(split at least 2-1) = 2 * (1 + 3) / 8 -> 1.
     assert bench.sign_test_p(5, 0) == pytest.approx(0.0625)
     assert bench.sign_test_p(2, 1) == 1.0 and bench.sign_test_p(0, 0) == 1.0
