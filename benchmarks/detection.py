@@ -55,6 +55,7 @@ from detkd.tasks.detection import (
     run_detection_training,
 )
 from detkd.tasks.detection_data import DetectionData
+from detkd.tasks.detection_eval import plot_detection_validation
 
 TREES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trees"
 MIN_GAP = 1.0  # mAP points; below this the teacher is not measurably better and "gap closed" is undefined
@@ -237,16 +238,13 @@ def curve_table(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
-    """Every run's validation mAP and AP50 against its steps, one figure row per data set."""
-    from detkd.viz.plots import plot_validation_curves
-
+    """Every run's validation mAP and AP50 against its steps, one figure per data set."""
     written = None
     for name, result in results.items():
         runs = {run: r["curve"] for run, r in result["rows"].items() if r.get("curve")}
         if runs:
             target = path if len(results) == 1 else path.with_name(f"{path.stem}_{name}{path.suffix}")
-            written = plot_validation_curves(runs, target, ["map", "ap50"], title=f"{name}: validation during training",
-                                             labels={"map": "mAP (IoU 0.50:0.95), points", "ap50": "AP50, points"})
+            written = plot_detection_validation(runs, target, f"{name}: validation during training")
     return written
 
 

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import yaml
 
 from detkd.engine import read_history
+from detkd.tasks.detection_eval import plot_detection_validation
 
 
 def read_run(folder: Path) -> dict[str, Any]:
@@ -65,12 +66,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not sep or not name:
             raise SystemExit(f"'{spec}': give NAME=RUN_FOLDER")
         runs[name] = read_run(Path(folder))
-    from detkd.viz.plots import plot_validation_curves
-
     args.out.mkdir(parents=True, exist_ok=True)
-    png = plot_validation_curves({n: r["curve"] for n, r in runs.items()}, args.out / f"detection_curves_{args.tag}.png",
-                                 ["map", "ap50"], title=args.title,
-                                 labels={"map": "mAP (IoU 0.50:0.95), points", "ap50": "AP50, points"})
+    png = plot_detection_validation({n: r["curve"] for n, r in runs.items()},
+                                    args.out / f"detection_curves_{args.tag}.png", args.title)
     text = "\n".join([
         f"# {args.title}", "",
         f"Command: `python benchmarks/detection_curves.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",

@@ -66,6 +66,7 @@ from detkd.tasks.detection_eval import (  # noqa: F401 - re-exported
     Validator,
     detection_validator,
     draw_examples,
+    plot_detection_validation,
     eval_size,
     evaluate_and_report,
     predict_set,
@@ -498,12 +499,11 @@ def _model_extra(config: dict[str, Any], data: DetectionData, steps: int) -> dic
 
 def _plot_losses(history: Path, out: Path, title: str, terms: list[str] | None) -> None:
     """``loss_curves.png`` from ``history.jsonl``; ``validation.png`` too when the run validated as it trained."""
-    from detkd.viz.plots import loss_terms, plot_loss_curves, plot_validation_curves, read_history_records
+    from detkd.viz.plots import loss_terms, plot_loss_curves, read_history_records
 
     validation = out / "validation.jsonl"
     if validation.exists():
-        plot_validation_curves({title: validation}, out / "validation.png", ["map", "ap50"], title="Validation",
-                               labels={"map": "mAP (IoU 0.50:0.95)", "ap50": "AP50"})
+        plot_detection_validation({title: validation}, out / "validation.png", "Validation")
     records = read_history_records(history) if history.exists() else []
     if not records:
         return

@@ -69,6 +69,18 @@ def detection_validator(dataset: DetectionSet | None, eval_cfg: dict[str, Any], 
     return validate
 
 
+def plot_detection_validation(runs: dict[str, Any], path: Path, title: str) -> Path:
+    """mAP and AP50 of :func:`detection_validator` records against the step, one line per run.
+
+    Args:
+        runs: run name -> ``validation.jsonl`` path or its records.
+    """
+    from detkd.viz.plots import plot_validation_curves
+
+    return plot_validation_curves(runs, path, ["map", "ap50"], title=title,
+                                  labels={"map": "mAP (IoU 0.50:0.95), points", "ap50": "AP50, points"})
+
+
 def eval_size(eval_cfg: dict[str, Any], data_cfg: dict[str, Any]) -> tuple[int, int]:
     """``(H, W)`` of evaluated images: ``eval.height/width``, or the training size when they are null."""
     merged = {"height": eval_cfg["height"] or data_cfg["height"], "width": eval_cfg["width"] or data_cfg["width"]}
