@@ -42,7 +42,7 @@ from PIL import Image
 
 from detkd.config import merge_config
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
-from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, run_distillation
+from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, point_sampling, run_distillation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tree_tiles import DEFAULT_SOURCE, write_tiles  # noqa: E402
@@ -81,11 +81,13 @@ def prepare_images(work: Path) -> tuple[Path, Path]:
 def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int) -> dict[str, Any]:
     h, w = args.train_size
     teacher = args.teacher or "shipped"
+    points = point_sampling(merge_config(DEFAULT_DISTILL_CONFIG, {"loss": dict(args.loss)}))
+    with_points = f"_points{points.keypoints}-{points.grid_stride}" if points else ""  # another cache fingerprint
     return merge_config(DEFAULT_DISTILL_CONFIG, {
         "teacher": {"checkpoint": args.teacher, "weights": args.teacher_weights},
         "student": {"variant": args.student},
         "data": {"images": str(train), "height": h, "width": w},
-        "teacher_cache": {"folder": str(args.work / f"teacher_cache_{teacher}_{h}x{w}_v{args.views_per_image}"),
+        "teacher_cache": {"folder": str(args.work / f"teacher_cache_{teacher}_{h}x{w}_v{args.views_per_image}{with_points}"),
                           "views_per_image": args.views_per_image},
         "loss": dict(args.loss),
         "train": {"steps": steps, "batch_size": args.batch_size, "lr": args.lr, "accelerator": "cpu",
@@ -132,8 +134,12 @@ def share(record: dict[str, Any], metric: str) -> float:
 
 
 def write_report(args: argparse.Namespace) -> None:
-    """Tables of every recorded curve in ``--work`` and one plot, into ``--out``."""
-    curves = {}
+    """Tables of every recorded curve in ``--work`` and one plot, into ``--out``.
+
+    Curves of earlier sessions that ``--out/learning_curve.json`` holds and ``--work`` does not
+    (run folders are not tracked) stay in the table as they were recorded."""
+    earlier = args.out / "learning_curve.json"
+    curves = json.loads(earlier.read_text()) if earlier.exists() else {}
     for path in sorted(args.work.glob("*.jsonl")):
         rows = sorted(read_records(path), key=lambda r: r["steps"])
         if rows:

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from detkd.distill.keypoints import KeypointDistillationLoss, KeypointDistillWeights
+from detkd.distill.keypoints import (
+    KeypointDistillationLoss,
+    KeypointDistillWeights,
+    PointSampling,
+    select_training_points,
+)
 from detkd.models.superpoint import create_model
 
 
@@ -102,3 +107,66 @@ def test_mismatched_descriptor_size_is_a_clear_error():
 def test_unknown_weight_is_rejected():
     with pytest.raises(ValueError, match="Unknown loss option"):
         KeypointDistillWeights.from_dict({"heatmap": 1.0})
+
+
+# ---------------------------------------------------------------- descriptors at sampled points
+def test_point_descriptor_cosine_by_hand():
+    """Student cells (D=2) [1, 0] and [0, 1] with centres at x = 3.5 and 11.5 (one row, y = 3.5)."""
+    student = {"heatmap": torch.zeros(1, 8, 16), "logits": torch.zeros(1, 65, 1, 2),
+               "descriptors": torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)}
+    teacher = {**student, "points": torch.tensor([[[7.5, 3.5], [3.5, 3.5]]]),
+               "point_descriptors": torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])}
+    terms = KeypointDistillationLoss()(teacher, student)
+    # x = 7.5 is midway: the student reads (1/2, 1/2) -> unit (1, 1)/sqrt 2, cos 1/sqrt 2 with (1, 0);
+    # x = 3.5 is the first centre: (1, 0) against (0, 1), cos 0
+    expected = ((1 - 1 / math.sqrt(2)) + 1.0) / 2
+    assert terms["point_descriptor_cosine"].item() == pytest.approx(expected)
+    assert terms["descriptor_cosine"].item() == pytest.approx(0.0)  # the cells themselves agree
+    assert terms["loss"].item() == pytest.approx(expected)  # weight 1 by default; every other term is 0
+    assert "point_descriptor_cosine" not in KeypointDistillationLoss()(student, student)  # no points, no term
+
+
+def test_points_without_their_descriptors_are_a_clear_error():
+    teacher = {**TEACHER, "points": torch.zeros(1, 3, 2)}
+    with pytest.raises(KeyError, match="point_descriptors"):
+        KeypointDistillationLoss()(teacher, STUDENT)
+    teacher["point_descriptors"] = torch.zeros(1, 3, 5)
+    with pytest.raises(ValueError, match=r"\(B, N, D\)"):
+        KeypointDistillationLoss()(teacher, STUDENT)
+
+
+def test_training_points_are_the_strongest_peaks_inside_the_border_then_the_grid():
+    heatmap = torch.zeros(1, 16, 16)
+    heatmap[0, 1, 1] = 0.9  # strongest, but within the 4-pixel border
+    heatmap[0, 6, 9] = 0.5  # (x 9, y 6)
+    heatmap[0, 10, 5] = 0.7  # (x 5, y 10)
+    heatmap[0, 10, 6] = 0.6  # beside the 0.7: not a local maximum
+    sampling = PointSampling(keypoints=3, grid_stride=8, nms_radius=2, border=4)
+    points = select_training_points(heatmap, sampling)
+    assert sampling.count(16, 16) == points.shape[1] == 3 + 4
+    # the two peaks inside by score, then the best other pixel (the 0.9 in the border), then the grid
+    assert points[0].tolist() == [[5, 10], [9, 6], [1, 1], [4, 4], [12, 4], [4, 12], [12, 12]]
+    assert select_training_points(heatmap, PointSampling(keypoints=0, grid_stride=16)).tolist() == [[[8, 8]]]
+    with pytest.raises(ValueError, match="no points"):
+        select_training_points(heatmap, PointSampling(keypoints=0, grid_stride=0))
+
+
+def test_point_sampling_settings_are_checked_by_name():
+    from detkd.config import ConfigError
+
+    with pytest.raises(ConfigError, match="points.keypoints"):
+        PointSampling.from_dict({"keypoints": -1})
+    with pytest.raises(ConfigError, match="points.grid_stride"):
+        PointSampling.from_dict({"grid_stride": 2.5})
+    with pytest.raises(ValueError, match="Unknown"):
+        PointSampling.from_dict({"grid": 8})
+
+
+def test_a_superpoint_teacher_describes_points_as_its_extract_does():
+    torch.manual_seed(0)
+    teacher = create_model("tiny").eval()
+    image = torch.rand(1, 1, 32, 48)
+    found = teacher.extract(image, max_keypoints=20, detection_threshold=0.0)
+    with torch.no_grad():
+        out = teacher(image, select_points=lambda heatmap: found["keypoints"][0][None])
+    torch.testing.assert_close(out["point_descriptors"][0], found["descriptors"][0])

@@ -324,3 +324,41 @@ def test_real_weights_load_and_find_corners(name):
     out = teacher.extract(image, max_keypoints=200)
     assert len(out["keypoints"][0]) > 50
     assert teacher(image)["heatmap"].max() > 0.05  # a trained detector is sure of something
+
+
+# ---------------------------------------------------------------- descriptors at sampled points
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_point_descriptors_are_the_familys_own_at_its_key_points(name):
+    """What distillation compares at points is what the family's extract() gives for a key point there."""
+    teacher = random_teacher(name)
+    image = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(1))
+    found = teacher.extract(image, max_keypoints=30, detection_threshold=0.0)
+    keypoints = found["keypoints"][0]
+    assert len(keypoints) > 0
+    with torch.no_grad():
+        out = teacher(image, select_points=lambda heatmap: keypoints[None])
+    assert out["points"].shape == (1, len(keypoints), 2)
+    torch.testing.assert_close(out["point_descriptors"][0], found["descriptors"][0], rtol=1e-4, atol=1e-5)
+
+
+def test_teacher_cache_with_points_round_trip_and_its_own_fingerprint(tmp_path):
+    from detkd.distill.keypoints import PointSampling
+
+    teacher = random_teacher("aliked-t16")
+    images = [np.random.default_rng(i).random((40, 60), dtype=np.float32) for i in range(2)]
+    data = UnlabeledImageStream(images, CropConfig(height=32, width=48), None, seed=3)
+    points = PointSampling(keypoints=5, grid_stride=16)
+    build_keypoint_teacher_cache(teacher, data, tmp_path, views_per_image=1, progress=False, points=points)
+    views = CachedTeacherViews(data, open_keypoint_cache(tmp_path, teacher, data, points=points), views_per_image=1)
+    batch = torch.utils.data.default_collate([views[k] for k in range(2)])
+    assert batch["teacher_points"].shape == (2, points.count(32, 48), 2) == (2, 5 + 6, 2)
+    student = build_student(teacher, "tiny")
+    cached = KeypointDistillationTask(None, student, KeypointDistillationLoss(), views)(batch)
+    online = KeypointDistillationTask(teacher, student, KeypointDistillationLoss(), data, points)({"image": batch["image"]})
+    assert "point_descriptor_cosine" in cached
+    for key, value in online.items():
+        torch.testing.assert_close(cached[key], value, rtol=3e-3, atol=1e-4, msg=key)
+    with pytest.raises(Exception, match="points"):  # other points: another cache, named
+        open_keypoint_cache(tmp_path, teacher, data, points=PointSampling(keypoints=6, grid_stride=16))
+    with pytest.raises(Exception, match="points"):  # no points at all: another cache too
+        open_keypoint_cache(tmp_path, teacher, data)

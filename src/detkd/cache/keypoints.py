@@ -13,7 +13,9 @@ instead of a fresh one per sample. Everything after the view (batching, the stud
 
 Stored per view (``H x W`` view, cells of 8 pixels): ``logits`` ``(65, H/8, W/8)`` float16 and
 ``descriptors`` ``(D, H/8, W/8)`` float16 or int8 (``round(127 x value)``; the teacher's
-descriptors are unit vectors, so every component lies in ``[-1, 1]``). The heatmap is not
+descriptors are unit vectors, so every component lies in ``[-1, 1]``); with a point sampling
+(:class:`~detkd.distill.keypoints.PointSampling`), also ``points`` ``(N, 2)`` float32 pixels and
+``point_descriptors`` ``(N, D)`` in the descriptors' encoding. The heatmap is not
 stored: it is the softmax of the logits, recomputed on the device. Entries are keyed by the
 image's content digest and view number; the cache folder is bound to the teacher's checksum
 and every view setting (size, zoom, homography, photometric noise, seed), see
@@ -36,6 +38,7 @@ from detkd.cache.fingerprint import array_digest, file_digest, module_checksum
 from detkd.cache.store import CacheBuildReport, CacheField, TeacherOutputCache
 from detkd.cache.views import CachedViews
 from detkd.data.keypoint_training import UnlabeledImageStream
+from detkd.distill.keypoints import PointSampling
 from detkd.models.superpoint import CELL, SuperPoint, logits_to_heatmap
 
 DESCRIPTOR_ENCODINGS = ("float16", "int8")
@@ -45,21 +48,28 @@ _OUTPUT_CONF_KEYS = ("channels", "head_channels", "descriptor_dim", "batch_norm"
                      "flat_radius")
 
 
-def keypoint_cache_fields(height: int, width: int, descriptor_dim: int, descriptors: str = "float16") -> list[CacheField]:
+def keypoint_cache_fields(
+    height: int, width: int, descriptor_dim: int, descriptors: str = "float16", points: PointSampling | None = None,
+) -> list[CacheField]:
     """The arrays stored per view of ``height x width`` pixels (multiples of 8)."""
     if descriptors not in DESCRIPTOR_ENCODINGS:
         raise ValueError(f"descriptors must be one of {DESCRIPTOR_ENCODINGS}, got '{descriptors}'")
     if height % CELL or width % CELL:
         raise ValueError(f"View size must be a multiple of {CELL}, got {height}x{width}")
     cells = (height // CELL, width // CELL)
-    return [
+    fields = [
         CacheField("logits", (CELL * CELL + 1, *cells), "float16"),
         CacheField("descriptors", (descriptor_dim, *cells), descriptors),
     ]
+    if points is not None and points.active:
+        count = points.count(height, width)
+        fields += [CacheField("points", (count, 2), "float32"),
+                   CacheField("point_descriptors", (count, descriptor_dim), descriptors)]
+    return fields
 
 
 def encode_descriptors(descriptors: torch.Tensor, encoding: str) -> np.ndarray:
-    """``(B, D, Hc, Wc)`` unit descriptors -> the stored array (float16, or int8 codes ``round(127 x)``)."""
+    """Unit descriptors (any shape) -> the stored array (float16, or int8 codes ``round(127 x)``)."""
     if encoding == "int8":
         return (descriptors.float() * INT8_SCALE).round().clamp(-127, 127).to(torch.int8).cpu().numpy()
     if encoding == "float16":
@@ -67,16 +77,27 @@ def encode_descriptors(descriptors: torch.Tensor, encoding: str) -> np.ndarray:
     raise ValueError(f"descriptors must be one of {DESCRIPTOR_ENCODINGS}, got '{encoding}'")
 
 
-def decode_teacher_outputs(logits: torch.Tensor, descriptors: torch.Tensor) -> dict[str, torch.Tensor]:
+def decode_descriptors(codes: torch.Tensor, dim: int) -> torch.Tensor:
+    """Stored descriptors (float16/float32, or int8 codes) -> float32, L2-normalised again along ``dim``."""
+    values = codes.float() / INT8_SCALE if codes.dtype == torch.int8 else codes.float()
+    return F.normalize(values, p=2, dim=dim)
+
+
+def decode_teacher_outputs(
+    logits: torch.Tensor, descriptors: torch.Tensor,
+    points: torch.Tensor | None = None, point_descriptors: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Cached arrays -> the dict of :meth:`SuperPoint.forward` that the distillation loss reads.
 
     Args:
         logits: ``(B, 65, Hc, Wc)`` float16 (or float32).
         descriptors: ``(B, D, Hc, Wc)`` float16/float32, or int8 codes.
+        points, point_descriptors: optional, ``(B, N, 2)`` pixels and ``(B, N, D)`` codes as ``descriptors``.
 
     Returns:
         ``logits`` float32, ``heatmap`` ``(B, 8 Hc, 8 Wc)`` float32 (softmax of the logits) and
-        ``descriptors`` float32, L2-normalised again after the rounding.
+        ``descriptors`` float32, L2-normalised again after the rounding; with points, also
+        ``points`` float32 and ``point_descriptors`` float32 unit vectors.
     """
     if logits.dim() != 4 or logits.shape[1] != CELL * CELL + 1:
         raise ValueError(f"Cached logits must be (B, 65, Hc, Wc), got {tuple(logits.shape)}")
@@ -86,8 +107,16 @@ def decode_teacher_outputs(logits: torch.Tensor, descriptors: torch.Tensor) -> d
             "expected (B, D, Hc, Wc) with the same B, Hc, Wc"
         )
     logits = logits.float()
-    desc = descriptors.float() / INT8_SCALE if descriptors.dtype == torch.int8 else descriptors.float()
-    return {"logits": logits, "heatmap": logits_to_heatmap(logits), "descriptors": F.normalize(desc, p=2, dim=1)}
+    out = {"logits": logits, "heatmap": logits_to_heatmap(logits), "descriptors": decode_descriptors(descriptors, 1)}
+    if (points is None) != (point_descriptors is None):
+        raise ValueError("Cached points and point descriptors come together: got one without the other")
+    if points is not None and point_descriptors is not None:
+        if points.dim() != 3 or points.shape[-1] != 2 or point_descriptors.shape[:2] != points.shape[:2]:
+            raise ValueError(f"Cached points {tuple(points.shape)} and point descriptors "
+                             f"{tuple(point_descriptors.shape)} must be (B, N, 2) and (B, N, D)")
+        out["points"] = points.float()
+        out["point_descriptors"] = decode_descriptors(point_descriptors, -1)
+    return out
 
 
 def teacher_checksum(teacher: nn.Module) -> str:
@@ -113,15 +142,21 @@ def view_settings(stream: UnlabeledImageStream) -> dict[str, Any]:
 
 def open_keypoint_cache(
     folder: str | Path, teacher: SuperPoint, stream: UnlabeledImageStream, descriptors: str = "float16",
-    create: bool = True,
+    create: bool = True, points: PointSampling | None = None,
 ) -> TeacherOutputCache:
-    """The cache folder for this teacher and these view settings (an error if it holds others)."""
-    fingerprint = {
+    """The cache folder for this teacher, these view settings and this point sampling (an error if it holds others).
+
+    Without an active point sampling the fingerprint is what it was before points existed, so
+    such caches stay readable."""
+    fingerprint: dict[str, Any] = {
         "kind": "superpoint-dense-outputs",
         "teacher": teacher_checksum(teacher),
         "views": view_settings(stream),
     }
-    fields = keypoint_cache_fields(stream.crop.height, stream.crop.width, teacher.conf["descriptor_dim"], descriptors)
+    if points is not None and points.active:
+        fingerprint["points"] = asdict(points)
+    fields = keypoint_cache_fields(stream.crop.height, stream.crop.width, teacher.conf["descriptor_dim"], descriptors,
+                                   points)
     return TeacherOutputCache(folder, fingerprint, fields, create=create)
 
 
@@ -130,7 +165,8 @@ class CachedTeacherViews(CachedViews):
 
     Sample ``k`` is view ``(k // N) mod K`` of image ``source_index(k)`` (``N`` images, one
     shuffled pass per epoch): ``{"image": (1, H, W) float32, "teacher_logits": (65, H/8, W/8)
-    float16, "teacher_descriptors": (D, H/8, W/8) float16 | int8}``.
+    float16, "teacher_descriptors": (D, H/8, W/8) float16 | int8}``, plus ``teacher_points``
+    ``(N, 2)`` and ``teacher_point_descriptors`` ``(N, D)`` when the cache holds points.
 
     Args:
         stream: the training images and view settings (its ``seed`` is used too).
@@ -163,33 +199,42 @@ def build_keypoint_teacher_cache(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     progress: bool = True,
+    points: PointSampling | None = None,
 ) -> CacheBuildReport:
     """Run the teacher on every view the cache lacks and store its outputs.
 
     Views already cached (same image content, view number, teacher and settings) are reused;
     the teacher runs in inference mode (no autograd graph). One build per folder at a time.
+    With an active ``points`` sampling, the teacher's descriptors at those points are stored too.
 
     Raises:
         TeacherCacheError: the folder holds a cache of another teacher or other view settings.
     """
     began = time.perf_counter()
-    views = CachedTeacherViews(stream, open_keypoint_cache(folder, teacher, stream, descriptors), views_per_image)
+    views = CachedTeacherViews(stream, open_keypoint_cache(folder, teacher, stream, descriptors, points=points),
+                               views_per_image)
+    with_points = points is not None and points.active
 
     def encode(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        return {"logits": out["logits"].to(torch.float16).cpu().numpy(),
-                "descriptors": encode_descriptors(out["descriptors"], descriptors)}
+        arrays = {"logits": out["logits"].to(torch.float16).cpu().numpy(),
+                  "descriptors": encode_descriptors(out["descriptors"], descriptors)}
+        if with_points:
+            arrays["points"] = out["points"].float().cpu().numpy()
+            arrays["point_descriptors"] = encode_descriptors(out["point_descriptors"], descriptors)
+        return arrays
 
-    return views.fill(teacher, encode, batch_size, device, num_workers, progress, started=began)
+    return views.fill(teacher, encode, batch_size, device, num_workers, progress, started=began,
+                      forward_options={"select_points": points} if with_points else None)
 
 
 def cached_teacher_stream(
     stream: UnlabeledImageStream, folder: str | Path, teacher: SuperPoint, views_per_image: int,
-    descriptors: str = "float16",
+    descriptors: str = "float16", points: PointSampling | None = None,
 ) -> CachedTeacherViews:
     """The training stream that reads the teacher's outputs from ``folder`` (which must exist).
 
     Raises:
         TeacherCacheError: no cache there, or one of another teacher or other view settings.
     """
-    return CachedTeacherViews(stream, open_keypoint_cache(folder, teacher, stream, descriptors, create=False),
+    return CachedTeacherViews(stream, open_keypoint_cache(folder, teacher, stream, descriptors, create=False, points=points),
                               views_per_image)

@@ -106,12 +106,14 @@ class CachedViews(StreamDataset):
         num_workers: int = 0,
         progress: bool = True,
         started: float | None = None,
+        forward_options: dict[str, Any] | None = None,
     ) -> CacheBuildReport:
         """Run ``teacher`` on every view the cache lacks, store ``encode(outputs)``, then check the folder.
 
         The teacher runs in eval mode under ``torch.inference_mode`` (no autograd graph) on
         ``device`` and is handed back where and as it was. ``started``: when the build began
-        (``time.perf_counter()``), for the report; default now.
+        (``time.perf_counter()``), for the report; default now. ``forward_options``: keyword
+        arguments of each ``teacher(images, ...)`` call.
         """
         began = time.perf_counter() if started is None else started
         todo = self.missing_views()
@@ -126,7 +128,7 @@ class CachedViews(StreamDataset):
             try:
                 with self.cache.writer(len(todo)) as writer, torch.inference_mode():
                     for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
-                        writer.add(batch["key"], encode(teacher(batch["image"].to(device, non_blocking=True))))
+                        writer.add(batch["key"], encode(teacher(batch["image"].to(device, non_blocking=True), **(forward_options or {}))))
             finally:
                 teacher.to(home).train(was_training)  # the caller's teacher stays as it was
         self.cache.verify()

@@ -14,7 +14,14 @@ and knows nothing of training:
   For unit vectors of ``D`` components it *is* ``2 / D x descriptor_cosine`` (``|a - b|^2 =
   2 - 2 cos``), one signal in two scales, so detkd's default weight for it is 0 and the
   descriptors learn from ``descriptor_cosine`` alone, whose scale does not shrink with ``D``.
-  It stays available to reproduce GoodPoint's objective.
+  It stays available to reproduce GoodPoint's objective;
+* ``point_descriptor_cosine``: mean ``1 - cos`` at sampled points (when the teacher's outputs
+  carry ``points`` and ``point_descriptors``): the student's descriptors sampled there as its
+  ``extract`` samples them (bilinear between cell centres) against the teacher's own descriptors
+  at those pixels. The dense term only compares cell centres; a key point rarely sits on one,
+  and a teacher such as ALIKED or DISK describes every pixel differently. The points are the
+  teacher's strongest local maxima plus a grid between the cell centres
+  (:func:`select_training_points`), i.e. where matching will read descriptors.
 
 Every term is averaged over its elements; the total is the weighted sum. A weight of 0
 switches a term off (it is still reported, without gradient cost).
@@ -45,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.config import ConfigError, dataclass_from_dict
+from detkd.models.superpoint import sample_descriptors
 
 
 @dataclass
@@ -56,6 +64,7 @@ class KeypointDistillWeights:
     cell_kl: float = 1.0
     descriptor_mse: float = 0.0  # = 2/D x descriptor_cosine for unit descriptors: off by default
     descriptor_cosine: float = 1.0
+    point_descriptor_cosine: float = 1.0  # at the teacher's key points plus a grid (needs point outputs)
     temperature: float = 1.0  # softens both cell distributions in cell_kl
 
     def __post_init__(self) -> None:
@@ -70,6 +79,86 @@ class KeypointDistillWeights:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "KeypointDistillWeights":
         return dataclass_from_dict(cls, values, "loss")
+
+
+@dataclass
+class PointSampling:
+    """Where ``point_descriptor_cosine`` compares descriptors (config section ``points``).
+
+    Attributes:
+        keypoints: the teacher's strongest local maxima per view (NMS radius ``nms_radius``, at least
+            ``border`` pixels from the edges); fewer maxima are topped up with the strongest other pixels.
+        grid_stride: plus a grid of pixels ``(s j + s/2, s i + s/2)``, between the cell centres
+            (``8 j + 3.5``) for strides that are multiples of 8; 0: no grid.
+        nms_radius, border: pixels.
+    """
+
+    keypoints: int = 256
+    grid_stride: int = 16
+    nms_radius: int = 2
+    border: int = 4
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"points.{name} must be a whole number >= 0, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PointSampling":
+        return dataclass_from_dict(cls, values, "points")
+
+    @property
+    def active(self) -> bool:
+        return self.keypoints > 0 or self.grid_stride > 0
+
+    def count(self, height: int, width: int) -> int:
+        """Points per ``height x width`` view."""
+        grid = len(range(self.grid_stride // 2, height, self.grid_stride)) * len(
+            range(self.grid_stride // 2, width, self.grid_stride)) if self.grid_stride else 0
+        return min(self.keypoints, height * width) + grid
+
+    def __call__(self, heatmap: torch.Tensor) -> torch.Tensor:
+        return select_training_points(heatmap, self)
+
+
+def select_training_points(heatmap: torch.Tensor, sampling: PointSampling) -> torch.Tensor:
+    """The teacher's strongest key points, then a regular grid: where descriptors are distilled.
+
+    Args:
+        heatmap: ``(B, H, W)`` the teacher's key-point probabilities.
+        sampling: how many points and which grid.
+
+    Returns:
+        ``(B, N, 2)`` pixels (x, y), ``N = sampling.count(H, W)``: first the ``keypoints`` best local
+        maxima (above 0) inside the border by decreasing score (then, if there are fewer, the best other
+        pixels), then the grid row by row.
+    """
+    if heatmap.dim() != 3:
+        raise ValueError(f"heatmap must be (B, H, W), got {tuple(heatmap.shape)}")
+    b, h, w = heatmap.shape
+    parts = []
+    k = min(sampling.keypoints, h * w)
+    if k:
+        r, e = sampling.nms_radius, sampling.border
+        is_peak = heatmap == F.max_pool2d(heatmap[:, None], 2 * r + 1, stride=1, padding=r)[:, 0] if r else \
+            torch.ones_like(heatmap, dtype=torch.bool)
+        inside = torch.zeros_like(is_peak)
+        inside[:, e:h - e, e:w - e] = True
+        # heatmap values lie in [0, 1]: peaks (> 0, so not a flat zero area) inside the border rank
+        # first, then every other pixel
+        rank = heatmap + 2.0 * (is_peak & inside & (heatmap > 0))
+        index = rank.flatten(1).topk(k, dim=1).indices  # (B, k)
+        parts.append(torch.stack([index % w, index // w], dim=-1).to(heatmap.dtype))
+    if sampling.grid_stride:
+        s = sampling.grid_stride
+        ys = torch.arange(s // 2, h, s, device=heatmap.device, dtype=heatmap.dtype)
+        xs = torch.arange(s // 2, w, s, device=heatmap.device, dtype=heatmap.dtype)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=-1)
+        parts.append(grid.expand(b, -1, -1))
+    if not parts:
+        raise ValueError("PointSampling selects no points: set points.keypoints or points.grid_stride above 0")
+    return torch.cat(parts, dim=1)
 
 
 def heatmap_gradients(heatmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,10 +182,13 @@ class KeypointDistillationLoss(nn.Module):
         Args:
             teacher, student: dicts with ``logits`` ``(B, 65, Hc, Wc)``, ``heatmap`` ``(B, H, W)``
                 and ``descriptors`` ``(B, D, Hc, Wc)`` (L2-normalised), as returned by
-                ``SuperPoint.forward`` on the same images.
+                ``SuperPoint.forward`` on the same images; the teacher's may also carry ``points``
+                ``(B, N, 2)`` pixels and ``point_descriptors`` ``(B, N, D)`` (unit), for
+                ``point_descriptor_cosine``.
 
         Returns:
-            ``loss`` (weighted sum, scalar) and every unweighted term by name.
+            ``loss`` (weighted sum, scalar) and every unweighted term by name (the point term only
+            when the teacher's outputs carry points).
         """
         check_compatible_outputs(teacher, student)
         w = self.weights
@@ -115,6 +207,9 @@ class KeypointDistillationLoss(nn.Module):
         t_desc, s_desc = teacher["descriptors"].detach(), student["descriptors"]
         terms["descriptor_mse"] = F.mse_loss(s_desc, t_desc)
         terms["descriptor_cosine"] = (1 - (s_desc * t_desc).sum(dim=1)).mean()
+        if "point_descriptors" in teacher:
+            s_points = sample_descriptors(teacher["points"].detach(), s_desc)  # (B, N, D) unit
+            terms["point_descriptor_cosine"] = (1 - (s_points * teacher["point_descriptors"].detach()).sum(-1)).mean()
 
         total = sum(getattr(w, name) * value for name, value in terms.items() if getattr(w, name) != 0)
         if not isinstance(total, torch.Tensor):  # every weight is zero
@@ -135,6 +230,14 @@ def check_compatible_outputs(teacher: dict[str, torch.Tensor], student: dict[str
             f"Teacher detector logits {tuple(teacher['logits'].shape)} and student "
             f"{tuple(student['logits'].shape)} differ: both must see the same images and use 8x8 cells"
         )
+    if ("points" in teacher) != ("point_descriptors" in teacher):
+        raise KeyError("The teacher's outputs carry one of 'points' and 'point_descriptors' without the other")
+    if "points" in teacher:
+        points, described = teacher["points"], teacher["point_descriptors"]
+        b, d = teacher["descriptors"].shape[:2]
+        if points.dim() != 3 or points.shape[0] != b or points.shape[2] != 2 or described.shape != (b, points.shape[1], d):
+            raise ValueError(f"Teacher points {tuple(points.shape)} and point descriptors {tuple(described.shape)} "
+                             f"must be (B, N, 2) and (B, N, D) with B={b}, D={d}")
     t_dim, s_dim = teacher["descriptors"].shape[1], student["descriptors"].shape[1]
     if teacher["descriptors"].shape != student["descriptors"].shape:
         raise ValueError(

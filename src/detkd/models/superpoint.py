@@ -17,6 +17,7 @@ Key points are ``(x, y)`` pixel coordinates, the centre of the top-left pixel be
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -202,17 +203,23 @@ class SuperPoint(nn.Module):
         )
 
     # ------------------------------------------------------------------ dense outputs
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, select_points: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Dense outputs of the network.
 
         Args:
             image: ``(B, 1, H, W)`` or ``(B, 3, H, W)`` in ``[0, 1]``; ``H, W`` multiples of 8.
+            select_points: optional; maps the ``heatmap`` to ``(B, N, 2)`` pixels (x, y) at which
+                the descriptors are also returned as :meth:`extract` samples them (what a
+                distillation target needs, e.g. :func:`detkd.distill.keypoints.select_training_points`).
 
         Returns:
             ``logits``: ``(B, 65, H/8, W/8)`` detector scores before softmax (bin 64 = "no point");
             ``heatmap``: ``(B, H, W)`` per-pixel key-point probability;
             ``descriptors``: ``(B, D, H/8, W/8)`` L2-normalised dense descriptors;
-            ``features``: ``(B, C4, H/8, W/8)`` encoder output.
+            ``features``: ``(B, C4, H/8, W/8)`` encoder output;
+            with ``select_points``, also ``points`` ``(B, N, 2)`` and ``point_descriptors`` ``(B, N, D)`` (unit).
         """
         image = to_grey(image)
         h, w = image.shape[-2:]
@@ -224,12 +231,16 @@ class SuperPoint(nn.Module):
         features = self.backbone(image)
         logits = self.detector_logits(image, features)
         descriptors = F.normalize(self.descriptor(features), p=2, dim=1)
-        return {
+        out = {
             "logits": logits,
             "heatmap": logits_to_heatmap(logits),
             "descriptors": descriptors,
             "features": features,
         }
+        if select_points is not None:
+            out["points"] = select_points(out["heatmap"])
+            out["point_descriptors"] = sample_descriptors(out["points"], descriptors)
+        return out
 
     def detector_logits(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Cell logits ``(B, 65, H/8, W/8)`` of the detector head, with flat pixels suppressed.

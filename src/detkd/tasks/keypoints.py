@@ -32,7 +32,7 @@ from detkd.config import dataclass_from_dict
 from detkd.data.augment import CropConfig, PhotometricConfig
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
 from detkd.data.keypoint_training import UnlabeledImageStream
-from detkd.distill.keypoints import KeypointDistillationLoss, KeypointDistillWeights
+from detkd.distill.keypoints import KeypointDistillationLoss, KeypointDistillWeights, PointSampling
 from detkd.engine import Task, TrainConfig, Trainer
 from detkd.engine.distributed import is_launch_rank_zero
 from detkd.tasks.run_folder import open_run_folder, rank_zero_say
@@ -80,6 +80,13 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
     "loss": {
         "heatmap_mse": 120.0, "heatmap_gradient_mse": 150.0, "cell_kl": 1.0,
         "descriptor_mse": 0.0, "descriptor_cosine": 1.0, "temperature": 1.0,  # descriptor_mse = 2/D x cosine: off
+        "point_descriptor_cosine": 1.0,  # descriptors at the points below, as extract() reads them; 0: off
+    },
+    "points": {  # where point_descriptor_cosine compares descriptors
+        "keypoints": 256,  # the teacher's strongest local maxima per view
+        "grid_stride": 16,  # plus a grid of this stride between the cell centres (0: none)
+        "nms_radius": 2,
+        "border": 4,
     },
     "train": {
         "steps": 2000, "batch_size": 8, "lr": 1.5e-3, "weight_decay": 1e-4, "lr_decay": 0.8,
@@ -105,19 +112,22 @@ class KeypointDistillationTask(Task):
     """Teacher (frozen) and student see the same images; the loss compares their outputs.
 
     When the data stream reads the teacher's outputs from a cache (batch keys
-    ``teacher_logits`` and ``teacher_descriptors``, see :class:`CachedTeacherViews`), the
-    teacher does not run and may be ``None``.
+    ``teacher_logits`` and ``teacher_descriptors``, and ``teacher_points`` with
+    ``teacher_point_descriptors`` when it holds points; see :class:`CachedTeacherViews`), the
+    teacher does not run and may be ``None``. Otherwise the teacher runs on every batch, and with
+    ``points`` it also describes the points they select from its heatmap.
     """
 
     def __init__(
         self, teacher: nn.Module | None, student: SuperPoint, loss: KeypointDistillationLoss,
-        data: UnlabeledImageStream | CachedTeacherViews,
+        data: UnlabeledImageStream | CachedTeacherViews, points: PointSampling | None = None,
     ) -> None:
         super().__init__()
         self.teacher = teacher
         self.student = student
         self.loss = loss
         self.data = data
+        self.points = points if points is not None and points.active else None
         if teacher is not None:
             self.freeze("teacher")
 
@@ -130,13 +140,14 @@ class KeypointDistillationTask(Task):
     def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The teacher's dense outputs for ``batch["image"]``: from the cache, or computed without a graph."""
         if "teacher_logits" in batch:
-            return decode_teacher_outputs(batch["teacher_logits"], batch["teacher_descriptors"])
+            return decode_teacher_outputs(batch["teacher_logits"], batch["teacher_descriptors"],
+                                          batch.get("teacher_points"), batch.get("teacher_point_descriptors"))
         if self.teacher is None:
             raise ValueError("This task has no teacher and the batch carries no cached teacher outputs")
         # no_grad, not inference_mode: the loss saves these tensors for its backward pass, which
         # inference tensors forbid; no_grad records no graph either.
         with torch.no_grad():
-            return self.teacher(batch["image"])
+            return self.teacher(batch["image"], select_points=self.points)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.loss(self.teacher_outputs(batch), self.student(batch["image"]))
@@ -225,6 +236,13 @@ def build_device(accelerator: str) -> torch.device:
     return torch.device("cuda" if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() else "cpu")
 
 
+def point_sampling(config: dict[str, Any]) -> PointSampling | None:
+    """The points of ``config['points']`` when ``loss.point_descriptor_cosine`` uses them, else None."""
+    points = PointSampling.from_dict(config["points"])
+    weight = KeypointDistillWeights.from_dict(config["loss"]).point_descriptor_cosine
+    return points if weight > 0 and points.active else None
+
+
 def build_teacher_cache(
     config: dict[str, Any], teacher: nn.Module, stream: UnlabeledImageStream, progress: bool = True
 ) -> CacheBuildReport:
@@ -236,6 +254,7 @@ def build_teacher_cache(
         teacher, stream, cache_cfg["folder"], views_per_image=cache_cfg["views_per_image"],
         descriptors=cache_cfg["descriptors"], batch_size=cache_cfg["batch_size"],
         device=build_device(train["accelerator"]), num_workers=train["num_workers"], progress=progress,
+        points=point_sampling(config),
     )
 
 
@@ -244,7 +263,8 @@ def cached_training_stream(
 ) -> CachedTeacherViews:
     """The stream that reads teacher outputs from ``config['teacher_cache']['folder']``."""
     cache_cfg = config["teacher_cache"]
-    cache = open_keypoint_cache(cache_cfg["folder"], teacher, stream, cache_cfg["descriptors"])
+    cache = open_keypoint_cache(cache_cfg["folder"], teacher, stream, cache_cfg["descriptors"],
+                                points=point_sampling(config))
     return CachedTeacherViews(stream, cache, cache_cfg["views_per_image"])
 
 
@@ -293,7 +313,8 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
         if rank_zero:  # the other processes wait for it when they meet in the trainer
             say(build_teacher_cache(config, teacher, stream, progress=train_cfg.progress).summary())
         train_data = cached_training_stream(config, teacher, stream)
-    task = KeypointDistillationTask(None if config["teacher_cache"]["folder"] else teacher, student, loss, train_data)
+    task = KeypointDistillationTask(None if config["teacher_cache"]["folder"] else teacher, student, loss, train_data,
+                                    point_sampling(config))
     result = Trainer(train_cfg, out).fit(task, resume=resume)
     if not result.is_global_zero:
         return DistillationOutcome(out, out / "student.pt", {}, "")

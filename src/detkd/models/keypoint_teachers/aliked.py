@@ -23,7 +23,13 @@ import kornia.feature
 import torch
 import torch.nn.functional as F
 
-from detkd.models.keypoint_teachers.base import KeypointTeacher, WeightSource, cell_centres, cell_distribution_logits
+from detkd.models.keypoint_teachers.base import (
+    DescribePoints,
+    KeypointTeacher,
+    WeightSource,
+    cell_centres,
+    cell_distribution_logits,
+)
 from detkd.models.superpoint import CELL
 
 NAMES = ("aliked-t16", "aliked-n16", "aliked-n32")
@@ -52,15 +58,20 @@ class ALIKEDTeacher(KeypointTeacher):
                          max_keypoints=-1, detection_threshold=0.2, nms_radius=2)
         self.net = network
 
-    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DescribePoints]:
         features, scores = self.net.extract_dense_map(image)  # (B, C, H, W) unit, (B, 1, H, W) in (0, 1)
         b, _, h, w = image.shape
         logits = cell_distribution_logits(F.pixel_unshuffle(scores, CELL))
+
+        def describe(points: torch.Tensor) -> torch.Tensor:
+            """``(B, N, 2)`` pixels -> ``(B, N, D)``: the SDDH head there, as kornia's ALIKED describes its key points."""
+            normalised = points / points.new_tensor([w - 1, h - 1]) * 2 - 1
+            descriptors, _ = self.net.desc_head(features, list(normalised))
+            return torch.stack(descriptors)
+
         centres = cell_centres(h, w, image.device)  # (Hc * Wc, 2) pixels
-        normalised = centres / centres.new_tensor([w - 1, h - 1]) * 2 - 1
-        descriptors, _ = self.net.desc_head(features, [normalised] * b)
-        dense = torch.stack(descriptors).transpose(1, 2).reshape(b, -1, h // CELL, w // CELL)
-        return logits, dense
+        dense = describe(centres.expand(b, -1, -1)).transpose(1, 2).reshape(b, -1, h // CELL, w // CELL)
+        return logits, dense, describe
 
     def detect(self, image: torch.Tensor, options: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         k = int(options["max_keypoints"])

@@ -11,7 +11,11 @@ distillation loss, the teacher cache and the student need no knowledge of the fa
   i.e. the 64 pixel bins of the softmax put back in place (what the teacher cache recomputes);
 * ``descriptors`` ``(B, D, H/8, W/8)``: unit descriptors of the cell centres, pixel
   ``(8 j + 3.5, 8 i + 3.5)`` for cell ``(i, j)`` (where :func:`~detkd.models.superpoint.sample_descriptors`
-  reads a SuperPoint map).
+  reads a SuperPoint map);
+* with ``forward(image, select_points)``, also ``points`` ``(B, N, 2)`` = ``select_points(heatmap)``
+  and ``point_descriptors`` ``(B, N, D)``: the family's own unit descriptors at those pixels (ALIKED's
+  deformable head, DISK's full-resolution map, XFeat's interpolation), i.e. what its ``extract``
+  would give for a key point there. The cell-centre map above cannot say that between centres.
 
 ``extract(image, **overrides)``: the family's own detector and descriptors (kornia's NMS and
 sampling), as users run the model, in detkd's format (lists of ``keypoints`` ``(N, 2)`` x, y
@@ -24,7 +28,7 @@ Grey/colour conversion and padding to the network's side multiple happen here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +46,8 @@ from detkd.models.superpoint import (
     unscale_keypoints,
 )
 
+#: Describes ``(B, N, 2)`` pixels (x, y) of the network's input: ``(B, N, D)`` descriptors of any norm.
+DescribePoints = Callable[[torch.Tensor], torch.Tensor]
 #: Floor of every cell probability before the log (``log 1e-6 = -13.8``, fine in float16).
 PROBABILITY_FLOOR = 1e-6
 #: SuperPoint post-processing settings that a student distilled from any teacher of this module starts with.
@@ -168,9 +174,10 @@ class KeypointTeacher(nn.Module):
         return self.name
 
     # ------------------------------------------------------------------ to implement
-    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, channels, H', W')`` (padded to :attr:`multiple`) -> ``logits`` ``(B, 65, H'/8, W'/8)``
-        and descriptors ``(B, D, H'/8, W'/8)`` (any norm)."""
+    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DescribePoints]:
+        """``(B, channels, H', W')`` (padded to :attr:`multiple`) -> ``logits`` ``(B, 65, H'/8, W'/8)``,
+        descriptors ``(B, D, H'/8, W'/8)`` (any norm) and a function that describes ``(B, N, 2)``
+        pixels (x, y) of the image from the same network pass: ``(B, N, D)``, any norm."""
         raise NotImplementedError
 
     def detect(self, image: torch.Tensor, options: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
@@ -179,21 +186,29 @@ class KeypointTeacher(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ SuperPoint interface
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Dense SuperPoint-compatible outputs (see the module doc) of ``(B, 1 | 3, H, W)`` images."""
+    def forward(
+        self, image: torch.Tensor, select_points: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Dense SuperPoint-compatible outputs (see the module doc) of ``(B, 1 | 3, H, W)`` images;
+        with ``select_points`` (heatmap ``(B, H, W)`` -> pixels ``(B, N, 2)``) also the family's own
+        descriptors at those points."""
         h, w = image.shape[-2:]
         if h % CELL or w % CELL:
             raise ValueError(f"{type(self).__name__}.forward needs H and W divisible by {CELL}, got {h}x{w}; "
                              "use extract(), which takes any size")
         x = pad_to_multiple(as_channels(image, self.channels), self.multiple)
-        logits, descriptors = self.dense(x)
+        logits, descriptors, describe = self.dense(x)
         hc, wc = h // CELL, w // CELL
         logits = logits[..., :hc, :wc]
-        return {
+        out = {
             "logits": logits,
             "heatmap": logits_to_heatmap(logits),
             "descriptors": F.normalize(descriptors[..., :hc, :wc], p=2, dim=1),
         }
+        if select_points is not None:
+            out["points"] = select_points(out["heatmap"])
+            out["point_descriptors"] = F.normalize(describe(out["points"]), p=2, dim=-1)
+        return out
 
     @torch.no_grad()
     def extract(self, image: torch.Tensor, **overrides: Any) -> dict[str, list[torch.Tensor]]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from detkd.models.keypoint_teachers.base import (
+    DescribePoints,
     KeypointTeacher,
     WeightSource,
     cell_distribution_logits,
@@ -52,11 +53,19 @@ class DISKTeacher(KeypointTeacher):
         super().__init__(name, network.desc_dim, max_keypoints=2048, detection_threshold=0.0, nms_radius=2)
         self.net = network
 
-    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DescribePoints]:
         heat, descriptors = self.net.heatmap_and_dense_descriptors(image)  # (B, 1, H, W) logits, (B, D, H, W)
         cells = F.pixel_unshuffle(heat, CELL)  # (B, 64, Hc, Wc), bin 8 r + c
         point_probs = cells.softmax(dim=1) * cells.sigmoid()
-        return cell_distribution_logits(point_probs), descriptors_at_cell_centres(descriptors)
+        h, w = image.shape[-2:]
+
+        def describe(points: torch.Tensor) -> torch.Tensor:
+            """``(B, N, 2)`` pixels -> ``(B, N, D)``: the full-resolution map there (DISK's key points are
+            whole pixels, where this bilinear read is the pixel's own descriptor)."""
+            grid = (points / points.new_tensor([w - 1, h - 1]) * 2 - 1)[:, None]  # (B, 1, N, 2)
+            return F.grid_sample(descriptors, grid, mode="bilinear", align_corners=True)[:, :, 0].transpose(1, 2)
+
+        return cell_distribution_logits(point_probs), descriptors_at_cell_centres(descriptors), describe
 
     def detect(self, image: torch.Tensor, options: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         k = int(options["max_keypoints"])

@@ -18,8 +18,9 @@ from typing import Any
 
 import kornia.feature
 import torch
+import torch.nn.functional as F
 
-from detkd.models.keypoint_teachers.base import KeypointTeacher, WeightSource, strip_prefix
+from detkd.models.keypoint_teachers.base import DescribePoints, KeypointTeacher, WeightSource, strip_prefix
 
 NAMES = ("xfeat",)
 WEIGHTS = {
@@ -43,9 +44,15 @@ class XFeatTeacher(KeypointTeacher):
                          max_keypoints=network.top_k, detection_threshold=network.detection_threshold, nms_radius=2)
         self.net = network
 
-    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DescribePoints]:
         descriptors, logits, _reliability = self.net.net(image)
-        return logits, descriptors
+        h, w = image.shape[-2:]
+
+        def describe(points: torch.Tensor) -> torch.Tensor:
+            """``(B, N, 2)`` pixels -> ``(B, N, D)``: XFeat's own interpolation of its unit descriptor map."""
+            return self.net.interpolator(F.normalize(descriptors, dim=1), points, H=h, W=w)
+
+        return logits, descriptors, describe
 
     def detect(self, image: torch.Tensor, options: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         if int(options["nms_radius"]) != 2:
