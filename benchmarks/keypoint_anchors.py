@@ -48,12 +48,17 @@ import cv2
 import torch
 
 from detkd.evaluation.classical import OpenCVFeatures
-from detkd.evaluation.keypoints import WithExtractOptions, evaluate_keypoint_models, format_metrics_table
+from detkd.evaluation.keypoints import (
+    WithExtractOptions,
+    descriptor_agreement,
+    evaluate_keypoint_models,
+    format_metrics_table,
+)
 from detkd.evaluation.lightglue import LightGlueMismatch, build_matchers, lightglue_kind
 from detkd.evaluation.matching import mutual_nearest_neighbours
 from detkd.export.bench import count_gflops, interleaved_latency
 from detkd.models.keypoint_teachers import load_keypoint_teacher
-from detkd.models.superpoint import count_parameters
+from detkd.models.superpoint import SuperPoint, count_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from keypoints import heldout_pairs  # noqa: E402
@@ -102,8 +107,10 @@ def load_models(extra: dict[str, str]) -> dict[str, Any]:
 
 
 def student_shares(accuracy: dict[str, dict[str, dict[str, float]]], pair_counts: dict[str, int],
-                   teacher_of: dict[str, str]) -> list[str]:
-    """Markdown table: each student's MMA@3, HA@1, HA@3 over all pairs and as a share of its teacher's."""
+                   teacher_of: dict[str, str], agreement: dict[str, float] | None = None) -> list[str]:
+    """Markdown table: each student's MMA@3, HA@1, HA@3 over all pairs and as a share of its teacher's,
+    and ``agreement`` (student row -> :func:`descriptor_agreement`) where measured."""
+    agreement = agreement or {}
     keys = (("mma@3", "MMA@3"), ("homography_accuracy@1", "HA@1"), ("homography_accuracy@3", "HA@3"))
     total = sum(pair_counts.values())
 
@@ -111,12 +118,14 @@ def student_shares(accuracy: dict[str, dict[str, dict[str, float]]], pair_counts
         return sum(accuracy[s][row][key] * n for s, n in pair_counts.items()) / total
 
     lines = ["| student | its teacher | " + " | ".join(f"{label} (student / teacher)" for _, label in keys)
-             + " | " + " | ".join(f"{label} share" for _, label in keys) + " |",
-             "|---|---|" + "---:|" * (2 * len(keys))]
+             + " | " + " | ".join(f"{label} share" for _, label in keys)
+             + " | descriptor cosine to the teacher's at its points |",
+             "|---|---|" + "---:|" * (2 * len(keys) + 1)]
     for student, teacher in teacher_of.items():
         pairs = [(overall(student, k), overall(teacher, k)) for k, _ in keys]
         lines.append(f"| {student} | {teacher} | " + " | ".join(f"{s:.3f} / {t:.3f}" for s, t in pairs) + " | "
-                     + " | ".join(f"{s / t:.0%}" if t else "-" for s, t in pairs) + " |")
+                     + " | ".join(f"{s / t:.0%}" if t else "-" for s, t in pairs)
+                     + f" | {fmt(agreement.get(student), '.2f')} |")
     return lines
 
 
@@ -222,6 +231,11 @@ def main() -> None:
                                                       progress=False).summary
     h, w = args.size
     costs = cost_rows(models, h, w, args.repeats, args.warmup)
+    first_images = [pair.image0 for pairs in pair_sets.values() for pair in pairs]
+    agreement = {student: descriptor_agreement(models[student], models[teacher], first_images, BUDGET)
+                 for student, teacher in teacher_of.items()
+                 if student in models and teacher in models and isinstance(models[student], SuperPoint)
+                 and models[student].conf["descriptor_dim"] == models[teacher].conf.get("descriptor_dim")}
 
     sets = list(accuracy)
     lines = [
@@ -256,7 +270,11 @@ def main() -> None:
     if teacher_of:
         counts = {k: len(v) for k, v in pair_sets.items()}
         lines += [f"## Students against their teachers (all {sum(counts.values())} pairs)", "",
-                  *student_shares(accuracy, counts, teacher_of), ""]
+                  *student_shares(accuracy, counts, teacher_of, agreement), "",
+                  "Descriptor cosine: the student's descriptors (read as its extract reads them) against the "
+                  "teacher's, at the teacher's key points of the first image of every pair "
+                  "(`detkd.evaluation.keypoints.descriptor_agreement`; 1: the teacher's own descriptor space, "
+                  "which a matcher trained on the teacher's descriptors such as LightGlue needs).", ""]
     for set_name, summary in accuracy.items():
         lines += [f"## All metrics: {set_name}", "", format_metrics_table(summary), ""]
     if args.quick:
@@ -266,7 +284,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.stem or ("keypoint_anchors_quick" if args.quick else "keypoint_anchors")
     (args.out / f"{stem}.md").write_text(text + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps({"cost": costs, "accuracy": accuracy, "args": vars(args), "argv": sys.argv[1:]},
+    (args.out / f"{stem}.json").write_text(json.dumps({"cost": costs, "accuracy": accuracy, "descriptor_agreement": agreement,
+                                                       "args": vars(args), "argv": sys.argv[1:]},
                                                       indent=2, default=str))
     print(f"written: {args.out / (stem + '.md')}")
 

@@ -11,6 +11,7 @@ import torch
 from detkd.data.pairs import ImagePair, synthetic_pairs
 from detkd.evaluation.keypoints import (
     METRIC_KEYS,
+    descriptor_agreement,
     KeypointEvaluation,
     evaluate_keypoint_models,
     format_metrics_table,
@@ -145,3 +146,21 @@ def test_format_metrics_table():
     assert "% of" not in single and "mma@1" in single
     with pytest.raises(ValueError, match="Unknown metric"):
         format_metrics_table({"teacher": teacher}, columns=["nope"])
+
+
+def test_descriptor_agreement_is_one_for_the_teacher_itself_and_minus_one_for_negated_descriptors():
+    import copy
+
+    torch.manual_seed(0)
+    teacher = create_model("tiny").eval()
+    images = [torch.rand(1, 30, 45, generator=torch.Generator().manual_seed(i)) for i in range(2)]  # not whole cells
+    teacher.conf["detection_threshold"] = 0.0  # a random network's heatmap is flat: keep its points
+    assert descriptor_agreement(teacher, teacher, images, max_keypoints=50) == pytest.approx(1.0, abs=1e-5)
+    negated = copy.deepcopy(teacher)
+    last = negated.descriptor[-1].conv  # no BatchNorm in tiny: negating the last conv negates every descriptor
+    with torch.no_grad():
+        last.weight.neg_()
+        last.bias.neg_()
+    assert descriptor_agreement(negated, teacher, images, max_keypoints=50) == pytest.approx(-1.0, abs=1e-5)
+    teacher.conf["detection_threshold"] = 2.0  # above every probability: no points, no agreement
+    assert math.isnan(descriptor_agreement(teacher, teacher, images))

@@ -243,6 +243,38 @@ def evaluate_keypoint_models(
     return result
 
 
+@torch.no_grad()
+def descriptor_agreement(
+    student: torch.nn.Module, teacher: KeypointExtractor, images: Iterable[torch.Tensor], max_keypoints: int = 1000,
+) -> float:
+    """Mean cosine between a student's descriptors and its teacher's, at the teacher's key points.
+
+    What a matcher trained on the teacher's descriptors (LightGlue) meets when the student replaces
+    the teacher: 1 is the teacher's own descriptor space, 0 unrelated vectors. The student's
+    descriptors are read as its ``extract`` reads them (bilinear between cell centres), at input scale 1.
+
+    Args:
+        student: a SuperPoint-family model (``forward(image, select_points=...)``).
+        teacher: any model with ``extract``.
+        images: ``(1 | 3, H, W)`` in ``[0, 1]``, any size.
+        max_keypoints: the teacher's key points per image.
+
+    Returns:
+        The mean over every key point of every image (``nan`` when the teacher finds none).
+    """
+    cosines = []
+    for image in images:
+        found = teacher.extract(image[None], max_keypoints=max_keypoints)
+        keypoints, descriptors = found["keypoints"][0], found["descriptors"][0]
+        if len(keypoints) == 0:
+            continue
+        h, w = image.shape[-2:]
+        padded = torch.nn.functional.pad(image[None], (0, (-w) % 8, 0, (-h) % 8))  # whole cells, as extract pads
+        out = student(padded, select_points=lambda heatmap: keypoints[None].to(heatmap.dtype))
+        cosines.append((out["point_descriptors"][0] * descriptors).sum(dim=-1))
+    return torch.cat(cosines).mean().item() if cosines else math.nan
+
+
 def _unwrapped(model: KeypointExtractor) -> KeypointExtractor:
     """The model itself, under a :class:`WithExtractOptions`."""
     return model.module if isinstance(model, WithExtractOptions) else model
