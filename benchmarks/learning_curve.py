@@ -133,6 +133,16 @@ def share(record: dict[str, Any], metric: str) -> float:
     return record["models"]["student"][metric] / teacher if teacher else float("nan")
 
 
+def run_loss_weights(run_dir: Path) -> dict[str, float] | None:
+    """The loss weights in ``run_dir/config.yaml``; None without it."""
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        return None
+    import yaml
+
+    return {k: float(v) for k, v in (yaml.safe_load(config.read_text()).get("loss") or {}).items()}
+
+
 def write_report(args: argparse.Namespace) -> None:
     """Tables of every recorded curve in ``--work`` and one plot, into ``--out``.
 
@@ -157,8 +167,14 @@ def write_report(args: argparse.Namespace) -> None:
         "",
     ]
     for name, rows in curves.items():
+        loss = rows[-1].get("loss") or run_loss_weights(args.work / "runs" / name)
+        if loss:
+            rows[-1]["loss"] = loss  # kept in the JSON: run folders are not tracked
         lines += [f"## {name} (student `{rows[0]['student']}`)", "",
                   f"`{rows[-1].get('command', 'python benchmarks/learning_curve.py --student ' + rows[0]['student'])}`", "",
+                  "Loss weights (the run's config.yaml; defaults change between versions, so the command alone does "
+                  "not fix them): " + (", ".join(f"{k} {v:g}" for k, v in loss.items()) if loss else "not recorded") + ".",
+                  "",
                   "| steps | " + " | ".join(f"student {SHARE_LABELS[m]}" for m in SHARES) + " | "
                   + " | ".join(f"share of teacher {SHARE_LABELS[m]}" for m in SHARES) + " | loc. err (px) | s |",
                   "|---:|" + "---:|" * (2 * len(SHARES) + 2)]

@@ -50,12 +50,16 @@ def heldout_lines(path: Path, name: str) -> list[str]:
     lines = [f"From `{path}` "
              f"(`python benchmarks/keypoint_anchors.py {' '.join(results.get('argv', []))}`, "
              "held-out synthetic pairs of scikit-image's held-out photos and of the held-out aerial tiles, "
-             "at most 1000 points, mutual nearest neighbours):", "",
-             "| pairs | MMA@3 | HA@1 | HA@3 | repeatability | loc. err (px) |", "|---|---:|---:|---:|---:|---:|"]
-    for pair_set, rows in accuracy.items():
-        r = rows[name]
-        lines.append(f"| {pair_set} | {r['mma@3']:.3f} | {r['homography_accuracy@1']:.3f} | "
-                     f"{r['homography_accuracy@3']:.3f} | {r['repeatability']:.3f} | {r['localization_error']:.2f} |")
+             "at most 1000 points; matcher: mutual nearest neighbours, and the teacher's LightGlue where the "
+             "table has that row):", "",
+             "| pairs | matcher | MMA@3 | HA@1 | HA@3 | repeatability | loc. err (px) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for row, matcher in ((name, "mutual NN"), (f"{name} + LightGlue", "LightGlue")):
+        for pair_set, rows in accuracy.items():
+            if row not in rows:
+                continue
+            r = rows[row]
+            lines.append(f"| {pair_set} | {matcher} | {r['mma@3']:.3f} | {r['homography_accuracy@1']:.3f} | "
+                         f"{r['homography_accuracy@3']:.3f} | {r['repeatability']:.3f} | {r['localization_error']:.2f} |")
     if cost:
         lines += ["", f"Full extract at the benchmark's latency size, 1000 points: {cost['latency_ms']:.0f} ms "
                       f"(median, PyTorch on the CPU, interleaved with the other models), "
