@@ -140,8 +140,9 @@ def select_training_points(heatmap: torch.Tensor, sampling: PointSampling) -> to
     k = min(sampling.keypoints, h * w)
     if k:
         r, e = sampling.nms_radius, sampling.border
-        is_peak = heatmap == F.max_pool2d(heatmap[:, None], 2 * r + 1, stride=1, padding=r)[:, 0] if r else \
-            torch.ones_like(heatmap, dtype=torch.bool)
+        is_peak = torch.ones_like(heatmap, dtype=torch.bool)
+        if r:
+            is_peak = heatmap == F.max_pool2d(heatmap[:, None], 2 * r + 1, stride=1, padding=r)[:, 0]
         inside = torch.zeros_like(is_peak)
         inside[:, e:h - e, e:w - e] = True
         # heatmap values lie in [0, 1]: peaks (> 0, so not a flat zero area) inside the border rank
