@@ -101,6 +101,33 @@ def test_a_failed_build_keeps_committed_entries_and_releases_the_lock(tmp_path):
     assert not (tmp_path / ".writing.lock").exists()
 
 
+
+def test_a_killed_writers_lock_is_taken_over_and_a_live_one_refused_by_name(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from detkd.cache.store import TeacherCacheError
+
+    cache = TeacherOutputCache(tmp_path, {"teacher": "x"}, [CacheField("a", (1,), "float32")])
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)  # a process that has ended: its lock is stale
+    (tmp_path / ".writing.lock").write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started": "x"}))
+    with pytest.warns(UserWarning, match=f"process {dead}, which no longer runs"):
+        with cache.writer(1) as writer:
+            writer.add(["k0"], {"a": np.ones((1, 1), np.float32)})
+    assert sorted(cache.index) == ["k0"] and not (tmp_path / ".writing.lock").exists()
+
+    live = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-12-05 01:00:00"}
+    (tmp_path / ".writing.lock").write_text(json.dumps(live))
+    with pytest.raises(TeacherCacheError, match=f"process {live['pid']} on .*since 2026-12-05 01:00:00"):
+        with cache.writer(1):
+            pass
+    assert (tmp_path / ".writing.lock").exists()  # a live writer's lock is left alone
+
+
 # ---------------------------------------------------------------- key points
 def test_cached_loss_equals_online_loss_on_the_same_batch(tmp_path):
     teacher, data = tiny_teacher(), stream_of(photos())

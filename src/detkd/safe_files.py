@@ -10,14 +10,21 @@
   are found even though ``torch.load`` reads them without complaint.
 * :func:`remove_orphan_temp_files` deletes the ``.NAME.*.tmp`` files that a kill during an
   atomic write leaves behind.
+* :func:`lock_owner`, :func:`read_lock_owner` and :func:`lock_owner_alive`: what a lock file says
+  (process id, host, start time) and whether that process still runs, so that a lock left by a
+  killed process is taken over instead of blocking the next run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import pickle
 import re
+import socket
 import struct
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -175,3 +182,34 @@ def remove_orphan_temp_files(folder: str | Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def lock_owner() -> dict[str, Any]:
+    """What this process writes into a lock file: ``pid``, ``host`` and ``started`` (local time)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def read_lock_owner(lock: Path) -> dict[str, Any]:
+    """The owner a lock file names; ``{}`` when it is unreadable, half-written or of another format."""
+    try:
+        owner = json.loads(lock.read_text())
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def lock_owner_alive(owner: Mapping[str, Any]) -> bool:
+    """Whether the lock's process still runs; a lock of another host is taken as alive, one without a
+    process id as stale."""
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    return True

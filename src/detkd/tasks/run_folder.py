@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,6 +18,7 @@ import yaml
 
 from detkd.config import ConfigError, dump_config, load_config_file, save_config
 from detkd.engine import TrainConfig, Trainer
+from detkd.safe_files import lock_owner, lock_owner_alive, read_lock_owner
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,10 @@ def claim_run_folder(out: str | Path) -> Path:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = _read_lock(lock)
+            owner = read_lock_owner(lock)
             if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
                 break
-            if _process_alive(owner):
+            if lock_owner_alive(owner):
                 raise RunFolderError(
                     f"'{out}' is in use by another detkd run (process {owner.get('pid')} on "
                     f"{owner.get('host')}, since {owner.get('started', '?')}). Wait for it to finish or choose "
@@ -160,8 +160,7 @@ def claim_run_folder(out: str | Path) -> Path:
         except OSError as err:
             raise _folder_error(out, err) from None
         with os.fdopen(fd, "w") as handle:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, handle)
+            json.dump(lock_owner(), handle)
         break
     _held[out.resolve()] = lock
     atexit.register(release_run_folder, out)
@@ -171,32 +170,8 @@ def claim_run_folder(out: str | Path) -> Path:
 def release_run_folder(out: str | Path) -> None:
     """Remove the lock of ``out`` if this process holds it."""
     lock = _held.pop(Path(out).resolve(), None)
-    if lock is not None and _read_lock(lock).get("pid") == os.getpid():
+    if lock is not None and read_lock_owner(lock).get("pid") == os.getpid():
         lock.unlink(missing_ok=True)
-
-
-def _read_lock(lock: Path) -> dict[str, Any]:
-    try:
-        owner = json.loads(lock.read_text())
-        return owner if isinstance(owner, dict) else {}
-    except (OSError, ValueError):
-        return {}  # half-written or unreadable: treated as stale
-
-
-def _process_alive(owner: dict[str, Any]) -> bool:
-    """Whether the lock's process still runs; a lock of another host is taken as alive."""
-    pid = owner.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if owner.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it runs, as another user
-    return True
 
 
 def _check_folder_path(out: Path) -> None:
