@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.config import ConfigError, dataclass_from_dict
-from detkd.models.superpoint import sample_descriptors
+from detkd.models.superpoint import nms_mask, sample_descriptors
 
 
 @dataclass
@@ -140,9 +140,7 @@ def select_training_points(heatmap: torch.Tensor, sampling: PointSampling) -> to
     k = min(sampling.keypoints, h * w)
     if k:
         r, e = sampling.nms_radius, sampling.border
-        is_peak = torch.ones_like(heatmap, dtype=torch.bool)
-        if r:
-            is_peak = heatmap == F.max_pool2d(heatmap[:, None], 2 * r + 1, stride=1, padding=r)[:, 0]
+        is_peak = nms_mask(heatmap, r)
         inside = torch.zeros_like(is_peak)
         inside[:, e:h - e, e:w - e] = True
         # heatmap values lie in [0, 1]: peaks (> 0, so not a flat zero area) inside the border rank
