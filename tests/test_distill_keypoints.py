@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 
+from detkd.config import ConfigError
 from detkd.distill.keypoints import (
     KeypointDistillationLoss,
     KeypointDistillWeights,
     PointSampling,
+    point_relation_kl,
     select_training_points,
 )
 from detkd.models.superpoint import create_model
@@ -124,6 +126,41 @@ def test_point_descriptor_cosine_by_hand():
     assert terms["descriptor_cosine"].item() == pytest.approx(0.0)  # the cells themselves agree
     assert terms["loss"].item() == pytest.approx(expected)  # weight 1 by default; every other term is 0
     assert "point_descriptor_cosine" not in KeypointDistillationLoss()(student, student)  # no points, no term
+
+
+def test_point_descriptor_relation_by_hand():
+    """Same cells and points as above, tau = 0.5: teacher (1, 0), (0, 1); the student reads (1, 1)/sqrt 2, (1, 0)."""
+    student = {"heatmap": torch.zeros(1, 8, 16), "logits": torch.zeros(1, 65, 1, 2),
+               "descriptors": torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)}
+    teacher = {**student, "points": torch.tensor([[[7.5, 3.5], [3.5, 3.5]]]),
+               "point_descriptors": torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])}
+    weights = KeypointDistillWeights(point_descriptor_cosine=0.0, point_descriptor_relation=1.0,
+                                     point_relation_temperature=0.5)
+    terms = KeypointDistillationLoss(weights)(teacher, student)
+    # teacher rows: cosines (1, 0) / 0.5 -> softmax (a, b), a = e^2 / (1 + e^2), b = 1 - a; and (b, a)
+    a = math.exp(2) / (1 + math.exp(2))
+    b = 1 - a
+    # student row 1: cosines (1/sqrt 2, 1/sqrt 2) -> (1/2, 1/2); row 2: cosines (1, 0) -> (a, b)
+    first = a * math.log(a / 0.5) + b * math.log(b / 0.5)
+    second = b * math.log(b / a) + a * math.log(a / b)
+    expected = (first + second) / 2
+    assert terms["point_descriptor_relation"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)  # the only weighted term that is not 0
+    same = {**teacher, "descriptors": torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)}
+    at_teacher = {**teacher, "points": torch.tensor([[[3.5, 3.5], [11.5, 3.5]]])}  # on the cell centres
+    assert KeypointDistillationLoss(weights)(at_teacher, same)["point_descriptor_relation"].item() == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ConfigError, match="point_relation_temperature"):
+        KeypointDistillWeights(point_relation_temperature=0.0)
+
+
+def test_a_collapsed_student_meets_the_cosine_term_halfway_but_not_the_relation_term():
+    """Why the relation term exists: a student giving the teacher's mean descriptor at every point."""
+    teacher_desc = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2], [0.2, 1.0], [1.0, 1.0]]), dim=-1)[None]
+    mean = torch.nn.functional.normalize(teacher_desc.mean(dim=1), dim=-1)
+    collapsed = mean[:, None].expand_as(teacher_desc)
+    assert (collapsed * teacher_desc).sum(-1).mean().item() > 0.85  # the cosine term sees little wrong (1 - cos < 0.15)
+    assert point_relation_kl(collapsed, teacher_desc, 0.1).item() > 0.5  # the relation term does
+    assert point_relation_kl(teacher_desc, teacher_desc, 0.1).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_points_without_their_descriptors_are_a_clear_error():

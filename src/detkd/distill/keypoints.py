@@ -21,7 +21,17 @@ and knows nothing of training:
   at those pixels. The dense term only compares cell centres; a key point rarely sits on one,
   and a teacher such as ALIKED or DISK describes every pixel differently. The points are the
   teacher's strongest local maxima plus a grid between the cell centres
-  (:func:`select_training_points`), i.e. where matching will read descriptors.
+  (:func:`select_training_points`), i.e. where matching will read descriptors;
+* ``point_descriptor_relation``: at the same points, how each student descriptor ranks the
+  teacher's descriptors of *all* points of its view must follow how the teacher's own descriptor
+  ranks them: ``KL(softmax_j(t_i . t_j / tau) || softmax_j(s_i . t_j / tau))`` averaged over the
+  points ``i``, with ``tau = point_relation_temperature``. The cosine term alone can be met by a
+  student that outputs the teacher's *mean* descriptor everywhere: DISK's unit descriptors have a
+  mean of norm about 0.5, so that collapse already scores a cosine of about 0.45, and a fast-s
+  distilled from DISK with the cosine terms alone did exactly that (its descriptors had a mean
+  pairwise cosine of 0.96 and matched nothing). The relation term is 0 only when every student
+  descriptor is as much closer to its own teacher descriptor than to the others as the
+  teacher's is, i.e. it asks for what matching needs: telling points apart, in the teacher's space.
 
 Every term is averaged over its elements; the total is the weighted sum. A weight of 0
 switches a term off (it is still reported, without gradient cost).
@@ -65,7 +75,9 @@ class KeypointDistillWeights:
     descriptor_mse: float = 0.0  # = 2/D x descriptor_cosine for unit descriptors: off by default
     descriptor_cosine: float = 1.0
     point_descriptor_cosine: float = 1.0  # at the teacher's key points plus a grid (needs point outputs)
+    point_descriptor_relation: float = 0.0  # ranking of the view's teacher descriptors (needs point outputs)
     temperature: float = 1.0  # softens both cell distributions in cell_kl
+    point_relation_temperature: float = 0.1  # cosine scale of point_descriptor_relation's softmaxes
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -73,8 +85,9 @@ class KeypointDistillWeights:
                 raise ConfigError(
                     f"loss.{name} must be a finite number >= 0, got {value!r}: a negative weight would make "
                     "the student move away from the teacher (0 switches a term off)")
-        if self.temperature <= 0:
-            raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
+        for name in ("temperature", "point_relation_temperature"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"loss.{name} must be > 0, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "KeypointDistillWeights":
@@ -183,7 +196,7 @@ class KeypointDistillationLoss(nn.Module):
                 and ``descriptors`` ``(B, D, Hc, Wc)`` (L2-normalised), as returned by
                 ``SuperPoint.forward`` on the same images; the teacher's may also carry ``points``
                 ``(B, N, 2)`` pixels and ``point_descriptors`` ``(B, N, D)`` (unit), for
-                ``point_descriptor_cosine``.
+                ``point_descriptor_cosine`` and ``point_descriptor_relation``.
 
         Returns:
             ``loss`` (weighted sum, scalar) and every unweighted term by name (the point term only
@@ -208,7 +221,9 @@ class KeypointDistillationLoss(nn.Module):
         terms["descriptor_cosine"] = (1 - (s_desc * t_desc).sum(dim=1)).mean()
         if "point_descriptors" in teacher:
             s_points = sample_descriptors(teacher["points"].detach(), s_desc)  # (B, N, D) unit
-            terms["point_descriptor_cosine"] = (1 - (s_points * teacher["point_descriptors"].detach()).sum(-1)).mean()
+            t_points = teacher["point_descriptors"].detach()
+            terms["point_descriptor_cosine"] = (1 - (s_points * t_points).sum(-1)).mean()
+            terms["point_descriptor_relation"] = point_relation_kl(s_points, t_points, w.point_relation_temperature)
 
         total = sum(getattr(w, name) * value for name, value in terms.items() if getattr(w, name) != 0)
         if not isinstance(total, torch.Tensor):  # every weight is zero
@@ -217,6 +232,21 @@ class KeypointDistillationLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.weights).items())
+
+
+def point_relation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``point_descriptor_relation``: mean over views and points of ``KL(softmax_j(t_i.t_j/tau) || softmax_j(s_i.t_j/tau))``.
+
+    Args:
+        student, teacher: ``(B, N, D)`` unit descriptors at the same ``N`` points of each view.
+        temperature: ``tau``, in cosine units (0.1: a cosine 0.1 higher weighs e times more).
+
+    Returns:
+        A scalar >= 0, 0 when the student's descriptors are the teacher's.
+    """
+    target = (teacher @ teacher.transpose(1, 2) / temperature).softmax(dim=-1)  # (B, N, N), row i: point i
+    log_student = (student @ teacher.transpose(1, 2) / temperature).log_softmax(dim=-1)
+    return (target * (target.clamp_min(1e-12).log() - log_student)).sum(dim=-1).mean()
 
 
 def check_compatible_outputs(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> None:

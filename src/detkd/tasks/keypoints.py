@@ -81,8 +81,10 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         "heatmap_mse": 120.0, "heatmap_gradient_mse": 150.0, "cell_kl": 1.0,
         "descriptor_mse": 0.0, "descriptor_cosine": 1.0, "temperature": 1.0,  # descriptor_mse = 2/D x cosine: off
         "point_descriptor_cosine": 1.0,  # descriptors at the points below, as extract() reads them; 0: off
+        "point_descriptor_relation": 0.0,  # each point's ranking of the view's teacher descriptors; 0: off
+        "point_relation_temperature": 0.1,
     },
-    "points": {  # where point_descriptor_cosine compares descriptors
+    "points": {  # where the point_descriptor_* terms compare descriptors
         "keypoints": 256,  # the teacher's strongest local maxima per view
         "grid_stride": 16,  # plus a grid of this stride between the cell centres (0: none)
         "nms_radius": 2,
@@ -237,10 +239,11 @@ def build_device(accelerator: str) -> torch.device:
 
 
 def point_sampling(config: dict[str, Any]) -> PointSampling | None:
-    """The points of ``config['points']`` when ``loss.point_descriptor_cosine`` uses them, else None."""
+    """The points of ``config['points']`` when a ``loss.point_descriptor_*`` term uses them, else None."""
     points = PointSampling.from_dict(config["points"])
-    weight = KeypointDistillWeights.from_dict(config["loss"]).point_descriptor_cosine
-    return points if weight > 0 and points.active else None
+    weights = KeypointDistillWeights.from_dict(config["loss"])
+    used = weights.point_descriptor_cosine > 0 or weights.point_descriptor_relation > 0
+    return points if used and points.active else None
 
 
 def build_teacher_cache(
