@@ -5,11 +5,14 @@ different ``--student-seed`` (the teacher is the same one, trained once), and pe
 
 * each run's mAP and AP50 as mean +- sample standard deviation over the seeds;
 * its gain over the baseline, paired by seed (student and baseline of one seed share the initial
-  weights and the data stream), as mean +- standard deviation, with the smallest per-seed gain;
+  weights and the data stream), as mean +- standard deviation, with the smallest per-seed gain
+  (in mAP; the AP50 gain beside it);
 * a verdict: "yes" when every seed gained and the mean gain exceeds the baseline's own seed
   spread, "no" when the mean gain is not positive, "unclear" otherwise;
 * the share of the teacher's mAP each run keeps, and how much the last quarter of each schedule
-  still added (from ``--val-every`` curves: a run still climbing has not converged).
+  still added (from ``--val-every`` curves: a run still climbing has not converged);
+* for a data set scored whole as well (``trees``: the held-out block predicted in tiles and merged),
+  the same table on those whole-image metrics, which are the ones its targets are judged on.
 
     python benchmarks/detection_seeds.py benchmarks/results/detection_s256_seed*.json --tag s256
 """
@@ -66,11 +69,13 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[s
         rows = [runs_by_seed[s][run] for s in seeds]
         summary: dict[str, Any] = {
             "run": run, "seeds": seeds, "map": mean_std([r["map"] for r in rows]), "ap50": mean_std([r["ap50"] for r in rows]),
-            "gain": None, "min_gain": None, "verdict": "",
+            "gain": None, "min_gain": None, "gain_ap50": None, "verdict": "",
         }
         if run not in ("teacher", "baseline") and "baseline" in common:
             gains = [runs_by_seed[s][run]["map"] - runs_by_seed[s]["baseline"]["map"] for s in seeds]
-            summary.update(gain=mean_std(gains), min_gain=min(gains), verdict=verdict(gains, baseline_spread))
+            gains_ap50 = [runs_by_seed[s][run]["ap50"] - runs_by_seed[s]["baseline"]["ap50"] for s in seeds]
+            summary.update(gain=mean_std(gains), min_gain=min(gains), gain_ap50=mean_std(gains_ap50),
+                           verdict=verdict(gains, baseline_spread))
         summary["teacher_share"] = summary["map"][0] / teacher if teacher else None
         quarters = [q for q in (last_quarter_gain(r.get("curve") or [], int(r["steps"])) for r in rows) if q is not None]
         summary["last_quarter"] = statistics.fmean(quarters) if quarters else None
@@ -79,15 +84,16 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[s
 
 
 def table(summaries: list[dict[str, Any]]) -> str:
-    lines = ["| run | seeds | mAP | AP50 | gain over baseline (paired) | smallest gain | helped? | of teacher's mAP | last quarter of schedule |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| run | seeds | mAP | AP50 | mAP gain over baseline (paired) | smallest gain | AP50 gain | helped? | of teacher's mAP | last quarter of schedule |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for s in summaries:
         gain = "n/a" if s["gain"] is None else f"{s['gain'][0]:+.1f} ± {s['gain'][1]:.1f}"
+        gain_ap50 = "n/a" if s.get("gain_ap50") is None else f"{s['gain_ap50'][0]:+.1f} ± {s['gain_ap50'][1]:.1f}"
         smallest = "n/a" if s["min_gain"] is None else f"{s['min_gain']:+.1f}"
         share = "n/a" if s["teacher_share"] is None else f"{100 * s['teacher_share']:.0f}%"
         quarter = "n/a" if s["last_quarter"] is None else f"{s['last_quarter']:+.1f}"
         lines.append(f"| {s['run']} | {len(s['seeds'])} | {s['map'][0]:.1f} ± {s['map'][1]:.1f} | "
-                     f"{s['ap50'][0]:.1f} ± {s['ap50'][1]:.1f} | {gain} | {smallest} | {s['verdict'] or 'n/a'} | {share} | {quarter} |")
+                     f"{s['ap50'][0]:.1f} ± {s['ap50'][1]:.1f} | {gain} | {smallest} | {gain_ap50} | {s['verdict'] or 'n/a'} | {share} | {quarter} |")
     return "\n".join(lines)
 
 
@@ -99,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     by_set: dict[str, dict[int, dict[str, Any]]] = {}
+    whole_description: dict[str, str] = {}
     commands = []
     for path in args.results:
         payload = json.loads(path.read_text())
@@ -108,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if seed in by_set.setdefault(name, {}):
                 raise SystemExit(f"{path}: student seed {seed} of '{name}' is given twice; pass one file per seed")
             by_set[name][seed] = result["rows"]
+            if result.get("whole"):
+                whole_description[name] = result["whole"]
     lines = ["# Detector distillation over student seeds: did it help?", "",
              f"Command: `python benchmarks/detection_seeds.py {' '.join(sys.argv[1:] if argv is None else argv)}`  ",
              "From:  ", *[f"- {c}" for c in commands], "",
@@ -118,6 +127,13 @@ def main(argv: Sequence[str] | None = None) -> None:
              "steps (near 0: the curve has flattened).", ""]
     for name, runs_by_seed in by_set.items():
         lines += [f"## {name}", "", table(summarise(runs_by_seed)), ""]
+        if all("whole" in row for rows in runs_by_seed.values() for row in rows.values()):
+            whole = {seed: {run: {**row["whole"], "steps": row["steps"]} for run, row in rows.items()}
+                     for seed, rows in runs_by_seed.items()}
+            lines += [f"### {name}, held-out block scored whole", "", f"{whole_description.get(name, '')}", "",
+                      table(summarise(whole)), ""]
+        elif any("whole" in row for rows in runs_by_seed.values() for row in rows.values()):
+            lines += [f"({name}: some seeds were not scored whole; rerun their detection.py command to add it.)", ""]
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

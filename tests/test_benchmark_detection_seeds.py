@@ -48,9 +48,27 @@ def test_script_writes_the_table_and_refuses_a_seed_given_twice(tmp_path):
         files[-1].write_text(json.dumps(payload))
     seeds_script.main([*map(str, files), "--tag", "t", "--out", str(tmp_path)])
     text = (tmp_path / "detection_seeds_t.md").read_text()
-    assert "| gid | 3 | 47.0 ± 2.6 | 57.0 ± 2.6 | +5.0 ± 1.0 | +4.0 | yes | 78% | +3.0 |" in text
+    assert "| gid | 3 | 47.0 ± 2.6 | 57.0 ± 2.6 | +5.0 ± 1.0 | +4.0 | +5.0 ± 1.0 | yes | 78% | +3.0 |" in text
+    assert "scored whole" not in text
     with pytest.raises(SystemExit, match="seed 0 of 'shapes' is given twice"):
         seeds_script.main([str(files[0]), str(files[0]), "--out", str(tmp_path)])
+
+
+def test_a_set_scored_whole_gets_its_own_table(tmp_path):
+    """trees: every row also carries ``whole`` metrics (here mAP / 2 and AP50 = mAP), summarised the same way."""
+    files = []
+    for seed in MAPS:
+        with_whole = {run: {**r, "whole": {"map": r["map"] / 2, "ap50": r["map"], "ap75": 0.0}}
+                      for run, r in rows(seed).items()}
+        payload = {"command": "c", "date": "d", "git_commit": "abc", "args": {"student_seed": seed},
+                   "results": {"trees": {"rows": with_whole, "whole": "1 image(s), whole"}}}
+        files.append(tmp_path / f"seed{seed}.json")
+        files[-1].write_text(json.dumps(payload))
+    seeds_script.main([*map(str, files), "--tag", "w", "--out", str(tmp_path)])
+    text = (tmp_path / "detection_seeds_w.md").read_text()
+    assert "### trees, held-out block scored whole" in text and "1 image(s), whole" in text
+    # gid whole mAP 22.5, 23, 25 (sd sqrt(3.5 / 2) = 1.32); baseline 20, 21, 22: gains 2.5, 2, 3; AP50 gains 5, 4, 6
+    assert "| gid | 3 | 23.5 ± 1.3 | 47.0 ± 2.6 | +2.5 ± 0.5 | +2.0 | +5.0 ± 1.0 | yes | 78% | n/a |" in text
 
 
 def test_detection_curves_puts_runs_side_by_side_at_each_step(tmp_path):
