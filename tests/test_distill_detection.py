@@ -642,3 +642,55 @@ def test_nothing_selected_gives_zero_still_connected_to_student_and_adapter():
     assert out["hint"].item() == 0 and out["hint_locations"].item() == 0
     out["distill"].backward()
     assert hint.adapter.weight.grad is not None
+
+
+def test_gid_distils_a_two_stage_pairs_roi_head_on_the_general_instances():
+    """Both models have a second stage (fakes): one GI (anchor 9, as above) goes to both RoI heads.
+    Teacher RoI logits (0, ln 3, 0) -> softmax (1/5, 3/5, 1/5); student (0, 0, 0) -> 1/3 each:
+    KL = 2/5 ln(3/5) + 3/5 ln(9/5). The teacher's top object class is column 1, where the deltas
+    are (1, 0, 0, 0) and (0, 0, 0.5, 0): L1 1.5; the other columns (9s) must not count."""
+    t_logits, s_logits = torch.zeros(L, 2), torch.zeros(L, 2)
+    t_logits[9] = torch.tensor([0.0, LN3])
+    s_logits[9] = torch.tensor([LN3, 0.0])
+    teacher, student = make_outputs(t_logits, family="faster_rcnn"), make_outputs(s_logits, family="faster_rcnn")
+    seen = []
+    t_reg = torch.full((1, 3, 4), 9.0)
+    t_reg[0, 1] = torch.tensor([1.0, 0, 0, 0])
+    s_reg = torch.zeros(1, 3, 4)
+    s_reg[0, 1] = torch.tensor([0.0, 0, 0.5, 0])
+    s_cls = torch.zeros(1, 3, requires_grad=True)
+    teacher.second_stage = lambda boxes: (seen.append(boxes) or torch.tensor([[0.0, LN3, 0.0]]), t_reg.view(1, 12))
+    student.second_stage = lambda boxes: (s_cls, s_reg.view(1, 12))
+    gid = GeneralInstanceDistillation(2, 2, GIDConfig(feature_weight=0, relation_weight=0),
+                                      match_anchors=RecordingMatcher(hit=9, ignore=3, num_anchors=L))
+    out = gid(teacher, student)
+    assert torch.equal(seen[0][0], cell_boxes()[9:10])  # the GI box, as the proposal
+    kl = 0.4 * math.log(0.6) + 0.6 * math.log(1.8)
+    assert out["gid_response_roi_cls"].item() == pytest.approx(0.1 * kl, rel=1e-5)
+    assert out["gid_response_roi_box"].item() == pytest.approx(0.1 * 1.5, rel=1e-6)
+    out["distill"].backward()
+    assert s_cls.grad is not None and s_cls.grad.abs().sum() > 0
+    plain = make_outputs(s_logits, family="faster_rcnn")  # a pair without a second stage: no RoI terms
+    assert "gid_response_roi_cls" not in gid(make_outputs(t_logits, family="faster_rcnn"), plain)
+
+
+def test_faster_rcnn_second_stage_is_its_roi_head_and_gid_trains_it():
+    from detkd.models.detection import create_detector
+
+    torch.manual_seed(0)
+    teacher, student = create_detector("fasterrcnn_tiny_fpn", 2).eval(), create_detector("fasterrcnn_tiny_fpn", 2)
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        t_out = teacher(images)
+    cls, reg = t_out.second_stage(t_out.extra["proposals"])  # eval mode: the head already ran on these
+    assert torch.allclose(cls, t_out.extra["roi_class_logits"]) and torch.allclose(reg, t_out.extra["roi_box_regression"])
+    assert cls.shape[1] == 3 and reg.shape[1] == 12
+    assert create_detector("fcos_tiny_fpn", 2)(images).second_stage is None
+    s_out = student(images)
+    gid = create_detection_distiller("gid", t_out.channels, s_out.channels, match_anchors=student.match_anchors)
+    out = gid(t_out, s_out)
+    assert out["gid_response_roi_cls"].item() > 0 and math.isfinite(out["gid_response_roi_box"].item())
+    out["distill"].backward()
+    head = student.model.roi_heads.box_predictor.cls_score.weight
+    assert head.grad is not None and head.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())

@@ -54,6 +54,15 @@ Three losses read the GIs (each is switched off by a weight of 0):
   student anchors is; BCE between the per-location maximum (over that location's anchors)
   class logits, and L1 between the per-location boxes (:func:`per_location`, xyxy pixels)
   divided by the stride of the location's level. FCOS centre-ness is not distilled.
+* ``gid_response_roi_cls`` and ``gid_response_roi_box``: two-stage pairs (Faster R-CNN -> Faster
+  R-CNN) only. Their dense outputs are the RPN's, so the terms above select GIs by objectness
+  and distil the RPN; the classes and boxes a user gets come from the RoI head. So both RoI heads
+  also run on the GI boxes as proposals (:attr:`DetectorOutputs.second_stage`, over each model's
+  own FPN maps): the KL divergence from the teacher's ``K + 1``-way softmax (background
+  included) to the student's, and the L1 between their box deltas for the teacher's most likely
+  object class, each summed over classes / the 4 coordinates and divided by the number of GIs.
+  Same weights as the response terms (0.1 each), since they are the same kind of knowledge at
+  the stage that makes the detections.
 
 Diagnostics (not in ``"distill"``): ``gid_instances`` (mean GIs per image) and, with the response
 on, ``gid_matched`` (matched anchors or locations in the batch).
@@ -389,6 +398,12 @@ class GeneralInstanceDistillation(DetectionDistiller):
                 terms["gid_response_cls"] = cfg.response_cls_weight * cls_loss
             if cfg.response_box_weight > 0:
                 terms["gid_response_box"] = cfg.response_box_weight * box_loss
+            if teacher.second_stage is not None and student.second_stage is not None:
+                roi_cls, roi_box = self._second_stage_response(teacher, student, instances)
+                if cfg.response_cls_weight > 0:
+                    terms["gid_response_roi_cls"] = cfg.response_cls_weight * roi_cls
+                if cfg.response_box_weight > 0:
+                    terms["gid_response_roi_box"] = cfg.response_box_weight * roi_box
         return total(terms, diagnostics)
 
     # -- the three kinds of knowledge ----------------------------------------------------
@@ -465,6 +480,31 @@ class GeneralInstanceDistillation(DetectionDistiller):
         strides = location_strides(student).expand(mask.shape)[mask][:, None]
         box_loss = F.l1_loss(s_boxes[mask].float() / strides, t_boxes[mask].float() / strides, reduction="sum") / count
         return cls_loss, box_loss, count.float()
+
+    def _second_stage_response(
+        self, teacher: DetectorOutputs, student: DetectorOutputs, instances: GeneralInstances
+    ) -> tuple[Tensor, Tensor]:
+        """Both RoI heads on the GI boxes: KL of the ``K + 1``-way softmaxes, L1 of the teacher's top class's deltas."""
+        count = instances.count
+        if count == 0:
+            zero = zero_term(student)
+            return zero, zero
+        assert teacher.second_stage is not None and student.second_stage is not None
+        boxes = [b.detach() for b in instances.boxes]
+        with torch.no_grad():
+            t_cls, t_reg = teacher.second_stage(boxes)
+        s_cls, s_reg = student.second_stage(boxes)
+        if t_cls.shape != s_cls.shape or t_reg.shape != s_reg.shape:
+            raise ValueError(f"GID's RoI response needs the same classes in both second stages: teacher "
+                             f"{tuple(t_cls.shape)}/{tuple(t_reg.shape)}, student {tuple(s_cls.shape)}/{tuple(s_reg.shape)}")
+        t_prob = t_cls.detach().float().softmax(dim=-1)
+        cls_loss = (t_prob * (t_prob.clamp_min(1e-12).log() - s_cls.float().log_softmax(dim=-1))).sum() / count
+        columns = t_cls.shape[1]
+        top_class = t_cls[:, 1:].argmax(dim=1) + 1  # (G,) the teacher's most likely object class (column)
+        rows = torch.arange(count, device=top_class.device)
+        t_deltas = t_reg.detach().float().view(count, columns, 4)[rows, top_class]
+        s_deltas = s_reg.float().view(count, columns, 4)[rows, top_class]
+        return cls_loss, F.l1_loss(s_deltas, t_deltas, reduction="sum") / count
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.config}"

@@ -397,6 +397,8 @@ class FasterRCNNAdapter(DetectorAdapter):
       (column 0 is background, column ``k + 1`` is class ``k``) and ``"roi_box_regression"``
       ``(sum P_i, 4 (K + 1))``.
 
+    ``second_stage`` runs the same RoI head on any boxes (GID distils it on its General Instances).
+
     Losses (when targets are given): ``"loss_objectness"``, ``"loss_rpn_box_reg"`` (RPN, on a random
     sample of 256 anchors per image) and ``"loss_classifier"``, ``"loss_box_reg"`` (RoI head, on a
     random sample of proposals plus the ground-truth boxes).
@@ -429,7 +431,7 @@ class FasterRCNNAdapter(DetectorAdapter):
             extra["roi_class_logits"], extra["roi_box_regression"] = self._roi_head(
                 feature_dict, proposals, image_list.image_sizes
             )
-        return self._dense_outputs(
+        outputs = self._dense_outputs(
             features,
             image_list.image_sizes[0],
             anchors[0],
@@ -439,6 +441,8 @@ class FasterRCNNAdapter(DetectorAdapter):
             losses=losses,
             extra=extra,
         )
+        outputs.second_stage = lambda boxes: self._roi_head(feature_dict, list(boxes), image_list.image_sizes)
+        return outputs
 
     def _rpn_losses(self, anchors: list[Tensor], objectness: Tensor, deltas: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         rpn = self.model.rpn

@@ -17,6 +17,7 @@ Conventions (all adapters, all families):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,11 @@ class DetectorOutputs:
         losses: the family's supervised losses (``{"classification": ..., ...}``) when targets
             were given to the forward pass, else empty.
         extra: family-specific state that post-processing needs (e.g. Faster R-CNN proposals).
+        second_stage: two-stage detectors only (Faster R-CNN), else ``None``: the second stage
+            (the RoI head) run on any boxes over this pass's FPN maps, ``boxes`` a list of ``B``
+            tensors ``(K_b, 4)`` xyxy pixels -> ``(class_logits (sum K_b, K + 1), box_regression
+            (sum K_b, 4 (K + 1)))``: column 0 is background, column ``k + 1`` class ``k``; deltas in
+            the family's box coder, 4 per class column. Gradients flow as through the head.
     """
 
     family: str
@@ -57,6 +63,7 @@ class DetectorOutputs:
     centerness: Tensor | None = None
     losses: dict[str, Tensor] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    second_stage: Callable[[list[Tensor]], tuple[Tensor, Tensor]] | None = None
 
     @property
     def num_classes(self) -> int:
