@@ -284,10 +284,16 @@ def test_validation_runs_every_n_steps_and_at_the_end_without_changing_training(
     assert not (tmp_path / "plain" / "validation.jsonl").exists()  # val_every 0: no file
 
 
+def seeded_task(seed: int = 0) -> ValidatedLineTask:
+    """The same initial weights whatever ran before (alone or in the whole suite)."""
+    torch.manual_seed(seed)
+    return ValidatedLineTask()
+
+
 def test_resumed_run_drops_validation_records_past_its_checkpoint(tmp_path):
-    Trainer(config(steps=6, val_every=2), tmp_path).fit(ValidatedLineTask())
+    Trainer(config(steps=6, val_every=2), tmp_path).fit(seeded_task())
     # as if killed after step 4 with step 6's record written: the checkpoint is at step 3 (checkpoint_every=3)
-    Trainer(config(steps=3, val_every=2), tmp_path / "b").fit(ValidatedLineTask())
+    Trainer(config(steps=3, val_every=2), tmp_path / "b").fit(seeded_task())
     path = tmp_path / "b" / "validation.jsonl"
     path.write_text(path.read_text() + json.dumps({"step": 4, "weight": 0.0}) + "\n")
     Trainer(config(steps=6, val_every=2), tmp_path / "b").fit(ValidatedLineTask(), resume=True)

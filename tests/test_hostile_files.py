@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -318,6 +319,25 @@ def test_a_second_live_run_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     assert json.loads(lock.read_text())["pid"] == os.getpid()
     release_run_folder(out)
     assert not lock.exists()
+
+
+def test_a_lock_naming_no_process_waits_for_its_writer_then_counts_as_abandoned(tmp_path):
+    """An empty lock file may be one another process has just created and not yet filled: refused while
+    fresh, taken over once older than UNNAMED_LOCK_STALE_S (an abandoned or old-format lock)."""
+    from detkd.safe_files import UNNAMED_LOCK_STALE_S, LockHeld, acquire_lock
+
+    lock = tmp_path / "x.lock"
+    lock.write_text("")
+    with pytest.raises(LockHeld):
+        acquire_lock(lock)
+    old = time.time() - UNNAMED_LOCK_STALE_S - 5
+    os.utime(lock, (old, old))
+    taken = []
+    assert acquire_lock(lock, on_takeover=taken.append) is True
+    assert taken == [{}] and json.loads(lock.read_text())["pid"] == os.getpid()
+    assert acquire_lock(lock, reentrant=True) is False  # this process holds it already
+    with pytest.raises(LockHeld, match=f"process {os.getpid()}"):
+        acquire_lock(lock)  # not re-entrant: even this process is refused
 
 
 def test_a_refused_run_changes_nothing_in_the_folder(hostile):

@@ -25,7 +25,7 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,72 @@ def remove_orphan_temp_files(folder: str | Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+#: A lock file that names no process (unreadable, or created a moment ago and not yet written) is
+#: taken as abandoned once it is this old, seconds.
+UNNAMED_LOCK_STALE_S = 10.0
+
+
+class LockHeld(Exception):
+    """A live process (or one on another host) holds ``lock``; ``owner`` is what the file names."""
+
+    def __init__(self, lock: Path, owner: Mapping[str, Any]) -> None:
+        super().__init__(f"'{lock}' is held{describe_lock_owner(owner)}")
+        self.lock, self.owner = lock, dict(owner)
+
+
+def describe_lock_owner(owner: Mapping[str, Any]) -> str:
+    """`` (process 12 on host, since 2026-12-05 03:00:00)``, or ``""`` when the lock names no process."""
+    if "pid" not in owner:
+        return ""
+    return f" (process {owner['pid']} on {owner.get('host', '?')}, since {owner.get('started', '?')})"
+
+
+def lock_is_stale(lock: Path, owner: Mapping[str, Any]) -> bool:
+    """Whether ``lock`` was left by a process that no longer runs (see :func:`lock_owner_alive`); one that
+    names no process is stale only after :data:`UNNAMED_LOCK_STALE_S` (its writer may be about to fill it)."""
+    if "pid" in owner:
+        return not lock_owner_alive(owner)
+    try:
+        return time.time() - lock.stat().st_mtime > UNNAMED_LOCK_STALE_S
+    except FileNotFoundError:
+        return True
+
+
+def acquire_lock(lock: Path, reentrant: bool = False,
+                 on_takeover: Callable[[Mapping[str, Any]], None] | None = None) -> bool:
+    """Create the lock file ``lock`` (exclusively) naming this process (:func:`lock_owner`).
+
+    A lock left by a process that no longer runs (:func:`lock_is_stale`) is removed, after
+    ``on_takeover(owner)`` (the caller's warning), and taken.
+
+    Args:
+        reentrant: a lock this process already holds counts as taken.
+
+    Returns:
+        True when the file was created now; False when this process held it already (``reentrant``).
+
+    Raises:
+        LockHeld: another live process holds it. OSError: the file cannot be created.
+    """
+    for _ in range(2):  # the second try follows the removal of a stale lock
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = read_lock_owner(lock)
+            if reentrant and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+                return False
+            if not lock_is_stale(lock, owner):
+                raise LockHeld(lock, owner) from None
+            if on_takeover is not None:
+                on_takeover(owner)
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            json.dump(lock_owner(), handle)
+        return True
+    raise LockHeld(lock, read_lock_owner(lock))  # another process took it between our two tries
 
 
 def lock_owner() -> dict[str, Any]:

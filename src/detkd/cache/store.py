@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from detkd.safe_files import lock_owner, lock_owner_alive, read_lock_owner
+from detkd.safe_files import LockHeld, acquire_lock, describe_lock_owner
 
 CACHE_FORMAT = "detkd.teacher_cache"
 CACHE_VERSION = 1
@@ -339,26 +339,18 @@ class CacheWriter:
         self._lock = cache.folder / LOCK
 
     def __enter__(self) -> "CacheWriter":
-        for _ in range(2):  # the second try follows the removal of a killed writer's lock
-            try:
-                fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError as err:
-                owner = read_lock_owner(self._lock)
-                if "pid" in owner and not lock_owner_alive(owner):
-                    warnings.warn(f"Taking over the teacher cache in '{self.cache.folder}' from process "
-                                  f"{owner['pid']}, which no longer runs (a killed build)", stacklevel=2)
-                    self._lock.unlink(missing_ok=True)
-                    continue
-                who = f" (process {owner['pid']} on {owner.get('host')}, since {owner.get('started', '?')})" \
-                    if "pid" in owner else ""
-                raise TeacherCacheError(
-                    f"Another process is writing the teacher cache in '{self.cache.folder}'{who}, lock file "
-                    f"'{self._lock}'. If no build is running, delete the file and retry."
-                ) from err
-            with os.fdopen(fd, "w") as handle:
-                json.dump(lock_owner(), handle)
-            return self
-        raise TeacherCacheError(f"Could not take the lock '{self._lock}' of the teacher cache: retry")
+        def warn(owner: Mapping[str, Any]) -> None:
+            warnings.warn(f"Taking over the teacher cache in '{self.cache.folder}' from process "
+                          f"{owner.get('pid', '?')}, which no longer runs (a killed build)", stacklevel=3)
+
+        try:
+            acquire_lock(self._lock, on_takeover=warn)
+        except LockHeld as err:
+            raise TeacherCacheError(
+                f"Another process is writing the teacher cache in '{self.cache.folder}'{describe_lock_owner(err.owner)}, "
+                f"lock file '{self._lock}'. If no build is running, delete the file and retry."
+            ) from err
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         try:

@@ -18,7 +18,7 @@ import yaml
 
 from detkd.config import ConfigError, dump_config, load_config_file, save_config
 from detkd.engine import TrainConfig, Trainer
-from detkd.safe_files import lock_owner, lock_owner_alive, read_lock_owner
+from detkd.safe_files import LockHeld, acquire_lock, describe_lock_owner, read_lock_owner
 
 log = logging.getLogger(__name__)
 
@@ -141,27 +141,16 @@ def claim_run_folder(out: str | Path) -> Path:
     lock = out / LOCK_NAME
     if _held.get(out.resolve()) == lock:
         return lock
-    for _ in range(2):  # the second try follows the removal of a stale lock
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = read_lock_owner(lock)
-            if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
-                break
-            if lock_owner_alive(owner):
-                raise RunFolderError(
-                    f"'{out}' is in use by another detkd run (process {owner.get('pid')} on "
-                    f"{owner.get('host')}, since {owner.get('started', '?')}). Wait for it to finish or choose "
-                    f"another --out; if no such process runs, delete '{lock}'."
-                ) from None
-            log.warning("Taking over '%s' from process %s, which no longer runs", lock, owner.get("pid", "?"))
-            lock.unlink(missing_ok=True)
-            continue
-        except OSError as err:
-            raise _folder_error(out, err) from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(lock_owner(), handle)
-        break
+    try:
+        acquire_lock(lock, reentrant=True, on_takeover=lambda owner: log.warning(
+            "Taking over '%s' from process %s, which no longer runs", lock, owner.get("pid", "?")))
+    except LockHeld as err:
+        raise RunFolderError(
+            f"'{out}' is in use by another detkd run{describe_lock_owner(err.owner)}. Wait for it to finish or "
+            f"choose another --out; if no such process runs, delete '{lock}'."
+        ) from None
+    except OSError as err:
+        raise _folder_error(out, err) from None
     _held[out.resolve()] = lock
     atexit.register(release_run_folder, out)
     return lock
