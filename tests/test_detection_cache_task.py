@@ -14,7 +14,6 @@ from torch.utils.data import default_collate
 
 from detkd.cache import TeacherCacheError, TeacherOutputCache
 from detkd.cache.detection import (
-    CachedDetectorViews,
     build_detector_teacher_cache,
     cached_detector_stream,
     detector_cache_fields,

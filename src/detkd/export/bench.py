@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence

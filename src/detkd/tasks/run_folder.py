@@ -7,10 +7,8 @@ from __future__ import annotations
 import atexit
 import copy
 import errno
-import json
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
