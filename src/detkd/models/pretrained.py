@@ -60,6 +60,9 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
         ShippedModel("student-fast-s", "student", "student_fast_s_aliked.pt",
                      "fast-s student (52K parameters, 128-d descriptors) distilled from ALIKED-n16 "
                      "on 58 unlabelled photos and aerial tiles"),
+        ShippedModel("student-fast-s-disk", "student", "student_fast_s_disk.pt",
+                     "fast-s student (52K parameters, 128-d descriptors) distilled from DISK "
+                     "on 58 unlabelled photos and aerial tiles (a drop-in for DISK's LightGlue)"),
     )
 }
 
