@@ -118,13 +118,13 @@ def test_point_descriptor_cosine_by_hand():
                "descriptors": torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)}
     teacher = {**student, "points": torch.tensor([[[7.5, 3.5], [3.5, 3.5]]]),
                "point_descriptors": torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])}
-    terms = KeypointDistillationLoss()(teacher, student)
+    terms = KeypointDistillationLoss(KeypointDistillWeights(point_descriptor_relation=0.0))(teacher, student)
     # x = 7.5 is midway: the student reads (1/2, 1/2) -> unit (1, 1)/sqrt 2, cos 1/sqrt 2 with (1, 0);
     # x = 3.5 is the first centre: (1, 0) against (0, 1), cos 0
     expected = ((1 - 1 / math.sqrt(2)) + 1.0) / 2
     assert terms["point_descriptor_cosine"].item() == pytest.approx(expected)
     assert terms["descriptor_cosine"].item() == pytest.approx(0.0)  # the cells themselves agree
-    assert terms["loss"].item() == pytest.approx(expected)  # weight 1 by default; every other term is 0
+    assert terms["loss"].item() == pytest.approx(expected)  # weight 1 by default; every other weighted term is 0
     assert "point_descriptor_cosine" not in KeypointDistillationLoss()(student, student)  # no points, no term
 
 

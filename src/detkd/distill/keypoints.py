@@ -75,7 +75,7 @@ class KeypointDistillWeights:
     descriptor_mse: float = 0.0  # = 2/D x descriptor_cosine for unit descriptors: off by default
     descriptor_cosine: float = 1.0
     point_descriptor_cosine: float = 1.0  # at the teacher's key points plus a grid (needs point outputs)
-    point_descriptor_relation: float = 0.0  # ranking of the view's teacher descriptors (needs point outputs)
+    point_descriptor_relation: float = 0.3  # ranking of the view's teacher descriptors (needs point outputs)
     temperature: float = 1.0  # softens both cell distributions in cell_kl
     point_relation_temperature: float = 0.1  # cosine scale of point_descriptor_relation's softmaxes
 

@@ -81,7 +81,7 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         "heatmap_mse": 120.0, "heatmap_gradient_mse": 150.0, "cell_kl": 1.0,
         "descriptor_mse": 0.0, "descriptor_cosine": 1.0, "temperature": 1.0,  # descriptor_mse = 2/D x cosine: off
         "point_descriptor_cosine": 1.0,  # descriptors at the points below, as extract() reads them; 0: off
-        "point_descriptor_relation": 0.0,  # each point's ranking of the view's teacher descriptors; 0: off
+        "point_descriptor_relation": 0.3,  # each point's ranking of the view's teacher descriptors; 0: off
         "point_relation_temperature": 0.1,
     },
     "points": {  # where the point_descriptor_* terms compare descriptors
