@@ -56,7 +56,7 @@ from detkd.data.detection import (
     tree_tiles_split,
 )
 from detkd.engine import read_history
-from detkd.evaluation.detection import DetectionMetrics, evaluate_detections, resolve_max_detections
+from detkd.evaluation.detection import DetectionMetrics, MaxDetections, evaluate_detections, resolve_max_detections
 from detkd.export.bench import interleaved_latency
 from detkd.models.detection import count_parameters, detector_gflops, load_detector, variant_options
 from detkd.tasks.detection import (
@@ -99,16 +99,16 @@ def shapes_data(num_train: int, num_val: int, size: int) -> DetectionData:
     return DetectionData(train, val, list(train.class_names), text)
 
 
-def trees_data(tile: int) -> DetectionData:
-    if not TREES.exists():
-        raise FileNotFoundError(f"{TREES} is missing: the trees set reads the orthophoto in ../shared/data/trees")
+def trees_data(tile: int, whole_block: DetectionSet) -> DetectionData:
     train, val = tree_tiles_split(TREES, tile_size=tile)
-    text = f"train: {train.summary()}\nval: {val.summary()}\nscored whole: {trees_whole_block().summary()}"
+    text = f"train: {train.summary()}\nval: {val.summary()}\nscored whole: {whole_block.summary()}"
     return DetectionData(train, val, list(train.class_names), text)
 
 
 def trees_whole_block() -> DetectionSet:
     """The validation region of the orthophoto (its right quarter, the region :func:`tree_tiles_split` tiles) as one image."""
+    if not TREES.exists():
+        raise FileNotFoundError(f"{TREES} is missing: the trees set reads the orthophoto in ../shared/data/trees")
     source = read_voc(TREES)
     blocks = [region_split(record)[1] for record in source.records]
     return DetectionSet(blocks, source.class_names, f"{source.source}, right 25% of each image, whole")
@@ -123,18 +123,20 @@ class WholeScoring:
     size: int
     eval_cfg: dict[str, Any]
 
+    @property
+    def limit(self) -> MaxDetections:
+        return resolve_max_detections(self.eval_cfg["max_detections"], self.dataset.records)
+
     def __call__(self, model_path: Path) -> dict[str, float]:
         model = load_detector(model_path)
         predictions = predict_set_tiled(model, self.dataset, self.tile, DEFAULT_TILE_OVERLAP, (self.size, self.size),
                                         self.eval_cfg)
-        limit = resolve_max_detections(self.eval_cfg["max_detections"], self.dataset.records).value
-        return row(evaluate_detections(predictions, self.dataset, max_detections=limit))
+        return row(evaluate_detections(predictions, self.dataset, max_detections=self.limit.value))
 
     def describe(self) -> str:
-        limit = resolve_max_detections(self.eval_cfg["max_detections"], self.dataset.records)
         return (f"{self.dataset.summary()}; predicted in {self.tile} px tiles overlapping by "
                 f"{overlap_pixels(DEFAULT_TILE_OVERLAP, self.tile)} px, each letterboxed to {self.size}x{self.size}, "
-                f"merged across the seams (NMS IoU {self.eval_cfg['nms_iou']}); {limit.describe()}")
+                f"merged across the seams (NMS IoU {self.eval_cfg['nms_iou']}); {self.limit.describe()}")
 
 
 def schedule(args: argparse.Namespace, steps: int, seed: int) -> dict[str, Any]:
@@ -147,11 +149,15 @@ def schedule(args: argparse.Namespace, steps: int, seed: int) -> dict[str, Any]:
     }
 
 
+#: The ``eval`` section of every run, and of the whole-image scoring.
+EVAL_SECTION = {"plot_images": 6, "batch_size": 16, "score_threshold": 0.05, "nms_iou": 0.5, "max_detections": "auto"}
+
+
 def common_sections(args: argparse.Namespace, steps: int, seed: int) -> dict[str, Any]:
     return {
         "data": {"height": args.size, "width": args.size},
         "train": schedule(args, steps, seed),
-        "eval": {"plot_images": 6, "batch_size": 16, "score_threshold": 0.05, "nms_iou": 0.5, "max_detections": "auto"},
+        "eval": dict(EVAL_SECTION),
     }
 
 
@@ -423,9 +429,12 @@ def main() -> None:
 
     results = {}
     for name in args.sets:
-        data = shapes_data(args.shapes_train, args.shapes_val, args.size) if name == "shapes" else trees_data(args.tree_tile)
-        whole = None if name == "shapes" else WholeScoring(
-            trees_whole_block(), args.tree_tile, args.size, dict(common_sections(args, 1, args.seed)["eval"]))
+        if name == "shapes":
+            data, whole = shapes_data(args.shapes_train, args.shapes_val, args.size), None
+        else:
+            block = trees_whole_block()
+            data = trees_data(args.tree_tile, block)
+            whole = WholeScoring(block, args.tree_tile, args.size, dict(EVAL_SECTION))
         results[name] = run_set(name, data, args, work, whole)
     total = time.perf_counter() - started
 

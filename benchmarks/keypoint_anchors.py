@@ -177,10 +177,12 @@ class _Extract(torch.nn.Module):
 def match_latency(judged: dict[str, Any], matchers: dict[str, Any], pair: Any, repeats: int,
                   warmup: int) -> dict[str, float]:
     """Median ms to match one pair's features (each row's own points and matcher), rows interleaved."""
-    runners = {}
+    runners, features = {}, {}  # features by model: a 'NAME + LightGlue' row shares NAME's model
     for name, model in judged.items():
-        kpts0, desc0 = extract_features(model, pair.image0, BUDGET, "cpu")
-        kpts1, desc1 = extract_features(model, pair.image1, BUDGET, "cpu")
+        if id(model) not in features:
+            features[id(model)] = (*extract_features(model, pair.image0, BUDGET, "cpu"),
+                                   *extract_features(model, pair.image1, BUDGET, "cpu"))
+        kpts0, desc0, kpts1, desc1 = features[id(model)]
         matcher = matchers.get(name)
 
         def run(k0=kpts0, d0=desc0, k1=kpts1, d1=desc1, matcher=matcher) -> Any:
