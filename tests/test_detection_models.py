@@ -22,6 +22,7 @@ from detkd.models.detection import (
     load_detector,
     per_location,
     save_detector,
+    variant_options,
 )
 from detkd.models.weights import UnreadableWeightsError, WeightsMismatchError
 from detkd.safe_files import with_digest
@@ -55,9 +56,24 @@ def _batch(height: int = 128, width: int = 128, batch: int = 2, seed: int = 0):
 def test_registry_has_every_family_on_every_backbone():
     names = set(list_detectors())
     for family in ("retinanet", "fcos", "fasterrcnn"):
-        for backbone in ("resnet18", "resnet34", "resnet50", "mobilenet_v3", "tiny", "small"):
+        for backbone in ("resnet18", "resnet34", "resnet50", "mobilenet_v3", "nano", "tiny", "small"):
             assert f"{family}_{backbone}_fpn" in names
     assert list_detectors("fcos") == sorted(n for n in names if n.startswith("fcos_"))
+
+
+def test_cpu_sized_variants_differ_only_in_the_documented_defaults():
+    nano, tiny = variant_options("fcos_nano_fpn"), variant_options("fcos_tiny_fpn")
+    assert nano.pop("tiny_widths") == (8, 16, 24, 32, 48) and tiny.pop("tiny_widths") == (16, 24, 32, 48, 64)
+    assert nano.pop("head_convs") == 2 and tiny.pop("head_convs") == 4
+    assert nano == tiny  # everything else: the FCOS defaults at 32 FPN channels
+    # Faster R-CNN on any of the three tiny CNNs keeps the small two-stage settings.
+    for backbone in ("nano", "tiny", "small"):
+        options = variant_options(f"fasterrcnn_{backbone}_fpn")
+        assert options["representation_size"] == 256 and options["rpn_post_nms_top_n_test"] == 100
+    assert "head_convs" not in variant_options("retinanet_nano_fpn")
+    adapter = create_detector("fcos_nano_fpn", 3)
+    assert len(adapter.model.head.classification_head.conv) == 2 * 3  # 2 x (conv, GroupNorm, ReLU)
+    assert adapter.model.backbone.body.stem[0].out_channels == 8
 
 
 def test_registry_rejects_unknown_names_and_options():
@@ -414,3 +430,5 @@ def test_mismatched_files_give_clear_errors(tmp_path):
 def test_gflops_count_the_forward_pass():
     small, tiny = create_detector("retinanet_small_fpn", 3), create_detector("retinanet_tiny_fpn", 3)
     assert detector_gflops(small, 128, 128) > detector_gflops(tiny, 128, 128) > 0
+    nano = create_detector("fcos_nano_fpn", 3)
+    assert detector_gflops(create_detector("fcos_small_fpn", 3), 256, 256) > 4 * detector_gflops(nano, 256, 256)

@@ -18,14 +18,15 @@ Families and their torchvision defaults kept here:
   here the pyramid starts at P3 like the single-stage families), two-layer MLP box head.
 
 Backbones: ``resnet18|34|50`` (C3-C5), ``mobilenet_v3`` (MobileNetV3-Large), and for CPU tests
-and benchmarks ``tiny`` (:class:`~detkd.models.detection.backbones.TinyBackbone` widths
-16-24-32-48-64, FPN 32 channels: a student) and ``small`` (widths 24-48-64-96-128, FPN 64: a
-CPU teacher). The tiny/small Faster R-CNNs keep fewer proposals (300 train / 100 test) and a
-256-wide box head.
+and benchmarks ``nano`` (:class:`~detkd.models.detection.backbones.TinyBackbone` widths
+8-16-24-32-48, FPN 32 channels; the nano FCOS has 2 convs per head branch instead of 4: a student
+at least 4x cheaper than ``small``), ``tiny`` (widths 16-24-32-48-64, FPN 32: a student) and
+``small`` (widths 24-48-64-96-128, FPN 64: a CPU teacher). The CPU-sized Faster R-CNNs keep fewer
+proposals (300 train / 100 test) and a 256-wide box head.
 
 Overrides (keyword arguments of :func:`create_detector`; each variant lists its own in
 :func:`variant_options`): ``fpn_channels`` (a multiple of 16, >= 32: the head GroupNorms use 16 groups),
-``tiny_widths`` (``*_tiny_fpn`` / ``*_small_fpn`` only), ``anchor_size``, ``fg_iou_thresh``,
+``tiny_widths`` (``*_nano_fpn`` / ``*_tiny_fpn`` / ``*_small_fpn`` only), ``anchor_size``, ``fg_iou_thresh``,
 ``bg_iou_thresh``, ``topk_candidates``, ``center_sampling_radius``, ``head_convs`` (FCOS),
 ``rpn_*`` / ``box_*`` sizes and ``representation_size`` (Faster R-CNN).
 """
@@ -92,6 +93,7 @@ _SMALL_FASTER_RCNN = {
     "representation_size": 256,
 }
 
+NANO_WIDTHS = (8, 16, 24, 32, 48)
 TINY_WIDTHS = (16, 24, 32, 48, 64)
 SMALL_WIDTHS = (24, 48, 64, 96, 128)
 
@@ -101,8 +103,17 @@ _BACKBONE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "resnet34": ("resnet34", {}),
     "resnet50": ("resnet50", {}),
     "mobilenet_v3_large": ("mobilenet_v3", {}),
+    "nano": ("nano", {"fpn_channels": 32, "tiny_widths": NANO_WIDTHS}),
     "tiny": ("tiny", {"fpn_channels": 32, "tiny_widths": TINY_WIDTHS}),
     "small": ("small", {"fpn_channels": 64, "tiny_widths": SMALL_WIDTHS}),
+}
+#: Backbones built by :class:`~detkd.models.detection.backbones.TinyBackbone` (``tiny_widths``).
+_TINY_CNN_BACKBONES = ("nano", "tiny", "small")
+#: Defaults of one family on one backbone that differ from the family's (CPU-sized variants).
+_VARIANT_TWEAKS: dict[tuple[str, str], dict[str, Any]] = {
+    **{("faster_rcnn", backbone): _SMALL_FASTER_RCNN for backbone in _TINY_CNN_BACKBONES},
+    # At 32 FPN channels the head's 4 convs per branch cost more than the nano backbone itself.
+    ("fcos", "nano"): {"head_convs": 2},
 }
 _FAMILY_PREFIX = {"retinanet": "retinanet", "fcos": "fcos", "faster_rcnn": "fasterrcnn"}
 
@@ -113,7 +124,7 @@ class DetectorVariant:
 
     name: str
     family: str
-    backbone: str  # a name build_fpn_backbone knows, or "small" (the tiny CNN, wider)
+    backbone: str  # a name build_fpn_backbone knows, or "nano" / "small" (the tiny CNN, other widths)
     defaults: Mapping[str, Any]
 
     @property
@@ -126,9 +137,7 @@ def _build_registry() -> dict[str, DetectorVariant]:
     registry = {}
     for family, options in _FAMILY_OPTIONS.items():
         for backbone, (short, extra) in _BACKBONE_VARIANTS.items():
-            defaults = {**options, **extra}
-            if family == "faster_rcnn" and backbone in ("tiny", "small"):
-                defaults.update(_SMALL_FASTER_RCNN)
+            defaults = {**options, **extra, **_VARIANT_TWEAKS.get((family, backbone), {})}
             name = f"{_FAMILY_PREFIX[family]}_{short}_fpn"
             registry[name] = DetectorVariant(name, family, backbone, defaults)
     return registry
@@ -221,7 +230,7 @@ def _plain_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _backbone(variant: DetectorVariant, options: Mapping[str, Any]) -> nn.Module:
-    kind = "tiny" if variant.backbone == "small" else variant.backbone
+    kind = "tiny" if variant.backbone in _TINY_CNN_BACKBONES else variant.backbone
     return build_fpn_backbone(kind, options["fpn_channels"], options.get("tiny_widths"))
 
 
