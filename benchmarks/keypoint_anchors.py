@@ -60,6 +60,7 @@ from detkd.evaluation.keypoints import (
 from detkd.evaluation.lightglue import LightGlueMismatch, build_matchers, lightglue_kind
 from detkd.evaluation.matching import mutual_nearest_neighbours
 from detkd.export.bench import count_gflops, interleaved_latency
+from detkd.export.match_bench import match_runner
 from detkd.models.keypoint_teachers import load_keypoint_teacher
 from detkd.models.superpoint import SuperPoint, count_parameters
 
@@ -182,15 +183,7 @@ def match_latency(judged: dict[str, Any], matchers: dict[str, Any], pair: Any, r
         if id(model) not in features:
             features[id(model)] = (*extract_features(model, pair.image0, BUDGET, "cpu"),
                                    *extract_features(model, pair.image1, BUDGET, "cpu"))
-        kpts0, desc0, kpts1, desc1 = features[id(model)]
-        matcher = matchers.get(name)
-
-        def run(k0=kpts0, d0=desc0, k1=kpts1, d1=desc1, matcher=matcher) -> Any:
-            with torch.inference_mode():
-                if matcher is None:
-                    return mutual_nearest_neighbours(d0, d1)
-                return matcher(k0, d0, k1, d1, shape0=pair.shape0, shape1=pair.shape1)
-        runners[name] = run
+        runners[name] = match_runner(matchers.get(name), *features[id(model)], pair)
     return {name: stats.median_ms for name, stats in interleaved_latency(runners, repeats, warmup).items()}
 
 

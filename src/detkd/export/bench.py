@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import platform
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -40,25 +39,12 @@ from detkd.export.keypoints import DEFAULT_MAX_KEYPOINTS
 from detkd.export.memory import CPU_METHOD, GPU_METHOD, cpu_peak_mb, gpu_peak_mb
 from detkd.export.onnx import export_onnx, format_parity, graph_for, import_onnxruntime, ort_session, photo_batch, read_metadata
 from detkd.export.sources import ModelSource, load_model_source
+from detkd.export.timing import LatencyStats, interleaved_latency
 
 #: Runtime keys, in table order.
 RUNTIMES = ("pytorch-cpu", "onnxruntime-cpu", "pytorch-cuda", "onnxruntime-cuda")
 #: The table's note on rows that run in PyTorch only (after the rows' names).
 PYTORCH_ONLY_NOTE = "ONNX export of DISK/ALIKED/XFeat is not supported: PyTorch only"
-
-
-@dataclass
-class LatencyStats:
-    """Latency of one model in one runtime, milliseconds per image."""
-
-    median_ms: float
-    p90_ms: float
-    runs: int
-
-    @classmethod
-    def from_times(cls, times_ms: Sequence[float]) -> LatencyStats:
-        values = np.asarray(times_ms, dtype=np.float64)
-        return cls(float(np.median(values)), float(np.percentile(values, 90)), len(values))
 
 
 @dataclass
@@ -80,6 +66,8 @@ class BenchRow:
     memory_mb: dict[str, float | None] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
     path: str | None = None
+    match: LatencyStats | None = None  # matching one pair's features (bench --matcher)
+    match_count: int | None = None  # the matches that pair gave
 
 
 @dataclass
@@ -95,6 +83,7 @@ class BenchReport:
     memory_method: dict[str, str]
     environment: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    matcher: str | None = None  # what the match column timed, in words (None: not timed)
 
     def ratio(self, row: BenchRow, runtime: str, reference_runtime: str | None = None) -> float | None:
         """Latency of the first model (in ``reference_runtime``, default the same) over ``row``'s."""
@@ -125,6 +114,8 @@ class BenchReport:
         if "onnxruntime-cpu" in runtimes and "pytorch-cpu" in runtimes:
             head.append(f"ORT-cpu speed-up vs {first.name} PyTorch-cpu")
         head += [f"peak MB {rt}" for rt in runtimes if any(r.memory_mb.get(rt) is not None for r in self.rows)]
+        if self.matcher:
+            head += ["match ms", "pair ms (2 extracts + match)"]
         head.append("parity (worst diff)")
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.rows:
@@ -147,6 +138,11 @@ class BenchReport:
                 if any(r.memory_mb.get(rt) is not None for r in self.rows):
                     value = row.memory_mb.get(rt)
                     cells.append("n/a" if value is None else f"{value:.1f}")
+            if self.matcher:
+                extract = row.latency.get("pytorch-cpu")
+                cells += ["n/a", "n/a"] if row.match is None else [
+                    f"{row.match.median_ms:.1f} ({row.match_count} matches)",
+                    "n/a" if extract is None else f"{2 * extract.median_ms + row.match.median_ms:.1f}"]
             cells.append(_parity_cell(row.parity))
             lines.append("| " + " | ".join(cells) + " |")
         if self.notes:
@@ -168,6 +164,9 @@ class BenchReport:
             f"Peak memory (CPU): {self.memory_method.get('cpu', 'not measured')}."
             + (f" GPU: {env['gpu']}; memory: {self.memory_method.get('gpu')}." if env.get("gpu") else " No GPU.")
             + f" torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, {env.get('machine')}."
+            + (f" match ms: matching the features of one pair (the photo and a warped copy, each row's own "
+               f"points, CPU, PyTorch) with {self.matcher}, rows interleaved; pair ms = 2 x the PyTorch-cpu "
+               f"extract + match." if self.matcher else "")
         )
 
 
@@ -185,6 +184,8 @@ def benchmark(
     spinning: bool = True,
     max_keypoints: int | None = None,
     work_dir: str | Path | None = None,
+    matcher: str | None = None,
+    matcher_weights: Any = None,
     log: Callable[[str], None] | None = print,
 ) -> BenchReport:
     """Measure ``models`` side by side (see the module doc); the first is the reference.
@@ -204,6 +205,9 @@ def benchmark(
         max_keypoints: ``K`` of the key-point graphs (default: each model's own, 1024 when it has
             none) and of the teachers' ``extract`` (default 1024).
         work_dir: where the ONNX exports go (default: a temporary folder).
+        matcher: also time matching one pair's features of every key-point row with ``"mnn"`` or
+            ``"lightglue"`` (:mod:`detkd.export.match_bench`); ``None``: not timed.
+        matcher_weights: LightGlue weight files (``--matcher-weights``).
     """
     if not models:
         raise ValueError("benchmark needs at least one model")
@@ -231,6 +235,10 @@ def benchmark(
             say(f"timing {runtime} ({threads} thread(s)): {len(runners)} model(s) x {repeats} runs ...")
             for name, stats in interleaved_latency(runners, repeats, warmup).items():
                 _row(prepared, name).latency[runtime] = stats
+        matcher_words, match_notes = None, []
+        if matcher:
+            matcher_words, match_notes = _match_latency(sources, prepared, matcher, matcher_weights, height, width,
+                                                        _teacher_keypoints(max_keypoints), repeats, warmup, say)
         if gpu:
             _gpu_latency(prepared, height, width, repeats, warmup, say)
         if memory:
@@ -252,21 +260,8 @@ def benchmark(
     notes = [f"{', '.join(pytorch_only)}: {PYTORCH_ONLY_NOTE} (the model's own extract, top "
              f"{_teacher_keypoints(max_keypoints)} key points; ONNX Runtime, CPU peak memory and parity n/a)."
              ] if pytorch_only else []
-    return BenchReport([p.row for p in prepared], height, width, threads, repeats, warmup, methods, env, notes)
-
-
-def interleaved_latency(runners: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, LatencyStats]:
-    """Time each runner ``repeats`` times, round-robin, after ``warmup`` untimed calls each."""
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: LatencyStats.from_times(values) for name, values in times.items()}
+    return BenchReport([p.row for p in prepared], height, width, threads, repeats, warmup, methods, env,
+                       notes + match_notes, matcher=matcher_words)
 
 
 def count_gflops(module: torch.nn.Module, example: torch.Tensor) -> float:
@@ -411,6 +406,25 @@ def _torch_runner(module: torch.nn.Module, batch: torch.Tensor) -> Callable[[], 
 def _ort_runner(session: Any, batch: torch.Tensor) -> Callable[[], Any]:
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(batch.numpy())}
     return lambda: session.run(None, feed)
+
+
+def _match_latency(sources: list[ModelSource], prepared: list[_Prepared], matcher: str, weights: Any,
+                   height: int, width: int, max_keypoints: int, repeats: int, warmup: int,
+                   say: Callable[[str], None]) -> tuple[str, list[str]]:
+    """Time matching one pair's features of every key-point row (into ``row.match``); the matcher in words
+    and the notes on rows without a time."""
+    from detkd.export.match_bench import bench_pair, matching_latency
+
+    models = {item.row.name: source.module if source.task == "keypoints" else None
+              for source, item in zip(sources, prepared)}
+    say(f"timing the match of one pair ({matcher}, {max_keypoints} points at most) ...")
+    timing = matching_latency(models, matcher, bench_pair(height, width), max_keypoints, repeats=repeats,
+                              warmup=warmup, matcher_weights=weights)
+    for name, stats in timing.latency.items():
+        row = _row(prepared, name)
+        row.match, row.match_count = stats, timing.matches[name]
+    notes = [f"match ms n/a for {name}: {why}" for name, why in timing.skipped.items()]
+    return f"{timing.matcher}, {max_keypoints} points at most", notes
 
 
 def _gpu_latency(prepared: list[_Prepared], height: int, width: int, repeats: int, warmup: int,

@@ -101,13 +101,11 @@ def load_model_source(spec: str | Path, name: str | None = None) -> ModelSource:
     if name is None:
         name, text = split_model_name(text)
     if is_shipped_model_name(text):
-        from detkd.models.weights import load_keypoint_model
-
         path = shipped_model_path(text)
         role = SHIPPED_MODELS[text].role
         return ModelSource(name or ("teacher" if text == "default" else text),
                            f"detkd's shipped key-point {role} ({path.name})", "keypoints",
-                           load_keypoint_model(path).eval(), path=path.resolve())
+                           _keypoint_model(path), path=path.resolve())
     if text in VARIANTS:
         with torch.random.fork_rng():
             torch.manual_seed(RANDOM_INIT_SEED)
@@ -180,9 +178,16 @@ def _from_file(path: Path, name: str) -> ModelSource:
 
         teacher, origin = load_keypoint_teacher(str(path))
         return ModelSource(name, origin, "keypoints", teacher, path=path.resolve())
+    return ModelSource(name, f"{path}", "keypoints", _keypoint_model(path), path=path.resolve())
+
+
+def _keypoint_model(path: Path) -> nn.Module:
+    """A detkd key-point model file in eval mode, with the ``descriptor_space`` its file names (a student
+    distilled from DISK or ALIKED keeps its teacher's descriptors: ``--matcher lightglue`` reads that)."""
+    from detkd.models.keypoint_teachers.loader import with_descriptor_space
     from detkd.models.weights import load_keypoint_model
 
-    return ModelSource(name, f"{path}", "keypoints", load_keypoint_model(path).eval(), path=path.resolve())
+    return with_descriptor_space(load_keypoint_model(path).eval(), path)
 
 
 def _is_detector_file(path: Path) -> bool:

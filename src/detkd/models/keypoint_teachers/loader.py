@@ -80,7 +80,7 @@ def load_keypoint_teacher(
     if spec is None or is_shipped_model_name(str(spec)):
         shipped = SHIPPED_MODELS[DEFAULT if spec is None else str(spec)]
         path = shipped_model_path(shipped.name)
-        return _with_descriptor_space(load_keypoint_model(path).eval(), path), shipped.origin
+        return with_descriptor_space(load_keypoint_model(path).eval(), path), shipped.origin
     path = Path(spec)
     if not path.exists():
         if not path.suffix and "/" not in str(spec):
@@ -92,10 +92,10 @@ def load_keypoint_teacher(
         name = family.recognise(state)
         if name is not None:
             return _build_named(name, state, path), f"{name} ({path})"
-    return _with_descriptor_space(load_keypoint_model(path).eval(), path), str(path)
+    return with_descriptor_space(load_keypoint_model(path).eval(), path), str(path)
 
 
-def _with_descriptor_space(model: nn.Module, path: Path) -> nn.Module:
+def with_descriptor_space(model: nn.Module, path: Path) -> nn.Module:
     """``model`` with ``descriptor_space`` set from its file's ``meta.teacher`` (``"aliked-n16 (FILE)"``)."""
     from detkd.models.weights import read_keypoint_model_meta
 
