@@ -237,8 +237,12 @@ def benchmark(
                 _row(prepared, name).latency[runtime] = stats
         matcher_words, match_notes = None, []
         if matcher:
-            matcher_words, match_notes = _match_latency(sources, prepared, matcher, matcher_weights, height, width,
-                                                        _teacher_keypoints(max_keypoints), repeats, warmup, say)
+            from detkd.export.match_bench import time_row_matches
+
+            modules = [s.module if s.task == "keypoints" else None for s in sources]
+            matcher_words, match_notes = time_row_matches(
+                [p.row for p in prepared], modules, matcher, (height, width), _teacher_keypoints(max_keypoints),
+                repeats=repeats, warmup=warmup, matcher_weights=matcher_weights, log=say)
         if gpu:
             _gpu_latency(prepared, height, width, repeats, warmup, say)
         if memory:
@@ -406,25 +410,6 @@ def _torch_runner(module: torch.nn.Module, batch: torch.Tensor) -> Callable[[], 
 def _ort_runner(session: Any, batch: torch.Tensor) -> Callable[[], Any]:
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(batch.numpy())}
     return lambda: session.run(None, feed)
-
-
-def _match_latency(sources: list[ModelSource], prepared: list[_Prepared], matcher: str, weights: Any,
-                   height: int, width: int, max_keypoints: int, repeats: int, warmup: int,
-                   say: Callable[[str], None]) -> tuple[str, list[str]]:
-    """Time matching one pair's features of every key-point row (into ``row.match``); the matcher in words
-    and the notes on rows without a time."""
-    from detkd.export.match_bench import bench_pair, matching_latency
-
-    models = {item.row.name: source.module if source.task == "keypoints" else None
-              for source, item in zip(sources, prepared)}
-    say(f"timing the match of one pair ({matcher}, {max_keypoints} points at most) ...")
-    timing = matching_latency(models, matcher, bench_pair(height, width), max_keypoints, repeats=repeats,
-                              warmup=warmup, matcher_weights=weights)
-    for name, stats in timing.latency.items():
-        row = _row(prepared, name)
-        row.match, row.match_count = stats, timing.matches[name]
-    notes = [f"match ms n/a for {name}: {why}" for name, why in timing.skipped.items()]
-    return f"{timing.matcher}, {max_keypoints} points at most", notes
 
 
 def _gpu_latency(prepared: list[_Prepared], height: int, width: int, repeats: int, warmup: int,

@@ -15,9 +15,9 @@ gets a cheaper match:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from detkd.evaluation.keypoints import extract_features
 from detkd.evaluation.lightglue import MATCHER_NAMES, LightGlueMismatch, build_matchers, lightglue_kind
 from detkd.evaluation.matching import mutual_nearest_neighbours
 from detkd.export.timing import LatencyStats, interleaved_latency
+
+if TYPE_CHECKING:
+    from detkd.export.bench import BenchRow
 
 #: The photo ``detkd bench`` extracts from (``detkd.export.onnx.photo_batch``).
 BENCH_PHOTO = "coffee"
@@ -104,6 +107,35 @@ def matching_latency(
         found[name] = int(len(runners[name]()))
     latency = interleaved_latency(runners, repeats, warmup) if runners else {}
     return MatchTiming(words, latency, skipped, found)
+
+
+def time_row_matches(
+    rows: Sequence[BenchRow],
+    modules: Sequence[Any],
+    matcher: str,
+    size: tuple[int, int],
+    max_keypoints: int,
+    *,
+    repeats: int,
+    warmup: int,
+    matcher_weights: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[str, list[str]]:
+    """``detkd bench --matcher``: set ``row.match`` and ``row.match_count`` of every row whose module
+    (``modules[i]`` for ``rows[i]``; None: no key-point model in PyTorch) can be matched.
+
+    Returns:
+        The matcher in words (for the table's conditions) and a note per row left without a time.
+    """
+    if log:
+        log(f"timing the match of one pair ({matcher}, {max_keypoints} points at most) ...")
+    timing = matching_latency({row.name: module for row, module in zip(rows, modules)}, matcher, bench_pair(*size),
+                              max_keypoints, repeats=repeats, warmup=warmup, matcher_weights=matcher_weights)
+    for row in rows:
+        if row.name in timing.latency:
+            row.match, row.match_count = timing.latency[row.name], timing.matches[row.name]
+    notes = [f"match ms n/a for {name}: {why}" for name, why in timing.skipped.items()]
+    return f"{timing.matcher}, {max_keypoints} points at most", notes
 
 
 def match_runner(matcher: Any, kpts0: torch.Tensor, desc0: torch.Tensor, kpts1: torch.Tensor, desc1: torch.Tensor,
