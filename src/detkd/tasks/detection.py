@@ -17,8 +17,8 @@ Baseline and distilled students read the same ``train`` section, so with one con
 the same schedule and compare fairly.
 
 The data and training streams (teacher cache included) are :mod:`detkd.tasks.detection_data`,
-prediction, validation and the report files :mod:`detkd.tasks.detection_eval`; their names are
-importable from here too.
+building and checking the models :mod:`detkd.tasks.detection_models`, prediction, validation and
+the report files :mod:`detkd.tasks.detection_eval`; their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import copy
 import logging
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,9 +41,6 @@ from detkd.engine.distributed import is_launch_rank_zero
 from detkd.models.detection import (
     DetectorAdapter,
     DetectorOutputs,
-    count_parameters,
-    create_detector,
-    load_detector,
     read_detector_extra,
     save_detector,
 )
@@ -60,6 +57,15 @@ from detkd.tasks.detection_data import (  # noqa: F401 - re-exported
     labelled_stream,
     read_detection_data,
     unlabeled_stream,
+)
+from detkd.tasks.detection_models import (  # noqa: F401 - re-exported
+    IncompatibleModelsError,
+    build_detector,
+    check_class_lists,
+    check_compatible,
+    describe_detector,
+    first_batch,
+    load_teacher,
 )
 from detkd.tasks.detection_eval import (  # noqa: F401 - re-exported
     EvaluationReport,
@@ -157,10 +163,6 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
 
 #: Paths that a run's config.yaml holds absolute, so that ``--config run/config.yaml`` works from any folder.
 RUN_PATH_KEYS = ("data.config", "data.unlabeled", "teacher.checkpoint", "teacher_cache.folder")
-
-
-class IncompatibleModelsError(ValueError):
-    """Teacher and student cannot be distilled with the chosen method; the message says why and what to change."""
 
 
 # ------------------------------------------------------------------------------------ tasks
@@ -289,74 +291,6 @@ class DetectionDistillTask(Task):
         return {"detector_config": self.student.config, "class_names": self.student.class_names}
 
 
-# ------------------------------------------------------------------------------------ models
-def build_detector(model_cfg: dict[str, Any], class_names: Sequence[str]) -> DetectorAdapter:
-    """A new detector named ``model_cfg['name']`` for ``class_names`` with ``model_cfg['overrides']``."""
-    overrides = model_cfg.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"'overrides' must be a mapping of detector options, got {overrides!r}")
-    return create_detector(model_cfg["name"], len(class_names), class_names=list(class_names), **overrides)
-
-
-def describe_detector(model: DetectorAdapter) -> str:
-    """``name (family, parameters, FPN width)`` for printouts and reports."""
-    return f"{model.name} ({model.model.__class__.__name__}, {count_parameters(model):,} parameters, {model.fpn_channels}-channel FPN)"
-
-
-def check_class_lists(teacher: DetectorAdapter, class_names: Sequence[str], teacher_origin: str, data_origin: str) -> None:
-    """Raise :class:`IncompatibleModelsError` when the teacher was trained on other classes than the data's."""
-    names = list(class_names)
-    if teacher.class_names is None:
-        if teacher.num_classes != len(names):
-            raise IncompatibleModelsError(
-                f"The teacher '{teacher_origin}' predicts {teacher.num_classes} classes but {data_origin} lists "
-                f"{len(names)} ({', '.join(names)}): teacher and student must share one class list."
-            )
-        log.warning("The teacher '%s' stores no class names; assuming they are %s", teacher_origin, names)
-        return
-    if teacher.class_names != names:
-        raise IncompatibleModelsError(
-            f"The teacher '{teacher_origin}' was trained on classes {teacher.class_names} but {data_origin} lists "
-            f"{names}. Distillation compares class scores one by one, so teacher and student need the same class "
-            "list in the same order: train the teacher on this data set, or fix 'names' in data.yaml."
-        )
-
-
-def check_compatible(
-    teacher: DetectorAdapter,
-    student: DetectorAdapter,
-    distiller: DetectionDistiller,
-    batch: dict[str, torch.Tensor],
-    method: str,
-) -> list[str]:
-    """One forward pass of teacher, student and distiller on ``batch`` (a few images) before training.
-
-    Returns the names of the distiller's loss terms (those with a gradient; the rest are
-    diagnostics). Raises :class:`IncompatibleModelsError` naming both models and the reason
-    when the method cannot compare them (class lists, FPN levels and strides, families).
-    """
-    images = batch["image"]
-    targets = unpad_targets(batch) if "boxes" in batch else None
-    was_training = student.training
-    student.eval()
-    try:
-        with torch.no_grad():
-            teacher_outputs = teacher(images)
-        outputs = distiller(teacher_outputs, student(images), targets)
-    except (ValueError, RuntimeError) as err:
-        raise IncompatibleModelsError(
-            f"Cannot distil the teacher {describe_detector(teacher)}, strides {teacher.strides}, into the student "
-            f"{describe_detector(student)}, strides {student.strides}, with '{method}': {err}"
-        ) from err
-    finally:
-        student.train(was_training)
-    return [k for k, v in outputs.items() if k != "distill" and v.requires_grad]
-
-
-def _first_batch(stream: StreamDataset, size: int = 2) -> dict[str, torch.Tensor]:
-    return torch.utils.data.default_collate([stream[k] for k in range(size)])
-
-
 # ------------------------------------------------------------------------------------ jobs
 @dataclass
 class DetectionOutcome:
@@ -413,15 +347,6 @@ def run_detection_training(
     return DetectionOutcome(out, model_path, report, result.step, result.seconds)
 
 
-def load_teacher(checkpoint: str | Path | None) -> DetectorAdapter:
-    """The teacher detector of ``teacher.checkpoint`` (eval mode)."""
-    if not checkpoint:
-        raise ConfigError(
-            "No teacher given: pass --teacher runs/teacher/model.pt (train one with 'detkd detect train')"
-        )
-    return load_detector(checkpoint).eval()
-
-
 def run_detection_distillation(
     config: dict[str, Any], out_dir: str | Path, resume: bool = False, data: DetectionData | None = None
 ) -> DetectionOutcome:
@@ -456,7 +381,7 @@ def run_detection_distillation(
     )
     label_free = bool(distill_cfg["label_free"])
     stream, images_text = distillation_stream(config, data)
-    terms = check_compatible(teacher, student, distiller, _first_batch(stream), method)
+    terms = check_compatible(teacher, student, distiller, first_batch(stream), method)
     gt_weight = 0.0 if label_free else float(distill_cfg["gt_weight"])
     trainer = _trainer(train_cfg, out, resume)
 
