@@ -85,7 +85,7 @@ def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int)
     with_points = f"_points{points.keypoints}-{points.grid_stride}" if points else ""  # another cache fingerprint
     return merge_config(DEFAULT_DISTILL_CONFIG, {
         "teacher": {"checkpoint": args.teacher, "weights": args.teacher_weights},
-        "student": {"variant": args.student},
+        "student": {"variant": args.student, "init": args.init},
         "data": {"images": str(train), "height": h, "width": w},
         "teacher_cache": {"folder": str(args.work / f"teacher_cache_{teacher}_{h}x{w}_v{args.views_per_image}{with_points}"),
                           "views_per_image": args.views_per_image},
@@ -242,6 +242,8 @@ def main() -> None:
     parser.add_argument("--teacher-weights", default=None,
                         help="weight file of a named teacher [kornia's download cache]")
     parser.add_argument("--name", default=None, help="name of the curve [the student variant, '-from-TEACHER' if named]")
+    parser.add_argument("--init", default=None,
+                        help="start the student from this model file or shipped student (fine-tuning) [random]")
     parser.add_argument("--milestones", type=int, nargs="+", default=[500, 1000, 2000, 4000, 8000, 12000])
     parser.add_argument("--train-size", type=int, nargs=2, default=[240, 320], help="training view H W [240 320]")
     parser.add_argument("--eval-size", type=int, nargs=2, default=[240, 320], help="validation pair H W [240 320]")

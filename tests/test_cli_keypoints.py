@@ -77,6 +77,39 @@ def test_resume_keeps_the_runs_student_and_refuses_another_by_name(workspace):
     assert load_keypoint_model(out / "student.pt").conf["encoder"] == "fast"
 
 
+def test_init_fine_tunes_a_students_weights_and_refuses_another_structure(workspace):
+    from detkd.models.superpoint import create_model
+    from detkd.tasks.keypoints import initialise_student
+
+    runner = CliRunner()
+    first = runner.invoke(main, distill_args(workspace, workspace / "first", steps=2, extra=["--student", "fast-s"]))
+    assert first.exit_code == 0, first.output
+    trained = workspace / "first" / "student.pt"
+    # the weights are copied: a fresh fast-s (other seed) equals the file after initialise_student
+    torch.manual_seed(5)
+    fresh = create_model("fast-s", descriptor_dim=256, batch_norm=True)
+    origin = initialise_student(fresh, trained)
+    source = load_keypoint_model(trained).state_dict()
+    assert all(torch.equal(value, source[key]) for key, value in fresh.state_dict().items())
+    assert origin.startswith(str(trained)) and ", 2 steps from " in origin
+    # a run from it says so and records it in the student's file
+    second = runner.invoke(main, distill_args(workspace, workspace / "second", steps=1,
+                                              extra=["--student", "fast-s", "--init", str(trained)]))
+    assert second.exit_code == 0, second.output
+    assert f"initial weights from {trained}" in second.output
+    meta = torch.load(workspace / "second" / "student.pt", weights_only=True)["meta"]
+    assert meta["init"].startswith(str(trained))
+    # another structure is refused before training, naming both and the keys to set
+    other = runner.invoke(main, distill_args(workspace, workspace / "third", steps=1,
+                                             extra=["--student", "fast-m", "--init", str(trained)]))
+    assert other.exit_code != 0 and "channels [8, 16, 32, 32]" in other.output
+    assert "channels [16, 32, 64, 96]" in other.output and "student.variant" in other.output
+    assert not (workspace / "third" / "student.pt").exists()
+    missing = runner.invoke(main, distill_args(workspace, workspace / "fourth", steps=1,
+                                               extra=["--init", str(workspace / "nothing.pt")]))
+    assert missing.exit_code != 0 and "nothing.pt' does not exist" in missing.output and "student-fast-s" in missing.output
+
+
 def test_corrupt_image_is_skipped_and_named(workspace):
     (workspace / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     result = CliRunner().invoke(main, distill_args(workspace, workspace / "run"))

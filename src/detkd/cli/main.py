@@ -141,6 +141,10 @@ class _StudentOption(click.Option):
               help=_TEACHER_WEIGHTS_HELP)
 @click.option("--student", cls=_StudentOption, type=_StudentChoice(), default=None,
               help="Student variant (listed with its parameters, from detkd.models.superpoint.VARIANTS).")
+@click.option("--init", default=None,
+              help="Start from these student weights instead of random ones: a student model file (a run's "
+                   "student.pt) or a shipped student (student-fast-s, ...), of the --student variant's structure. "
+                   "Fine-tunes it, e.g. on your own photos or at a larger view size.")
 @click.option("--images", type=click.Path(exists=True), default=None,
               help="Folder of unlabelled training photos (jpg/png/ppm/tif, any size, colour or grey). "
                    "Default: the photos that ship with scikit-image.")
@@ -174,16 +178,18 @@ class _StudentOption(click.Option):
 @click.option("--seed", type=int, default=None, help="Random seed of data and initialisation. [default: 0]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def distill(config_file: Path | None, out: Path, resume: bool, **options: Any) -> None:
-    """Train a compact student on a SuperPoint teacher's outputs (no labels).
+    """Train a compact student on a key-point teacher's outputs (no labels).
 
+    The teacher is the shipped SuperPoint, DISK, ALIKED, XFeat or a weight file (--teacher).
     Teacher and student see the same randomly cropped, warped and noised views of your
-    photos; the student learns the teacher's heatmap, its gradients, its cell distribution
-    and its dense descriptors. At the end both are evaluated on the same held-out pairs.
+    photos; the student learns the teacher's detection map, its gradients, its cell
+    distribution and its descriptors (dense, and at sampled points: their cosine and how they
+    rank one another). At the end both are evaluated on the same held-out pairs.
     """
     from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, run_distillation
 
     keys = {
-        "teacher": "teacher.checkpoint", "student": "student.variant", "images": "data.images",
+        "teacher": "teacher.checkpoint", "student": "student.variant", "init": "student.init", "images": "data.images",
         "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr",
         "height": "data.height", "width": "data.width", "eval_images": "eval.images",
         "hpatches": "eval.hpatches", "device": "train.accelerator", "precision": "train.precision",

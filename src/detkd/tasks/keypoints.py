@@ -57,6 +57,9 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         "channels": None,  # encoder widths, 4 numbers, e.g. [8, 16, 32, 32]
         "head_channels": None,  # hidden width of the detector and descriptor heads
         "descriptor_dim": None,  # null: the teacher's (the descriptor losses need the teacher's size)
+        # Initial weights: null = random; a student model file or a shipped student's name (student-fast-s ...) of
+        # the same structure = fine-tune it (e.g. a shipped student on your own photos, or at a larger view size)
+        "init": None,
     },
     "data": {
         "images": None,  # folder of unlabelled photos; null: scikit-image's training photos
@@ -201,6 +204,42 @@ def build_student(teacher: nn.Module, variant: str, batch_norm: bool = True, **s
     return create_model(variant, batch_norm=batch_norm, **overrides, **post)
 
 
+def initialise_student(student: SuperPoint, init: str | Path) -> str:
+    """Copy the weights of ``init`` (a detkd key-point model file, or a shipped student's name) into
+    ``student``, whose structure must be the same; returns where they came from, in words.
+
+    Raises:
+        FileNotFoundError: ``init`` is neither a file nor a shipped model's name.
+        ValueError: its structure (encoder, widths, descriptor size, BatchNorm) differs from ``student``'s;
+            the message names both and the config keys to set.
+        UnsafeWeightsError / UnreadableWeightsError / WeightsMismatchError: see :mod:`detkd.models.weights`.
+    """
+    from detkd.models.pretrained import SHIPPED_MODELS, is_shipped_model_name, shipped_model_path
+    from detkd.models.weights import STRUCTURAL_OPTIONS, load_keypoint_model, read_keypoint_model_meta
+
+    path = shipped_model_path(str(init)) if is_shipped_model_name(str(init)) else Path(init)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"student.init '{init}' does not exist: give a student model file (a run's student.pt) or a shipped "
+            f"model's name ({', '.join(SHIPPED_MODELS)})")
+    source = load_keypoint_model(path)
+    differ = [k for k in STRUCTURAL_OPTIONS if _plain(source.conf[k]) != _plain(student.conf[k])]
+    if differ:
+        theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in differ)
+        ours = ", ".join(f"{k} {_plain(student.conf[k])}" for k in differ)
+        raise ValueError(
+            f"student.init '{path}' has {theirs}; the student to train has {ours}. Set student.variant (and "
+            "student.channels / head_channels / encoder) to the file's structure, or leave student.init null")
+    student.load_state_dict(source.state_dict())
+    meta = read_keypoint_model_meta(path)
+    trained = f", {meta['steps']} steps from {meta['teacher']}" if meta.get("steps") and meta.get("teacher") else ""
+    return f"{path}{trained}"
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def student_description(student: SuperPoint, variant: str) -> str:
     """``fast-s`` or, when the config changed its structure, ``fast-s (fast encoder, channels 8-16-32-48, ...)``."""
     default = create_model(variant, batch_norm=student.conf["batch_norm"]).conf
@@ -300,6 +339,7 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
         teacher, student_cfg["variant"], student_cfg["batch_norm"],
         **{k: student_cfg[k] for k in STUDENT_STRUCTURE_KEYS},
     )
+    init = initialise_student(student, student_cfg["init"]) if student_cfg.get("init") else None
     stream, data_text = training_stream(config)
     if train_cfg.num_workers > 0:
         stream.preload()  # decode once here; forked workers share the pixels
@@ -307,7 +347,8 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     say = rank_zero_say(rank_zero)
 
     say(f"teacher : {origin} ({count_parameters(teacher):,} parameters)")
-    say(f"student : {student_description(student, student_cfg['variant'])} ({count_parameters(student):,} parameters)")
+    say(f"student : {student_description(student, student_cfg['variant'])} ({count_parameters(student):,} parameters)"
+        + (f", initial weights from {init}" if init else ""))
     say(f"images  : {data_text}")
     open_run_folder(config, train_cfg, out, "views", rank_zero, resume)
 
@@ -323,7 +364,8 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
         return DistillationOutcome(out, out / "student.pt", {}, "")
     student_path = save_keypoint_model(
         student.eval(), out / "student.pt",
-        meta={"teacher": origin, "steps": result.step, "variant": config["student"]["variant"]},
+        meta={"teacher": origin, "steps": result.step, "variant": config["student"]["variant"],
+              **({"init": init} if init else {})},
     )
     print(f"student saved to {student_path} after {result.step} steps ({result.seconds:.0f} s this session)")
 
