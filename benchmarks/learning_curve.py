@@ -119,7 +119,8 @@ def run_curve(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         outcome = run_distillation(distill_config(args, train, val, steps), run_dir, resume=True)
         shutil.copy2(outcome.student_path, run_dir / f"student_{steps}.pt")
-        record = {"name": args.name, "student": args.student, "steps": steps,
+        record = {"name": args.name, "student": args.student, "steps": steps, "init": args.init,
+                  "train_size": list(args.train_size), "eval_size": list(args.eval_size),
                   "seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),
                   "command": "python benchmarks/learning_curve.py " + " ".join(sys.argv[1:]),
                   "models": outcome.metrics, "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"}
@@ -173,7 +174,10 @@ def write_report(args: argparse.Namespace) -> None:
         lines += [f"## {name} (student `{rows[0]['student']}`)", "",
                   f"`{rows[-1].get('command', 'python benchmarks/learning_curve.py --student ' + rows[0]['student'])}`", "",
                   "Loss weights (the run's config.yaml; defaults change between versions, so the command alone does "
-                  "not fix them): " + (", ".join(f"{k} {v:g}" for k, v in loss.items()) if loss else "not recorded") + ".",
+                  "not fix them): " + (", ".join(f"{k} {v:g}" for k, v in loss.items()) if loss else "not recorded") + "."
+                  + (f" Fine-tuned from `{rows[0]['init']}` (step 0: that model, untrained here); training views "
+                     f"{'x'.join(map(str, rows[0]['train_size']))}, validation pairs {'x'.join(map(str, rows[0]['eval_size']))} "
+                     "(not in the plot: other sizes and a head start)." if rows[0].get("init") else ""),
                   "",
                   "| steps | " + " | ".join(f"student {SHARE_LABELS[m]}" for m in SHARES) + " | "
                   + " | ".join(f"share of teacher {SHARE_LABELS[m]}" for m in SHARES) + " | loc. err (px) | s |",
@@ -202,6 +206,7 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(SHARES), figsize=(4.2 * len(SHARES), 3.6), sharey=True)
+    curves = {name: rows for name, rows in curves.items() if not rows[0].get("init")}  # from scratch at 240x320 only
     for ax, metric in zip(axes, SHARES):
         for name, rows in curves.items():
             points = [(r["steps"], 100 * share(r, metric)) for r in rows if np.isfinite(share(r, metric))]
