@@ -205,13 +205,17 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SHARES), figsize=(4.2 * len(SHARES), 3.6), sharey=True)
-    curves = {name: rows for name, rows in curves.items() if not rows[0].get("init")}  # from scratch at 240x320 only
+    fig, axes = plt.subplots(1, len(SHARES), figsize=(4.4 * len(SHARES), 4.0), sharey=True)
+    # one colour per curve (tab20: no two curves alike), one marker per student variant
+    tab20 = plt.get_cmap("tab20").colors
+    colours = [tab20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]  # the ten strong tones first
+    markers = {"fast-s": "o", "fast-m": "s", "fast-l": "^"}
     for ax, metric in zip(axes, SHARES):
-        for name, rows in curves.items():
+        for index, (name, rows) in enumerate(curves.items()):
             points = [(r["steps"], 100 * share(r, metric)) for r in rows if np.isfinite(share(r, metric))]
             if points:
-                ax.plot(*zip(*points), marker="o", label=name)
+                ax.plot(*zip(*points), marker=markers.get(rows[0]["student"], "D"), markersize=5,
+                        color=colours[index % 20], label=name)
         ax.axhline(90, color="grey", linestyle="--", linewidth=1)
         ax.text(ax.get_xlim()[0], 91, " target 90%", fontsize=7, color="grey", va="bottom")
         ax.set_xscale("log")
@@ -223,8 +227,9 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.set_xlabel("distillation steps")
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("% of the teacher (validation pairs)")
-    axes[-1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) + 3) // 4), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
