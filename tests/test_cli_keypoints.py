@@ -99,6 +99,13 @@ def test_init_fine_tunes_a_students_weights_and_refuses_another_structure(worksp
     assert f"initial weights from {trained}" in second.output
     meta = torch.load(workspace / "second" / "student.pt", weights_only=True)["meta"]
     assert meta["init"].startswith(str(trained))
+    # 0 steps: the initial model evaluated as it is (no loss history, no loss plot)
+    as_is = runner.invoke(main, distill_args(workspace, workspace / "as-is", steps=0,
+                                             extra=["--student", "fast-s", "--init", str(trained)]))
+    assert as_is.exit_code == 0, as_is.output
+    assert (workspace / "as-is" / "metrics.json").exists() and not (workspace / "as-is" / "loss_curves.png").exists()
+    kept = load_keypoint_model(workspace / "as-is" / "student.pt").state_dict()
+    assert all(torch.equal(value, source[key]) for key, value in kept.items())
     # another structure is refused before training, naming both and the keys to set
     other = runner.invoke(main, distill_args(workspace, workspace / "third", steps=1,
                                              extra=["--student", "fast-m", "--init", str(trained)]))

@@ -371,7 +371,8 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
 
     from detkd.viz.plots import plot_loss_curves
 
-    plot_loss_curves(result.history, out / "loss_curves.png", title="Key-point distillation")
+    if Path(result.history).exists():  # none after 0 steps (a model given by student.init, evaluated as it is)
+        plot_loss_curves(result.history, out / "loss_curves.png", title="Key-point distillation")
     metrics, table = evaluate_and_report(
         {"teacher": teacher_at_student_scale(teacher, student), "student": student},
         {**config["eval"], "device": config["train"]["accelerator"]}, out,  # evaluated where it trained
