@@ -20,7 +20,7 @@ Families and their torchvision defaults kept here:
 Backbones: ``resnet18|34|50`` (C3-C5), ``mobilenet_v3`` (MobileNetV3-Large), and for CPU tests
 and benchmarks ``nano`` (:class:`~detkd.models.detection.backbones.TinyBackbone` widths
 8-16-24-32-48, FPN 32 channels; the nano FCOS has 2 convs per head branch instead of 4: a student
-at least 4x cheaper than ``small``), ``tiny`` (widths 16-24-32-48-64, FPN 32: a student) and
+with 7x fewer GFLOPs than ``fcos_small_fpn``), ``tiny`` (widths 16-24-32-48-64, FPN 32: a student) and
 ``small`` (widths 24-48-64-96-128, FPN 64: a CPU teacher). The CPU-sized Faster R-CNNs keep fewer
 proposals (300 train / 100 test) and a 256-wide box head.
 
