@@ -34,6 +34,20 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def random_aliked_lightglue(tmp_path_factory):
+    """A random ALIKED LightGlue saved the way the published file is (old layer names): a weight file for
+    ``--matcher lightglue`` tests without the real one."""
+    from detkd.evaluation.lightglue import KINDS, new_lightglue
+
+    torch.manual_seed(0)
+    state = new_lightglue(KINDS["aliked"]).state_dict()
+    state = {k.replace("transformers.0.self_attn.", "self_attn.0."): v for k, v in state.items()}
+    path = tmp_path_factory.mktemp("lg") / "aliked_lightglue.pth"
+    torch.save(state, path)
+    return path
+
+
 def make_keypoint_workspace(folder, photo_shapes):
     """A random-weight ``tiny`` teacher (``folder/teacher.pt``, seed 0) and random photos
     (``folder/photos/p{i}.png``, one per shape ``(H, W)`` grey or ``(H, W, 3)`` colour, seed 0)."""

@@ -124,19 +124,8 @@ def test_a_distilled_students_file_carries_its_teachers_descriptor_space(tmp_pat
     assert load_keypoint_teacher(str(other))[0].descriptor_space is None
 
 
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    """A random LightGlue saved the way the published files are (old layer names)."""
-    torch.manual_seed(0)
-    state = new_lightglue(KINDS["aliked"]).state_dict()
-    state = {k.replace("transformers.0.self_attn.", "self_attn.0."): v for k, v in state.items()}
-    path = tmp_path_factory.mktemp("lg") / "aliked_lightglue.pth"
-    torch.save(state, path)
-    return path
-
-
-def test_weight_files_load_safely_and_wrong_files_are_named(random_weights, tmp_path):
-    net = load_lightglue(KINDS["aliked"], random_weights)
+def test_weight_files_load_safely_and_wrong_files_are_named(random_aliked_lightglue, tmp_path):
+    net = load_lightglue(KINDS["aliked"], random_aliked_lightglue)
     assert not net.training
     torch.manual_seed(0)
     fresh = new_lightglue(KINDS["aliked"])  # same seed: the weights that were saved under the old names
@@ -176,16 +165,16 @@ def test_offline_without_a_file_names_the_file_and_the_folder(monkeypatch, tmp_p
     assert find_weights(KINDS["disk"]) == cached
 
 
-def test_weights_for_two_kinds_need_naming(random_weights):
+def test_weights_for_two_kinds_need_naming(random_aliked_lightglue):
     torch.manual_seed(0)
     rows = {"d": disk.build("disk"), "a": aliked.build("aliked-n16")}
     with pytest.raises(ValueError, match="aliked and disk: give --matcher-weights as KIND=FILE"):
-        build_matchers(rows, "lightglue", str(random_weights))
-    matchers, text = build_matchers({"a": rows["a"]}, "lightglue", [f"aliked={random_weights}"])
-    assert set(matchers) == {"a"} and str(random_weights) in text
+        build_matchers(rows, "lightglue", str(random_aliked_lightglue))
+    matchers, text = build_matchers({"a": rows["a"]}, "lightglue", [f"aliked={random_aliked_lightglue}"])
+    assert set(matchers) == {"a"} and str(random_aliked_lightglue) in text
 
 
-def test_cli_match_and_evaluate_with_lightglue(random_weights, tmp_path):
+def test_cli_match_and_evaluate_with_lightglue(random_aliked_lightglue, tmp_path):
     torch.manual_seed(0)
     n16 = tmp_path / "aliked-n16.pth"
     torch.save(aliked.build("aliked-n16").net.state_dict(), n16)
@@ -195,7 +184,7 @@ def test_cli_match_and_evaluate_with_lightglue(random_weights, tmp_path):
     for i in range(2):
         Image.fromarray((rng.random((64, 80)) * 255).astype(np.uint8)).save(photos / f"p{i}.png")
     p0, p1 = sorted(photos.iterdir())
-    common = ["--matcher", "lightglue", "--matcher-weights", str(random_weights), "--device", "cpu"]
+    common = ["--matcher", "lightglue", "--matcher-weights", str(random_aliked_lightglue), "--device", "cpu"]
     result = CliRunner().invoke(main, ["keypoints", "match", str(p0), str(p1), "--model", str(n16),
                                        "--max-keypoints", "50", *common])
     assert result.exit_code == 0 and "LightGlue matches" in result.output, result.output

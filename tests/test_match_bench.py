@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from detkd.cli.main import main
 from detkd.evaluation.keypoints import extract_features
-from detkd.evaluation.lightglue import KINDS, new_lightglue
 from detkd.evaluation.matching import mutual_nearest_neighbours
 from detkd.export.bench import BenchReport, BenchRow, LatencyStats, benchmark
 from detkd.export.match_bench import bench_pair, matching_latency
@@ -28,17 +27,6 @@ def student(dim: int = 256, space: str | None = None) -> torch.nn.Module:
     model = create_model("fast-s", descriptor_dim=dim).eval()
     model.descriptor_space = space
     return model
-
-
-@pytest.fixture(scope="module")
-def aliked_lightglue(tmp_path_factory):
-    """Random LightGlue weights saved like the published file (old layer names), every match kept."""
-    torch.manual_seed(0)
-    state = new_lightglue(KINDS["aliked"]).state_dict()
-    state = {k.replace("transformers.0.self_attn.", "self_attn.0."): v for k, v in state.items()}
-    path = tmp_path_factory.mktemp("lg") / "aliked_lightglue.pth"
-    torch.save(state, path)
-    return path
 
 
 def test_the_pair_is_the_bench_photo_and_a_seeded_warp_of_it():
@@ -63,12 +51,12 @@ def test_mutual_nearest_neighbour_rows_time_the_match_of_their_own_features():
         matching_latency({"s": model}, "flann", pair, 50)
 
 
-def test_lightglue_times_the_rows_it_reads_and_names_why_not_for_the_others(aliked_lightglue):
+def test_lightglue_times_the_rows_it_reads_and_names_why_not_for_the_others(random_aliked_lightglue):
     pair = bench_pair(64, 96)
     models = {"from-aliked": student(128, "aliked-n16"), "superpoint-like": student(256, None)}
-    timing = matching_latency(models, "lightglue", pair, 40, repeats=2, warmup=0, matcher_weights=str(aliked_lightglue))
+    timing = matching_latency(models, "lightglue", pair, 40, repeats=2, warmup=0, matcher_weights=str(random_aliked_lightglue))
     assert set(timing.latency) == {"from-aliked"} and timing.latency["from-aliked"].runs == 2
-    assert timing.matcher.startswith("LightGlue (aliked: ") and str(aliked_lightglue) in timing.matcher
+    assert timing.matcher.startswith("LightGlue (aliked: ") and str(random_aliked_lightglue) in timing.matcher
     assert "cannot match 'superpoint-like'" in timing.skipped["superpoint-like"]
     assert "no DISK or ALIKED teacher" in timing.skipped["superpoint-like"]
     # no row fits: nothing is loaded, so no weights are needed
