@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,40 @@ def test_distill_writes_student_metrics_plots_and_config(workspace):
     assert set(metrics) == {"teacher", "student"} and 0 <= metrics["student"]["repeatability"] <= 1
     student = load_keypoint_model(out / "student.pt")
     assert student.conf["channels"] == (16, 32, 64, 96)  # fast-m, the default student
+
+
+def test_config_yaml_holds_absolute_paths_and_repeats_the_run_from_another_folder(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)  # every path typed relative to the workspace
+    relative = ["keypoints", "distill", "--config", "config.yaml", "--teacher", "teacher.pt", "--images", "photos",
+                "--eval-images", "photos", "--out", "run", "--steps", "1", "--batch-size", "2",
+                "--height", "64", "--width", "96", "--student", "fast-s"]
+    first = CliRunner().invoke(main, relative)
+    assert first.exit_code == 0, first.output
+    config = yaml.safe_load((workspace / "run" / "config.yaml").read_text())
+    assert config["teacher"]["checkpoint"] == str(workspace / "teacher.pt")
+    assert config["data"]["images"] == config["eval"]["images"] == str(workspace / "photos")
+    assert config["teacher"]["weights"] is None and config["student"]["init"] is None
+    elsewhere = workspace / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = CliRunner().invoke(main, ["keypoints", "distill", "--config", str(workspace / "run" / "config.yaml"),
+                                      "--out", "run2"])
+    assert again.exit_code == 0, again.output
+    assert (elsewhere / "run2" / "student.pt").exists()
+
+
+def test_absolute_paths_keep_model_names_as_names():
+    from detkd.tasks.keypoints import RUN_PATH_KEYS, is_model_name
+    from detkd.tasks.run_folder import absolute_paths
+
+    config = {"teacher": {"checkpoint": "aliked-n16", "weights": "w/aliked-n16.pth"},
+              "student": {"init": "student-fast-s"}, "data": {"images": None}}
+    resolved = absolute_paths(config, RUN_PATH_KEYS, is_model_name)
+    assert resolved["teacher"]["checkpoint"] == "aliked-n16" and resolved["student"]["init"] == "student-fast-s"
+    assert resolved["teacher"]["weights"] == str(Path.cwd() / "w" / "aliked-n16.pth")
+    assert resolved["data"]["images"] is None
+    file_init = absolute_paths({"student": {"init": "runs/a/student.pt"}}, RUN_PATH_KEYS, is_model_name)
+    assert file_init["student"]["init"] == str(Path.cwd() / "runs" / "a" / "student.pt")
 
 
 def test_resume_continues_and_an_existing_run_is_protected(workspace):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from detkd.config import load_config_file, merge_config, set_dotted
@@ -99,6 +100,18 @@ def test_missing_model_files_are_named(photos: Path, tmp_path: Path):
     config["adapt"]["labeller"] = str(tmp_path / "nowhere.pt")
     with pytest.raises(FileNotFoundError, match="adapt.labeller: model file .*nowhere.pt"):
         run_teacher_training(config, tmp_path / "run", stages=("adapt", "joint"))
+
+
+def test_config_yaml_holds_absolute_paths(photos: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(photos, init="nowhere.pt")
+    config["adapt"]["labeller"] = "nowhere.pt"  # relative, refused after config.yaml is written
+    config["adapt"]["extra_images"] = ["tiles"]
+    with pytest.raises(FileNotFoundError):
+        run_teacher_training(config, "run", stages=("adapt", "joint"))
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["adapt"]["labeller"] == saved["joint"]["init"] == str(tmp_path / "nowhere.pt")
+    assert saved["adapt"]["extra_images"] == [str(tmp_path / "tiles")]
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo, read_image, s
 from detkd.data.keypoint_pairs import PseudoLabelPairStream, resize_longer_side
 from detkd.data.synthetic_shapes import SyntheticShapesDataset
 from detkd.engine import Task, TrainConfig, Trainer
-from detkd.tasks.run_folder import claim_run_folder
+from detkd.tasks.run_folder import absolute_paths, claim_run_folder
 from detkd.tasks.teacher_checks import check_adapt_stage, check_joint_stage, check_shapes_stage
 from detkd.geometry.homography import HomographyConfig, sample_homography, warp_image
 from detkd.losses.superpoint import (
@@ -64,6 +64,9 @@ _TRAIN_DEFAULTS = {
     "seed": 0, "accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto",
     "precision": "32-true", "progress": True,
 }
+
+#: Dotted keys of files and folders, written absolute into the run's ``config.yaml``.
+TEACHER_PATH_KEYS = ("adapt.labeller", "adapt.images", "adapt.extra_images", "joint.init")
 
 #: Every option of ``detkd keypoints train-teacher`` (``detkd config keypoints-teacher`` prints it).
 DEFAULT_TEACHER_CONFIG: dict[str, Any] = {
@@ -338,7 +341,7 @@ def run_teacher_training(
     claim_run_folder(out)
     for stage_folder in ("shapes", "joint"):  # refused before config.yaml is rewritten
         Trainer(TrainConfig(), out / stage_folder).refuse_existing_run(resume)
-    save_config(config, out / "config.yaml")
+    save_config(absolute_paths(config, TEACHER_PATH_KEYS), out / "config.yaml")  # repeatable from any folder
     magicpoint_path = out / "shapes" / "magicpoint.pt"
     teacher_path = out / "joint" / "superpoint.pt"
     last = magicpoint_path

@@ -176,6 +176,20 @@ def load_teacher(checkpoint: str | Path | None, weights: str | Path | None = Non
     return load_keypoint_teacher(checkpoint, weights)
 
 
+#: Dotted config keys of files and folders, written absolute into the run's ``config.yaml`` so that
+#: ``--config out/config.yaml`` repeats the run from any folder; a model's name stays a name.
+RUN_PATH_KEYS = ("teacher.checkpoint", "teacher.weights", "student.init", "data.images", "teacher_cache.folder",
+                 "eval.images", "eval.hpatches")
+
+
+def is_model_name(value: str) -> bool:
+    """Whether a ``teacher.checkpoint`` / ``student.init`` value names a model (shipped or a teacher family)."""
+    from detkd.models.keypoint_teachers.loader import is_teacher_name
+    from detkd.models.pretrained import is_shipped_model_name
+
+    return is_teacher_name(value) or is_shipped_model_name(value)
+
+
 #: Keys of the ``student`` config section that replace the variant's structural options when set.
 STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim")
 
@@ -350,7 +364,7 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     say(f"student : {student_description(student, student_cfg['variant'])} ({count_parameters(student):,} parameters)"
         + (f", initial weights from {init}" if init else ""))
     say(f"images  : {data_text}")
-    open_run_folder(config, train_cfg, out, "views", rank_zero, resume)
+    open_run_folder(config, train_cfg, out, "views", rank_zero, resume, path_keys=RUN_PATH_KEYS, is_name=is_model_name)
 
     train_data: UnlabeledImageStream | CachedTeacherViews = stream
     if config["teacher_cache"]["folder"]:

@@ -34,13 +34,13 @@ def rank_zero_say(rank_zero: bool) -> Callable[..., None]:
 
 def open_run_folder(
     config: dict[str, Any], train_cfg: TrainConfig, out: Path, unit: str, rank_zero: bool, resume: bool = False,
-    path_keys: Sequence[str] = (),
+    path_keys: Sequence[str] = (), is_name: Callable[[str], bool] = lambda value: False,
 ) -> None:
     """Announce the run, claim ``out`` (rank zero) and write ``out/config.yaml``.
 
     The values at ``path_keys`` (dotted keys of file or folder paths, e.g. ``data.config``) are
-    written absolute (:func:`absolute_paths`), so that ``--config out/config.yaml`` repeats the run
-    from any folder. Nothing in ``out`` changes when the run is refused: a folder of another live run
+    written absolute (:func:`absolute_paths`; values for which ``is_name`` is true, such as a model's
+    name, stay as they are), so that ``--config out/config.yaml`` repeats the run from any folder. Nothing in ``out`` changes when the run is refused: a folder of another live run
     (:class:`RunFolderError`), or one that holds a run while ``resume`` is off
     (:class:`~detkd.engine.trainer.ExistingRunError`).
     """
@@ -49,24 +49,27 @@ def open_run_folder(
         f"{config['data']['height']}x{config['data']['width']} -> {out}"
     )
     if rank_zero:
-        config = absolute_paths(config, path_keys)
+        config = absolute_paths(config, path_keys, is_name)
         claim_run_folder(out)
         Trainer(train_cfg, out).refuse_existing_run(resume)
         if resume:
-            refuse_other_models(config, out, path_keys)
+            refuse_other_models(config, out, path_keys, is_name)
         save_config(config, out / "config.yaml")
 
 
-def absolute_paths(config: dict[str, Any], path_keys: Sequence[str]) -> dict[str, Any]:
+def absolute_paths(
+    config: dict[str, Any], path_keys: Sequence[str], is_name: Callable[[str], bool] = lambda value: False
+) -> dict[str, Any]:
     """A copy of ``config`` with the paths at the dotted ``path_keys`` made absolute (from the current folder).
 
-    A value may be a path or a list of paths; ``None`` and missing keys stay as they are. ``~`` is
+    A value may be a path or a list of paths; ``None``, missing keys and values for which
+    ``is_name`` is true (keys that take a model's name or a file) stay as they are. ``~`` is
     expanded; symbolic links are kept as given.
     """
     config = copy.deepcopy(config)
 
     def absolute(value: Any) -> Any:
-        if isinstance(value, (str, Path)) and str(value):
+        if isinstance(value, (str, Path)) and str(value) and not is_name(str(value)):
             return os.path.abspath(os.path.expanduser(str(value)))
         if isinstance(value, (list, tuple)):
             return [absolute(v) for v in value]
@@ -86,7 +89,9 @@ def absolute_paths(config: dict[str, Any], path_keys: Sequence[str]) -> dict[str
 MODEL_SECTIONS = ("student", "teacher", "model")
 
 
-def refuse_other_models(config: dict[str, Any], out: Path, path_keys: Sequence[str] = ()) -> None:
+def refuse_other_models(
+    config: dict[str, Any], out: Path, path_keys: Sequence[str] = (), is_name: Callable[[str], bool] = lambda value: False
+) -> None:
     """Raise :class:`ConfigError` when resuming ``out`` with other models than it was started with.
 
     The run's ``config.yaml`` says what it was started with; a resumed run with another student
@@ -96,8 +101,8 @@ def refuse_other_models(config: dict[str, Any], out: Path, path_keys: Sequence[s
     saved_path = out / "config.yaml"
     if not saved_path.exists():
         return
-    saved = absolute_paths(load_config_file(saved_path), path_keys)
-    config = absolute_paths(config, path_keys)
+    saved = absolute_paths(load_config_file(saved_path), path_keys, is_name)
+    config = absolute_paths(config, path_keys, is_name)
     for section in MODEL_SECTIONS:
         if section not in config or section not in saved:
             continue
