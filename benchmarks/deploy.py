@@ -1,23 +1,24 @@
 """Deployment benchmark: is the exported student really faster, and is the export exact?
 
-For the key-point teacher (the shipped one) and the ``half`` / ``tiny`` students (random weights
-by default, which is fine for speed; trained ones with ``--runs``): parameters, GFLOPs, PyTorch
+For the key-point teacher (the shipped one) and students (by default the shipped, trained
+``student-fast-s`` and ``student-fast-m``; variant names such as ``fast-s`` or ``tiny`` give random
+weights, which is fine for speed; trained runs with ``--runs``): parameters, GFLOPs, PyTorch
 CPU latency and ONNX Runtime CPU latency at 480x640 (median and p90, models interleaved in one
 run, same thread count for both runtimes), ratios to the teacher, peak memory, and the parity
 of the ONNX exports against PyTorch on real photos: dense heads (heatmap, descriptors) and the
 post-processed outputs (scores, sampled descriptors, the same key points).
 
-Then the same for object detectors: a teacher and students (by default the detection pillar's
-CPU pair ``retinanet_small_fpn`` / ``retinanet_tiny_fpn``, random weights; trained ones with
+Then the same for object detectors: a teacher and students (by default the detection benchmark's
+``fcos_small_fpn`` teacher with the ``fcos_tiny_fpn`` and ``fcos_nano_fpn`` students, random weights; trained ones with
 ``--detectors NAME=model.pt ...``) at 512x640 (480x640 rounded up to the detectors' stride of
 128) and at their default training size 512x512, with the parity of the exported detections
 and of the dense heads.
 
-Target (issue 5): ONNX Runtime latency of ``tiny`` at 480x640 at least 5x lower than PyTorch's
+Target (issue 5): ONNX Runtime latency of each student at 480x640 at least 5x lower than PyTorch's
 teacher on the same CPU and threads; parity error under 1e-4 on heatmaps and descriptors.
 
     python benchmarks/deploy.py --threads 2                       # writes benchmarks/results/deploy.{md,json}
-    python benchmarks/deploy.py --runs /path/to/runs --threads 2  # trained students: RUNS/half, RUNS/tiny
+    python benchmarks/deploy.py --students fast-s tiny --runs /path/to/runs  # RUNS/fast-s/student.pt, RUNS/tiny/...
     python benchmarks/deploy.py --quick                           # smoke test, seconds
     python benchmarks/deploy.py --shared-machine --threads 2      # machine shared with other jobs
 
@@ -49,17 +50,20 @@ TARGET_PARITY = 1e-4
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--students", nargs="+", default=["half", "tiny"], help="student variants [half tiny]")
+    parser.add_argument("--students", nargs="+", default=["student-fast-s", "student-fast-m"],
+                        help="shipped students by name (trained), or variants (fast-s, fast-m, tiny ...: random "
+                             "weights unless --runs has them) [student-fast-s student-fast-m]")
     parser.add_argument("--runs", type=Path, default=None,
-                        help="folder with one distillation run per student (RUNS/<variant>/student.pt)")
+                        help="folder with one distillation run per variant (RUNS/<variant>/student.pt)")
     parser.add_argument("--size", type=int, nargs=2, default=[480, 640], help="input H W [480 640]")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of both runtimes [2]")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per model and runtime [30]")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first [3]")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
-    parser.add_argument("--detectors", nargs="*", default=["teacher=retinanet_small_fpn", "retinanet_tiny_fpn"],
-                        help="detector MODELs, teacher first (names: random weights; files: trained) "
-                             "[teacher=retinanet_small_fpn retinanet_tiny_fpn]; none: skip detectors")
+    parser.add_argument("--detectors", nargs="*",
+                        default=["teacher=fcos_small_fpn", "fcos_tiny_fpn", "fcos_nano_fpn"],
+                        help="detector MODELs, teacher first (names: random weights; NAME=FILE: trained) "
+                             "[teacher=fcos_small_fpn fcos_tiny_fpn fcos_nano_fpn]; none: skip detectors")
     parser.add_argument("--detector-sizes", type=int, nargs="+", default=[512, 640, 512, 512],
                         help="H W pairs for the detectors [512 640 512 512]")
     parser.add_argument("--shared-machine", action="store_true",
@@ -92,13 +96,13 @@ def main() -> None:
         dense[source.name] = result.parity
         print(f"{source.name} raw heads: {format_parity(result.parity, TARGET_PARITY)}")
 
-    teacher, tiny = report.rows[0], next((r for r in report.rows if r.name == "tiny"), None)
+    teacher = report.rows[0]
     verdicts = []
-    if tiny is not None:
-        speedup = report.ratio(tiny, "onnxruntime-cpu", "pytorch-cpu")
+    for student in report.rows[1:]:
+        speedup = report.ratio(student, "onnxruntime-cpu", "pytorch-cpu")
         verdicts.append(
-            f"* Speed: ONNX Runtime `tiny` {tiny.latency['onnxruntime-cpu'].median_ms:.1f} ms vs PyTorch teacher "
-            f"{teacher.latency['pytorch-cpu'].median_ms:.1f} ms = **{speedup:.2f}x** "
+            f"* Speed: ONNX Runtime `{student.name}` {student.latency['onnxruntime-cpu'].median_ms:.1f} ms vs PyTorch "
+            f"teacher {teacher.latency['pytorch-cpu'].median_ms:.1f} ms = **{speedup:.2f}x** "
             f"(target >= {TARGET_SPEEDUP:g}x: **{'met' if speedup >= TARGET_SPEEDUP else 'missed'}**)."
         )
     worst_heat = max(p.errors["heatmap"] for p in dense.values())
