@@ -8,14 +8,8 @@ import pytest
 import torch
 from scipy.ndimage import maximum_filter
 
-from detkd.data.synthetic_shapes import (
-    SHAPE_KINDS,
-    SyntheticShapesDataset,
-    _Canvas,
-    _polygon_painter,
-    draw_synthetic_shape,
-    keypoints_to_map,
-)
+from detkd.data.shape_canvas import Canvas, polygon_painter
+from detkd.data.synthetic_shapes import SHAPE_KINDS, SyntheticShapesDataset, draw_synthetic_shape, keypoints_to_map
 from detkd.geometry.homography import HomographyConfig
 
 H, W = 120, 160
@@ -87,10 +81,10 @@ def test_line_ends_are_corner_responses():
 def test_drawing_follows_pixel_centre_convention():
     """Box-filtered coverage: drawn area and centroid equal the polygon's, to 1/50 px."""
     bg, colour = 0.2, 0.8
-    canvas = _Canvas(np.full((40, 50), bg, np.float32))
+    canvas = Canvas(np.full((40, 50), bg, np.float32))
     poly = np.array([[10.3, 8.7], [37.1, 12.2], [30.6, 31.4], [12.9, 27.55]])
     sid = canvas.new_shape()
-    canvas.paint(sid, *_polygon_painter(poly, colour))
+    canvas.paint(sid, *polygon_painter(poly, colour))
     cover = (canvas.render().astype(np.float64) - bg) / (colour - bg)
     x = np.roll(poly, -1, axis=0)
     cross = poly[:, 0] * x[:, 1] - x[:, 0] * poly[:, 1]
@@ -103,13 +97,13 @@ def test_drawing_follows_pixel_centre_convention():
 
 
 def test_corners_covered_by_a_later_shape_or_outside_are_removed():
-    canvas = _Canvas(np.zeros((40, 40), np.float32))
+    canvas = Canvas(np.zeros((40, 40), np.float32))
     first = np.array([[5.0, 5.0], [20.0, 5.0], [20.0, 20.0], [5.0, 20.0]])
     second = np.array([[15.0, 15.0], [30.0, 15.0], [30.0, 30.0], [15.0, 30.0]])  # covers (20, 20)
     third = np.array([[30.0, -5.0], [45.0, -5.0], [45.0, 10.0], [30.0, 10.0]])  # 3 corners outside
     for poly, value in ((first, 0.5), (second, 1.0), (third, 0.7)):
         sid = canvas.new_shape()
-        canvas.paint(sid, *_polygon_painter(poly, value))
+        canvas.paint(sid, *polygon_painter(poly, value))
         canvas.add_corners(sid, poly)
     kept = {tuple(p) for p in canvas.visible_corners().tolist()}
     assert kept == {(5.0, 5.0), (20.0, 5.0), (5.0, 20.0), *map(tuple, second.tolist()), (30.0, 10.0)}
