@@ -38,11 +38,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 from detkd.config import merge_config
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
-from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, point_sampling, run_distillation
+from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, STUDENT_STRUCTURE_KEYS, point_sampling, run_distillation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tree_tiles import DEFAULT_SOURCE, write_tiles  # noqa: E402
@@ -85,7 +86,7 @@ def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int)
     with_points = f"_points{points.keypoints}-{points.grid_stride}" if points else ""  # another cache fingerprint
     return merge_config(DEFAULT_DISTILL_CONFIG, {
         "teacher": {"checkpoint": args.teacher, "weights": args.teacher_weights},
-        "student": {"variant": args.student, "init": args.init},
+        "student": {"variant": args.student, "init": args.init, **args.student_option},
         "data": {"images": str(train), "height": h, "width": w},
         "teacher_cache": {"folder": str(args.work / f"teacher_cache_{teacher}_{h}x{w}_v{args.views_per_image}{with_points}"),
                           "views_per_image": args.views_per_image},
@@ -120,6 +121,7 @@ def run_curve(args: argparse.Namespace) -> None:
         outcome = run_distillation(distill_config(args, train, val, steps), run_dir, resume=True)
         shutil.copy2(outcome.student_path, run_dir / f"student_{steps}.pt")
         record = {"name": args.name, "student": args.student, "steps": steps, "init": args.init,
+                  "student_options": args.student_option,
                   "train_size": list(args.train_size), "eval_size": list(args.eval_size),
                   "seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),
                   "command": "python benchmarks/learning_curve.py " + " ".join(sys.argv[1:]),
@@ -139,7 +141,6 @@ def run_loss_weights(run_dir: Path) -> dict[str, float] | None:
     config = run_dir / "config.yaml"
     if not config.exists():
         return None
-    import yaml
 
     return {k: float(v) for k, v in (yaml.safe_load(config.read_text()).get("loss") or {}).items()}
 
@@ -244,6 +245,17 @@ def parse_loss(items: list[str]) -> dict[str, float]:
     return out
 
 
+def parse_student_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` structural options of the student (values in YAML: ``head_channels=64``, ``channels=[8,16,32,48]``)."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in STUDENT_STRUCTURE_KEYS or not value:
+            raise SystemExit(f"--student-option takes KEY=VALUE with KEY in {list(STUDENT_STRUCTURE_KEYS)}, got '{item}'")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", default="fast-s", help="student variant [fast-s]")
@@ -264,6 +276,9 @@ def main() -> None:
     parser.add_argument("--lr-decay", type=float, default=0.98, help="lr factor every --lr-decay-every steps [0.98]")
     parser.add_argument("--lr-decay-every", type=int, default=1000)
     parser.add_argument("--loss", nargs="*", default=[], help="loss weights KEY=VALUE (see detkd config keypoints-distill)")
+    parser.add_argument("--student-option", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="structural options replacing the variant's: head_channels=64, channels=[8,16,32,48], "
+                             "encoder=fast [none]")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
     parser.add_argument("--progress", action="store_true", help="show the training progress bar")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "learning_curve")
@@ -271,6 +286,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="only write the tables and plot")
     args = parser.parse_args()
     args.loss = parse_loss(args.loss)
+    args.student_option = parse_student_options(args.student_option)
     args.name = args.name or (f"{args.student}-from-{args.teacher}" if args.teacher else args.student)
     args.milestones = sorted(set(args.milestones))
     torch.set_num_threads(args.threads)
