@@ -141,7 +141,6 @@ def run_loss_weights(run_dir: Path) -> dict[str, float] | None:
     config = run_dir / "config.yaml"
     if not config.exists():
         return None
-
     return {k: float(v) for k, v in (yaml.safe_load(config.read_text()).get("loss") or {}).items()}
 
 
