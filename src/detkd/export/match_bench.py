@@ -24,7 +24,7 @@ import torch
 from detkd.data.images import builtin_photo
 from detkd.data.pairs import ImagePair, synthetic_pairs
 from detkd.evaluation.keypoints import extract_features
-from detkd.evaluation.lightglue import MATCHER_NAMES, LightGlueMismatch, build_matchers, lightglue_kind
+from detkd.evaluation.lightglue import MATCHER_NAMES, build_matchers, lightglue_misfit
 from detkd.evaluation.matching import mutual_nearest_neighbours
 from detkd.export.timing import LatencyStats, interleaved_latency
 
@@ -91,10 +91,9 @@ def matching_latency(
     usable = {name: model for name, model in models.items() if model is not None}
     if matcher == "lightglue":
         for name, model in list(usable.items()):
-            try:
-                lightglue_kind(model, name)
-            except LightGlueMismatch as error:
-                skipped[name] = str(error)
+            reason = lightglue_misfit(model, name)
+            if reason is not None:
+                skipped[name] = reason
                 del usable[name]
     networks, words = build_matchers(usable, matcher, matcher_weights) if usable else ({}, f"{matcher} (no row fits)")
     runners: dict[str, Callable[[], Any]] = {}
