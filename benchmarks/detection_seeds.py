@@ -15,6 +15,10 @@ different ``--student-seed`` (the teacher is the same one, trained once), and pe
   the same table on those whole-image metrics, which are the ones its targets are judged on.
 
     python benchmarks/detection_seeds.py benchmarks/results/detection_s256_seed*.json --tag s256
+
+Files of the same seed may hold different methods (``--runs baseline pkd`` in one, ``--runs baseline
+gid`` in another): their runs are merged per seed, and a run in both (the baseline) must have the
+same mAP in both.
 """
 
 from __future__ import annotations
@@ -99,7 +103,9 @@ def table(summaries: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", type=Path, help="detection benchmark .json files, one per student seed")
+    parser.add_argument("results", nargs="+", type=Path,
+                        help="detection benchmark .json files of one teacher and schedule: one per student seed, or "
+                             "several per seed with other methods (a run in two files of a seed must agree)")
     parser.add_argument("--tag", default="", help="output name: detection_seeds_<tag>.md")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
     args = parser.parse_args(argv)
@@ -112,9 +118,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed = int(payload["args"]["student_seed"])
         commands.append(f"`{payload['command']}` ({payload['date']}, commit {payload['git_commit']})")
         for name, result in payload["results"].items():
-            if seed in by_set.setdefault(name, {}):
-                raise SystemExit(f"{path}: student seed {seed} of '{name}' is given twice; pass one file per seed")
-            by_set[name][seed] = result["rows"]
+            rows = by_set.setdefault(name, {}).setdefault(seed, {})
+            for run, row in result["rows"].items():  # files of one seed with other methods add their runs
+                if run in rows and abs(rows[run]["map"] - row["map"]) > 1e-6:
+                    raise SystemExit(
+                        f"{path}: run '{run}' of '{name}', student seed {seed}, is also in an earlier file with "
+                        f"another mAP ({rows[run]['map']:.4f} vs {row['map']:.4f}): pass files of one teacher and "
+                        "schedule, one model per run and seed")
+                rows.setdefault(run, row)
             if result.get("whole"):
                 whole_description[name] = result["whole"]
     lines = ["# Detector distillation over student seeds: did it help?", "",

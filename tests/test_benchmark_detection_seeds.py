@@ -39,19 +39,35 @@ def test_summary_by_hand():
     assert summaries["cwd"]["last_quarter"] is None
 
 
-def test_script_writes_the_table_and_refuses_a_seed_given_twice(tmp_path):
-    files = []
-    for seed in MAPS:
-        payload = {"command": f"python benchmarks/detection.py --student-seed {seed}", "date": "2026-12-04 00:00 UTC",
-                   "git_commit": "abc", "args": {"student_seed": seed}, "results": {"shapes": {"rows": rows(seed)}}}
-        files.append(tmp_path / f"seed{seed}.json")
-        files[-1].write_text(json.dumps(payload))
-    seeds_script.main([*map(str, files), "--tag", "t", "--out", str(tmp_path)])
+def write_seed_file(path, seed: int, runs: dict[str, dict]) -> str:
+    payload = {"command": f"python benchmarks/detection.py --student-seed {seed}", "date": "2026-12-04 00:00 UTC",
+               "git_commit": "abc", "args": {"student_seed": seed}, "results": {"shapes": {"rows": runs}}}
+    path.write_text(json.dumps(payload))
+    return str(path)
+
+
+def test_script_writes_the_table_and_merges_methods_of_one_seed(tmp_path):
+    files = [write_seed_file(tmp_path / f"seed{seed}.json", seed, rows(seed)) for seed in MAPS]
+    seeds_script.main([*files, "--tag", "t", "--out", str(tmp_path)])
     text = (tmp_path / "detection_seeds_t.md").read_text()
-    assert "| gid | 3 | 47.0 ± 2.6 | 57.0 ± 2.6 | +5.0 ± 1.0 | +4.0 | +5.0 ± 1.0 | yes | 78% | +3.0 |" in text
-    assert "scored whole" not in text
-    with pytest.raises(SystemExit, match="seed 0 of 'shapes' is given twice"):
-        seeds_script.main([str(files[0]), str(files[0]), "--out", str(tmp_path)])
+    gid_row = "| gid | 3 | 47.0 ± 2.6 | 57.0 ± 2.6 | +5.0 ± 1.0 | +4.0 | +5.0 ± 1.0 | yes | 78% | +3.0 |"
+    assert gid_row in text and "scored whole" not in text
+    # one file per method and seed (each with its own copy of teacher and baseline): the same table
+    split = []
+    for seed in MAPS:
+        for method in ("gid", "pkd", "cwd"):
+            runs = {run: row for run, row in rows(seed).items() if run in ("teacher", "baseline", method)}
+            split.append(write_seed_file(tmp_path / f"{method}_seed{seed}.json", seed, runs))
+    seeds_script.main([*split, "--tag", "split", "--out", str(tmp_path)])
+    merged = (tmp_path / "detection_seeds_split.md").read_text()
+    assert gid_row in merged
+    assert [line for line in merged.splitlines() if line.startswith("| ")] == \
+        [line for line in text.splitlines() if line.startswith("| ")]
+    # a baseline that differs between two files of one seed is another model: refused
+    other = {run: {**row, "map": row["map"] + 1.0} for run, row in rows(0).items()}
+    clash = write_seed_file(tmp_path / "clash.json", 0, other)
+    with pytest.raises(SystemExit, match="run 'teacher' of 'shapes', student seed 0, is also in an earlier file"):
+        seeds_script.main([files[0], clash, "--out", str(tmp_path)])
 
 
 def test_a_set_scored_whole_gets_its_own_table(tmp_path):
