@@ -75,7 +75,8 @@ from detkd.evaluation.keypoints import (
     summarise,
 )
 from detkd.models.pretrained import default_keypoint_teacher_path
-from detkd.models.superpoint import SuperPoint, check_input_scale, count_parameters
+from detkd.models.keypoint_ops import check_input_scale
+from detkd.models.superpoint import SuperPoint, count_parameters
 from detkd.models.weights import load_keypoint_model, read_keypoint_model_meta
 
 BENCHMARKS = Path(__file__).resolve().parent

@@ -38,7 +38,8 @@ from detkd.config import merge_config
 from detkd.data.pairs import builtin_heldout_pairs, synthetic_pairs_from_folder
 from detkd.evaluation.keypoints import WithExtractOptions, evaluate_keypoint_models, format_metrics_table
 from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER
-from detkd.models.superpoint import SuperPoint, check_input_scale, count_parameters
+from detkd.models.keypoint_ops import check_input_scale
+from detkd.models.superpoint import SuperPoint, count_parameters
 from detkd.models.weights import load_keypoint_model
 from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, run_distillation
 from detkd.viz.plots import plot_accuracy_vs_latency

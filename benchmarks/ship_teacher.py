@@ -23,7 +23,8 @@ import yaml
 from detkd.engine import read_history
 from detkd.export.keypoints import KeypointPostprocess
 from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER, DEFAULT_KEYPOINT_TEACHER_CARD
-from detkd.models.superpoint import check_input_scale, count_parameters, input_size_multiple
+from detkd.models.keypoint_ops import check_input_scale, input_size_multiple
+from detkd.models.superpoint import count_parameters
 from detkd.models.weights import load_keypoint_model, read_keypoint_model_meta, save_keypoint_model
 
 

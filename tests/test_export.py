@@ -20,7 +20,8 @@ from detkd.export.keypoints import (
 )
 from detkd.export.onnx import ParityError, export_onnx, ort_session, parity_failures, photo_batch, read_metadata
 from detkd.models.pretrained import default_keypoint_teacher_path
-from detkd.models.superpoint import create_model, sample_descriptors
+from detkd.models.keypoint_ops import sample_descriptors
+from detkd.models.superpoint import create_model
 from detkd.models.weights import load_keypoint_model
 
 

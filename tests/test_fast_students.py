@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 import detkd.models.superpoint as superpoint
+from detkd.models.keypoint_ops import sample_descriptors
 from conftest import make_keypoint_workspace
 from detkd.cli.main import main
 from detkd.config import merge_config
@@ -194,8 +195,8 @@ def test_eval_mode_folds_batch_norm_into_the_convs_without_changing_outputs(name
 def test_sampled_descriptors_interpolate_between_cell_centres():
     descriptors = torch.randn(1, 8, 3, 4)
     # pixel (8*2 + 3.5, 8*1 + 3.5) is the centre of cell (row 1, column 2): that cell's descriptor
-    centre = superpoint.sample_descriptors(torch.tensor([[[19.5, 11.5]]]), descriptors)[0, 0]
+    centre = sample_descriptors(torch.tensor([[[19.5, 11.5]]]), descriptors)[0, 0]
     torch.testing.assert_close(centre, torch.nn.functional.normalize(descriptors[0, :, 1, 2], dim=0))
     # half-way between the centres of cells (1, 2) and (1, 3): their mean, normalised
-    between = superpoint.sample_descriptors(torch.tensor([[[23.5, 11.5]]]), descriptors)[0, 0]
+    between = sample_descriptors(torch.tensor([[[23.5, 11.5]]]), descriptors)[0, 0]
     torch.testing.assert_close(between, torch.nn.functional.normalize(descriptors[0, :, 1, 2:4].mean(-1), dim=0))

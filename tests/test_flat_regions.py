@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from detkd.data.images import builtin_photo
 from detkd.geometry.homography import warp_image
 from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER, SHIPPED_MODELS
-from detkd.models.superpoint import FLAT_LOGIT_MARGIN, create_model, flatness, suppress_flat_regions
+from detkd.models.keypoint_ops import FLAT_LOGIT_MARGIN, flatness, suppress_flat_regions
+from detkd.models.superpoint import create_model
 from detkd.models.weights import load_keypoint_model
 
 
@@ -83,7 +84,7 @@ def test_ungated_teacher_fires_on_black_so_the_gate_is_what_helps():
 @pytest.mark.parametrize("shape, radius", [((2, 1, 37, 53), 2), ((1, 3, 16, 9), 4), ((1, 1, 5, 5), 3), ((1, 1, 4, 4), 0)])
 def test_window_max_equals_max_pooling(shape, radius):
     """The shifted-maxima window (eager) and max-pooling (traced for ONNX) give the same values."""
-    from detkd.models.superpoint import window_max
+    from detkd.models.keypoint_ops import window_max
 
     values = torch.rand(shape, generator=torch.Generator().manual_seed(1))
     expected = F.max_pool2d(values, 2 * radius + 1, stride=1, padding=radius) if radius else values

@@ -38,7 +38,8 @@ from detkd.models.keypoint_teachers import (
     load_keypoint_teacher,
 )
 from detkd.models.keypoint_teachers import aliked, disk, loader, xfeat
-from detkd.models.superpoint import create_model, logits_to_heatmap
+from detkd.models.keypoint_ops import logits_to_heatmap
+from detkd.models.superpoint import create_model
 from detkd.models.weights import UnsafeWeightsError, WeightsMismatchError, load_keypoint_model
 from detkd.tasks.keypoints import KeypointDistillationTask, build_student
 

@@ -19,7 +19,7 @@ from detkd.losses import (
     soft_cell_targets,
     valid_mask_to_cells,
 )
-from detkd.models.superpoint import logits_to_heatmap
+from detkd.models.keypoint_ops import logits_to_heatmap
 
 
 # ------------------------------------------------------------------------------ labels

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from detkd.export.keypoints import KeypointPostprocess, topk_keypoints
-from detkd.models.superpoint import (
-    create_model,
+from detkd.models.keypoint_ops import (
     detect_keypoints,
     input_size_multiple,
     scale_input,
@@ -16,6 +15,7 @@ from detkd.models.superpoint import (
     subpixel_offsets_at,
     unscale_keypoints,
 )
+from detkd.models.superpoint import create_model
 
 
 def _peak() -> torch.Tensor:

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkd.models.superpoint import CELL, SuperPoint, input_size_multiple
+from detkd.models.keypoint_ops import CELL, input_size_multiple
+from detkd.models.superpoint import SuperPoint
 
 ImageInput = Union[str, Path, np.ndarray, torch.Tensor, Any]  # Any: PIL.Image.Image
 _LUMA = (0.299, 0.587, 0.114)

@@ -39,7 +39,8 @@ from detkd.cache.store import CacheBuildReport, CacheField, TeacherOutputCache
 from detkd.cache.views import CachedViews
 from detkd.data.keypoint_training import UnlabeledImageStream
 from detkd.distill.keypoints import PointSampling
-from detkd.models.superpoint import CELL, SuperPoint, logits_to_heatmap
+from detkd.models.keypoint_ops import CELL, logits_to_heatmap
+from detkd.models.superpoint import SuperPoint
 
 DESCRIPTOR_ENCODINGS = ("float16", "int8")
 INT8_SCALE = 127.0  # int8 code of a descriptor component: round(127 * value)

@@ -310,7 +310,7 @@ def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str 
 def with_input_scale(model: Any, input_scale: float | None) -> Any:
     """``model`` with its ``input_scale`` set (checked), or unchanged when ``input_scale`` is None."""
     if input_scale is not None and hasattr(model, "conf"):  # OpenCV's SIFT/ORB have no input scale
-        from detkd.models.superpoint import check_input_scale
+        from detkd.models.keypoint_ops import check_input_scale
 
         try:
             model.conf["input_scale"] = check_input_scale(input_scale)

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.config import ConfigError, dataclass_from_dict
-from detkd.models.superpoint import nms_mask, sample_descriptors
+from detkd.models.keypoint_ops import nms_mask, sample_descriptors
 
 
 @dataclass

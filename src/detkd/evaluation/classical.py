@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 
-from detkd.models.superpoint import to_grey
+from detkd.models.keypoint_ops import to_grey
 
 FEATURE_KINDS = ("sift", "orb")
 #: Descriptor size (floats per key point) of each kind.

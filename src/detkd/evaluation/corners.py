@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from detkd.data.synthetic_shapes import SyntheticShapesDataset
-from detkd.models.superpoint import SuperPoint, detect_keypoints
+from detkd.models.keypoint_ops import detect_keypoints
+from detkd.models.superpoint import SuperPoint
 
 #: Pixels: a detection this close to a labelled corner is correct.
 CORNER_DISTANCE = 2.0

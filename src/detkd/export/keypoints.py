@@ -31,15 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.export.graph import ExportGraph, Parity, plain, worst_difference
-from detkd.models.superpoint import (
+from detkd.models.keypoint_ops import (
     CELL,
-    SuperPoint,
     check_input_scale,
     input_size_multiple,
     logits_to_heatmap,
     subpixel_offsets,
     unscale_keypoints,
 )
+from detkd.models.superpoint import SuperPoint
 
 #: Output names of each graph, in order.
 POSTPROCESSED_OUTPUTS = ("keypoints", "scores", "descriptors", "num_keypoints")
@@ -141,7 +141,7 @@ def topk_keypoints(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``k`` best local maxima of a heatmap, padded to exactly ``k``.
 
-    Same selection and refinement as :func:`detkd.models.superpoint.detect_keypoints` (NMS
+    Same selection and refinement as :func:`detkd.models.keypoint_ops.detect_keypoints` (NMS
     by max-pooling, ``> threshold``, ``border`` pixels dropped on each side, sub-pixel
     offsets), written with ops that export to ONNX with dynamic ``H``/``W`` (no
     data-dependent shapes).
@@ -180,7 +180,7 @@ def topk_keypoints(
 
 
 def sample_descriptors_traceable(keypoints: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
-    """:func:`detkd.models.superpoint.sample_descriptors` for graphs with dynamic sizes.
+    """:func:`detkd.models.keypoint_ops.sample_descriptors` for graphs with dynamic sizes.
 
     Cell ``(i, j)`` describes the 8x8 block centred on pixel ``(8j + 3.5, 8i + 3.5)``; the
     map is sampled bilinearly between those centres (``align_corners=True``), then each

@@ -2,7 +2,7 @@
 
 * Detector: the image is cut into 8x8 cells; each cell's label is the bin ``8*r + c`` of its key
   point (pixel row ``r``, column ``c`` inside the cell, as in
-  :func:`detkd.models.superpoint.logits_to_heatmap`) or 64, the "no point" dustbin; the loss
+  :func:`detkd.models.keypoint_ops.logits_to_heatmap`) or 64, the "no point" dustbin; the loss
   is a 65-way cross-entropy per cell. With sub-pixel labels the target is a distribution
   instead (:func:`soft_cell_targets`): each point's bilinear weights on its 4 nearest pixels,
   the rest of the cell's mass on the dustbin.
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from detkd.geometry.homography import warp_image, warp_points
-from detkd.models.superpoint import CELL, sample_descriptors
+from detkd.models.keypoint_ops import CELL, sample_descriptors
 
 DUSTBIN = CELL * CELL  # label 64: no key point in the cell
 

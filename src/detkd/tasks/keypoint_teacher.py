@@ -53,7 +53,8 @@ from detkd.losses.superpoint import (
     soft_cell_targets,
     valid_mask_to_cells,
 )
-from detkd.models.superpoint import CELL, SuperPoint, create_model, detect_keypoints
+from detkd.models.keypoint_ops import CELL, detect_keypoints
+from detkd.models.superpoint import SuperPoint, create_model
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
 
 log = logging.getLogger(__name__)

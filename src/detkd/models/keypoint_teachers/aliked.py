@@ -30,7 +30,7 @@ from detkd.models.keypoint_teachers.base import (
     cell_centres,
     cell_distribution_logits,
 )
-from detkd.models.superpoint import CELL
+from detkd.models.keypoint_ops import CELL
 
 NAMES = ("aliked-t16", "aliked-n16", "aliked-n32")
 WEIGHTS = {

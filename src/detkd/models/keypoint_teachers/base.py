@@ -7,10 +7,10 @@ distillation loss, the teacher cache and the student need no knowledge of the fa
 
 * ``logits`` ``(B, 65, H/8, W/8)``: the log of a 65-bin distribution per 8x8 cell (bin ``8 r + c``
   is pixel ``(row r, column c)`` of the cell, bin 64 is "no point"), SuperPoint's layout;
-* ``heatmap`` ``(B, H, W)``: :func:`~detkd.models.superpoint.logits_to_heatmap` of those logits,
+* ``heatmap`` ``(B, H, W)``: :func:`~detkd.models.keypoint_ops.logits_to_heatmap` of those logits,
   i.e. the 64 pixel bins of the softmax put back in place (what the teacher cache recomputes);
 * ``descriptors`` ``(B, D, H/8, W/8)``: unit descriptors of the cell centres, pixel
-  ``(8 j + 3.5, 8 i + 3.5)`` for cell ``(i, j)`` (where :func:`~detkd.models.superpoint.sample_descriptors`
+  ``(8 j + 3.5, 8 i + 3.5)`` for cell ``(i, j)`` (where :func:`~detkd.models.keypoint_ops.sample_descriptors`
   reads a SuperPoint map);
 * with ``forward(image, select_points)``, also ``points`` ``(B, N, 2)`` = ``select_points(heatmap)``
   and ``point_descriptors`` ``(B, N, D)``: the family's own unit descriptors at those pixels (ALIKED's
@@ -36,15 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkd.models.superpoint import (
+from detkd.models.keypoint_ops import (
     CELL,
-    SuperPoint,
     check_input_scale,
     logits_to_heatmap,
     scale_input,
     to_grey,
     unscale_keypoints,
 )
+from detkd.models.superpoint import SuperPoint
 
 #: Describes ``(B, N, 2)`` pixels (x, y) of the network's input: ``(B, N, D)`` descriptors of any norm.
 DescribePoints = Callable[[torch.Tensor], torch.Tensor]

@@ -29,7 +29,7 @@ from detkd.models.keypoint_teachers.base import (
     descriptors_at_cell_centres,
     strip_prefix,
 )
-from detkd.models.superpoint import CELL
+from detkd.models.keypoint_ops import CELL
 
 NAMES = ("disk",)
 WEIGHTS = {
