@@ -171,7 +171,9 @@ def write_report(args: argparse.Namespace) -> None:
         loss = rows[-1].get("loss") or run_loss_weights(args.work / "runs" / name)
         if loss:
             rows[-1]["loss"] = loss  # kept in the JSON: run folders are not tracked
-        lines += [f"## {name} (student `{rows[0]['student']}`)", "",
+        options = rows[0].get("student_options") or {}
+        structure = "".join(f", {k} {v}" for k, v in options.items())
+        lines += [f"## {name} (student `{rows[0]['student']}`{structure})", "",
                   f"`{rows[-1].get('command', 'python benchmarks/learning_curve.py --student ' + rows[0]['student'])}`", "",
                   "Loss weights (the run's config.yaml; defaults change between versions, so the command alone does "
                   "not fix them): " + (", ".join(f"{k} {v:g}" for k, v in loss.items()) if loss else "not recorded") + "."
