@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 
 from detkd.export.bench import count_gflops, environment, interleaved_latency, used_parameters
 from detkd.export.onnx import ParityError, export_onnx, ort_session, photo_batch
@@ -45,6 +46,7 @@ from detkd.models.weights import load_keypoint_model
 
 KEYPOINTS = 1000
 SEED = 0
+STRUCTURE = ("encoder", "channels", "head_channels", "descriptor_dim", "batch_norm")  # options a variant spec may set
 
 
 def superpoint_family(variants: list[str]) -> dict[str, SuperPoint]:
@@ -55,9 +57,24 @@ def superpoint_family(variants: list[str]) -> dict[str, SuperPoint]:
         if name == "superpoint":
             models[name] = load_keypoint_model(default_keypoint_teacher_path(), **post).eval()
         else:
+            variant, options = parse_variant(name)
             torch.manual_seed(SEED)
-            models[name] = create_model(name, batch_norm=True, **post).eval()
+            models[name] = create_model(variant, **{"batch_norm": True, **options, **post}).eval()
     return models
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``fast-s`` or ``fast-s:head_channels=64,descriptor_dim=128`` -> (variant, structural options; YAML values)."""
+    variant, _, rest = spec.partition(":")
+    if variant not in VARIANTS:
+        raise SystemExit(f"--variants: unknown variant '{variant}' in '{spec}'; variants: {', '.join(VARIANTS)}")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in STRUCTURE or not value:
+            raise SystemExit(f"--variants: '{item}' in '{spec}' is not KEY=VALUE with KEY in {', '.join(STRUCTURE)}")
+        options[key] = yaml.safe_load(value)
+    return variant, options
 
 
 def describe(model: SuperPoint) -> str:
@@ -67,7 +84,10 @@ def describe(model: SuperPoint) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"SuperPoint variants [{' '.join(VARIANTS)}]")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                        help="SuperPoint variants, each optionally with structural options: fast-s:head_channels=64 "
+                             f"(channels lists as [8,16,32,48]) [{' '.join(VARIANTS)}]")
+    parser.add_argument("--tag", default="", help="results file name suffix: student_speed_<tag>.md/.json")
     parser.add_argument("--size", type=int, nargs=2, default=[480, 640], help="input H W [480 640]")
     parser.add_argument("--threads", type=int, default=1, help="threads of PyTorch, ONNX Runtime and OpenCV [1]")
     parser.add_argument("--repeats", type=int, default=25, help="timed runs per runner, interleaved [25]")
@@ -181,7 +201,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "student_speed_quick" if args.quick else "student_speed"
+    stem = "student_speed" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"rows": list(rows.values()), "args": vars(args), "environment": env, "command": " ".join(sys.argv)},
