@@ -126,7 +126,24 @@ def test_parity_matches_refined_points_by_the_pixel_they_were_selected_at():
     parity = compare_postprocessed(reference, other, torch.zeros(1), 1e-4,
                                    post=_fake_post(heatmap, subpixel_radius=1))
     assert parity.agreement == 1.0 and (parity.near_ties, parity.unexplained) == (0, 0)
-    assert parity.errors["keypoints"] == pytest.approx(3e-6, rel=0.1)
+    # positions relative to the largest coordinate (5.499998), as box coordinates are
+    assert parity.errors["keypoints"] == pytest.approx(3e-6 / 5.499998, rel=0.1)
+    assert parity.error_kinds["keypoints"] == "rel"
+
+
+def test_sub_pixel_rounding_far_from_the_origin_passes_and_a_moved_point_fails():
+    """1.8e-4 px at x = 600 (what the shipped teacher's export showed at 480x640 on one thread) is
+    3e-7 of the coordinate: rounding, not a failed export; a point 0.5 px off still fails."""
+    heatmap = np.zeros((8, 640), np.float32)
+    heatmap[2, 600] = 0.5
+    post = _fake_post(heatmap)
+    reference = _outputs([(600.0, 2.0)], [0.5])
+    rounded = compare_postprocessed(reference, _outputs([(600.0 + 1.8e-4, 2.0)], [0.5]), torch.zeros(1), 1e-4, post=post)
+    assert rounded.errors["keypoints"] == pytest.approx(1.8e-4 / 600, rel=0.05)  # float32 steps of 6e-5 px at 600
+    assert not parity_failures(rounded, 1e-4)
+    moved = compare_postprocessed(reference, _outputs([(600.4, 2.0)], [0.5]), torch.zeros(1), 1e-4, post=post)
+    assert moved.errors["keypoints"] == pytest.approx(0.4 / 600, rel=1e-2)
+    assert "keypoints" in parity_failures(moved, 1e-4)[0]
 
 
 def test_parity_fails_on_a_point_that_no_tie_explains():
