@@ -42,11 +42,10 @@ from detkd.export.bench import count_gflops, environment, interleaved_latency, u
 from detkd.export.onnx import ParityError, export_onnx, ort_session, photo_batch
 from detkd.models.pretrained import default_keypoint_teacher_path
 from detkd.models.superpoint import VARIANTS, SuperPoint, count_parameters, create_model
-from detkd.models.weights import load_keypoint_model
+from detkd.models.weights import STRUCTURAL_OPTIONS, load_keypoint_model
 
 KEYPOINTS = 1000
 SEED = 0
-STRUCTURE = ("encoder", "channels", "head_channels", "descriptor_dim", "batch_norm")  # options a variant spec may set
 
 
 def superpoint_family(variants: list[str]) -> dict[str, SuperPoint]:
@@ -71,8 +70,8 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     options = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        if key not in STRUCTURE or not value:
-            raise SystemExit(f"--variants: '{item}' in '{spec}' is not KEY=VALUE with KEY in {', '.join(STRUCTURE)}")
+        if key not in STRUCTURAL_OPTIONS or not value:
+            raise SystemExit(f"--variants: '{item}' in '{spec}' is not KEY=VALUE with KEY in {', '.join(STRUCTURAL_OPTIONS)}")
         options[key] = yaml.safe_load(value)
     return variant, options
 

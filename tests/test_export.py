@@ -133,7 +133,7 @@ def test_parity_matches_refined_points_by_the_pixel_they_were_selected_at():
 
 def test_sub_pixel_rounding_far_from_the_origin_passes_and_a_moved_point_fails():
     """1.8e-4 px at x = 600 (what the shipped teacher's export showed at 480x640 on one thread) is
-    3e-7 of the coordinate: rounding, not a failed export; a point 0.5 px off still fails."""
+    3e-7 of the coordinate: rounding, not a failed export; a point 0.4 px off still fails."""
     heatmap = np.zeros((8, 640), np.float32)
     heatmap[2, 600] = 0.5
     post = _fake_post(heatmap)

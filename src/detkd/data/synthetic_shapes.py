@@ -6,7 +6,7 @@ seed; nothing is read from disk.
 
 Drawing is exact rather than left to a rasteriser's edge rules: each shape is an analytic
 region (polygon, capsule, ellipse, or a tiling mapped by a homography) that is sampled at the
-centres of a ``SCALE x SCALE`` grid of sub-pixels inside every pixel; the image is the mean of
+centres of a ``SCALE x SCALE`` grid (:mod:`detkd.data.shape_canvas`) of sub-pixels inside every pixel; the image is the mean of
 its sub-pixels (box anti-aliasing). A pixel therefore shows the fraction of its area that
 the shape covers, and a corner stored at ``(x, y)`` is where the drawn edges meet, under the
 detkd convention (centre of the top-left pixel = ``(0, 0)``, pixel ``(i, j)`` spans
@@ -29,7 +29,7 @@ Kinds of scene (:data:`SHAPE_KINDS`) and what counts as a corner:
 
 Shapes in one scene are placed so that they do not cross (a crossing makes an unlabelled
 junction). On top of that, a corner is removed when any shape drawn *after* its own one
-comes within :data:`OCCLUSION_RADIUS` pixels of it (hidden or disturbed), or when it lies
+comes within :data:`~detkd.data.shape_canvas.OCCLUSION_RADIUS` pixels of it (hidden or disturbed), or when it lies
 outside the image. Backgrounds are smoothed noise of random mean and contrast; every shape
 differs from the background (and touching shapes from each other) by at least
 ``min_contrast`` in intensity. The finished image gets a light Gaussian blur and noise.
@@ -46,10 +46,8 @@ import numpy as np
 import torch
 
 from detkd.data.augment import PhotometricConfig, photometric_augment
-from detkd.data.shape_canvas import (  # noqa: F401 - SCALE, OCCLUSION_RADIUS re-exported
+from detkd.data.shape_canvas import (
     Canvas,
-    OCCLUSION_RADIUS,
-    SCALE,
     apply_homography,
     capsule_painter,
     contrasting_grey,

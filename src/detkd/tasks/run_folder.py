@@ -32,15 +32,21 @@ def rank_zero_say(rank_zero: bool) -> Callable[..., None]:
     return print if rank_zero else (lambda *args, **kwargs: None)
 
 
+def no_model_names(value: str) -> bool:
+    """The ``is_name`` of configs whose path keys hold only paths: nothing is a model's name."""
+    return False
+
+
 def open_run_folder(
     config: dict[str, Any], train_cfg: TrainConfig, out: Path, unit: str, rank_zero: bool, resume: bool = False,
-    path_keys: Sequence[str] = (), is_name: Callable[[str], bool] = lambda value: False,
+    path_keys: Sequence[str] = (), is_name: Callable[[str], bool] = no_model_names,
 ) -> None:
     """Announce the run, claim ``out`` (rank zero) and write ``out/config.yaml``.
 
     The values at ``path_keys`` (dotted keys of file or folder paths, e.g. ``data.config``) are
     written absolute (:func:`absolute_paths`; values for which ``is_name`` is true, such as a model's
-    name, stay as they are), so that ``--config out/config.yaml`` repeats the run from any folder. Nothing in ``out`` changes when the run is refused: a folder of another live run
+    name, stay as they are), so that ``--config out/config.yaml`` repeats the run from any folder.
+    Nothing in ``out`` changes when the run is refused: a folder of another live run
     (:class:`RunFolderError`), or one that holds a run while ``resume`` is off
     (:class:`~detkd.engine.trainer.ExistingRunError`).
     """
@@ -58,7 +64,7 @@ def open_run_folder(
 
 
 def absolute_paths(
-    config: dict[str, Any], path_keys: Sequence[str], is_name: Callable[[str], bool] = lambda value: False
+    config: dict[str, Any], path_keys: Sequence[str], is_name: Callable[[str], bool] = no_model_names
 ) -> dict[str, Any]:
     """A copy of ``config`` with the paths at the dotted ``path_keys`` made absolute (from the current folder).
 
@@ -90,7 +96,7 @@ MODEL_SECTIONS = ("student", "teacher", "model")
 
 
 def refuse_other_models(
-    config: dict[str, Any], out: Path, path_keys: Sequence[str] = (), is_name: Callable[[str], bool] = lambda value: False
+    config: dict[str, Any], out: Path, path_keys: Sequence[str] = (), is_name: Callable[[str], bool] = no_model_names
 ) -> None:
     """Raise :class:`ConfigError` when resuming ``out`` with other models than it was started with.
 
