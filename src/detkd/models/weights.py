@@ -34,18 +34,27 @@ mismatches, in the file's own key names.
 from __future__ import annotations
 
 import os
-import re
 import warnings
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
-from detkd.models.superpoint import VARIANTS, SuperPoint
+from detkd.models.model_files import key_report_lines, plain_metadata
+from detkd.models.superpoint import SuperPoint
+from detkd.models.superpoint_layouts import (
+    MAGICLEAP_TO_DETKD,
+    UNKNOWN_FORMAT,
+    detect_layout,
+    infer_magicleap_conf,
+    infer_rpautrat_conf,
+    is_tensor_dict,
+    magicleap_to_detkd,
+    strip_prefix,
+    to_file_key,
+    unwrap_state_dict,
+)
 from detkd.safe_files import (
     DamagedFileError,
     UnreadableFileError,
@@ -58,28 +67,9 @@ from detkd.safe_files import (
 MODEL_FORMAT = "detkd.keypoints"
 MODEL_FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = "detkd.checkpoint"  # written by detkd.engine (same string)
-UNKNOWN_FORMAT = "unknown"
 
 #: Options of SuperPoint that fix tensor shapes (the others are post-processing).
 STRUCTURAL_OPTIONS = ("channels", "head_channels", "descriptor_dim", "batch_norm", "encoder")
-
-#: Containers whose value is the state dict, in order of preference.
-_STATE_DICT_CONTAINER_KEYS = ("model_state_dict", "state_dict", "model", "net", "weights", "params")
-
-#: Magic Leap layer name -> detkd module path.
-MAGICLEAP_TO_DETKD: dict[str, str] = {
-    **{f"conv{i + 1}{ab}": f"backbone.{i}.{j}.conv" for i in range(4) for j, ab in enumerate("ab")},
-    "convPa": "detector.0.conv",
-    "convPb": "detector.1.conv",
-    "convDa": "descriptor.0.conv",
-    "convDb": "descriptor.1.conv",
-}
-
-_MAGICLEAP_KEY = re.compile(r"(?:^|\.)(conv[1-4][ab]|conv[PD][ab])\.(weight|bias)$")
-_RPAUTRAT_KEY = re.compile(
-    r"(?:^|\.)((?:backbone\.\d+\.\d+|detector\.\d+|descriptor\.\d+)\.(?:conv|bn)\.[a-z_]+)$"
-)
-_FORMAT_PATTERNS = {"magicleap": _MAGICLEAP_KEY, "rpautrat": _RPAUTRAT_KEY}
 
 _FORMAT_DESCRIPTIONS = {
     "magicleap": "Magic Leap / LightGlue superpoint_v1 (conv1a ... convDb)",
@@ -88,9 +78,6 @@ _FORMAT_DESCRIPTIONS = {
     CHECKPOINT_FORMAT: "detkd training checkpoint",
     UNKNOWN_FORMAT: "none recognised",
 }
-
-_REPORT_LIMIT = 10  # keys listed per category in an error message
-
 
 class WeightsError(ValueError):
     """Base class: a weights file cannot be turned into a SuperPoint."""
@@ -201,10 +188,10 @@ def keypoint_state_dict_format(state: Any) -> str:
         tag = state.get("format")
         if tag in (MODEL_FORMAT, CHECKPOINT_FORMAT):
             return tag
-    tensors = _unwrap_state_dict(state)
+    tensors = unwrap_state_dict(state)
     if tensors is None:
         return UNKNOWN_FORMAT
-    fmt, _ = _detect_layout(tensors)
+    fmt, _ = detect_layout(tensors)
     return fmt
 
 
@@ -243,50 +230,6 @@ def _read(source: Any, map_location: Any) -> Any:
     return obj
 
 
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _unwrap_state_dict(obj: Any, depth: int = 0) -> dict[str, torch.Tensor] | None:
-    """The flat ``{key: tensor}`` dict inside ``obj`` (containers opened), or None."""
-    if isinstance(obj, nn.Module):
-        return dict(obj.state_dict())
-    if not isinstance(obj, Mapping) or depth > 3:
-        return None
-    for key in _STATE_DICT_CONTAINER_KEYS:
-        inner = obj.get(key)
-        if isinstance(inner, (Mapping, nn.Module)):
-            found = _unwrap_state_dict(inner, depth + 1)
-            if found:
-                return found
-    if _is_tensor_dict(obj):
-        return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    nested = [v for v in obj.values() if isinstance(v, Mapping) and _is_tensor_dict(v)]
-    if len(nested) == 1:
-        return _unwrap_state_dict(nested[0], depth + 1)
-    return None
-
-
-def _detect_layout(tensors: Mapping[str, torch.Tensor]) -> tuple[str, str]:
-    """``(format, prefix)`` of a flat state dict: the layout with most matching keys."""
-    best_fmt, best_count, best_prefix = UNKNOWN_FORMAT, 0, ""
-    for fmt, pattern in _FORMAT_PATTERNS.items():
-        prefixes: Counter[str] = Counter()
-        for key in tensors:
-            match = pattern.search(key)
-            if match:
-                prefixes[key[: match.start(1)]] += 1
-        if prefixes:
-            # Most keys under one prefix; on a tie prefer the student of a distillation
-            # checkpoint, then the shortest prefix.
-            prefix, count = max(
-                prefixes.items(), key=lambda item: (item[1], item[0].startswith("student."), -len(item[0]))
-            )
-            if count > best_count:
-                best_fmt, best_count, best_prefix = fmt, count, prefix
-    return best_fmt, best_prefix
-
-
 def _interpret(obj: Any, name: str) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
     """``(format, state dict in detkd names, SuperPoint conf)`` of a loaded object."""
     tag = obj.get("format") if isinstance(obj, Mapping) else None
@@ -298,23 +241,23 @@ def _interpret(obj: Any, name: str) -> tuple[str, dict[str, torch.Tensor], dict[
                 f"detkd reads (version {MODEL_FORMAT_VERSION}). Upgrade detkd to load it."
             )
         state = obj.get("state_dict")
-        if not _is_tensor_dict(state):
+        if not is_tensor_dict(state):
             raise WeightsMismatchError(
                 f"'{name}' is a detkd key-point model file without a 'state_dict'; it is damaged."
             )
-        conf = dict(obj.get("conf") or _infer_rpautrat_conf(state))
+        conf = dict(obj.get("conf") or infer_rpautrat_conf(state))
         return MODEL_FORMAT, dict(state), conf
     if tag == CHECKPOINT_FORMAT:
         inner = obj.get("model")
-        tensors = _unwrap_state_dict(inner) if inner is not None else None
+        tensors = unwrap_state_dict(inner) if inner is not None else None
         if not tensors:
             raise WeightsMismatchError(
                 f"'{name}' is a detkd training checkpoint without model weights under 'model'; "
                 "it is damaged or was written by an incompatible version."
             )
-        layout, prefix = _detect_layout(tensors)
+        layout, prefix = detect_layout(tensors)
         if layout != UNKNOWN_FORMAT:
-            tensors = _strip_prefix(tensors, prefix, name)
+            tensors = strip_prefix(tensors, prefix, name)
         stored_conf = obj.get("model_conf")
         if isinstance(stored_conf, Mapping) and stored_conf:
             conf = {k: v for k, v in stored_conf.items() if k in SuperPoint.default_conf}
@@ -324,16 +267,16 @@ def _interpret(obj: Any, name: str) -> tuple[str, dict[str, torch.Tensor], dict[
         else:
             conf = None
         if layout == "magicleap":
-            state = _magicleap_to_detkd(tensors)
-            return CHECKPOINT_FORMAT, state, conf or _infer_magicleap_conf(tensors)
-        return CHECKPOINT_FORMAT, tensors, conf or _infer_rpautrat_conf(tensors)
+            state = magicleap_to_detkd(tensors)
+            return CHECKPOINT_FORMAT, state, conf or infer_magicleap_conf(tensors)
+        return CHECKPOINT_FORMAT, tensors, conf or infer_rpautrat_conf(tensors)
 
-    tensors = _unwrap_state_dict(obj)
+    tensors = unwrap_state_dict(obj)
     if not tensors:
         raise WeightsMismatchError(
             _report(name, UNKNOWN_FORMAT, [], [], [], extra=f"it holds no tensors (a {type(obj).__name__})")
         )
-    layout, prefix = _detect_layout(tensors)
+    layout, prefix = detect_layout(tensors)
     if layout == UNKNOWN_FORMAT:
         expected = [f"{layer}.{param}" for layer in MAGICLEAP_TO_DETKD for param in ("weight", "bias")]
         raise WeightsMismatchError(
@@ -343,110 +286,10 @@ def _interpret(obj: Any, name: str) -> tuple[str, dict[str, torch.Tensor], dict[
                 "(backbone.0.0.conv.weight ...); missing keys below are Magic Leap's",
             )
         )
-    tensors = _strip_prefix(tensors, prefix, name)
+    tensors = strip_prefix(tensors, prefix, name)
     if layout == "magicleap":
-        return layout, _magicleap_to_detkd(tensors), _infer_magicleap_conf(tensors)
-    return layout, tensors, _infer_rpautrat_conf(tensors)
-
-
-def _strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str, name: str) -> dict[str, torch.Tensor]:
-    if not prefix:
-        return dict(tensors)
-    inside = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    outside = [k for k in tensors if not k.startswith(prefix)]
-    if outside:
-        warnings.warn(
-            f"'{name}': using the SuperPoint weights under '{prefix}' and ignoring {len(outside)} other "
-            f"tensor(s) ({', '.join(outside[:3])}{' ...' if len(outside) > 3 else ''})",
-            UserWarning,
-            stacklevel=4,
-        )
-    return inside
-
-
-# ---------------------------------------------------------------------- layouts
-# Key names used while the state dict is in detkd names but came from a Magic Leap file, so
-# that reports speak the file's language.
-_DETKD_TO_MAGICLEAP = {v: k for k, v in MAGICLEAP_TO_DETKD.items()}
-
-
-def _magicleap_to_detkd(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename ``conv1a.weight`` -> ``backbone.0.0.conv.weight`` etc.; unknown keys keep a marker."""
-    renamed = {}
-    for key, value in tensors.items():
-        layer, _, param = key.rpartition(".")
-        target = MAGICLEAP_TO_DETKD.get(layer)
-        renamed[f"{target}.{param}" if target else f"{_UNMAPPED}{key}"] = value
-    return renamed
-
-
-_UNMAPPED = "<unmapped>"  # marks a key of a Magic Leap file with no detkd counterpart
-
-
-def _to_file_key(key: str, fmt: str) -> str:
-    """A detkd key as it is named in a file of format ``fmt``."""
-    if key.startswith(_UNMAPPED):
-        return key[len(_UNMAPPED):]
-    if fmt == "magicleap":
-        layer, _, param = key.rpartition(".")
-        if layer in _DETKD_TO_MAGICLEAP:
-            return f"{_DETKD_TO_MAGICLEAP[layer]}.{param}"
-    return key
-
-
-def _first_dim(tensors: Mapping[str, torch.Tensor], candidates: list[tuple[str, int]], default: int) -> int:
-    """Size of the first present ``(key, dim)`` among candidates, else ``default``."""
-    for key, dim in candidates:
-        value = tensors.get(key)
-        if isinstance(value, torch.Tensor) and value.dim() > dim:
-            return int(value.shape[dim])
-    return default
-
-
-def _infer_widths(tensors: Mapping[str, torch.Tensor], name_of: Any) -> dict[str, Any]:
-    """Widths from shapes; ``name_of(block, index)`` names a conv layer (without ``.weight``).
-
-    ``block`` is 0..3 for the encoder, ``"P"``/``"D"`` for the detector/descriptor heads.
-    """
-    default = VARIANTS["superpoint"]
-    channels = []
-    for i in range(4):
-        a, b = name_of(i, 0), name_of(i, 1)
-        nxt = [(f"{name_of(i + 1, 0)}.weight", 1)] if i < 3 else [(f"{name_of('P', 0)}.weight", 1)]
-        channels.append(
-            _first_dim(
-                tensors,
-                [(f"{a}.weight", 0), (f"{a}.bias", 0), (f"{b}.weight", 1), (f"{b}.weight", 0), (f"{b}.bias", 0), *nxt],
-                default["channels"][i],
-            )
-        )
-    head = _first_dim(
-        tensors,
-        [(f"{name_of('P', 0)}.weight", 0), (f"{name_of('P', 0)}.bias", 0), (f"{name_of('P', 1)}.weight", 1),
-         (f"{name_of('D', 0)}.weight", 0), (f"{name_of('D', 1)}.weight", 1)],
-        default["head_channels"],
-    )
-    descriptor_dim = _first_dim(
-        tensors, [(f"{name_of('D', 1)}.weight", 0), (f"{name_of('D', 1)}.bias", 0)], default["descriptor_dim"]
-    )
-    return {"channels": tuple(channels), "head_channels": head, "descriptor_dim": descriptor_dim}
-
-
-def _infer_magicleap_conf(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    def name_of(block: Any, index: int) -> str:
-        return f"conv{block + 1 if isinstance(block, int) else block}{'ab'[index]}"
-
-    return {**_infer_widths(tensors, name_of), "batch_norm": False}
-
-
-def _infer_rpautrat_conf(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    def name_of(block: Any, index: int) -> str:
-        if isinstance(block, int):
-            return f"backbone.{block}.{index}.conv"
-        return f"{'detector' if block == 'P' else 'descriptor'}.{index}.conv"
-
-    batch_norm = any(".bn." in key for key in tensors)
-    return {**_infer_widths(tensors, name_of), "batch_norm": batch_norm}
+        return layout, magicleap_to_detkd(tensors), infer_magicleap_conf(tensors)
+    return layout, tensors, infer_rpautrat_conf(tensors)
 
 
 # ---------------------------------------------------------------------- checked loading
@@ -485,34 +328,12 @@ def _check_keys_and_shapes(
             _report(
                 name,
                 fmt,
-                [_to_file_key(k, fmt) for k in missing],
-                [_to_file_key(k, fmt) for k in unexpected],
-                [(_to_file_key(k, fmt), e, f) for k, e, f in mismatched],
+                [to_file_key(k, fmt) for k in missing],
+                [to_file_key(k, fmt) for k in unexpected],
+                [(to_file_key(k, fmt), e, f) for k, e, f in mismatched],
                 hint=hint,
             )
         )
-
-
-def key_listing(items: list[str]) -> str:
-    """The first few ``items`` joined by commas, and how many more there are."""
-    shown = ", ".join(items[:_REPORT_LIMIT])
-    more = len(items) - _REPORT_LIMIT
-    return shown + (f", ... (+{more} more)" if more > 0 else "")
-
-
-def key_report_lines(missing: list[str], unexpected: list[str], mismatched: list[str]) -> list[str]:
-    """The lines of a weights-mismatch report: missing and unexpected keys, one line per shape mismatch."""
-    lines = []
-    if missing:
-        lines.append(f"  missing keys ({len(missing)}): {key_listing(missing)}")
-    if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {key_listing(unexpected)}")
-    if mismatched:
-        lines.append(f"  shape mismatches ({len(mismatched)}):")
-        lines.extend(f"    {m}" for m in mismatched[:_REPORT_LIMIT])
-        if len(mismatched) > _REPORT_LIMIT:
-            lines.append(f"    ... (+{len(mismatched) - _REPORT_LIMIT} more)")
-    return lines
 
 
 def _report(
@@ -548,31 +369,3 @@ def _report(
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------- saving helpers
-def plain_metadata(value: Any, where: str, saver: str, tuples_as_lists: bool = False) -> Any:
-    """``value`` as types ``torch.load(weights_only=True)`` accepts; a TypeError naming ``where`` otherwise.
-
-    Args:
-        value: what a model file stores beside its weights (config, metadata).
-        where: its name in messages (``"meta"``; nested entries extend it).
-        saver: the function saving it, for messages.
-        tuples_as_lists: store tuples as lists (otherwise they stay tuples).
-    """
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): plain_metadata(v, f"{where}.{k}", saver, tuples_as_lists) for k, v in value.items()}
-    if isinstance(value, tuple) and not tuples_as_lists:
-        return tuple(plain_metadata(v, f"{where}[{i}]", saver, tuples_as_lists) for i, v in enumerate(value))
-    if isinstance(value, (list, tuple)):
-        return [plain_metadata(v, f"{where}[{i}]", saver, tuples_as_lists) for i, v in enumerate(value)]
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.dim() == 0 else value.tolist()
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    raise TypeError(
-        f"{saver}: {where} holds a {type(value).__name__}; use plain values "
-        "(str, int, float, bool, None, lists and dicts of them)"
-    )

@@ -32,14 +32,8 @@ from detkd.config import ConfigError
 from detkd.engine.checkpoint import CHECKPOINT_FORMAT, atomic_save
 from detkd.models.detection.adapters import DetectorAdapter
 from detkd.models.detection.registry import create_detector_from_config
-from detkd.models.weights import (
-    UnreadableWeightsError,
-    UnsafeWeightsError,
-    WeightsMismatchError,
-    key_listing,
-    key_report_lines,
-    plain_metadata,
-)
+from detkd.models.model_files import key_listing, key_report_lines, plain_metadata
+from detkd.models.weights import UnreadableWeightsError, UnsafeWeightsError, WeightsMismatchError
 from detkd.safe_files import UnreadableFileError, UnsafeFileError, safe_torch_load, verify_digest, with_digest
 
 DETECTOR_FORMAT = "detkd.detector"
