@@ -13,7 +13,8 @@ from detkd.engine import (
     ExistingRunError, NonFiniteLossError, StreamDataset, Task, TrainConfig, Trainer,
     atomic_save, load_checkpoint, read_history,
 )
-from detkd.engine.trainer import StreamSampler, learning_rate_factor
+from detkd.engine.settings import learning_rate_factor
+from detkd.engine.task import StreamSampler
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -4,14 +4,8 @@ from detkd.engine.acceleration import resolve_precision
 from detkd.engine.checkpoint import atomic_save, load_checkpoint
 from detkd.engine.distributed import is_launch_rank_zero
 from detkd.engine.task import StreamDataset, Task
-from detkd.engine.trainer import (
-    ExistingRunError,
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    TrainResult,
-    read_history,
-)
+from detkd.engine.settings import ExistingRunError, NonFiniteLossError, TrainConfig, TrainResult
+from detkd.engine.trainer import Trainer, read_history
 
 __all__ = [
     "ExistingRunError", "NonFiniteLossError", "StreamDataset", "Task", "TrainConfig",

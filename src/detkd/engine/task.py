@@ -9,12 +9,12 @@ The engine knows nothing else of a task.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 
 class Task(nn.Module):
@@ -100,3 +100,33 @@ class StreamDataset(Dataset):
         if k < 0:
             raise IndexError(k)
         return self.make_sample(self.source_index(k), np.random.default_rng([self.seed, k]))
+
+
+class StreamSampler(Sampler[int]):
+    """Indices of a :class:`~detkd.engine.task.StreamDataset` for steps ``[start, stop)``.
+
+    With ``G = B * world_size`` and ``F = first_sample`` (default ``start * G``), step ``s`` of
+    process ``rank`` takes samples ``F + (s - start)*G + rank*B`` ... ``+ B - 1``: every process
+    sees different samples, and a step's global batch holds the same samples whatever the
+    number of processes. ``first_sample`` lets a resumed run continue the stream where it
+    stopped when the global batch changed.
+    """
+
+    def __init__(
+        self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1,
+        first_sample: int | None = None,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.start, self.stop = start, stop
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.first_sample = start * batch_size * world_size if first_sample is None else first_sample
+
+    def __iter__(self) -> Iterator[int]:
+        global_batch = self.batch_size * self.world_size
+        for step in range(self.start, self.stop):
+            first = self.first_sample + (step - self.start) * global_batch + self.rank * self.batch_size
+            yield from range(first, first + self.batch_size)
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0) * self.batch_size

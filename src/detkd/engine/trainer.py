@@ -10,7 +10,7 @@ rank 0; its metrics go to ``validation.jsonl`` and TensorBoard's ``val/`` scalar
 shows its validation curve (whether longer training still helps) as it trains.
 
 Multi-process runs (``devices``/``num_nodes`` > 1): every process draws its own share of each
-step's global batch (``batch_size x world_size`` samples, see :class:`StreamSampler`); logged
+step's global batch (``batch_size x world_size`` samples, see :class:`~detkd.engine.task.StreamSampler`); logged
 losses are averaged over all processes; only global rank 0 writes the history, TensorBoard
 and checkpoints. A checkpoint records how many samples were consumed, so a run can resume
 with another number of processes and continue the same sample stream.
@@ -23,15 +23,14 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from detkd.config import dataclass_from_dict
 from detkd.engine.acceleration import CompiledWithFallback, resolve_precision, to_channels_last
 from detkd.engine.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -47,105 +46,17 @@ from detkd.engine.distributed import (
     revert_sync_batchnorm,
     sync_batchnorm_supported,
 )
-from detkd.engine.task import Task
+from detkd.engine.settings import (
+    ExistingRunError,
+    NoUsableCheckpointError,
+    NonFiniteLossError,
+    TrainConfig,
+    TrainResult,
+    learning_rate_factor,
+)
+from detkd.engine.task import StreamSampler, Task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and run settings; every field is a key of the ``train:`` YAML section."""
-
-    steps: int = 2000  # optimiser steps in total (a resumed run continues up to this)
-    batch_size: int = 8  # images per process per step (global batch: batch_size x devices x num_nodes)
-    lr: float = 1.5e-3  # AdamW learning rate (GoodPoint)
-    weight_decay: float = 1e-4
-    lr_decay: float = 0.98  # multiply the learning rate by this ...
-    lr_decay_every: int = 1000  # ... every this many steps (GoodPoint: 0.98 / 1000)
-    warmup_steps: int = 0  # linear warm-up from 0
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
-    val_every: int = 0  # steps between validations of the task (validation.jsonl); 0: none during training
-    log_every: int = 10  # steps between logged scalars
-    num_workers: int = 0  # data-loading processes per training process
-    seed: int = 0
-    accelerator: str = "auto"  # cpu, cuda, mps, auto
-    devices: int | str = 1  # processes/GPUs per node
-    num_nodes: int = 1
-    strategy: str = "auto"  # Fabric strategy: auto, ddp, ddp_spawn, ddp_fork, ...
-    precision: str = "32-true"  # Fabric precision: 32-true, bf16-mixed, 16-mixed; auto: bf16-mixed on a bf16 GPU, else 32-true
-    progress: bool = True  # show a progress bar
-    sync_batchnorm: bool = True  # BatchNorm statistics over the global batch when processes > 1 (GPU only)
-    channels_last: bool = False  # NHWC layout for models and 4-d batch tensors (faster convolutions on GPUs)
-    compile: bool = False  # torch.compile the task's forward; on failure warn and train eagerly
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        return dataclass_from_dict(cls, values, "train")
-
-
-@dataclass
-class TrainResult:
-    """What a finished :meth:`Trainer.fit` returns."""
-
-    step: int
-    checkpoint: Path
-    history: Path
-    seconds: float
-    last_losses: dict[str, float] = field(default_factory=dict)  # averaged over processes
-    is_global_zero: bool = True  # False in the other processes of a multi-process run
-    world_size: int = 1
-    samples_seen: int = 0  # training samples consumed since step 0, over all processes
-    process_id: int = field(default_factory=os.getpid, repr=False)  # the process that trained
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message says where and what to try."""
-
-
-class ExistingRunError(FileExistsError):
-    """The output folder already holds a run and ``resume`` was not asked for."""
-
-
-class NoUsableCheckpointError(ValueError):
-    """``resume`` was asked for, but every checkpoint of the run is damaged."""
-
-
-class StreamSampler(Sampler[int]):
-    """Indices of a :class:`~detkd.engine.task.StreamDataset` for steps ``[start, stop)``.
-
-    With ``G = B * world_size`` and ``F = first_sample`` (default ``start * G``), step ``s`` of
-    process ``rank`` takes samples ``F + (s - start)*G + rank*B`` ... ``+ B - 1``: every process
-    sees different samples, and a step's global batch holds the same samples whatever the
-    number of processes. ``first_sample`` lets a resumed run continue the stream where it
-    stopped when the global batch changed.
-    """
-
-    def __init__(
-        self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1,
-        first_sample: int | None = None,
-    ):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.start, self.stop = start, stop
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
-        self.first_sample = start * batch_size * world_size if first_sample is None else first_sample
-
-    def __iter__(self) -> Iterator[int]:
-        global_batch = self.batch_size * self.world_size
-        for step in range(self.start, self.stop):
-            first = self.first_sample + (step - self.start) * global_batch + self.rank * self.batch_size
-            yield from range(first, first + self.batch_size)
-
-    def __len__(self) -> int:
-        return max(self.stop - self.start, 0) * self.batch_size
-
-
-def learning_rate_factor(step: int, config: TrainConfig) -> float:
-    """Multiplier of ``config.lr`` at ``step``: linear warm-up, then step-wise exponential decay."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    return config.lr_decay ** (step // max(config.lr_decay_every, 1))
 
 
 class Trainer:
