@@ -4,7 +4,10 @@
 forward pass returns :class:`DetectorOutputs` (conventions in :mod:`.outputs`).
 """
 
-from detkd.models.detection.adapters import DetectorAdapter, FasterRCNNAdapter, FCOSAdapter, RetinaNetAdapter
+from detkd.models.detection.adapters import DetectorAdapter
+from detkd.models.detection.faster_rcnn import FasterRCNNAdapter
+from detkd.models.detection.fcos import FCOSAdapter
+from detkd.models.detection.retinanet import RetinaNetAdapter
 from detkd.models.detection.backbones import FPN_LEVEL_NAMES, FPN_STRIDES, TinyBackbone, build_fpn_backbone
 from detkd.models.detection.outputs import DetectorOutputs, per_anchor, per_location
 from detkd.models.detection.profile import count_parameters, detector_gflops

@@ -1,4 +1,6 @@
-"""Adapters: one interface over torchvision's RetinaNet, FCOS and Faster R-CNN.
+"""The adapter interface: one over torchvision's RetinaNet, FCOS and Faster R-CNN (one file per family:
+:mod:`~detkd.models.detection.retinanet`, :mod:`~detkd.models.detection.fcos`,
+:mod:`~detkd.models.detection.faster_rcnn`).
 
 An adapter wraps the torchvision model (``adapter.model``) and runs its parts itself —
 backbone, head, anchor generator, the family's own ``compute_loss`` and
@@ -19,13 +21,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import fastrcnn_loss
-from torchvision.models.detection.rpn import concat_box_prediction_layers
-from torchvision.ops import box_iou
 
-from detkd.models.detection.backbones import FPN_LEVEL_NAMES
 from detkd.models.detection.outputs import DetectorOutputs
 
 Target = dict[str, Tensor]
@@ -176,7 +173,7 @@ class DetectorAdapter(nn.Module):
         split = {key: list(value.split(per_level, dim=1)) for key, value in head_outputs.items()}
         batch = outputs.cls_logits.shape[0]
         anchors = [list(outputs.anchors.split(per_level))] * batch
-        with _attributes(
+        with temporary_attributes(
             self.model, score_thresh=score_threshold, nms_thresh=nms_iou, detections_per_img=max_detections
         ):
             return self.model.postprocess_detections(split, anchors, [outputs.image_size] * batch)
@@ -301,207 +298,8 @@ class DetectorAdapter(nn.Module):
         return [a * h * w for h, w in outputs.level_sizes]
 
 
-class RetinaNetAdapter(DetectorAdapter):
-    """torchvision :class:`~torchvision.models.detection.RetinaNet`: 9 anchors per location,
-    sigmoid focal loss (``"classification"``) and L1 on :class:`BoxCoder` deltas (``"bbox_regression"``);
-    IoU matcher with thresholds 0.5 / 0.4 and low-quality matches."""
-
-    family = "retinanet"
-    model_type = RetinaNet
-
-    def _run_heads(self, image_list: ImageList, features: list[Tensor], targets: list[Target] | None) -> DetectorOutputs:
-        model: RetinaNet = self.model
-        head_outputs = model.head(features)
-        anchors = model.anchor_generator(image_list, features)
-        losses = model.compute_loss(targets, head_outputs, anchors) if targets is not None else {}
-        deltas = head_outputs["bbox_regression"]
-        batch, n = deltas.shape[:2]
-        boxes = model.box_coder.decode_single(deltas.reshape(-1, 4), anchors[0].repeat(batch, 1)).reshape(batch, n, 4)
-        return self._dense_outputs(
-            features, image_list.image_sizes[0], anchors[0], head_outputs["cls_logits"], deltas, boxes, losses=losses
-        )
-
-    def _match(self, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
-        return self.model.proposal_matcher(box_iou(gt_boxes, anchors))
-
-
-class FCOSAdapter(DetectorAdapter):
-    """torchvision :class:`~torchvision.models.detection.FCOS`: one "anchor" per location, a
-    stride-sized square centred on the location's point; focal loss (``"classification"``),
-    GIoU (``"bbox_regression"``) and centre-ness BCE (``"bbox_ctrness"``); centre sampling
-    (radius 1.5 strides) with per-level distance ranges as the assignment."""
-
-    family = "fcos"
-    model_type = FCOS
-
-    def _run_heads(self, image_list: ImageList, features: list[Tensor], targets: list[Target] | None) -> DetectorOutputs:
-        model: FCOS = self.model
-        head_outputs = model.head(features)
-        anchors = model.anchor_generator(image_list, features)
-        losses = {}
-        if targets is not None:
-            per_level = [f.shape[-2] * f.shape[-1] for f in features]
-            losses = model.compute_loss(targets, head_outputs, anchors, per_level)
-        deltas = head_outputs["bbox_regression"]
-        boxes = model.box_coder.decode(deltas, anchors[0])
-        return self._dense_outputs(
-            features,
-            image_list.image_sizes[0],
-            anchors[0],
-            head_outputs["cls_logits"],
-            deltas,
-            boxes,
-            centerness=head_outputs["bbox_ctrness"].squeeze(-1),
-            losses=losses,
-        )
-
-    def _match(self, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
-        # torchvision's FCOS.compute_loss does this inline (not callable on its own); same steps.
-        radius = self.model.center_sampling_radius
-        gt_centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2  # (M, 2)
-        anchor_centers = (anchors[:, :2] + anchors[:, 2:]) / 2  # (N, 2)
-        anchor_sizes = anchors[:, 2] - anchors[:, 0]  # (N,) = the level's stride
-        # centre sampling: the point lies within radius * stride of the box centre (Chebyshev)
-        match = (anchor_centers[:, None, :] - gt_centers[None, :, :]).abs().max(dim=2).values < (
-            radius * anchor_sizes[:, None]
-        )
-        x, y = anchor_centers[:, 0:1], anchor_centers[:, 1:2]  # (N, 1)
-        x0, y0, x1, y1 = gt_boxes[None, :, 0], gt_boxes[None, :, 1], gt_boxes[None, :, 2], gt_boxes[None, :, 3]
-        distances = torch.stack([x - x0, y - y0, x1 - x, y1 - y], dim=2)  # (N, M, 4) l, t, r, b
-        match &= distances.min(dim=2).values > 0  # the point lies inside the box
-        # each level regresses a range of distances; the finest has no lower and the coarsest no upper bound
-        lower = anchor_sizes * 4
-        lower[anchor_sizes == min(self._strides)] = 0
-        upper = anchor_sizes * 8
-        upper[anchor_sizes == max(self._strides)] = float("inf")
-        largest = distances.max(dim=2).values
-        match &= (largest > lower[:, None]) & (largest < upper[:, None])
-        # several candidates: the smallest box wins
-        areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
-        score = match.to(torch.float32) * (1e8 - areas[None, :])
-        best, index = score.max(dim=1)
-        index[best < 1e-5] = -1
-        return index
-
-
-class FasterRCNNAdapter(DetectorAdapter):
-    """torchvision :class:`~torchvision.models.detection.FasterRCNN` on P3..P7.
-
-    The dense outputs are the RPN's (3 anchors per location, ``K = 1`` objectness logits,
-    :class:`BoxCoder` deltas). ``extra`` holds the two-stage state:
-
-    * ``"proposals"``: list of ``B`` tensors ``(P_i, 4)`` xyxy pixels, the RPN's boxes after its
-      NMS and top-n (detached, as torchvision does);
-    * ``"proposal_scores"``: list of ``(P_i,)`` objectness probabilities;
-    * eval mode only, the RoI head on those proposals: ``"roi_class_logits"`` ``(sum P_i, K + 1)``
-      (column 0 is background, column ``k + 1`` is class ``k``) and ``"roi_box_regression"``
-      ``(sum P_i, 4 (K + 1))``.
-
-    ``second_stage`` runs the same RoI head on any boxes (GID distils it on its General Instances).
-
-    Losses (when targets are given): ``"loss_objectness"``, ``"loss_rpn_box_reg"`` (RPN, on a random
-    sample of 256 anchors per image) and ``"loss_classifier"``, ``"loss_box_reg"`` (RoI head, on a
-    random sample of proposals plus the ground-truth boxes).
-    """
-
-    family = "faster_rcnn"
-    model_type = FasterRCNN
-
-    def _anchor_generator(self) -> nn.Module:
-        return self.model.rpn.anchor_generator
-
-    def _run_heads(self, image_list: ImageList, features: list[Tensor], targets: list[Target] | None) -> DetectorOutputs:
-        rpn = self.model.rpn
-        objectness_maps, delta_maps = rpn.head(features)
-        anchors = rpn.anchor_generator(image_list, features)
-        per_level = [o[0].numel() for o in objectness_maps]  # A * H_l * W_l
-        objectness, deltas = concat_box_prediction_layers(objectness_maps, delta_maps)  # (B*N, 1), (B*N, 4)
-        batch = len(anchors)
-        decoded = rpn.box_coder.decode(deltas, anchors).view(batch, -1, 4)
-        proposals, proposal_scores = rpn.filter_proposals(
-            decoded.detach(), objectness.detach(), image_list.image_sizes, per_level
-        )
-        extra: dict[str, Any] = {"proposals": proposals, "proposal_scores": proposal_scores}
-        feature_dict = dict(zip(FPN_LEVEL_NAMES, features))
-        losses: dict[str, Tensor] = {}
-        if targets is not None:
-            losses.update(self._rpn_losses(anchors, objectness, deltas, targets))
-            losses.update(self._roi_losses(feature_dict, proposals, image_list.image_sizes, targets))
-        if not self.training:
-            extra["roi_class_logits"], extra["roi_box_regression"] = self._roi_head(
-                feature_dict, proposals, image_list.image_sizes
-            )
-        outputs = self._dense_outputs(
-            features,
-            image_list.image_sizes[0],
-            anchors[0],
-            objectness.view(batch, -1, 1),
-            deltas.view(batch, -1, 4),
-            decoded,
-            losses=losses,
-            extra=extra,
-        )
-        outputs.second_stage = lambda boxes: self._roi_head(feature_dict, list(boxes), image_list.image_sizes)
-        return outputs
-
-    def _rpn_losses(self, anchors: list[Tensor], objectness: Tensor, deltas: Tensor, targets: list[Target]) -> dict[str, Tensor]:
-        rpn = self.model.rpn
-        labels, matched_gt_boxes = rpn.assign_targets_to_anchors(anchors, targets)
-        regression_targets = rpn.box_coder.encode(matched_gt_boxes, anchors)
-        loss_objectness, loss_box = rpn.compute_loss(objectness, deltas, labels, regression_targets)
-        return {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
-
-    def _roi_losses(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]], targets: list[Target]
-    ) -> dict[str, Tensor]:
-        roi_heads = self.model.roi_heads
-        shifted = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]  # 0 is background there
-        sampled, _, labels, regression_targets = roi_heads.select_training_samples(list(proposals), shifted)
-        class_logits, box_regression = self._roi_head(features, sampled, image_sizes)
-        loss_classifier, loss_box = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-        return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box}
-
-    def _roi_head(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
-    ) -> tuple[Tensor, Tensor]:
-        roi_heads = self.model.roi_heads
-        pooled = roi_heads.box_roi_pool(features, proposals, image_sizes)
-        return roi_heads.box_predictor(roi_heads.box_head(pooled))
-
-    def postprocess(
-        self, outputs: DetectorOutputs, score_threshold: float = 0.05, nms_iou: float = 0.5, max_detections: int = 100
-    ) -> list[dict[str, Tensor]]:
-        proposals = outputs.extra["proposals"]
-        batch = len(proposals)
-        image_sizes = [outputs.image_size] * batch
-        if "roi_class_logits" in outputs.extra:
-            class_logits, box_regression = outputs.extra["roi_class_logits"], outputs.extra["roi_box_regression"]
-        else:  # a training-mode forward: run the RoI head on its proposals now
-            class_logits, box_regression = self._roi_head(
-                dict(zip(FPN_LEVEL_NAMES, outputs.features)), proposals, image_sizes
-            )
-        with _attributes(
-            self.model.roi_heads, score_thresh=score_threshold, nms_thresh=nms_iou, detections_per_img=max_detections
-        ):
-            boxes, scores, labels = self.model.roi_heads.postprocess_detections(
-                class_logits, box_regression, proposals, image_sizes
-            )
-        return [{"boxes": b, "scores": s, "labels": lab - 1} for b, s, lab in zip(boxes, scores, labels)]
-
-    def _match(self, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
-        return self.model.rpn.proposal_matcher(box_iou(gt_boxes, anchors))
-
-
-ADAPTERS: dict[str, type[DetectorAdapter]] = {
-    RetinaNetAdapter.family: RetinaNetAdapter,
-    FCOSAdapter.family: FCOSAdapter,
-    FasterRCNNAdapter.family: FasterRCNNAdapter,
-}
-
-
-# ---------------------------------------------------------------------- helpers
 @contextlib.contextmanager
-def _attributes(obj: object, **values: Any) -> Iterator[None]:
+def temporary_attributes(obj: object, **values: Any) -> Iterator[None]:
     """Set attributes of ``obj`` for the duration of a ``with`` block (torchvision reads its
     post-processing thresholds from attributes)."""
     old = {key: getattr(obj, key) for key in values}

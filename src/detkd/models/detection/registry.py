@@ -47,9 +47,18 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from detkd.config import ConfigError
-from detkd.models.detection.adapters import ADAPTERS, DetectorAdapter
+from detkd.models.detection.adapters import DetectorAdapter
 from detkd.models.detection.backbones import FPN_LEVEL_NAMES, FPN_STRIDES, build_fpn_backbone
+from detkd.models.detection.faster_rcnn import FasterRCNNAdapter
+from detkd.models.detection.fcos import FCOSAdapter
+from detkd.models.detection.retinanet import RetinaNetAdapter
 
+#: Family name -> its adapter class; a new family is one adapter file and one entry here.
+ADAPTERS: dict[str, type[DetectorAdapter]] = {
+    RetinaNetAdapter.family: RetinaNetAdapter,
+    FCOSAdapter.family: FCOSAdapter,
+    FasterRCNNAdapter.family: FasterRCNNAdapter,
+}
 FAMILIES = tuple(ADAPTERS)
 
 #: Normalisation of the RetinaNet and FCOS head convs (nothing is pretrained, so normalise).
