@@ -24,15 +24,12 @@ from detkd.distill.detection.features import (
     PKDConfig,
     near_object_mask,
 )
-from detkd.distill.detection.gid import (
-    GeneralInstanceDistillation,
+from detkd.distill.detection.general_instances import (
     GeneralInstances,
-    GIDConfig,
-    Matcher,
     find_general_instances,
-    relation_loss,
     select_general_instances,
 )
+from detkd.distill.detection.gid import GeneralInstanceDistillation, GIDConfig, Matcher, relation_loss
 
 #: method name -> (loss module, its config dataclass)
 DETECTION_DISTILLERS: dict[str, tuple[type[DetectionDistiller], type]] = {
