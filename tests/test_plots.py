@@ -10,16 +10,15 @@ import pytest
 import torch
 from matplotlib.image import imread
 
+from detkd.viz.curves import draw_loss_curves, plot_loss_curves
 from detkd.viz.plots import (
     MATCH_GAP_PX,
     count_match_lines,
     draw_accuracy_vs_latency,
     draw_keypoints,
-    draw_loss_curves,
     draw_matches,
     plot_accuracy_vs_latency,
     plot_keypoints,
-    plot_loss_curves,
     plot_matches,
 )
 

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from detkd.viz.plots import ArrayLike, _as_image, _save, _to_numpy
+from detkd.viz.canvas import ArrayLike, as_image, save_figure, to_numpy
 
 HIT_IOU = 0.5  # a detection is a hit at IoU >= this with an unmatched ground-truth box of its class
 HIT_COLOUR = "#1db31d"  # green
@@ -126,12 +126,12 @@ def match_detections(
     Returns:
         A :class:`BoxMatch`.
     """
-    boxes = _to_numpy(boxes).astype(np.float64).reshape(-1, 4)
-    scores = _to_numpy(scores).astype(np.float64).reshape(-1)
-    labels = _to_numpy(labels).astype(np.int64).reshape(-1)
-    gt_boxes = _to_numpy(gt_boxes).astype(np.float64).reshape(-1, 4)
-    gt_labels = _to_numpy(gt_labels).astype(np.int64).reshape(-1)
-    ignore = np.zeros(len(gt_boxes), bool) if gt_ignore is None else _to_numpy(gt_ignore).astype(bool).reshape(-1)
+    boxes = to_numpy(boxes).astype(np.float64).reshape(-1, 4)
+    scores = to_numpy(scores).astype(np.float64).reshape(-1)
+    labels = to_numpy(labels).astype(np.int64).reshape(-1)
+    gt_boxes = to_numpy(gt_boxes).astype(np.float64).reshape(-1, 4)
+    gt_labels = to_numpy(gt_labels).astype(np.int64).reshape(-1)
+    ignore = np.zeros(len(gt_boxes), bool) if gt_ignore is None else to_numpy(gt_ignore).astype(bool).reshape(-1)
     if not len(boxes) == len(scores) == len(labels) or not len(gt_boxes) == len(gt_labels) == len(ignore):
         raise ValueError(f"match_detections: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels; "
                          f"{len(gt_boxes)} ground-truth boxes, {len(gt_labels)} labels, {len(ignore)} ignore flags")
@@ -161,9 +161,9 @@ def detections_above(
     """
     if prediction is None:
         return np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)
-    boxes = _to_numpy(prediction["boxes"]).astype(np.float64).reshape(-1, 4)
-    scores = _to_numpy(prediction["scores"]).astype(np.float64).reshape(-1)
-    labels = _to_numpy(prediction["labels"]).astype(np.int64).reshape(-1)
+    boxes = to_numpy(prediction["boxes"]).astype(np.float64).reshape(-1, 4)
+    scores = to_numpy(prediction["scores"]).astype(np.float64).reshape(-1)
+    labels = to_numpy(prediction["labels"]).astype(np.int64).reshape(-1)
     if not len(boxes) == len(scores) == len(labels):
         raise ValueError(f"a prediction has {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels")
     keep = scores >= score_threshold
@@ -176,10 +176,10 @@ def ground_truth_of(value: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if value is None:
         return np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, bool)
     get = value.get if isinstance(value, Mapping) else (lambda key: getattr(value, key, None))
-    boxes = _to_numpy(get("boxes")).astype(np.float64).reshape(-1, 4)
-    labels = _to_numpy(get("labels")).astype(np.int64).reshape(-1)
+    boxes = to_numpy(get("boxes")).astype(np.float64).reshape(-1, 4)
+    labels = to_numpy(get("labels")).astype(np.int64).reshape(-1)
     ignore = get("ignore")
-    ignore = np.zeros(len(boxes), bool) if ignore is None else _to_numpy(ignore).astype(bool).reshape(-1)
+    ignore = np.zeros(len(boxes), bool) if ignore is None else to_numpy(ignore).astype(bool).reshape(-1)
     return boxes, labels, ignore
 
 
@@ -290,7 +290,7 @@ def draw_panel(
         The panel's :class:`BoxMatch`. Patches carry the ``gid`` ``hit``, ``false-alarm``,
         ``ignored-detection``, ``miss`` or ``ignored``; matched ground-truth boxes are not drawn.
     """
-    img = _as_image(image, "image")
+    img = as_image(image, "image")
     height, width = img.shape[:2]
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="antialiased")
     ax.set_xlim(-0.5, width - 0.5)
@@ -356,7 +356,7 @@ def draw_model_comparison(
     for column, per_image in predictions.items():
         if len(per_image) != len(images):
             raise ValueError(f"model '{column}' has {len(per_image)} predictions for {len(images)} images")
-    pixels = [_as_image(image, "image") for image in images]
+    pixels = [as_image(image, "image") for image in images]
     truths = [ground_truth_of(gt) for gt in ground_truths]
     entries = legend_entries(with_ignored=any(ignore.any() for _, _, ignore in truths))
     columns = len(predictions)
@@ -414,4 +414,4 @@ def plot_model_comparison(
         title: figure title (none when empty).
     """
     fig = draw_model_comparison(images, ground_truths, predictions, class_names, score_threshold, row_names, title)
-    return _save(fig, path)
+    return save_figure(fig, path)

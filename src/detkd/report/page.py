@@ -286,7 +286,8 @@ def _row_model_path(row: Row) -> Path | None:
 # ---------------------------------------------------------------------- figures
 def draw_figures(rows: list[Row], runs: Sequence[RunFolder], files: Path, latency_note: str) -> list[Figure]:
     """Scatter(s), loss curves and each run's own figures, as PNGs in ``files``."""
-    from detkd.viz.plots import plot_accuracy_vs_latency, plot_loss_curves
+    from detkd.viz.curves import plot_loss_curves
+    from detkd.viz.plots import plot_accuracy_vs_latency
 
     figures = []
     timed = [r for r in rows if r.latency_ms is not None]

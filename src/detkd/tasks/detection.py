@@ -424,7 +424,7 @@ def _model_extra(config: dict[str, Any], data: DetectionData, steps: int) -> dic
 
 def _plot_losses(history: Path, out: Path, title: str, terms: list[str] | None) -> None:
     """``loss_curves.png`` from ``history.jsonl``; ``validation.png`` too when the run validated as it trained."""
-    from detkd.viz.plots import loss_terms, plot_loss_curves, read_history_records
+    from detkd.viz.curves import loss_terms, plot_loss_curves, read_history_records
 
     validation = out / "validation.jsonl"
     if validation.exists():

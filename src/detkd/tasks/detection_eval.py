@@ -75,7 +75,7 @@ def plot_detection_validation(runs: dict[str, Any], path: Path, title: str) -> P
     Args:
         runs: run name -> ``validation.jsonl`` path or its records.
     """
-    from detkd.viz.plots import plot_validation_curves
+    from detkd.viz.curves import plot_validation_curves
 
     return plot_validation_curves(runs, path, ["map", "ap50"], title=title,
                                   labels={"map": "mAP (IoU 0.50:0.95), points", "ap50": "AP50, points"})

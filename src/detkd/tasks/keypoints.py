@@ -383,7 +383,7 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     )
     print(f"student saved to {student_path} after {result.step} steps ({result.seconds:.0f} s this session)")
 
-    from detkd.viz.plots import plot_loss_curves
+    from detkd.viz.curves import plot_loss_curves
 
     if Path(result.history).exists():  # none after 0 steps (a model given by student.init, evaluated as it is)
         plot_loss_curves(result.history, out / "loss_curves.png", title="Key-point distillation")

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from detkd.viz.plots import ArrayLike, _as_image, _figure_for, _save, _show, _title_height_in, _to_numpy
+from detkd.viz.canvas import ArrayLike, as_image, figure_for, save_figure, show, title_height_in, to_numpy
 
 GROUND_TRUTH_COLOUR = "#ffffff"
 CLASS_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
@@ -28,15 +28,15 @@ def _targets(value: Any, what: str, with_scores: bool) -> tuple[np.ndarray, np.n
     if value is None:
         return np.zeros((0, 4)), np.zeros(0, np.int64), None
     get = (lambda key: getattr(value, key, None)) if not isinstance(value, Mapping) else value.get
-    boxes = _to_numpy(get("boxes")).astype(np.float64).reshape(-1, 4) if get("boxes") is not None else None
-    labels = _to_numpy(get("labels")).astype(np.int64).reshape(-1) if get("labels") is not None else None
+    boxes = to_numpy(get("boxes")).astype(np.float64).reshape(-1, 4) if get("boxes") is not None else None
+    labels = to_numpy(get("labels")).astype(np.int64).reshape(-1) if get("labels") is not None else None
     if boxes is None or labels is None or len(boxes) != len(labels):
         raise ValueError(f"{what} needs 'boxes' (N, 4) and 'labels' (N,) of the same length")
     scores = None
     if with_scores:
         if get("scores") is None:
             raise ValueError(f"{what} needs 'scores' (N,)")
-        scores = _to_numpy(get("scores")).astype(np.float64).reshape(-1)
+        scores = to_numpy(get("scores")).astype(np.float64).reshape(-1)
         if len(scores) != len(boxes):
             raise ValueError(f"{what}: {len(boxes)} boxes but {len(scores)} scores")
     return boxes, labels, scores
@@ -57,8 +57,8 @@ def draw_detections_on(
 ) -> int:
     """Draw on ``ax``: the image, ground truth (white, dashed) and predictions above ``score_threshold``
     (coloured by class, labelled ``name score``). Returns how many predictions were drawn."""
-    img = _as_image(image, "image")
-    _show(ax, img)
+    img = as_image(image, "image")
+    show(ax, img)
     gt_boxes, gt_labels, _ = _targets(ground_truth, "ground_truth", with_scores=False)
     for (x1, y1, x2, y2), label in zip(gt_boxes, gt_labels):
         ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=GROUND_TRUTH_COLOUR,
@@ -90,10 +90,10 @@ def draw_detections(
     title: str = "",
 ) -> Figure:
     """The figure of :func:`plot_detections`."""
-    img = _as_image(image, "image")
+    img = as_image(image, "image")
     height, width = img.shape[:2]
-    fig = _figure_for(width, height, title_lines=1)
-    ax = fig.add_axes((0, 0, 1, 1 - _title_height_in(1) / fig.get_figheight()))
+    fig = figure_for(width, height, title_lines=1)
+    ax = fig.add_axes((0, 0, 1, 1 - title_height_in(1) / fig.get_figheight()))
     drawn = draw_detections_on(ax, img, predictions, ground_truth, class_names, score_threshold, max_detections)
     gt_count = len(_targets(ground_truth, "ground_truth", False)[0])
     counts = f"{drawn} detections (score >= {score_threshold:g})" + (f", {gt_count} ground truth" if ground_truth is not None else "")
@@ -123,7 +123,7 @@ def plot_detections(
         max_detections: at most this many predictions (highest scores) are drawn.
     """
     fig = draw_detections(image, predictions, ground_truth, class_names, score_threshold, max_detections, title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_detection_grid(
@@ -154,4 +154,4 @@ def plot_detection_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
