@@ -200,3 +200,12 @@ def test_sampled_descriptors_interpolate_between_cell_centres():
     # half-way between the centres of cells (1, 2) and (1, 3): their mean, normalised
     between = sample_descriptors(torch.tensor([[[23.5, 11.5]]]), descriptors)[0, 0]
     torch.testing.assert_close(between, torch.nn.functional.normalize(descriptors[0, :, 1, 2:4].mean(-1), dim=0))
+
+
+def test_sampled_descriptors_at_another_stride_read_that_grid():
+    # a stride-4 map whose descriptor at cell (i, j) is (1 + j, 1): the centre of cell (0, j) is pixel (4 j + 1.5, 1.5)
+    columns = torch.arange(5.0)
+    descriptors = torch.stack([1 + columns.expand(2, 5), torch.ones(2, 5)])[None]  # (1, 2, 2, 5)
+    # x = 7.5 lies half-way between the centres of columns 1 (5.5) and 2 (9.5): (1 + 1.5, 1) = (2.5, 1)
+    sampled = sample_descriptors(torch.tensor([[[7.5, 1.5]]]), descriptors, stride=4)[0, 0]
+    torch.testing.assert_close(sampled, torch.tensor([2.5, 1.0]) / 7.25 ** 0.5)

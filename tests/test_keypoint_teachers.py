@@ -38,6 +38,7 @@ from detkd.models.keypoint_teachers import (
     load_keypoint_teacher,
 )
 from detkd.models.keypoint_teachers import aliked, disk, loader, xfeat
+from detkd.models.keypoint_teachers.base import cell_centres
 from detkd.models.keypoint_ops import logits_to_heatmap
 from detkd.models.superpoint import create_model
 from detkd.models.weights import UnsafeWeightsError, WeightsMismatchError, load_keypoint_model
@@ -104,6 +105,13 @@ def test_descriptors_at_cell_centres_by_hand():
     assert cells.shape == (1, 2, 2, 3)
     expected = F.normalize(torch.tensor([8 * 2 + 3.5, 8 * 1 + 3.5]), dim=0)  # cell (1, 2): centre (19.5, 11.5)
     torch.testing.assert_close(cells[0, :, 1, 2], expected)
+
+
+def test_cell_centres_by_hand():
+    torch.testing.assert_close(cell_centres(16, 24)[[0, 5]], torch.tensor([[3.5, 3.5], [19.5, 11.5]]))  # cells (0, 0), (1, 2)
+    centres = cell_centres(4, 6, stride=2)  # 2 x 3 cells of 2 x 2 pixels
+    assert centres.shape == (6, 2)
+    torch.testing.assert_close(centres[4], torch.tensor([2.5, 2.5]))  # cell (1, 1)
 
 
 # ---------------------------------------------------------------- adapters, random weights

@@ -262,16 +262,17 @@ def subpixel_offsets_at(heatmap: torch.Tensor, xs: torch.Tensor, ys: torch.Tenso
     return moments / mass.clamp_min(torch.finfo(heatmap.dtype).tiny)[:, None]
 
 
-def sample_descriptors(keypoints: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+def sample_descriptors(keypoints: torch.Tensor, descriptors: torch.Tensor, stride: int = CELL) -> torch.Tensor:
     """Bilinearly sample dense descriptors at key points and L2-normalise them.
 
-    Cell ``(i, j)`` of the ``(Hc, Wc)`` map describes the 8x8 block whose centre is pixel
-    ``(8j + 3.5, 8i + 3.5)``; sampling interpolates between those centres (a corner outside the
-    map contributes zero).
+    Cell ``(i, j)`` of the ``(Hc, Wc)`` map describes the ``s x s`` block (``s = stride``, 8 for
+    SuperPoint) whose centre is pixel ``(s j + (s - 1) / 2, s i + (s - 1) / 2)``; sampling
+    interpolates between those centres (a corner outside the map contributes zero).
 
     Args:
         keypoints: ``(B, N, 2)`` pixels (x, y).
         descriptors: ``(B, D, Hc, Wc)``.
+        stride: pixels per cell of the map.
 
     Returns:
         ``(B, N, D)`` unit descriptors.
@@ -281,7 +282,7 @@ def sample_descriptors(keypoints: torch.Tensor, descriptors: torch.Tensor) -> to
         raise ValueError(
             f"keypoints {tuple(keypoints.shape)} do not fit descriptors {tuple(descriptors.shape)}"
         )
-    cell = (keypoints - (CELL / 2 - 0.5)) / CELL  # pixel -> cell-centre coordinates
+    cell = (keypoints - (stride / 2 - 0.5)) / stride  # pixel -> cell-centre coordinates
     scale = keypoints.new_tensor([max(wc - 1, 1), max(hc - 1, 1)])
     grid = (cell / scale * 2 - 1)[:, None]  # (B, 1, N, 2)
     sampled = F.grid_sample(descriptors, grid.to(descriptors.dtype), mode="bilinear", align_corners=True)

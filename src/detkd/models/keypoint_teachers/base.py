@@ -116,10 +116,11 @@ def descriptors_at_cell_centres(dense: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.avg_pool2d(dense[..., centre:, centre:], kernel_size=2, stride=CELL), p=2, dim=1)
 
 
-def cell_centres(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(Hc * Wc, 2)`` pixel (x, y) of the cell centres of an ``height x width`` image, row by row."""
-    ys = torch.arange(height // CELL, device=device, dtype=torch.float32) * CELL + (CELL / 2 - 0.5)
-    xs = torch.arange(width // CELL, device=device, dtype=torch.float32) * CELL + (CELL / 2 - 0.5)
+def cell_centres(height: int, width: int, device: torch.device | str = "cpu", stride: int = CELL) -> torch.Tensor:
+    """``(Hc * Wc, 2)`` pixel (x, y) of the centres of the ``stride x stride`` cells of an ``height x width``
+    image, row by row (``Hc = height // stride``)."""
+    ys = torch.arange(height // stride, device=device, dtype=torch.float32) * stride + (stride / 2 - 0.5)
+    xs = torch.arange(width // stride, device=device, dtype=torch.float32) * stride + (stride / 2 - 0.5)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=-1)
 
