@@ -35,7 +35,6 @@ from detkd.models.keypoint_ops import (
     CELL,
     check_input_scale,
     input_size_multiple,
-    logits_to_heatmap,
     subpixel_offsets,
     unscale_keypoints,
 )
@@ -83,6 +82,7 @@ class KeypointPostprocess(nn.Module):
         self.threshold = float(model.conf["detection_threshold"])
         self.border = int(model.conf["remove_borders"])
         self.subpixel_radius = int(model.conf["subpixel_radius"])
+        self.descriptor_stride = int(model.conf.get("descriptor_stride", CELL))
         scale = check_input_scale(model.conf["input_scale"])
         multiple = input_size_multiple(scale)
         if multiple is None or scale < 1:
@@ -109,7 +109,7 @@ class KeypointPostprocess(nn.Module):
             out["heatmap"], self.heatmap_nms_radius, self.threshold, self.heatmap_border, self.max_keypoints,
             self.subpixel_radius,
         )
-        descriptors = sample_descriptors_traceable(keypoints, out["descriptors"]) * valid[..., None]
+        descriptors = sample_descriptors_traceable(keypoints, out["descriptors"], self.descriptor_stride) * valid[..., None]
         if self.input_scale != 1:
             keypoints = unscale_keypoints(keypoints, self.input_scale, self.input_scale) * valid[..., None]
         return keypoints, scores, descriptors, valid.sum(dim=1)
@@ -120,7 +120,7 @@ class KeypointRawHeads(nn.Module):
 
     Forward: ``image`` ``(B, 1, H, W)`` in ``[0, 1]`` -> ``logits`` ``(B, 65, H/8, W/8)``,
     ``heatmap`` ``(B, H, W)`` (softmax, dustbin dropped, depth-to-space) and ``descriptors``
-    ``(B, D, H/8, W/8)`` L2-normalised dense descriptors.
+    ``(B, D, H/s, W/s)`` L2-normalised dense descriptors (``s``: the model's ``descriptor_stride``).
     """
 
     def __init__(self, model: SuperPoint) -> None:
@@ -130,10 +130,8 @@ class KeypointRawHeads(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.model.backbone(image)
-        logits = self.model.detector_logits(image, features)
-        descriptors = F.normalize(self.model.descriptor(features), p=2, dim=1)
-        return logits, logits_to_heatmap(logits), descriptors
+        out = self.model(image)
+        return out["logits"], out["heatmap"], out["descriptors"]
 
 
 def topk_keypoints(
@@ -179,22 +177,24 @@ def topk_keypoints(
     return keypoints, scores, valid
 
 
-def sample_descriptors_traceable(keypoints: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+def sample_descriptors_traceable(keypoints: torch.Tensor, descriptors: torch.Tensor, stride: int = CELL) -> torch.Tensor:
     """:func:`detkd.models.keypoint_ops.sample_descriptors` for graphs with dynamic sizes.
 
-    Cell ``(i, j)`` describes the 8x8 block centred on pixel ``(8j + 3.5, 8i + 3.5)``; the
-    map is sampled bilinearly between those centres (``align_corners=True``), then each
-    vector is L2-normalised. The cell-grid size enters as graph values, not constants.
+    Cell ``(i, j)`` describes the ``s x s`` block (``s = stride``) centred on pixel
+    ``(s j + (s - 1) / 2, s i + (s - 1) / 2)``; the map is sampled bilinearly between those centres
+    (``align_corners=True``), then each vector is L2-normalised. The cell-grid size enters as graph
+    values, not constants.
 
     Args:
         keypoints: ``(B, N, 2)`` pixels (x, y).
         descriptors: ``(B, D, Hc, Wc)``, ``Hc, Wc >= 2``.
+        stride: pixels per cell of the map (the model's ``descriptor_stride``).
 
     Returns:
         ``(B, N, D)`` unit vectors.
     """
     hc, wc = descriptors.shape[-2:]
-    cell = (keypoints - (CELL / 2 - 0.5)) / CELL
+    cell = (keypoints - (stride / 2 - 0.5)) / stride
     gx = cell[..., 0] / (wc - 1) * 2 - 1
     gy = cell[..., 1] / (hc - 1) * 2 - 1
     grid = torch.stack([gx, gy], dim=-1)[:, None].to(descriptors.dtype)  # (B, 1, N, 2)
@@ -213,6 +213,7 @@ def keypoint_graph(model: SuperPoint, raw_heads: bool = False, max_keypoints: in
     }
     config = plain(model.conf)
     size_multiple = CELL
+    stride = int(model.conf.get("descriptor_stride", CELL))
     if raw_heads:
         module: nn.Module = KeypointRawHeads(model).eval()
         outputs = RAW_OUTPUTS
@@ -221,8 +222,8 @@ def keypoint_graph(model: SuperPoint, raw_heads: bool = False, max_keypoints: in
         spec = {
             "logits": "(B, 65, H/8, W/8) detector scores before softmax; bin 64 is 'no key point'",
             "heatmap": "(B, H, W) key-point probability per pixel (softmax, dustbin dropped, depth-to-space)",
-            "descriptors": f"(B, {dim}, H/8, W/8) L2-normalised dense descriptors; cell (i, j) is centred "
-                           "on pixel (8j + 3.5, 8i + 3.5)",
+            "descriptors": f"(B, {dim}, H/{stride}, W/{stride}) L2-normalised dense descriptors; cell (i, j) is "
+                           f"centred on pixel ({stride}j + {(stride - 1) / 2}, {stride}i + {(stride - 1) / 2})",
         }
     else:
         post = KeypointPostprocess(model, max_keypoints).eval()

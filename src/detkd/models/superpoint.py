@@ -40,6 +40,8 @@ from detkd.models.keypoint_ops import (
 
 #: ``encoder`` values: SuperPoint's VGG, or the strided encoder of the CPU students.
 ENCODERS = ("vgg", "fast")
+#: ``descriptor_stride`` values: pixels per cell of the dense descriptor map.
+DESCRIPTOR_STRIDES = (8, 4)
 
 #: Named variants; widths are (block1, block2, block3, block4), the heads' hidden width,
 #: and the descriptor size. Parameter counts in the comments are exact, for ``create_model(name)``.
@@ -171,6 +173,9 @@ class SuperPoint(nn.Module):
     default_conf: dict[str, Any] = {
         **VARIANTS["superpoint"],
         "encoder": "vgg",  # "vgg": SuperPoint's; "fast": strided stem, cheap at full resolution (FastEncoder)
+        # pixels per descriptor cell: 8 (SuperPoint's head), or 4: the head's stride-8 map upsampled 2x plus a
+        # 1x1 projection of the encoder's stride-4 features (for teachers that describe every pixel, e.g. DISK)
+        "descriptor_stride": 8,
         "batch_norm": False,
         "bn_eps": 1e-3,
         # post-processing (reference-demo defaults)
@@ -200,6 +205,8 @@ class SuperPoint(nn.Module):
             raise ValueError(f"channels must have 4 widths (one per encoder block), got {c['channels']}")
         if c["encoder"] not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {c['encoder']!r}")
+        if c["descriptor_stride"] not in DESCRIPTOR_STRIDES:
+            raise ValueError(f"descriptor_stride must be one of {DESCRIPTOR_STRIDES}, got {c['descriptor_stride']!r}")
         bn = {"batch_norm": c["batch_norm"], "bn_eps": c["bn_eps"]}
 
         encoder = vgg_encoder if c["encoder"] == "vgg" else FastEncoder
@@ -212,6 +219,8 @@ class SuperPoint(nn.Module):
         self.descriptor = nn.Sequential(
             ConvBlock(c_in, head, 3, **bn), ConvBlock(head, c["descriptor_dim"], 1, relu=False, **bn)
         )
+        if c["descriptor_stride"] == 4:  # both encoders give channels[1] features at stride 4
+            self.descriptor_fine = ConvBlock(c["channels"][1], c["descriptor_dim"], 1, relu=False, **bn)
 
     # ------------------------------------------------------------------ dense outputs
     def forward(
@@ -228,7 +237,8 @@ class SuperPoint(nn.Module):
         Returns:
             ``logits``: ``(B, 65, H/8, W/8)`` detector scores before softmax (bin 64 = "no point");
             ``heatmap``: ``(B, H, W)`` per-pixel key-point probability;
-            ``descriptors``: ``(B, D, H/8, W/8)`` L2-normalised dense descriptors;
+            ``descriptors``: ``(B, D, H/s, W/s)`` L2-normalised dense descriptors, ``s`` the
+            ``descriptor_stride`` (8, or 4);
             ``features``: ``(B, C4, H/8, W/8)`` encoder output;
             with ``select_points``, also ``points`` ``(B, N, 2)`` and ``point_descriptors`` ``(B, N, D)`` (unit).
         """
@@ -239,9 +249,13 @@ class SuperPoint(nn.Module):
                 f"SuperPoint.forward needs H and W divisible by {CELL}, got {h}x{w}; "
                 "use extract(), which pads, or crop the image"
             )
-        features = self.backbone(image)
+        features, fine = self.encode(image)
         logits = self.detector_logits(image, features)
-        descriptors = F.normalize(self.descriptor(features), p=2, dim=1)
+        descriptors = self.descriptor(features)
+        if fine is not None:
+            descriptors = F.interpolate(descriptors, scale_factor=2.0, mode="bilinear", align_corners=False)
+            descriptors = descriptors + self.descriptor_fine(fine)
+        descriptors = F.normalize(descriptors, p=2, dim=1)
         out = {
             "logits": logits,
             "heatmap": logits_to_heatmap(logits),
@@ -250,8 +264,20 @@ class SuperPoint(nn.Module):
         }
         if select_points is not None:
             out["points"] = select_points(out["heatmap"])
-            out["point_descriptors"] = sample_descriptors(out["points"], descriptors)
+            out["point_descriptors"] = sample_descriptors(out["points"], descriptors, self.conf["descriptor_stride"])
         return out
+
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoder output ``(B, C4, H/8, W/8)`` and, with ``descriptor_stride`` 4, the last stride-4 features
+        ``(B, channels[1], H/4, W/4)`` (else None)."""
+        if self.conf["descriptor_stride"] == CELL:
+            return self.backbone(image), None
+        x, fine = image, None
+        for stage in self.backbone:
+            x = stage(x)
+            if x.shape[-2] * 4 == image.shape[-2]:
+                fine = x
+        return x, fine
 
     def detector_logits(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Cell logits ``(B, 65, H/8, W/8)`` of the detector head, with flat pixels suppressed.
@@ -308,8 +334,9 @@ class SuperPoint(nn.Module):
             max_keypoints=conf["max_keypoints"],
             subpixel_radius=conf["subpixel_radius"],
         )
+        stride = self.conf["descriptor_stride"]
         descriptors = [
-            sample_descriptors(kp[None], d[None])[0] for kp, d in zip(keypoints, out["descriptors"])
+            sample_descriptors(kp[None], d[None], stride)[0] for kp, d in zip(keypoints, out["descriptors"])
         ]
         keypoints = [unscale_keypoints(kp, scale_x, scale_y) for kp in keypoints]
         return {"keypoints": keypoints, "scores": scores, "descriptors": descriptors}

@@ -57,6 +57,7 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         "channels": None,  # encoder widths, 4 numbers, e.g. [8, 16, 32, 32]
         "head_channels": None,  # hidden width of the detector and descriptor heads
         "descriptor_dim": None,  # null: the teacher's (the descriptor losses need the teacher's size)
+        "descriptor_stride": None,  # pixels per descriptor cell, 8 or 4 (4: finer descriptors, for DISK teachers)
         # Initial weights: null = random; a student model file or a shipped student's name (student-fast-s ...) of
         # the same structure = fine-tune it (e.g. a shipped student on your own photos, or at a larger view size)
         "init": None,
@@ -172,8 +173,17 @@ def load_teacher(checkpoint: str | Path | None, weights: str | Path | None = Non
     ``checkpoint``: None (the shipped teacher), a teacher name (``disk``, ``aliked-n16``, ``xfeat`` ...,
     weights from ``weights`` or kornia's download cache) or a weight file of any family
     (:func:`detkd.models.keypoint_teachers.load_keypoint_teacher`).
+
+    Raises:
+        ValueError: a SuperPoint-family model with ``descriptor_stride`` 4: the teacher's dense descriptors
+            are read (and cached) on 8x8 cells.
     """
-    return load_keypoint_teacher(checkpoint, weights)
+    teacher, origin = load_keypoint_teacher(checkpoint, weights)
+    if teacher.conf.get("descriptor_stride", 8) != 8:
+        raise ValueError(
+            f"Teacher '{origin}' describes at stride {teacher.conf['descriptor_stride']}; a teacher's descriptors are "
+            "read and cached on 8x8 cells: use it as a student (student.init), or a stride-8 model as the teacher")
+    return teacher, origin
 
 
 #: Dotted config keys of files and folders, written absolute into the run's ``config.yaml`` so that
@@ -191,7 +201,7 @@ def is_model_name(value: str) -> bool:
 
 
 #: Keys of the ``student`` config section that replace the variant's structural options when set.
-STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim")
+STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim", "descriptor_stride")
 
 
 def build_student(teacher: nn.Module, variant: str, batch_norm: bool = True, **structure: Any) -> SuperPoint:
