@@ -1,4 +1,4 @@
-"""Students whose descriptors come at stride 4 (``descriptor_stride: 4``): model, loss, files, export, CLI."""
+"""Students that read descriptors from stride-4 features too (``descriptor_stride: 4``): model, loss, files, export, CLI."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from click.testing import CliRunner
 
 from conftest import make_keypoint_workspace
 from detkd.cli.main import main
-from detkd.distill.keypoints import KeypointDistillationLoss, check_compatible_outputs, descriptors_at_cells
-from detkd.models.keypoint_ops import sample_descriptors
+from detkd.distill.keypoints import KeypointDistillationLoss, check_compatible_outputs
 from detkd.models.superpoint import create_model
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
 from detkd.tasks.keypoints import build_student, load_teacher
@@ -20,18 +19,29 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("variant", ["fast-s", "tiny"])  # the strided encoder and SuperPoint's VGG
-def test_stride_4_descriptors_have_twice_the_rows_and_columns(variant):
+def test_stride_4_descriptors_read_both_levels_at_the_point(variant):
     torch.manual_seed(0)
-    model = create_model(variant, descriptor_stride=4, descriptor_dim=16).eval()
-    out = model(torch.rand(2, 1, 40, 56))
-    assert out["logits"].shape == (2, 65, 5, 7)
-    assert out["descriptors"].shape == (2, 16, 10, 14)
-    torch.testing.assert_close(out["descriptors"].norm(dim=1), torch.ones(2, 10, 14))
-    # extract reads the stride-4 map: at the centre of fine cell (row 3, column 5), pixel (21.5, 13.5), its entry
-    found = model.extract(torch.rand(1, 1, 40, 56))
+    model = create_model(variant, descriptor_stride=4, descriptor_dim=16)
+    model.train()
+    model(torch.rand(2, 1, 40, 56))  # BatchNorm statistics that are not the identity
+    model.eval()
+    image = torch.rand(1, 1, 40, 56)
+    heads = model.heads(image)
+    assert heads["coarse_descriptors"].shape == (1, 16, 5, 7) and heads["fine_features"].shape[-2:] == (10, 14)
+    # by hand at pixel (x 7.5, y 11.5): on the stride-8 grid (centres 8 j + 3.5) half-way between columns 0 and 1
+    # of row 1; on the stride-4 grid (centres 4 j + 1.5) at column 1.5, row 2.5: the mean of four cells
+    coarse = heads["coarse_descriptors"][0]
+    fine = model.descriptor_fine(heads["fine_features"])[0]
+    expected = F.normalize((coarse[:, 1, 0] + coarse[:, 1, 1]) / 2 + fine[:, 2:4, 1:3].mean(dim=(1, 2)), dim=0)
+    point = torch.tensor([[[7.5, 11.5]]])
+    torch.testing.assert_close(model.describe(point, heads)[0, 0], expected)
+    # the dense output is the same reading at the 8x8 cell centres, and forward reads points as extract does
+    out = model(image, select_points=lambda heatmap: torch.tensor([[[19.5, 11.5], [7.0, 30.25]]]))
+    assert out["descriptors"].shape == (1, 16, 5, 7)
+    torch.testing.assert_close(out["point_descriptors"][0, 0], out["descriptors"][0, :, 1, 2])
+    torch.testing.assert_close(out["point_descriptors"], model.describe(out["points"], heads))
+    found = model.extract(torch.rand(1, 1, 45, 61))  # any size
     assert found["descriptors"][0].shape[1] == 16
-    entry = sample_descriptors(torch.tensor([[[21.5, 13.5]]]), out["descriptors"][:1], stride=4)[0, 0]
-    torch.testing.assert_close(entry, out["descriptors"][0, :, 3, 5])
 
 
 def test_the_fine_projection_reads_the_stride_4_encoder_features_and_learns():
@@ -48,18 +58,7 @@ def test_the_fine_projection_reads_the_stride_4_encoder_features_and_learns():
         create_model("fast-s", descriptor_stride=2)
 
 
-def test_descriptors_at_cells_by_hand():
-    # a (1, 2, 2, 4) stride-4 map: the 8x8 cell centres lie half-way between 2x2 blocks of it
-    fine = torch.tensor([[[[1.0, 3.0, 0.0, 0.0], [1.0, 3.0, 0.0, 0.0]],
-                          [[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0]]]])
-    cells = descriptors_at_cells(fine, (1, 2))
-    torch.testing.assert_close(cells[0, :, 0, 0], torch.tensor([1.0, 0.0]))  # block mean (2, 0), normalised
-    torch.testing.assert_close(cells[0, :, 0, 1], torch.tensor([0.0, 1.0]))
-    same = torch.randn(1, 2, 1, 2)
-    assert descriptors_at_cells(same, (1, 2)) is same  # already on the cells
-
-
-def test_the_loss_takes_a_stride_4_student_and_refuses_other_shapes():
+def test_the_loss_reads_a_stride_4_students_own_point_descriptors():
     torch.manual_seed(0)
     teacher = create_model("tiny", descriptor_dim=16).eval()
     student = create_model("fast-s", descriptor_stride=4, descriptor_dim=16)
@@ -67,17 +66,43 @@ def test_the_loss_takes_a_stride_4_student_and_refuses_other_shapes():
     points = lambda heatmap: torch.tensor([[[5.0, 6.0], [20.5, 17.0]]]).expand(heatmap.shape[0], -1, -1)  # noqa: E731
     with torch.no_grad():
         t_out = teacher(image, select_points=points)
-    s_out = student(image)
+    s_out = student(image, select_points=points)
     terms = KeypointDistillationLoss()(t_out, s_out)
-    expected_points = sample_descriptors(t_out["points"], s_out["descriptors"], stride=4)
-    cosine = (1 - (expected_points * t_out["point_descriptors"]).sum(-1)).mean()
+    cosine = (1 - (s_out["point_descriptors"] * t_out["point_descriptors"]).sum(-1)).mean()
     torch.testing.assert_close(terms["point_descriptor_cosine"], cosine.detach())
-    dense = descriptors_at_cells(s_out["descriptors"], t_out["descriptors"].shape[-2:])
-    torch.testing.assert_close(terms["descriptor_cosine"], (1 - (dense * t_out["descriptors"]).sum(1)).mean().detach())
     terms["loss"].backward()
-    odd = {**s_out, "descriptors": F.normalize(torch.randn(2, 16, 16, 24), dim=1)}  # stride 2
-    with pytest.raises(ValueError, match="descriptor_stride must be 8 or 4"):
-        check_compatible_outputs(t_out, odd)
+    assert student.descriptor_fine.conv.weight.grad.abs().sum() > 0  # the stride-4 projection learns
+    elsewhere = {**s_out, "point_descriptors": s_out["point_descriptors"][:, :1]}
+    with pytest.raises(ValueError, match="at the teacher's points"):
+        check_compatible_outputs(t_out, elsewhere)
+
+
+def test_the_task_lets_a_stride_4_student_describe_the_teachers_points():
+    from detkd.distill.keypoints import KeypointDistillWeights
+    from detkd.tasks.keypoints import KeypointDistillationTask
+
+    torch.manual_seed(0)
+    teacher = create_model("tiny", descriptor_dim=16).eval()
+    student = create_model("fast-s", descriptor_stride=4, descriptor_dim=16)
+    calls = []
+    original = student.forward
+
+    def spy(image, select_points=None):
+        calls.append(select_points is not None)
+        return original(image, select_points=select_points)
+
+    student.forward = spy
+    task = KeypointDistillationTask.__new__(KeypointDistillationTask)
+    torch.nn.Module.__init__(task)
+    task.teacher, task.student = teacher, student
+    task.loss = KeypointDistillationLoss(KeypointDistillWeights())
+    task.points = None
+    points = torch.tensor([[[5.0, 6.0], [20.5, 17.0]]])
+    outputs = {**teacher(torch.rand(1, 1, 32, 48)), "points": points,
+               "point_descriptors": F.normalize(torch.randn(1, 2, 16), dim=-1)}
+    task.teacher_outputs = lambda batch: outputs
+    terms = task({"image": torch.rand(1, 1, 32, 48)})
+    assert calls == [True] and "point_descriptor_cosine" in terms
 
 
 def test_model_file_round_trip_keeps_the_stride(tmp_path):
@@ -111,6 +136,17 @@ def test_onnx_export_of_a_stride_4_student_matches_pytorch(tmp_path):
     assert all(value <= 1e-4 for value in result.parity.errors.values()), result.parity.errors
     raw = export_onnx(model, tmp_path / "fine_raw.onnx", 64, 80, raw_heads=True, verbose=False)
     assert all(value <= 1e-4 for value in raw.parity.errors.values()), raw.parity.errors
+    # a graph exported for any size reads the stride-4 cells of another size correctly
+    from detkd.export.keypoints import KeypointPostprocess, compare_postprocessed
+    from detkd.export.onnx import ort_session, photo_batch
+
+    dynamic = export_onnx(model, tmp_path / "fine_dynamic.onnx", 64, 80, dynamic=True, max_keypoints=50, verbose=False)
+    batch = photo_batch(["coffee", "rocket"], 1, 96, 128)
+    got = ort_session(dynamic.path).run(None, {"image": batch.numpy()})
+    with torch.no_grad():
+        expected = KeypointPostprocess(model, 50)(batch)
+    parity = compare_postprocessed([e.numpy() for e in expected], got, batch, 1e-4, post=KeypointPostprocess(model, 50))
+    assert parity.unexplained == 0 and parity.errors["descriptors"] < 1e-4
 
 
 def test_distillation_of_a_stride_4_student_end_to_end(tmp_path):

@@ -9,16 +9,16 @@ and knows nothing of training:
   sharp and in place;
 * ``cell_kl``: KL divergence from the teacher's 65-bin cell distribution (soft targets,
   temperature ``T``) to the student's, scaled by ``T^2`` as in Hinton et al.;
-* ``descriptor_cosine``: mean ``1 - cos`` between the L2-normalised dense descriptors at the
-  8x8 cell centres (a student with ``descriptor_stride`` 4 is read there, :func:`descriptors_at_cells`);
+* ``descriptor_cosine``: mean ``1 - cos`` between the L2-normalised dense descriptors;
 * ``descriptor_mse``: GoodPoint's descriptor term, the MSE between the same unit descriptors.
   For unit vectors of ``D`` components it *is* ``2 / D x descriptor_cosine`` (``|a - b|^2 =
   2 - 2 cos``), one signal in two scales, so detkd's default weight for it is 0 and the
   descriptors learn from ``descriptor_cosine`` alone, whose scale does not shrink with ``D``.
   It stays available to reproduce GoodPoint's objective;
 * ``point_descriptor_cosine``: mean ``1 - cos`` at sampled points (when the teacher's outputs
-  carry ``points`` and ``point_descriptors``): the student's descriptors sampled there as its
-  ``extract`` samples them (bilinear between its cell centres) against the teacher's own descriptors
+  carry ``points`` and ``point_descriptors``): the student's descriptors there as its ``extract``
+  reads them (its own ``point_descriptors`` at those points when its outputs carry them, e.g. a
+  stride-4 student, else its dense map read bilinearly between cell centres) against the teacher's own descriptors
   at those pixels. The dense term only compares cell centres; a key point rarely sits on one,
   and a teacher such as ALIKED or DISK describes every pixel differently. The points are the
   teacher's strongest local maxima plus a grid between the cell centres
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.config import ConfigError, dataclass_from_dict
-from detkd.models.keypoint_ops import CELL, nms_mask, sample_descriptors
+from detkd.models.keypoint_ops import nms_mask, sample_descriptors
 
 
 @dataclass
@@ -218,12 +218,13 @@ class KeypointDistillationLoss(nn.Module):
         terms["cell_kl"] = kl.mean() * temp**2
 
         t_desc, s_desc = teacher["descriptors"].detach(), student["descriptors"]
-        s_cells = descriptors_at_cells(s_desc, t_desc.shape[-2:])
-        terms["descriptor_mse"] = F.mse_loss(s_cells, t_desc)
-        terms["descriptor_cosine"] = (1 - (s_cells * t_desc).sum(dim=1)).mean()
+        terms["descriptor_mse"] = F.mse_loss(s_desc, t_desc)
+        terms["descriptor_cosine"] = (1 - (s_desc * t_desc).sum(dim=1)).mean()
         if "point_descriptors" in teacher:
-            s_stride = CELL * teacher["logits"].shape[-2] // s_desc.shape[-2]
-            s_points = sample_descriptors(teacher["points"].detach(), s_desc, s_stride)  # (B, N, D) unit
+            if "point_descriptors" in student:  # the student's own reading at the teacher's points
+                s_points = student["point_descriptors"]
+            else:
+                s_points = sample_descriptors(teacher["points"].detach(), s_desc)  # (B, N, D) unit
             t_points = teacher["point_descriptors"].detach()
             terms["point_descriptor_cosine"] = (1 - (s_points * t_points).sum(-1)).mean()
             terms["point_descriptor_relation"] = point_relation_kl(s_points, t_points, w.point_relation_temperature)
@@ -235,17 +236,6 @@ class KeypointDistillationLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.weights).items())
-
-
-def descriptors_at_cells(descriptors: torch.Tensor, cells: tuple[int, int]) -> torch.Tensor:
-    """Unit descriptors ``(B, D, Hc, Wc)`` at the centres of the 8x8 cells from a map at stride 8 or 4.
-
-    A stride-4 map ``(B, D, 2 Hc, 2 Wc)`` is read bilinearly at the cell centres, which lie half-way
-    between its own centres: the mean of each 2x2 block, normalised. A stride-8 map is returned as it is.
-    """
-    if tuple(descriptors.shape[-2:]) == tuple(cells):
-        return descriptors
-    return F.normalize(F.avg_pool2d(descriptors, kernel_size=2), p=2, dim=1)
 
 
 def point_relation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -281,16 +271,15 @@ def check_compatible_outputs(teacher: dict[str, torch.Tensor], student: dict[str
         if points.dim() != 3 or points.shape[0] != b or points.shape[2] != 2 or described.shape != (b, points.shape[1], d):
             raise ValueError(f"Teacher points {tuple(points.shape)} and point descriptors {tuple(described.shape)} "
                              f"must be (B, N, 2) and (B, N, D) with B={b}, D={d}")
-    t_shape, s_shape = tuple(teacher["descriptors"].shape), tuple(student["descriptors"].shape)
-    t_dim, s_dim = t_shape[1], s_shape[1]
-    if t_shape[:2] != s_shape[:2]:
+    t_dim, s_dim = teacher["descriptors"].shape[1], student["descriptors"].shape[1]
+    if teacher["descriptors"].shape != student["descriptors"].shape:
         raise ValueError(
             f"Teacher descriptors are {t_dim}-d and student descriptors {s_dim}-d "
-            f"(shapes {t_shape} vs {s_shape}): build the student with descriptor_dim={t_dim}"
+            f"(shapes {tuple(teacher['descriptors'].shape)} vs {tuple(student['descriptors'].shape)}): "
+            f"build the student with descriptor_dim={t_dim}"
         )
-    cells = t_shape[2:]
-    if s_shape[2:] not in (cells, (2 * cells[0], 2 * cells[1])):
-        raise ValueError(
-            f"Student descriptors {s_shape} are neither on the teacher's 8x8 cells {t_shape} nor at stride 4 "
-            "(twice as many rows and columns): a student's descriptor_stride must be 8 or 4"
-        )
+    if "point_descriptors" in student and (
+        "points" not in teacher or student["point_descriptors"].shape != teacher["point_descriptors"].shape
+    ):
+        raise ValueError("The student's point_descriptors must be read at the teacher's points (forward with "
+                         "select_points returning them)")

@@ -82,7 +82,6 @@ class KeypointPostprocess(nn.Module):
         self.threshold = float(model.conf["detection_threshold"])
         self.border = int(model.conf["remove_borders"])
         self.subpixel_radius = int(model.conf["subpixel_radius"])
-        self.descriptor_stride = int(model.conf.get("descriptor_stride", CELL))
         scale = check_input_scale(model.conf["input_scale"])
         multiple = input_size_multiple(scale)
         if multiple is None or scale < 1:
@@ -104,12 +103,16 @@ class KeypointPostprocess(nn.Module):
         return F.interpolate(image, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.model(self.heatmap_input(image))
+        heads = self.model.heads(self.heatmap_input(image))
         keypoints, scores, valid = topk_keypoints(
-            out["heatmap"], self.heatmap_nms_radius, self.threshold, self.heatmap_border, self.max_keypoints,
+            heads["heatmap"], self.heatmap_nms_radius, self.threshold, self.heatmap_border, self.max_keypoints,
             self.subpixel_radius,
         )
-        descriptors = sample_descriptors_traceable(keypoints, out["descriptors"], self.descriptor_stride) * valid[..., None]
+        if heads["fine_features"] is None:
+            descriptors = sample_descriptors_traceable(keypoints, F.normalize(heads["coarse_descriptors"], p=2, dim=1))
+        else:  # stride 4: only the cells around each key point
+            descriptors = self.model.describe(keypoints, heads)
+        descriptors = descriptors * valid[..., None]
         if self.input_scale != 1:
             keypoints = unscale_keypoints(keypoints, self.input_scale, self.input_scale) * valid[..., None]
         return keypoints, scores, descriptors, valid.sum(dim=1)
@@ -120,7 +123,7 @@ class KeypointRawHeads(nn.Module):
 
     Forward: ``image`` ``(B, 1, H, W)`` in ``[0, 1]`` -> ``logits`` ``(B, 65, H/8, W/8)``,
     ``heatmap`` ``(B, H, W)`` (softmax, dustbin dropped, depth-to-space) and ``descriptors``
-    ``(B, D, H/s, W/s)`` L2-normalised dense descriptors (``s``: the model's ``descriptor_stride``).
+    ``(B, D, H/8, W/8)`` L2-normalised dense descriptors.
     """
 
     def __init__(self, model: SuperPoint) -> None:
@@ -222,8 +225,10 @@ def keypoint_graph(model: SuperPoint, raw_heads: bool = False, max_keypoints: in
         spec = {
             "logits": "(B, 65, H/8, W/8) detector scores before softmax; bin 64 is 'no key point'",
             "heatmap": "(B, H, W) key-point probability per pixel (softmax, dustbin dropped, depth-to-space)",
-            "descriptors": f"(B, {dim}, H/{stride}, W/{stride}) L2-normalised dense descriptors; cell (i, j) is "
-                           f"centred on pixel ({stride}j + {(stride - 1) / 2}, {stride}i + {(stride - 1) / 2})",
+            "descriptors": f"(B, {dim}, H/8, W/8) L2-normalised dense descriptors; cell (i, j) is centred "
+                           "on pixel (8j + 3.5, 8i + 3.5)" + (
+                               "; key-point descriptors also read stride-4 features: take them from the "
+                               "post-processed graph" if stride == 4 else ""),
         }
     else:
         post = KeypointPostprocess(model, max_keypoints).eval()

@@ -287,3 +287,24 @@ def sample_descriptors(keypoints: torch.Tensor, descriptors: torch.Tensor, strid
     grid = (cell / scale * 2 - 1)[:, None]  # (B, 1, N, 2)
     sampled = F.grid_sample(descriptors, grid.to(descriptors.dtype), mode="bilinear", align_corners=True)
     return F.normalize(sampled[:, :, 0].transpose(1, 2), p=2, dim=-1)
+
+
+def sample_map(keypoints: torch.Tensor, values: torch.Tensor, stride: int, padding_mode: str = "border") -> torch.Tensor:
+    """Bilinear reading of a map of cells at key points, not normalised (traceable with dynamic sizes).
+
+    Cell ``(i, j)`` of ``values`` ``(B, C, Hc, Wc)`` holds the value at pixel ``(s j + (s - 1) / 2,
+    s i + (s - 1) / 2)`` with ``s = stride``; between those centres values are interpolated, beyond the
+    outer centres ``padding_mode`` decides (``"border"``: the outer cells' values, ``"zeros"``: fading to 0).
+
+    Args:
+        keypoints: ``(B, N, 2)`` pixels (x, y).
+        values: ``(B, C, Hc, Wc)``, ``Hc, Wc >= 2``.
+
+    Returns:
+        ``(B, N, C)``.
+    """
+    hc, wc = values.shape[-2:]
+    cell = (keypoints - (stride / 2 - 0.5)) / stride
+    grid = torch.stack([cell[..., 0] / (wc - 1) * 2 - 1, cell[..., 1] / (hc - 1) * 2 - 1], dim=-1)[:, None]
+    sampled = F.grid_sample(values, grid.to(values.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    return sampled[:, :, 0].transpose(1, 2)

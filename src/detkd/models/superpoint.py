@@ -31,6 +31,7 @@ from detkd.models.keypoint_ops import (
     input_size_multiple,
     logits_to_heatmap,
     sample_descriptors,
+    sample_map,
     scale_input,
     suppress_flat_regions,
     to_grey,
@@ -173,8 +174,8 @@ class SuperPoint(nn.Module):
     default_conf: dict[str, Any] = {
         **VARIANTS["superpoint"],
         "encoder": "vgg",  # "vgg": SuperPoint's; "fast": strided stem, cheap at full resolution (FastEncoder)
-        # pixels per descriptor cell: 8 (SuperPoint's head), or 4: the head's stride-8 map upsampled 2x plus a
-        # 1x1 projection of the encoder's stride-4 features (for teachers that describe every pixel, e.g. DISK)
+        # 8: descriptors read from the head's stride-8 map (SuperPoint); 4: from that map plus a 1x1 projection of the
+        # encoder's stride-4 features, each read at the point (finer descriptors, for teachers such as DISK)
         "descriptor_stride": 8,
         "batch_norm": False,
         "bn_eps": 1e-3,
@@ -237,11 +238,27 @@ class SuperPoint(nn.Module):
         Returns:
             ``logits``: ``(B, 65, H/8, W/8)`` detector scores before softmax (bin 64 = "no point");
             ``heatmap``: ``(B, H, W)`` per-pixel key-point probability;
-            ``descriptors``: ``(B, D, H/s, W/s)`` L2-normalised dense descriptors, ``s`` the
-            ``descriptor_stride`` (8, or 4);
+            ``descriptors``: ``(B, D, H/8, W/8)`` L2-normalised dense descriptors at the cell centres;
             ``features``: ``(B, C4, H/8, W/8)`` encoder output;
             with ``select_points``, also ``points`` ``(B, N, 2)`` and ``point_descriptors`` ``(B, N, D)`` (unit).
         """
+        heads = self.heads(image)
+        coarse, fine = heads["coarse_descriptors"], heads["fine_features"]
+        if fine is not None:  # the descriptor field at the cell centres, half-way between 2x2 stride-4 cells
+            heads["fine_descriptors"] = self.descriptor_fine(fine)
+            coarse = coarse + F.avg_pool2d(heads["fine_descriptors"], kernel_size=2)
+        out = {key: heads[key] for key in ("logits", "heatmap", "features")}
+        out["descriptors"] = F.normalize(coarse, p=2, dim=1)
+        if select_points is not None:
+            out["points"] = select_points(out["heatmap"])
+            out["point_descriptors"] = self.describe(out["points"], heads)
+        return out
+
+    def heads(self, image: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """What the network computes before any descriptor is read: ``logits``, ``heatmap`` and ``features``
+        as in :meth:`forward`, ``coarse_descriptors`` ``(B, D, H/8, W/8)`` (the descriptor head's output, not
+        normalised) and ``fine_features`` (``(B, channels[1], H/4, W/4)`` with ``descriptor_stride`` 4, else
+        None). :meth:`describe` reads descriptors at points from it without building the dense map."""
         image = to_grey(image)
         h, w = image.shape[-2:]
         if h % CELL or w % CELL:
@@ -251,21 +268,26 @@ class SuperPoint(nn.Module):
             )
         features, fine = self.encode(image)
         logits = self.detector_logits(image, features)
-        descriptors = self.descriptor(features)
-        if fine is not None:
-            descriptors = F.interpolate(descriptors, scale_factor=2.0, mode="bilinear", align_corners=False)
-            descriptors = descriptors + self.descriptor_fine(fine)
-        descriptors = F.normalize(descriptors, p=2, dim=1)
-        out = {
-            "logits": logits,
-            "heatmap": logits_to_heatmap(logits),
-            "descriptors": descriptors,
-            "features": features,
-        }
-        if select_points is not None:
-            out["points"] = select_points(out["heatmap"])
-            out["point_descriptors"] = sample_descriptors(out["points"], descriptors, self.conf["descriptor_stride"])
-        return out
+        return {"logits": logits, "heatmap": logits_to_heatmap(logits), "features": features,
+                "coarse_descriptors": self.descriptor(features), "fine_features": fine}
+
+    def describe(self, points: torch.Tensor, heads: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """Unit descriptors ``(B, N, D)`` at ``points`` ``(B, N, 2)`` (pixels x, y), from :meth:`heads`' output.
+
+        ``descriptor_stride`` 8: :meth:`forward`'s dense ``descriptors`` read bilinearly between the cell
+        centres (:func:`~detkd.models.keypoint_ops.sample_descriptors`). 4: the head's stride-8 map and the
+        projected stride-4 features, each read bilinearly at the point (:func:`~detkd.models.keypoint_ops.sample_map`,
+        edges clamped), added and normalised; at the cell centres this is :meth:`forward`'s ``descriptors``.
+        In eval mode the projection (a 1x1 conv) runs on the ``N`` features read, not on the whole map.
+        """
+        coarse, fine = heads["coarse_descriptors"], heads["fine_features"]
+        if fine is None:
+            return sample_descriptors(points, F.normalize(coarse, p=2, dim=1))
+        if heads.get("fine_descriptors") is not None:  # training: BatchNorm statistics of the whole map
+            fine_part = sample_map(points, heads["fine_descriptors"], 4)
+        else:
+            fine_part = self.descriptor_fine(sample_map(points, fine, 4).transpose(1, 2)[..., None])[..., 0].transpose(1, 2)
+        return F.normalize(sample_map(points, coarse, CELL) + fine_part, p=2, dim=-1)
 
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encoder output ``(B, C4, H/8, W/8)`` and, with ``descriptor_stride`` 4, the last stride-4 features
@@ -324,7 +346,7 @@ class SuperPoint(nn.Module):
         image = F.pad(image, (0, (-w) % multiple, 0, (-h) % multiple))
         image, (scale_x, scale_y) = scale_input(image, scale)
         padded = F.pad(image, (0, (-image.shape[-1]) % CELL, 0, (-image.shape[-2]) % CELL))
-        out = self(padded)
+        out = self.heads(padded)
         heatmap = out["heatmap"][:, : round(h * scale_y), : round(w * scale_x)]  # the image's own part
         keypoints, scores = detect_keypoints(
             heatmap,
@@ -334,9 +356,9 @@ class SuperPoint(nn.Module):
             max_keypoints=conf["max_keypoints"],
             subpixel_radius=conf["subpixel_radius"],
         )
-        stride = self.conf["descriptor_stride"]
         descriptors = [
-            sample_descriptors(kp[None], d[None], stride)[0] for kp, d in zip(keypoints, out["descriptors"])
+            self.describe(kp[None], {key: None if value is None else value[i : i + 1] for key, value in out.items()})[0]
+            for i, kp in enumerate(keypoints)
         ]
         keypoints = [unscale_keypoints(kp, scale_x, scale_y) for kp in keypoints]
         return {"keypoints": keypoints, "scores": scores, "descriptors": descriptors}

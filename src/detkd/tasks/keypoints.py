@@ -156,7 +156,14 @@ class KeypointDistillationTask(Task):
             return self.teacher(batch["image"], select_points=self.points)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.loss(self.teacher_outputs(batch), self.student(batch["image"]))
+        teacher = self.teacher_outputs(batch)
+        if "points" in teacher and self.student.conf.get("descriptor_stride", 8) != 8:
+            # a stride-4 student reads its descriptors at points from two maps: it describes the teacher's points itself
+            student = self.student(batch["image"], select_points=lambda heatmap: teacher["points"].detach())
+            student.pop("points")
+        else:
+            student = self.student(batch["image"])
+        return self.loss(teacher, student)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"model_conf": dict(self.student.conf)}
