@@ -110,7 +110,7 @@ class KeypointPostprocess(nn.Module):
         )
         if heads["fine_features"] is None:
             descriptors = sample_descriptors_traceable(keypoints, F.normalize(heads["coarse_descriptors"], p=2, dim=1))
-        else:  # stride 4: only the cells around each key point
+        else:  # stride 4: the stride-4 projection runs on the key points' features only
             descriptors = self.model.describe(keypoints, heads)
         descriptors = descriptors * valid[..., None]
         if self.input_scale != 1:
@@ -180,24 +180,22 @@ def topk_keypoints(
     return keypoints, scores, valid
 
 
-def sample_descriptors_traceable(keypoints: torch.Tensor, descriptors: torch.Tensor, stride: int = CELL) -> torch.Tensor:
+def sample_descriptors_traceable(keypoints: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
     """:func:`detkd.models.keypoint_ops.sample_descriptors` for graphs with dynamic sizes.
 
-    Cell ``(i, j)`` describes the ``s x s`` block (``s = stride``) centred on pixel
-    ``(s j + (s - 1) / 2, s i + (s - 1) / 2)``; the map is sampled bilinearly between those centres
-    (``align_corners=True``), then each vector is L2-normalised. The cell-grid size enters as graph
-    values, not constants.
+    Cell ``(i, j)`` describes the 8x8 block centred on pixel ``(8j + 3.5, 8i + 3.5)``; the
+    map is sampled bilinearly between those centres (``align_corners=True``), then each
+    vector is L2-normalised. The cell-grid size enters as graph values, not constants.
 
     Args:
         keypoints: ``(B, N, 2)`` pixels (x, y).
         descriptors: ``(B, D, Hc, Wc)``, ``Hc, Wc >= 2``.
-        stride: pixels per cell of the map (the model's ``descriptor_stride``).
 
     Returns:
         ``(B, N, D)`` unit vectors.
     """
     hc, wc = descriptors.shape[-2:]
-    cell = (keypoints - (stride / 2 - 0.5)) / stride
+    cell = (keypoints - (CELL / 2 - 0.5)) / CELL
     gx = cell[..., 0] / (wc - 1) * 2 - 1
     gy = cell[..., 1] / (hc - 1) * 2 - 1
     grid = torch.stack([gx, gy], dim=-1)[:, None].to(descriptors.dtype)  # (B, 1, N, 2)

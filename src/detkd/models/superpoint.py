@@ -41,7 +41,7 @@ from detkd.models.keypoint_ops import (
 
 #: ``encoder`` values: SuperPoint's VGG, or the strided encoder of the CPU students.
 ENCODERS = ("vgg", "fast")
-#: ``descriptor_stride`` values: pixels per cell of the dense descriptor map.
+#: ``descriptor_stride`` values: the finest stride (pixels) that key-point descriptors read features from.
 DESCRIPTOR_STRIDES = (8, 4)
 
 #: Named variants; widths are (block1, block2, block3, block4), the heads' hidden width,
