@@ -96,10 +96,11 @@ def main() -> None:
         readers = {f"grid stride {s}": GridDescriptors(teacher, s) for s in args.strides}
         models = {"own descriptors": WithExtractOptions(teacher, input_scale=1.0), **readers}
         evaluation = evaluate_keypoint_models(models, pairs, max_keypoints=eval_cfg["max_keypoints"])
-        results[name] = {"origin": origin, "rows": {
-            row: {**{k: evaluation[row][k] for k in METRICS},
-                  "cosine": (sum(r.cosines) / len(r.cosines)) if (r := readers.get(row)) and r.cosines else 1.0}
-            for row in models}}
+        rows = {}
+        for row in models:
+            cosines = readers[row].cosines if row in readers else [1.0]  # the own descriptors: cosine 1
+            rows[row] = {**{k: evaluation[row][k] for k in METRICS}, "cosine": sum(cosines) / max(len(cosines), 1)}
+        results[name] = {"origin": origin, "rows": rows}
         print(f"[stride] {name} done ({time.perf_counter() - started:.0f} s)", flush=True)
     write(args, results, where, time.perf_counter() - started)
 
