@@ -31,3 +31,28 @@ def test_student_speed_variant_specs():
         "fast-s:head_channels=64,descriptor_dim=128"]
     assert model.conf["head_channels"] == 64 and model.conf["descriptor_dim"] == 128
     assert model.conf["channels"] == (8, 16, 32, 32) and model.conf["max_keypoints"] == 1000
+
+
+def test_descriptor_stride_grid_reading_by_hand():
+    """benchmarks/descriptor_stride.py: at stride 1 a DISK teacher's grid is its own per-pixel map, read at its
+    whole-pixel key points; at stride 8 it is the cell-centre map its students learn from."""
+    import torch
+
+    from detkd.models.keypoint_ops import sample_descriptors
+    from detkd.models.keypoint_teachers import disk
+
+    descriptor_stride = load_benchmark_script("descriptor_stride")
+    torch.manual_seed(0)
+    teacher = disk.build("disk").eval()
+    image = torch.rand(1, 1, 48, 64)
+    own = teacher.extract(image, max_keypoints=50, input_scale=1.0)
+    at_1 = descriptor_stride.GridDescriptors(teacher, 1).extract(image, max_keypoints=50)
+    torch.testing.assert_close(at_1["keypoints"][0], own["keypoints"][0])
+    torch.testing.assert_close(at_1["descriptors"][0], torch.nn.functional.normalize(own["descriptors"][0], dim=-1),
+                               rtol=0, atol=1e-5)
+    grid_8 = descriptor_stride.GridDescriptors(teacher, 8)
+    at_8 = grid_8.extract(image, max_keypoints=50)
+    cells = teacher(image)["descriptors"]  # (1, 128, 6, 8) unit descriptors at the cell centres
+    torch.testing.assert_close(at_8["descriptors"][0], sample_descriptors(own["keypoints"][0][None], cells)[0],
+                               rtol=0, atol=1e-5)
+    assert len(grid_8.cosines) == 1 and grid_8.cosines[0] < 1
