@@ -77,7 +77,7 @@ def test_the_loss_reads_a_stride_4_students_own_point_descriptors():
         check_compatible_outputs(t_out, elsewhere)
 
 
-def test_the_task_lets_a_stride_4_student_describe_the_teachers_points():
+def test_the_task_lets_the_student_describe_the_teachers_points():
     from detkd.distill.keypoints import KeypointDistillWeights
     from detkd.tasks.keypoints import KeypointDistillationTask
 

@@ -157,12 +157,11 @@ class KeypointDistillationTask(Task):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         teacher = self.teacher_outputs(batch)
-        if "points" in teacher and self.student.conf.get("descriptor_stride", 8) != 8:
-            # a stride-4 student reads its descriptors at points from two maps: it describes the teacher's points itself
-            student = self.student(batch["image"], select_points=lambda heatmap: teacher["points"].detach())
-            student.pop("points")
-        else:
-            student = self.student(batch["image"])
+        if "points" not in teacher:
+            return self.loss(teacher, self.student(batch["image"]))
+        # the student describes the teacher's points as its extract() would (a stride-4 student reads two maps)
+        student = self.student(batch["image"], select_points=lambda heatmap: teacher["points"].detach())
+        student.pop("points")
         return self.loss(teacher, student)
 
     def checkpoint_extra(self) -> dict[str, Any]:
