@@ -65,3 +65,26 @@ def make_keypoint_workspace(folder, photo_shapes):
     for i, shape in enumerate(photo_shapes):
         Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(photos / f"p{i}.png")
     return folder
+
+
+def distill_small_student(folder, student: dict, steps: int):
+    """``detkd keypoints distill`` of a student configured by ``student`` (the config's ``student`` section) for
+    ``steps`` steps on a random workspace in ``folder`` (:func:`make_keypoint_workspace`); the CLI result and the run folder."""
+    import yaml
+    from click.testing import CliRunner
+
+    from detkd.cli.main import main
+
+    photos = make_keypoint_workspace(folder, [(70, 90, 3)] * 2) / "photos"
+    (folder / "config.yaml").write_text(yaml.safe_dump({
+        "student": student,
+        "eval": {"pairs_per_image": 1, "height": 64, "width": 96, "max_keypoints": 100},
+        "train": {"log_every": 1, "checkpoint_every": 2, "progress": False},
+    }))
+    out = folder / "run"
+    result = CliRunner().invoke(main, [
+        "keypoints", "distill", "--config", str(folder / "config.yaml"), "--teacher", str(folder / "teacher.pt"),
+        "--images", str(photos), "--eval-images", str(photos), "--out", str(out), "--steps", str(steps),
+        "--batch-size", "2", "--height", "64", "--width", "96",
+    ])
+    return result, out

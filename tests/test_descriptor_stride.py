@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from click.testing import CliRunner
 
-from conftest import make_keypoint_workspace
-from detkd.cli.main import main
+from conftest import distill_small_student
 from detkd.distill.keypoints import KeypointDistillationLoss, check_compatible_outputs
 from detkd.models.superpoint import create_model
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
@@ -150,18 +147,7 @@ def test_onnx_export_of_a_stride_4_student_matches_pytorch(tmp_path):
 
 
 def test_distillation_of_a_stride_4_student_end_to_end(tmp_path):
-    photos = make_keypoint_workspace(tmp_path, [(70, 90, 3)] * 2) / "photos"
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
-        "student": {"variant": "fast-s", "descriptor_stride": 4},
-        "eval": {"pairs_per_image": 1, "height": 64, "width": 96, "max_keypoints": 100},
-        "train": {"log_every": 1, "checkpoint_every": 2, "progress": False},
-    }))
-    out = tmp_path / "run"
-    result = CliRunner().invoke(main, [
-        "keypoints", "distill", "--config", str(tmp_path / "config.yaml"), "--teacher", str(tmp_path / "teacher.pt"),
-        "--images", str(photos), "--eval-images", str(photos), "--out", str(out), "--steps", "2",
-        "--batch-size", "2", "--height", "64", "--width", "96",
-    ])
+    result, out = distill_small_student(tmp_path, {"variant": "fast-s", "descriptor_stride": 4}, steps=2)
     assert result.exit_code == 0, result.output
     assert "descriptor_stride 4" in result.output
     assert load_keypoint_model(out / "student.pt").conf["descriptor_stride"] == 4

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 
 import detkd.models.superpoint as superpoint
 from detkd.models.keypoint_ops import sample_descriptors
-from conftest import make_keypoint_workspace
+from conftest import distill_small_student
 from detkd.cli.main import main
 from detkd.config import merge_config
 from detkd.models.superpoint import VARIANTS, SuperPoint, count_parameters, create_model, variant_parameter_counts
@@ -112,18 +111,7 @@ def test_config_student_section_overrides_the_variants_structure():
 
 
 def test_distillation_of_a_fast_student_end_to_end(tmp_path):
-    photos = make_keypoint_workspace(tmp_path, [(70, 90, 3)] * 2) / "photos"
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
-        "student": {"variant": "fast-s", "channels": [8, 16, 32, 24]},
-        "eval": {"pairs_per_image": 1, "height": 64, "width": 96, "max_keypoints": 100},
-        "train": {"log_every": 1, "checkpoint_every": 2, "progress": False},
-    }))
-    out = tmp_path / "run"
-    result = CliRunner().invoke(main, [
-        "keypoints", "distill", "--config", str(tmp_path / "config.yaml"), "--teacher", str(tmp_path / "teacher.pt"),
-        "--images", str(photos), "--eval-images", str(photos), "--out", str(out), "--steps", "3",
-        "--batch-size", "2", "--height", "64", "--width", "96",
-    ])
+    result, out = distill_small_student(tmp_path, {"variant": "fast-s", "channels": [8, 16, 32, 24]}, steps=3)
     assert result.exit_code == 0, result.output
     assert "fast-s with channels 8-16-32-24" in result.output
     student = load_keypoint_model(out / "student.pt")

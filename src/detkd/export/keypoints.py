@@ -35,6 +35,7 @@ from detkd.models.keypoint_ops import (
     CELL,
     check_input_scale,
     input_size_multiple,
+    sample_map,
     subpixel_offsets,
     unscale_keypoints,
 )
@@ -194,13 +195,7 @@ def sample_descriptors_traceable(keypoints: torch.Tensor, descriptors: torch.Ten
     Returns:
         ``(B, N, D)`` unit vectors.
     """
-    hc, wc = descriptors.shape[-2:]
-    cell = (keypoints - (CELL / 2 - 0.5)) / CELL
-    gx = cell[..., 0] / (wc - 1) * 2 - 1
-    gy = cell[..., 1] / (hc - 1) * 2 - 1
-    grid = torch.stack([gx, gy], dim=-1)[:, None].to(descriptors.dtype)  # (B, 1, N, 2)
-    sampled = F.grid_sample(descriptors, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return F.normalize(sampled[:, :, 0].transpose(1, 2), p=2, dim=-1)
+    return F.normalize(sample_map(keypoints, descriptors, CELL, padding_mode="zeros"), p=2, dim=-1)
 
 
 # ---------------------------------------------------------------------- export description
