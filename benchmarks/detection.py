@@ -2,7 +2,9 @@
 
 On each data set:
 
-* the teacher (default ``retinanet_small_fpn``) is trained on the labelled training images;
+* the teacher (default ``retinanet_small_fpn``) is trained on the labelled training images, or read
+  from ``--teacher-checkpoint`` (a teacher an earlier run kept with ``--save-teacher``, e.g. one of
+  ``benchmarks/teachers``; its detector, classes, image size, steps and training images are checked);
 * the baseline student (default ``retinanet_tiny_fpn``) is trained on the same images with
   its own losses alone, and one student per distillation run (``hint``, ``gid``, GID's
   ablations, ``pkd``, ``cwd``) with ground truth + the method, all with the SAME schedule,
@@ -27,6 +29,9 @@ Data sets:
 
     python benchmarks/detection.py --quick                 # smoke test: a few steps, numbers meaningless
     python benchmarks/detection.py --teacher-steps 600 --student-steps 300 --work runs/bench_det
+    python benchmarks/detection.py --sets shapes --teacher fcos_small_fpn --student fcos_tiny_fpn --size 256 \
+        --teacher-steps 4000 --shapes-train 1000 --shapes-val 150 --runs baseline hint \
+        --teacher-checkpoint benchmarks/teachers/shapes256_fcos_small_fpn_4000.pt
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from detkd.engine import read_history
 from detkd.evaluation.detection import DetectionMetrics, MaxDetections, evaluate_detections, resolve_max_detections
 from detkd.export.bench import interleaved_latency
 from detkd.models.detection import count_parameters, detector_gflops, load_detector, variant_options
+from detkd.models.detection.weights import read_detector_extra, save_detector
 from detkd.tasks.detection import (
     DEFAULT_DISTILL_CONFIG,
     DEFAULT_TRAIN_CONFIG,
@@ -66,8 +72,11 @@ from detkd.tasks.detection import (
     run_detection_training,
 )
 from detkd.tasks.detection_data import DetectionData
-from detkd.tasks.detection_eval import plot_detection_validation
+from detkd.tasks.detection_eval import eval_size, evaluate_and_report
 from detkd.tasks.detection_predict import DEFAULT_TILE_OVERLAP, overlap_pixels, predict_set_tiled
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from detection_report import plot_curves, report  # noqa: E402
 
 TREES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trees"
 MIN_GAP = 1.0  # mAP points; below this the teacher is not measurably better and "gap closed" is undefined
@@ -196,6 +205,52 @@ def validation_curve(out: Path) -> list[dict[str, float]]:
     return read_history(path) if path.exists() else []
 
 
+def train_teacher(config: dict[str, Any], data: DetectionData, out: Path) -> tuple[dict[str, Any], Path]:
+    """Train (or resume) the teacher in ``out``; its row of the table and its ``model.pt``."""
+    began = time.perf_counter()
+    outcome = run_detection_training(config, out, resume=True, data=data)
+    steps = config["train"]["steps"]
+    return {
+        "detector": config["model"]["name"], **row(outcome.report.metrics["model"]), "steps": steps,
+        "train_s": training_seconds(outcome.out_dir, steps, config["train"]["batch_size"]),
+        "wall_s": time.perf_counter() - began, "session_s": outcome.seconds, "curve": validation_curve(outcome.out_dir),
+    }, outcome.model_path
+
+
+def given_teacher(path: Path, config: dict[str, Any], data: DetectionData, out: Path) -> tuple[dict[str, Any], Path]:
+    """The row of a teacher trained earlier (``--teacher-checkpoint``, e.g. one of ``benchmarks/teachers``), scored
+    here on ``data``'s validation images as a teacher trained here would be; its training time and validation curve
+    come from the file. Refuses a file whose detector, classes, training size or steps differ from ``config``."""
+    model, extra = load_detector(path), read_detector_extra(path)
+    train_cfg, data_cfg = config["train"], config["data"]
+    facts = {"detector": (model.name, config["model"]["name"]), "classes": (list(model.class_names), list(data.class_names)),
+             "training size": (extra.get("train_size"), [data_cfg["height"], data_cfg["width"]]),
+             "steps": (extra.get("steps"), train_cfg["steps"]),
+             "training images": (extra.get("training_images"), data.train.summary())}
+    wrong = [f"{what} {have} (this benchmark's: {want})" for what, (have, want) in facts.items() if have != want]
+    if wrong:
+        raise SystemExit(f"--teacher-checkpoint {path} does not fit this benchmark: its {'; its '.join(wrong)}. Pass the "
+                         "options it was trained with (benchmarks/teachers/README.md lists them), or leave "
+                         "--teacher-checkpoint out to train the teacher here.")
+    began = time.perf_counter()
+    report = evaluate_and_report({"model": model}, data.val, config["eval"], eval_size(config["eval"], data_cfg), out)
+    return {
+        "detector": model.name, **row(report.metrics["model"]), "steps": extra["steps"],
+        "train_s": float(extra.get("train_s", float("nan"))), "wall_s": time.perf_counter() - began, "session_s": 0.0,
+        "curve": list(extra.get("curve", [])), "checkpoint": str(path),
+    }, Path(path)
+
+
+def save_teacher(path: Path, destination: Path, teacher_row: dict[str, Any], data: DetectionData) -> Path:
+    """Write the teacher at ``path`` to ``destination`` with what :func:`given_teacher` checks and reports: its
+    training size, steps and images, training time and validation curve."""
+    extra = {**read_detector_extra(path), "training_images": data.train.summary(), "train_s": teacher_row["train_s"],
+             "curve": teacher_row["curve"], "validation_map": teacher_row["map"], "validation_ap50": teacher_row["ap50"]}
+    saved = save_detector(load_detector(path), destination, extra=extra)
+    print(f"teacher written to {saved} (use it with --teacher-checkpoint {saved})", flush=True)
+    return saved
+
+
 def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path,
             whole: WholeScoring | None = None) -> dict[str, Any]:
     """Teacher, then every student run on one data set; returns the rows and costs (``whole``: also each
@@ -205,15 +260,14 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
     overrides = {"anchor_size": args.anchor_size} if args.anchor_size and with_anchors else None
     teacher_cfg = merge_config(DEFAULT_TRAIN_CONFIG, {
         "model": {"name": args.teacher, "overrides": overrides}, **common_sections(args, args.teacher_steps, args.seed)})
-    began = time.perf_counter()
-    teacher_out = run_detection_training(teacher_cfg, work / name / "teacher", resume=True, data=data)
-    rows: dict[str, dict[str, Any]] = {"teacher": {
-        "detector": args.teacher, **row(teacher_out.report.metrics["model"]), "steps": args.teacher_steps,
-        "train_s": training_seconds(teacher_out.out_dir, args.teacher_steps, args.batch_size),
-        "wall_s": time.perf_counter() - began, "session_s": teacher_out.seconds,
-        "curve": validation_curve(teacher_out.out_dir),
-    }}
-    paths = {"teacher": teacher_out.model_path}
+    if args.teacher_checkpoint:
+        teacher_row, teacher_path = given_teacher(args.teacher_checkpoint, teacher_cfg, data, work / name / "teacher_given")
+    else:
+        teacher_row, teacher_path = train_teacher(teacher_cfg, data, work / name / "teacher")
+    if args.save_teacher:
+        save_teacher(teacher_path, args.save_teacher, teacher_row, data)
+    rows: dict[str, dict[str, Any]] = {"teacher": teacher_row}
+    paths = {"teacher": teacher_path}
     for run in args.runs:
         spec = STUDENT_RUNS[run]
         began = time.perf_counter()
@@ -227,7 +281,7 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
         else:
             method, options = spec
             config = merge_config(DEFAULT_DISTILL_CONFIG, {
-                "teacher": {"checkpoint": str(teacher_out.model_path)},
+                "teacher": {"checkpoint": str(teacher_path)},
                 "student": {"name": args.student, "overrides": overrides},
                 "distill": {"method": method, "label_free": bool(options.get("label_free", False)),
                             method: {k: v for k, v in options.items() if k != "label_free"}}, **sections})
@@ -257,7 +311,7 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
                 gap = teacher_map - base
                 values["gap_closed"] = (values["map"] - base) / gap if gap >= MIN_GAP else None
 
-    teacher = load_detector(teacher_out.model_path)
+    teacher = load_detector(teacher_path)
     first = "baseline" if "baseline" in rows else args.runs[0]
     suffix = "" if args.student_seed == args.seed else f"_seed{args.student_seed}"
     student_path = work / name / f"{first}{suffix}" / ("model.pt" if first == "baseline" else "student.pt")
@@ -273,115 +327,6 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
     cost["latency_ratio"] = {size: latency[size]["teacher"] / latency[size]["student"] for size in latency}
     return {"description": data.description, "rows": rows, "cost": cost,
             "whole": whole.describe() if whole is not None else None}
-
-
-def curve_table(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """Validation mAP at a quarter, half, three quarters and all of each run's steps (flat at the end = converged)."""
-    curves = {run: r["curve"] for run, r in rows.items() if r.get("curve")}
-    if not curves:
-        return []
-    lines = ["", "Validation mAP along each run's schedule (`--val-every`; the last column is the final evaluation's "
-                 "set, so it equals the table above); 'last quarter' = mAP gained over the final 25% of the steps:", "",
-             "| run | steps | 25% | 50% | 75% | 100% | best (step) | last quarter |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for run, curve in curves.items():
-        steps = rows[run]["steps"]
-        at = {int(r["step"]): r["map"] for r in curve}
-
-        def near(fraction: float) -> float:
-            return at[min(at, key=lambda k: abs(k - fraction * steps))]
-
-        best_step = max(at, key=lambda k: at[k])
-        cells = " | ".join(f"{near(f):.1f}" for f in (0.25, 0.5, 0.75, 1.0))
-        lines.append(f"| {run} | {steps} | {cells} | {at[best_step]:.1f} ({best_step}) | {near(1.0) - near(0.75):+.1f} |")
-    return lines
-
-
-def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
-    """Every run's validation mAP and AP50 against its steps, one figure per data set."""
-    written = None
-    for name, result in results.items():
-        runs = {run: r["curve"] for run, r in result["rows"].items() if r.get("curve")}
-        if runs:
-            target = path if len(results) == 1 else path.with_name(f"{path.stem}_{name}{path.suffix}")
-            written = plot_detection_validation(runs, target, f"{name}: validation during training")
-    return written
-
-
-def target_lines(name: str, rows: dict[str, dict[str, Any]], cost: dict[str, Any]) -> list[str]:
-    """This invocation (one student seed) against the detector issue's targets, which are on the mean of
-    three seeds (``benchmarks/detection_seeds.py`` gives that): gid +3 mAP over the baseline on shapes,
-    +2 AP50 on trees, gid within 5% of its teacher's mAP or above it, students 4x faster than teachers."""
-    scored = {run: r.get("whole") or r for run, r in rows.items()}  # trees: the block scored whole, when scored
-    base, teacher = scored["baseline"], scored["teacher"]
-    lines = []
-    for run, r in scored.items():
-        if run in ("teacher", "baseline"):
-            continue
-        gain_map, gain_ap50 = r["map"] - base["map"], r["ap50"] - base["ap50"]
-        needed = ("AP50", gain_ap50, 2.0) if name == "trees" else ("mAP", gain_map, 3.0)
-        share = r["map"] / teacher["map"] if teacher["map"] > 0 else float("nan")
-        lines.append(
-            f"- {name}{' (scored whole)' if 'whole' in rows[run] else ''} / {run}: {gain_map:+.1f} mAP, {gain_ap50:+.1f} AP50 over the baseline "
-            f"(target +{needed[2]:g} {needed[0]}: {'met' if needed[1] >= needed[2] else 'missed'} on this seed); "
-            f"{100 * share:.0f}% of the teacher's mAP (target >= 95%: {'met' if share >= 0.95 else 'missed'})"
-        )
-    ratio = max(cost["latency_ratio"].values())
-    lines.append(f"- {name}: the student is {ratio:.2f}x faster than its teacher at best (target >= 4x: "
-                 f"{'met' if ratio >= 4 else 'missed'})")
-    return lines
-
-
-def fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def report(results: dict[str, Any], args: argparse.Namespace, header: list[str]) -> str:
-    lines = ["# Object-detector distillation benchmark", "", *header, ""]
-    verdict = []
-    for name, result in results.items():
-        rows, cost = result["rows"], result["cost"]
-        lines += [f"## {name}", "", result["description"].replace("\n", "  \n"), "",
-                  "| run | detector | method | mAP | AP50 | AP75 | mAP vs baseline | gap closed | train s | s/step |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for run, r in rows.items():
-            gap = r.get("gap_closed")
-            lines.append(
-                f"| {run}{'' if r['trained_here'] else ' *'} | {r['detector']} | {r.get('method', 'supervised')} | {r['map']:.1f} | {r['ap50']:.1f} | "
-                f"{r['ap75']:.1f} | {fmt(r.get('delta_map'))} | {'n/a' if gap is None else f'{100 * gap:.0f}%'} | "
-                f"{r['train_s']:.0f} | {r['train_s'] / max(r['steps'], 1):.2f} |"
-            )
-        if result.get("whole"):
-            base = rows["baseline"]["whole"] if "baseline" in rows else None
-            lines += ["", f"Held-out block scored whole: {result['whole']}.", "",
-                      "| run | mAP | AP50 | AP75 | mAP vs baseline | AP50 vs baseline |", "|---|---:|---:|---:|---:|---:|"]
-            for run, r in rows.items():
-                w = r["whole"]
-                deltas = ("n/a", "n/a") if base is None or run == "teacher" else (
-                    fmt(w["map"] - base["map"]), fmt(w["ap50"] - base["ap50"]))
-                lines.append(f"| {run} | {w['map']:.1f} | {w['ap50']:.1f} | {w['ap75']:.1f} | {deltas[0]} | {deltas[1]} |")
-        lines += curve_table(rows)
-        t, s = cost["teacher"], cost["student"]
-        sizes = list(cost["latency_ratio"])
-        if not all(r["trained_here"] for r in rows.values()):
-            lines += ["", "\\* trained by an earlier invocation with the same arguments and --work (resumed here, "
-                          "nothing left to train); its time was measured then."]
-        lines += ["", "| model | detector | parameters | " + " | ".join(
-                      f"GFLOPs @{n} | CPU ms @{n} | speed-up @{n}" for n in sizes) + " |",
-                  "|---|---|---:|" + "---:|" * (3 * len(sizes))]
-        for who, c in (("teacher", t), ("student", s)):
-            cells = " | ".join(f"{c['gflops'][n]:.3f} | {c['latency_ms'][n]:.1f} | "
-                               f"{t['latency_ms'][n] / c['latency_ms'][n]:.2f}x" for n in sizes)
-            lines.append(f"| {who} | {c['detector']} | {c['parameters']:,} | {cells} |")
-        lines += ["", f"CPU latency: forward + post-processing of one NxN image, median of {args.repeats} runs, teacher and "
-                      f"student interleaved, {args.threads} torch thread(s). The student has "
-                      f"{s['parameters'] / t['parameters']:.0%} of the teacher's parameters.", ""]
-        if "baseline" in rows:
-            verdict += target_lines(name, rows, cost)
-    if verdict:
-        lines += ["## Against the issue's targets", "", *verdict, ""]
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -414,6 +359,12 @@ def main() -> None:
                         help="second, deployment-like image side for GFLOPs and latency [512]")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads [1: on a shared CPU a second thread made steps ~15x slower]")
+    parser.add_argument("--teacher-checkpoint", type=Path, default=None,
+                        help="use this trained teacher (a detector file, e.g. from benchmarks/teachers) instead of "
+                             "training one; its detector, classes, size and steps must match the options [train one]")
+    parser.add_argument("--save-teacher", type=Path, default=None,
+                        help="also write the teacher to this file, with its training facts, for --teacher-checkpoint "
+                             "(one --sets only) [no]")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the runs here (reruns resume them; use a fresh folder for a new schedule) [temporary]")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
@@ -423,6 +374,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.student_seed is None:
         args.student_seed = args.seed
+    if (args.teacher_checkpoint or args.save_teacher) and len(args.sets) != 1:
+        parser.error("--teacher-checkpoint and --save-teacher hold one data set's teacher: name one in --sets")
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="detkd-bench-det-"))
     started = time.perf_counter()

@@ -56,3 +56,30 @@ def test_descriptor_stride_grid_reading_by_hand():
     torch.testing.assert_close(at_8["descriptors"][0], sample_descriptors(own["keypoints"][0][None], cells)[0],
                                rtol=0, atol=1e-5)
     assert len(grid_8.cosines) == 1 and grid_8.cosines[0] < 1
+
+
+def test_detection_benchmark_reuses_a_saved_teacher_and_refuses_one_that_does_not_fit(tmp_path, monkeypatch):
+    """benchmarks/detection.py --save-teacher then --teacher-checkpoint: the same teacher scores the same on the same
+    validation images without training; a file trained for another number of steps is refused with both named."""
+    import json
+
+    detection = load_benchmark_script("detection")
+    common = ["detection.py", "--quick", "--sets", "shapes", "--runs", "baseline", "--teacher", "fcos_small_fpn",
+              "--student", "fcos_tiny_fpn", "--repeats", "1", "--latency-size", "128", "--teacher-steps", "4"]
+    teacher_file = tmp_path / "teacher.pt"
+    monkeypatch.setattr("sys.argv", common + ["--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1"),
+                                              "--save-teacher", str(teacher_file)])
+    detection.main()
+    monkeypatch.setattr("sys.argv", common + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"),
+                                              "--teacher-checkpoint", str(teacher_file)])
+    detection.main()
+    trained, given = (json.loads((tmp_path / o / "detection_quick.json").read_text())["results"]["shapes"]["rows"]["teacher"]
+                      for o in ("o1", "o2"))
+    assert given["map"] == trained["map"] and given["ap50"] == trained["ap50"]
+    assert given["train_s"] == trained["train_s"] and given["checkpoint"] == str(teacher_file)
+    assert not (tmp_path / "w2" / "shapes" / "teacher").exists()  # nothing trained
+
+    monkeypatch.setattr("sys.argv", [a if a != "4" else "5" for a in common] + [
+        "--work", str(tmp_path / "w3"), "--out", str(tmp_path / "o3"), "--teacher-checkpoint", str(teacher_file)])
+    with pytest.raises(SystemExit, match=r"does not fit this benchmark: its steps 4 \(this benchmark's: 5\)"):
+        detection.main()

@@ -158,6 +158,18 @@ def test_a_cache_that_grows_says_so(tmp_path):
     assert "grew" not in again.summary()
 
 
+def test_few_cached_views_for_a_long_run_are_warned_by_hand():
+    from detkd.cache.views import view_reuse_warning
+
+    # The quickstart's 15 photos, 5000 steps of 8: 4 views each are 60 views shown 40000 / 60 = 667 times;
+    # 100 showings at most need 40000 / (100 x 15) = 26.7, so 27 views per photo.
+    text = view_reuse_warning(num_images=15, views_per_image=4, samples=40_000)
+    assert "4 view(s) of each of 15 image(s) (60 in all)" in text and "about 667 times" in text
+    assert "at least 27 views per image" in text
+    assert view_reuse_warning(15, 64, 40_000) is None  # 42 showings each
+    assert view_reuse_warning(2, 3, 600) is None and view_reuse_warning(2, 3, 601) is not None  # the edge: 100
+
+
 def test_online_teacher_builds_no_autograd_graph():
     task = KeypointDistillationTask(tiny_teacher(), create_model("tiny"), KeypointDistillationLoss(), stream_of(photos()))
     out = task.teacher_outputs({"image": torch.rand(2, 1, H, W)})
@@ -230,6 +242,7 @@ def test_cache_teacher_command_then_distill_from_the_cache(tmp_path):
                                "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2"])
     assert run.exit_code == 0, run.output
     assert "4 views (4 reused, 0 computed" in run.output  # the teacher did not run again
+    assert "memorise" not in run.output  # 2 steps of 2: each view shown once
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history] == [1, 2] and all(math.isfinite(r["cell_kl"]) for r in history)
     assert (tmp_path / "run" / "student.pt").exists()
