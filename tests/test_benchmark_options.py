@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import load_benchmark_script
@@ -83,3 +85,16 @@ def test_detection_benchmark_reuses_a_saved_teacher_and_refuses_one_that_does_no
         "--work", str(tmp_path / "w3"), "--out", str(tmp_path / "o3"), "--teacher-checkpoint", str(teacher_file)])
     with pytest.raises(SystemExit, match=r"does not fit this benchmark: its steps 4 \(this benchmark's: 5\)"):
         detection.main()
+
+
+def test_the_kept_shapes_teacher_loads_safely_with_the_facts_the_benchmark_checks():
+    from detkd.models.detection import count_parameters, load_detector
+    from detkd.models.detection.weights import read_detector_extra
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "teachers" / "shapes256_fcos_small_fpn_4000.pt"
+    model, extra = load_detector(path), read_detector_extra(path)
+    assert model.name == "fcos_small_fpn" and count_parameters(model) == 999_426
+    assert list(model.class_names) == ["circle", "triangle", "rectangle", "star", "cross"]
+    assert extra["steps"] == 4000 and extra["train_size"] == [256, 256]
+    assert extra["training_images"].startswith("1000 image(s), 2942 box(es)")
+    assert [round(point["map"], 1) for point in extra["curve"]] == [28.2, 62.4, 73.3, 82.1]
