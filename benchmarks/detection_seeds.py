@@ -1,7 +1,9 @@
 """Did distillation help? The detection benchmark's runs over several student seeds, side by side.
 
 Reads the ``.json`` files that ``benchmarks/detection.py`` wrote for the same settings and
-different ``--student-seed`` (the teacher is the same one, trained once), and per data set prints
+different ``--student-seed`` (the teacher is usually the same one, trained once; where seeds have
+different teachers, the table says so and each run's share is taken against its own seed's teacher),
+and per data set prints
 
 * each run's mAP and AP50 as mean +- sample standard deviation over the seeds;
 * its gain over the baseline, paired by seed (student and baseline of one seed share the initial
@@ -62,11 +64,11 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[s
 
     Returns dicts with ``run``, ``seeds``, ``map``/``ap50`` (mean, std), ``gain`` (mean, std) and
     ``min_gain`` over paired seeds (``None`` for the teacher and the baseline), ``verdict``,
-    ``teacher_share`` (mean mAP / teacher mAP), ``last_quarter`` (mean, or ``None``).
+    ``teacher_share`` (mean over seeds of mAP / that seed's teacher mAP), ``last_quarter`` (mean, or ``None``).
     """
     seeds = sorted(runs_by_seed)
     common = [run for run in runs_by_seed[seeds[0]] if all(run in runs_by_seed[s] for s in seeds)]
-    teacher = statistics.fmean(runs_by_seed[s]["teacher"]["map"] for s in seeds) if "teacher" in common else None
+    teacher = {s: runs_by_seed[s]["teacher"]["map"] for s in seeds} if "teacher" in common else None
     baseline_spread = mean_std([runs_by_seed[s]["baseline"]["map"] for s in seeds])[1] if "baseline" in common else 0.0
     summaries = []
     for run in common:
@@ -80,11 +82,21 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[s
             gains_ap50 = [runs_by_seed[s][run]["ap50"] - runs_by_seed[s]["baseline"]["ap50"] for s in seeds]
             summary.update(gain=mean_std(gains), min_gain=min(gains), gain_ap50=mean_std(gains_ap50),
                            verdict=verdict(gains, baseline_spread))
-        summary["teacher_share"] = summary["map"][0] / teacher if teacher else None
+        summary["teacher_share"] = statistics.fmean(runs_by_seed[s][run]["map"] / teacher[s] for s in seeds) if teacher else None
         quarters = [q for q in (last_quarter_gain(r.get("curve") or [], int(r["steps"])) for r in rows) if q is not None]
         summary["last_quarter"] = statistics.fmean(quarters) if quarters else None
         summaries.append(summary)
     return summaries
+
+
+def teacher_note(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> str | None:
+    """A line naming each seed's teacher mAP when the seeds' teachers differ (e.g. one retrained); else ``None``."""
+    maps = {seed: rows["teacher"]["map"] for seed, rows in sorted(runs_by_seed.items()) if "teacher" in rows}
+    if len(maps) < 2 or max(maps.values()) - min(maps.values()) <= 1e-6:
+        return None
+    listed = ", ".join(f"seed {seed}: {value:.1f}" for seed, value in maps.items())
+    return (f"The seeds' teachers differ (teacher mAP {listed}): the teacher row is their mean, each run's share "
+            "is taken against its own seed's teacher, and the gains stay paired within a seed.")
 
 
 def table(summaries: list[dict[str, Any]]) -> str:
@@ -138,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> None:
              "steps (near 0: the curve has flattened).", ""]
     for name, runs_by_seed in by_set.items():
         lines += [f"## {name}", "", table(summarise(runs_by_seed)), ""]
+        note = teacher_note(runs_by_seed)
+        if note:
+            lines += [note, ""]
         if all("whole" in row for rows in runs_by_seed.values() for row in rows.values()):
             whole = {seed: {run: {**row["whole"], "steps": row["steps"]} for run, row in rows.items()}
                      for seed, rows in runs_by_seed.items()}

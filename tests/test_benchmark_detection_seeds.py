@@ -39,6 +39,17 @@ def test_summary_by_hand():
     assert summaries["cwd"]["last_quarter"] is None
 
 
+def test_seeds_with_different_teachers_are_said_and_shares_taken_per_seed(tmp_path):
+    two = {0: {"teacher": {"map": 80.0, "ap50": 90.0, "steps": 10}, "baseline": {"map": 60.0, "ap50": 70.0, "steps": 10}},
+           1: {"teacher": {"map": 60.0, "ap50": 70.0, "steps": 10}, "baseline": {"map": 60.0, "ap50": 70.0, "steps": 10}}}
+    baseline = {s["run"]: s for s in seeds_script.summarise(two)}["baseline"]
+    assert baseline["teacher_share"] == pytest.approx((60 / 80 + 60 / 60) / 2)  # 0.875, not 60 / 70 = 0.857
+    assert seeds_script.teacher_note(two) == ("The seeds' teachers differ (teacher mAP seed 0: 80.0, seed 1: 60.0): "
+                                              "the teacher row is their mean, each run's share is taken against its "
+                                              "own seed's teacher, and the gains stay paired within a seed.")
+    assert seeds_script.teacher_note({seed: rows(seed) for seed in MAPS}) is None  # one teacher
+
+
 def write_seed_file(path, seed: int, runs: dict[str, dict]) -> str:
     payload = {"command": f"python benchmarks/detection.py --student-seed {seed}", "date": "2026-12-04 00:00 UTC",
                "git_commit": "abc", "args": {"student_seed": seed}, "results": {"shapes": {"rows": runs}}}
