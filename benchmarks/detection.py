@@ -220,7 +220,8 @@ def train_teacher(config: dict[str, Any], data: DetectionData, out: Path) -> tup
 def given_teacher(path: Path, config: dict[str, Any], data: DetectionData, out: Path) -> tuple[dict[str, Any], Path]:
     """The row of a teacher trained earlier (``--teacher-checkpoint``, e.g. one of ``benchmarks/teachers``), scored
     here on ``data``'s validation images as a teacher trained here would be; its training time and validation curve
-    come from the file. Refuses a file whose detector, classes, training size or steps differ from ``config``."""
+    come from the file. Refuses a file whose detector, classes, training size, steps or training images differ from
+    ``config`` and ``data`` (its learning rate and batch are not stored: the teacher's card says them)."""
     model, extra = load_detector(path), read_detector_extra(path)
     train_cfg, data_cfg = config["train"], config["data"]
     facts = {"detector": (model.name, config["model"]["name"]), "classes": (list(model.class_names), list(data.class_names)),
