@@ -227,7 +227,7 @@ def given_teacher(path: Path, config: dict[str, Any], data: DetectionData, out: 
     facts = {"detector": (model.name, config["model"]["name"]), "classes": (list(model.class_names), list(data.class_names)),
              "training size": (extra.get("train_size"), [data_cfg["height"], data_cfg["width"]]),
              "steps": (extra.get("steps"), train_cfg["steps"]),
-             "training images": (extra.get("training_images"), data.train.summary())}
+             "training images": (extra.get("training_images"), portable_summary(data))}
     wrong = [f"{what} {have} (this benchmark's: {want})" for what, (have, want) in facts.items() if have != want]
     if wrong:
         raise SystemExit(f"--teacher-checkpoint {path} does not fit this benchmark: its {'; its '.join(wrong)}. Pass the "
@@ -242,10 +242,16 @@ def given_teacher(path: Path, config: dict[str, Any], data: DetectionData, out: 
     }, Path(path)
 
 
+def portable_summary(data: DetectionData) -> str:
+    """The training images' summary with the trees folder written as ``../shared/data/trees``, so that a kept
+    teacher fits the same data in another checkout."""
+    return data.train.summary().replace(str(TREES), "../shared/data/trees")
+
+
 def save_teacher(path: Path, destination: Path, teacher_row: dict[str, Any], data: DetectionData) -> Path:
     """Write the teacher at ``path`` to ``destination`` with what :func:`given_teacher` checks and reports: its
     training size, steps and images, training time and validation curve."""
-    extra = {**read_detector_extra(path), "training_images": data.train.summary(), "train_s": teacher_row["train_s"],
+    extra = {**read_detector_extra(path), "training_images": portable_summary(data), "train_s": teacher_row["train_s"],
              "curve": teacher_row["curve"], "validation_map": teacher_row["map"], "validation_ap50": teacher_row["ap50"]}
     saved = save_detector(load_detector(path), destination, extra=extra)
     print(f"teacher written to {saved} (use it with --teacher-checkpoint {saved})", flush=True)

@@ -87,7 +87,7 @@ def test_detection_benchmark_reuses_a_saved_teacher_and_refuses_one_that_does_no
         detection.main()
 
 
-def test_the_kept_shapes_teacher_loads_safely_with_the_facts_the_benchmark_checks():
+def test_the_kept_teachers_load_safely_with_the_facts_the_benchmark_checks():
     from detkd.models.detection import count_parameters, load_detector
     from detkd.models.detection.weights import read_detector_extra
 
@@ -98,3 +98,9 @@ def test_the_kept_shapes_teacher_loads_safely_with_the_facts_the_benchmark_check
     assert extra["steps"] == 4000 and extra["train_size"] == [256, 256]
     assert extra["training_images"].startswith("1000 image(s), 2942 box(es)")
     assert [round(point["map"], 1) for point in extra["curve"]] == [28.2, 62.4, 73.3, 82.1]
+
+    trees = Path(__file__).resolve().parents[1] / "benchmarks" / "teachers" / "trees256_fcos_small_fpn_3000.pt"
+    model, extra = load_detector(trees), read_detector_extra(trees)
+    assert model.name == "fcos_small_fpn" and list(model.class_names) == ["Tree"]
+    assert extra["steps"] == 3000 and extra["train_size"] == [256, 256]
+    assert extra["training_images"].startswith("70 image(s), 395 box(es) (Tree 395) from VOC ../shared/data/trees")
