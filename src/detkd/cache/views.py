@@ -24,7 +24,8 @@ TEACHER_PREFIX = "teacher_"
 
 #: A run that shows each cached view more often than this is warned: with few views a student memorises
 #: them. Measured on the quickstart (15 photos, 5000 steps of 8): 64 views per photo (42 showings each)
-#: kept 69.5% of the teacher's MMA@3, 4 views per photo (667 showings each) 24.8%.
+#: kept 70-80% of the teacher's MMA@3 (versions and thread counts differ), 4 views per photo (667 showings
+#: each) 20-25%.
 MAX_SHOWINGS_PER_VIEW = 100
 
 
