@@ -36,7 +36,7 @@ def view_reuse_warning(num_images: int, views_per_image: int, samples: int) -> s
     views = num_images * views_per_image
     if views < 1 or samples <= MAX_SHOWINGS_PER_VIEW * views:
         return None
-    enough = -(-samples // (MAX_SHOWINGS_PER_VIEW * max(num_images, 1)))
+    enough = -(-samples // (MAX_SHOWINGS_PER_VIEW * num_images))  # views >= 1, so num_images >= 1
     return (f"warning: the teacher cache holds {views_per_image} view(s) of each of {num_images} image(s) "
             f"({views} in all) and training draws {samples:,} samples, so each view is shown about "
             f"{samples / views:.0f} times: the student may memorise them. Ask for at least {enough} views per "
