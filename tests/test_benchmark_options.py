@@ -104,3 +104,30 @@ def test_the_kept_teachers_load_safely_with_the_facts_the_benchmark_checks():
     assert model.name == "fcos_small_fpn" and list(model.class_names) == ["Tree"]
     assert extra["steps"] == 3000 and extra["train_size"] == [256, 256]
     assert extra["training_images"].startswith("70 image(s), 395 box(es) (Tree 395) from VOC ../shared/data/trees")
+
+
+def test_keypoint_postprocessing_varies_only_the_copy_and_reports_shares_by_hand(tmp_path):
+    """benchmarks/keypoint_postprocessing.py: each grid row is a copy with its own threshold and radius (the
+    student itself keeps its settings), and the shares are the row's metric over the teacher's."""
+    from detkd.models.superpoint import SuperPoint
+
+    postprocessing = load_benchmark_script("keypoint_postprocessing")
+    student = SuperPoint(channels=(8, 8, 8, 8), head_channels=8, descriptor_dim=16)
+    row = postprocessing.variant(student, 0.06, 2)
+    assert (row.conf["detection_threshold"], row.conf["nms_radius"]) == (0.06, 2)
+    assert (student.conf["detection_threshold"], student.conf["nms_radius"]) == (0.015, 4)
+    default = (0.015, 4)
+    assert postprocessing.row_label(0.015, 4, default) == "threshold 0.015, NMS radius 4 (its own)"
+    assert postprocessing.row_label(0.06, 2, default) == "threshold 0.06, NMS radius 2"
+
+    metrics = dict(num_keypoints=995.0, localization_error=1.19, **{"mma@3": 0.6, "homography_accuracy@1": 0.25,
+                                                                     "homography_accuracy@3": 0.5})
+    result = {"model": "student-x", "teacher_name": "aliked-n16", "command": "python ...", "date": "today",
+              "threads": 1, "seconds": 1.0, "pairs": 24, "size": [240, 320], "seed": 1234, "teacher": metrics,
+              "rows": {"threshold 0.06, NMS radius 2": {**metrics, "num_keypoints": 261.0, "mma@3": 0.45,
+                                                        "homography_accuracy@1": 0.0}}}
+    text = postprocessing.write_report(result, tmp_path / "pp")
+    # 0.45 / 0.6 = 75%, 0 / 0.25 = 0%, 0.5 / 0.5 = 100%
+    assert "| threshold 0.06, NMS radius 2 | 261 | 1.19 | 0.450 | 0.000 | 0.500 | 75% | 0% | 100% |" in text
+    assert "| teacher: aliked-n16 | 995 |" in text and "(4.2 points)" in text
+    assert (tmp_path / "pp.json").exists() and (tmp_path / "pp.md").read_text() == text
