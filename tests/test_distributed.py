@@ -36,10 +36,18 @@ pytestmark = [
 
 
 class IndexedStream(UnlabeledImageStream):
-    """Views that carry their stream index, so that a process can report what it consumed."""
+    """Views that carry their stream index, so that a process can report what it consumed; the trainer's
+    questions about reuse are appended to ``reuse_log``."""
+
+    reuse_log = None
 
     def __getitem__(self, k: int):
         return {**super().__getitem__(k), "index": torch.tensor(k)}
+
+    def reuse_warning(self, samples: int):
+        with self.reuse_log.open("a") as handle:
+            handle.write(f"{samples}\n")
+        return None
 
 
 class MarkedTask(KeypointDistillationTask):
@@ -63,6 +71,7 @@ def make_task(markers) -> MarkedTask:
     rng = np.random.default_rng(0)
     photos = [rng.random((48, 64), dtype=np.float32) for _ in range(3)]
     data = IndexedStream(photos, CropConfig(height=32, width=48), seed=2)
+    data.reuse_log = markers.parent / f"{markers.name}_reuse.txt"
     torch.manual_seed(0)
     teacher = create_model("tiny", batch_norm=False).eval()
     student = create_model("tiny", batch_norm=False)
@@ -98,6 +107,9 @@ def test_two_processes_match_one_process_and_resume_with_one(tmp_path, monkeypat
     assert [m["indices"] for m in markers_of(tmp_path / "markers2", 1)] == [[2, 3], [6, 7], [10, 11]]
     assert [m["indices"] for m in markers_of(tmp_path / "markers1", 0)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     assert (result.world_size, result.samples_seen, result.step) == (2, 12, 3)
+    # The stream was asked once (by rank 0) about the samples of the whole run, every process's together.
+    assert (tmp_path / "markers2_reuse.txt").read_text().split() == ["12"]
+    assert (tmp_path / "markers1_reuse.txt").read_text().split() == ["12"]
 
     # Logged losses are the mean over the processes, written once (by rank 0) per step.
     history = read_history(tmp_path / "two" / "history.jsonl")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -74,6 +75,27 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
         torch.testing.assert_close(p, q)
     steps = [r["step"] for r in read_history(tmp_path / "b" / "history.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+class FewLines(LineData):
+    """Five items that a run should not draw more than ten times each."""
+
+    def reuse_warning(self, samples):
+        return f"{samples} samples draw each of 5 items {samples / 5:g} times" if samples > 50 else None
+
+
+class FewLinesTask(LineTask):
+    def train_dataset(self):
+        return FewLines(seed=3)
+
+
+def test_the_trainer_logs_the_stream_reuse_warning_for_the_whole_run(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="detkd.engine.trainer"):
+        Trainer(config(steps=15), tmp_path / "long").fit(FewLinesTask())  # 15 x 4 = 60 samples
+        assert caplog.text.count("60 samples draw each of 5 items 12 times") == 1
+        caplog.clear()
+        Trainer(config(steps=12), tmp_path / "short").fit(FewLinesTask())  # 48: no warning
+        assert "samples draw" not in caplog.text
 
 
 def test_frozen_teacher_stays_in_eval_mode_without_gradients(tmp_path):

@@ -37,7 +37,7 @@ def view_reuse_warning(num_images: int, views_per_image: int, samples: int) -> s
     if views < 1 or samples <= MAX_SHOWINGS_PER_VIEW * views:
         return None
     enough = -(-samples // (MAX_SHOWINGS_PER_VIEW * num_images))  # views >= 1, so num_images >= 1
-    return (f"warning: the teacher cache holds {views_per_image} view(s) of each of {num_images} image(s) "
+    return (f"The teacher cache holds {views_per_image} view(s) of each of {num_images} image(s) "
             f"({views} in all) and training draws {samples:,} samples, so each view is shown about "
             f"{samples / views:.0f} times: the student may memorise them. Ask for at least {enough} views per "
             "image (--views-per-image, teacher_cache.views_per_image), add images, or train fewer steps.")

@@ -87,6 +87,12 @@ class StreamDataset(Dataset):
     def __len__(self) -> int:
         return 2**62  # endless; the trainer decides how many samples it draws
 
+    def reuse_warning(self, samples: int) -> str | None:
+        """A warning when a run that draws ``samples`` samples in all (every process together) would
+        reuse this stream's finite content too often; the trainer logs it once. ``None``: no concern
+        (a stream that draws fresh augmentations for every sample)."""
+        return None
+
     def source_index(self, k: int) -> int:
         n = self.num_items()
         epoch, position = divmod(k, n)

@@ -54,7 +54,7 @@ from detkd.engine.settings import (
     TrainResult,
     learning_rate_factor,
 )
-from detkd.engine.task import StreamSampler, Task
+from detkd.engine.task import StreamDataset, StreamSampler, Task
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,12 @@ class Trainer:
         if state is not None:
             model.load_state_dict(state["model"])
         first_sample = self._first_sample(state, start_step, world_size, warn=fabric.is_global_zero)
+        dataset = task.train_dataset()
+        if fabric.is_global_zero and isinstance(dataset, StreamDataset):
+            # Here, not in the task: only the trainer knows how many processes share the run.
+            reuse = dataset.reuse_warning(cfg.steps * cfg.batch_size * world_size)
+            if reuse:
+                log.warning(reuse)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("The task's trainable module has no parameter that requires a gradient")
@@ -126,7 +132,7 @@ class Trainer:
         forward = CompiledWithFallback(wrapped_task) if cfg.compile else wrapped_task
 
         loader = DataLoader(
-            task.train_dataset(),
+            dataset,
             batch_size=cfg.batch_size,
             sampler=StreamSampler(
                 start_step, cfg.steps, cfg.batch_size, fabric.global_rank, world_size, first_sample

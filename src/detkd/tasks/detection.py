@@ -396,9 +396,6 @@ def run_detection_distillation(
         if rank_zero:  # the other processes wait for it when they meet in the trainer
             say(build_teacher_cache(config, teacher, stream, data.class_names, progress=train_cfg.progress).summary())
         train_data = cached_training_stream(config, teacher, stream, data.class_names)
-        warning = train_data.reuse_warning(train_cfg.steps * train_cfg.batch_size)
-        if warning:
-            say(warning)
     validator = detection_validator(data.val, config["eval"], eval_size(config["eval"], config["data"]))
     task = DetectionDistillTask(None if cached else teacher, student, distiller, train_data, gt_weight=gt_weight,
                                 validator=validator)

@@ -387,9 +387,6 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
         if rank_zero:  # the other processes wait for it when they meet in the trainer
             say(build_teacher_cache(config, teacher, stream, progress=train_cfg.progress).summary())
         train_data = cached_training_stream(config, teacher, stream)
-        warning = train_data.reuse_warning(train_cfg.steps * train_cfg.batch_size)
-        if warning:
-            say(warning)
     task = KeypointDistillationTask(None if config["teacher_cache"]["folder"] else teacher, student, loss, train_data,
                                     point_sampling(config))
     result = Trainer(train_cfg, out).fit(task, resume=resume)
