@@ -46,7 +46,8 @@ def heldout_lines(path: Path, name: str) -> list[str]:
     accuracy = results["accuracy"]
     if not all(name in rows for rows in accuracy.values()):
         return [f"(`{path}` holds no row '{name}': run benchmarks/keypoint_anchors.py after shipping.)"]
-    cost = {r["model"]: r for r in results["cost"]}.get(name, {})
+    costs = {r["model"]: r for r in results["cost"]}
+    cost = costs.get(name, {})
     lines = [f"From `{path}` "
              f"(`python benchmarks/keypoint_anchors.py {' '.join(results.get('argv', []))}`, "
              "held-out synthetic pairs of scikit-image's held-out photos and of the held-out aerial tiles, "
@@ -61,8 +62,10 @@ def heldout_lines(path: Path, name: str) -> list[str]:
             lines.append(f"| {pair_set} | {matcher} | {r['mma@3']:.3f} | {r['homography_accuracy@1']:.3f} | "
                          f"{r['homography_accuracy@3']:.3f} | {r['repeatability']:.3f} | {r['localization_error']:.2f} |")
     if cost:
+        xfeat = costs.get("XFeat", {}).get("latency_ms")  # the same run's anchor: a loaded machine slows every row
+        beside = f"; XFeat's extract in the same run: {xfeat:.0f} ms" if xfeat else ""
         lines += ["", f"Full extract at the benchmark's latency size, 1000 points: {cost['latency_ms']:.0f} ms "
-                      f"(median, PyTorch on the CPU, interleaved with the other models), "
+                      f"(median, PyTorch on the CPU, interleaved with the other models{beside}), "
                       f"{cost['gflops']:.2f} GFLOPs."]
     return lines
 

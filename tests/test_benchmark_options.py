@@ -131,3 +131,22 @@ def test_keypoint_postprocessing_varies_only_the_copy_and_reports_shares_by_hand
     assert "| threshold 0.06, NMS radius 2 | 261 | 1.19 | 0.450 | 0.000 | 0.500 | 75% | 0% | 100% |" in text
     assert "| teacher: aliked-n16 | 995 |" in text and "(4.2 points)" in text
     assert (tmp_path / "pp.json").exists() and (tmp_path / "pp.md").read_text() == text
+
+
+def test_ship_student_held_out_lines_come_from_the_anchors_file(tmp_path):
+    """benchmarks/ship_student.py: the card's held-out rows and latency are the anchors file's, with XFeat's
+    latency from the same run beside the student's (a loaded machine slows every row alike)."""
+    import json
+
+    ship_student = load_benchmark_script("ship_student")
+    row = {"mma@3": 0.5, "homography_accuracy@1": 0.25, "homography_accuracy@3": 0.75, "repeatability": 0.4,
+           "localization_error": 1.234}
+    anchors = {"argv": ["--threads", "1"], "accuracy": {"photos": {"s": row, "s + LightGlue": {**row, "mma@3": 0.9}}},
+               "cost": [{"model": "s", "latency_ms": 20.4, "gflops": 0.61}, {"model": "XFeat", "latency_ms": 51.6}]}
+    (tmp_path / "anchors.json").write_text(json.dumps(anchors))
+    lines = ship_student.heldout_lines(tmp_path / "anchors.json", "s")
+    assert "| photos | mutual NN | 0.500 | 0.250 | 0.750 | 0.400 | 1.23 |" in lines
+    assert "| photos | LightGlue | 0.900 | 0.250 | 0.750 | 0.400 | 1.23 |" in lines
+    assert lines[-1] == ("Full extract at the benchmark's latency size, 1000 points: 20 ms (median, PyTorch on the CPU, "
+                         "interleaved with the other models; XFeat's extract in the same run: 52 ms), 0.61 GFLOPs.")
+    assert "holds no row 'other'" in ship_student.heldout_lines(tmp_path / "anchors.json", "other")[0]

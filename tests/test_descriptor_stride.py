@@ -102,6 +102,14 @@ def test_the_task_lets_the_student_describe_the_teachers_points():
     assert calls == [True] and "point_descriptor_cosine" in terms
 
 
+def test_a_stride_4_student_on_a_flat_image_returns_no_point_and_no_descriptor():
+    """No key point (the flat-region gate on a constant image) leaves the sparse projection nothing to read: the
+    extract returns ``(0, D)`` descriptors instead of a conv2d error."""
+    model = create_model("fast-s", descriptor_stride=4, descriptor_dim=16).eval()
+    out = model.extract(torch.full((1, 1, 64, 96), 0.5))
+    assert out["keypoints"][0].shape == (0, 2) and out["descriptors"][0].shape == (0, 16)
+
+
 def test_model_file_round_trip_keeps_the_stride(tmp_path):
     torch.manual_seed(0)
     model = create_model("fast-s", descriptor_stride=4, descriptor_dim=16).eval()

@@ -61,7 +61,7 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
                      "fast-s student (52K parameters, 128-d descriptors) distilled from ALIKED-n16 "
                      "on 58 unlabelled photos and aerial tiles"),
         ShippedModel("student-fast-s-disk", "student", "student_fast_s_disk.pt",
-                     "fast-s student (52K parameters, 128-d descriptors) distilled from DISK "
+                     "fast-s student (55K parameters, 128-d descriptors with a stride-4 term) distilled from DISK "
                      "on 58 unlabelled photos and aerial tiles (a drop-in for DISK's LightGlue)"),
     )
 }

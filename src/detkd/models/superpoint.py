@@ -285,6 +285,8 @@ class SuperPoint(nn.Module):
             return sample_descriptors(points, F.normalize(coarse, p=2, dim=1))
         if heads.get("fine_descriptors") is not None:  # training: BatchNorm statistics of the whole map
             fine_part = sample_map(points, heads["fine_descriptors"], 4)
+        elif points.shape[1] == 0 and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            return coarse.new_zeros(points.shape[0], 0, coarse.shape[1])  # no point (a flat image): conv2d refuses 0 x 1
         else:
             fine_part = self.descriptor_fine(sample_map(points, fine, 4).transpose(1, 2)[..., None])[..., 0].transpose(1, 2)
         return F.normalize(sample_map(points, coarse, CELL) + fine_part, p=2, dim=-1)
