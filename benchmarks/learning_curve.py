@@ -220,7 +220,7 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
                         color=colours[index % 20], label=name)
         ax.axhline(90, color="grey", linestyle="--", linewidth=1)
         ax.text(ax.get_xlim()[0], 91, " target 90%", fontsize=7, color="grey", va="bottom")
-        ax.set_xscale("log")
+        ax.set_xscale("symlog", linthresh=500, linscale=0.3)  # log steps, and room for a fine-tune's step 0
         steps = sorted({r["steps"] for rows in curves.values() for r in rows})
         ax.set_xticks(steps, [f"{s // 1000}k" if s >= 1000 else str(s) for s in steps])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
