@@ -114,7 +114,8 @@ def test_resume_keeps_the_runs_student_and_refuses_another_by_name(workspace):
 
 def test_init_fine_tunes_a_students_weights_and_refuses_another_structure(workspace):
     from detkd.models.superpoint import create_model
-    from detkd.tasks.keypoints import initialise_student
+    from detkd.models.weights import save_keypoint_model
+    from detkd.tasks.keypoints import initialise_student, structure_for_init
 
     runner = CliRunner()
     first = runner.invoke(main, distill_args(workspace, workspace / "first", steps=2, extra=["--student", "fast-s"]))
@@ -150,6 +151,19 @@ def test_init_fine_tunes_a_students_weights_and_refuses_another_structure(worksp
     missing = runner.invoke(main, distill_args(workspace, workspace / "fourth", steps=1,
                                                extra=["--init", str(workspace / "nothing.pt")]))
     assert missing.exit_code != 0 and "nothing.pt' does not exist" in missing.output and "student-fast-s" in missing.output
+    # a file of the variant's body with other heads (as the shipped student-fast-s) lends them to the student
+    wide = save_keypoint_model(create_model("fast-s", descriptor_dim=256, batch_norm=True, head_channels=64,
+                                            descriptor_stride=4), workspace / "wide.pt")
+    assert structure_for_init("fast-s", {"head_channels": None, "descriptor_stride": None}, wide) == \
+        {"head_channels": 64, "descriptor_stride": 4}
+    assert structure_for_init("fast-s", {"head_channels": 48, "descriptor_stride": None}, wide) == \
+        {"head_channels": 48, "descriptor_stride": 4}  # set in the config: kept (and refused by initialise_student)
+    assert structure_for_init("fast-m", {"head_channels": None}, wide) == {"head_channels": None}  # other widths
+    tuned = runner.invoke(main, distill_args(workspace, workspace / "fifth", steps=1,
+                                             extra=["--student", "fast-s", "--init", str(wide)]))
+    assert tuned.exit_code == 0, tuned.output
+    conf = load_keypoint_model(workspace / "fifth" / "student.pt").conf
+    assert (conf["head_channels"], conf["descriptor_stride"]) == (64, 4)
 
 
 def test_corrupt_image_is_skipped_and_named(workspace):

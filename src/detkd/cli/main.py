@@ -143,7 +143,8 @@ class _StudentOption(click.Option):
               help="Student variant (listed with its parameters, from detkd.models.superpoint.VARIANTS).")
 @click.option("--init", default=None,
               help="Start from these student weights instead of random ones: a student model file (a run's "
-                   "student.pt) or a shipped student (student-fast-s, ...), of the --student variant's structure. "
+                   "student.pt) or a shipped student (student-fast-s, ...), of the --student variant's encoder "
+                   "and widths (its head width and descriptor stride come from the file). "
                    "Fine-tunes it, e.g. on your own photos or at a larger view size.")
 @click.option("--images", type=click.Path(exists=True), default=None,
               help="Folder of unlabelled training photos (jpg/png/ppm/tif, any size, colour or grey). "

@@ -58,7 +58,7 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
                      "fast-m student (0.32M parameters, stride-2 stem) distilled from the shipped teacher "
                      "on 58 unlabelled photos and aerial tiles"),
         ShippedModel("student-fast-s", "student", "student_fast_s_aliked.pt",
-                     "fast-s student (52K parameters, 128-d descriptors) distilled from ALIKED-n16 "
+                     "fast-s student (79K parameters: 64-channel heads, 128-d descriptors with a stride-4 term) distilled from ALIKED-n16 "
                      "on 58 unlabelled photos and aerial tiles"),
         ShippedModel("student-fast-s-disk", "student", "student_fast_s_disk.pt",
                      "fast-s student (55K parameters, 128-d descriptors with a stride-4 term) distilled from DISK "

@@ -38,8 +38,15 @@ from detkd.engine.distributed import is_launch_rank_zero
 from detkd.tasks.run_folder import open_run_folder, rank_zero_say
 from detkd.geometry.homography import HomographyConfig
 from detkd.models.keypoint_teachers import load_keypoint_teacher
-from detkd.models.superpoint import SuperPoint, count_parameters, create_model
+from detkd.models.superpoint import SuperPoint, count_parameters
 from detkd.models.weights import save_keypoint_model
+from detkd.tasks.keypoint_students import (
+    STUDENT_STRUCTURE_KEYS,
+    build_student,
+    initialise_student,
+    structure_for_init,
+    student_description,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,80 +213,6 @@ def is_model_name(value: str) -> bool:
     return is_teacher_name(value) or is_shipped_model_name(value)
 
 
-#: Keys of the ``student`` config section that replace the variant's structural options when set.
-STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim", "descriptor_stride")
-
-
-def build_student(teacher: nn.Module, variant: str, batch_norm: bool = True, **structure: Any) -> SuperPoint:
-    """A student of the named variant whose descriptors match the teacher's size.
-
-    Args:
-        structure: options of :data:`STUDENT_STRUCTURE_KEYS` that replace the variant's
-            (``None``: the variant's own), e.g. ``channels=[8, 16, 32, 48]``.
-
-    Raises:
-        ValueError: an unknown key, or a ``descriptor_dim`` other than the teacher's.
-    """
-    unknown = sorted(set(structure) - set(STUDENT_STRUCTURE_KEYS))
-    if unknown:
-        raise ValueError(f"student option(s) {unknown} unknown; structural options: {list(STUDENT_STRUCTURE_KEYS)}")
-    overrides = {k: v for k, v in structure.items() if v is not None}
-    dim = overrides.setdefault("descriptor_dim", teacher.conf["descriptor_dim"])
-    if dim != teacher.conf["descriptor_dim"]:
-        raise ValueError(
-            f"student.descriptor_dim {dim} differs from the teacher's {teacher.conf['descriptor_dim']}: the "
-            "descriptor losses compare them entry by entry; leave it null to take the teacher's"
-        )
-    post = {k: teacher.conf[k] for k in ("nms_radius", "detection_threshold", "remove_borders", "max_keypoints")}
-    return create_model(variant, batch_norm=batch_norm, **overrides, **post)
-
-
-def initialise_student(student: SuperPoint, init: str | Path) -> str:
-    """Copy the weights of ``init`` (a detkd key-point model file, or a shipped student's name) into
-    ``student``, whose structure must be the same; returns where they came from, in words.
-
-    Raises:
-        FileNotFoundError: ``init`` is neither a file nor a shipped model's name.
-        ValueError: its structure (encoder, widths, descriptor size, BatchNorm) differs from ``student``'s;
-            the message names both and the config keys to set.
-        UnsafeWeightsError / UnreadableWeightsError / WeightsMismatchError: see :mod:`detkd.models.weights`.
-    """
-    from detkd.models.pretrained import SHIPPED_MODELS, is_shipped_model_name, shipped_model_path
-    from detkd.models.weights import STRUCTURAL_OPTIONS, load_keypoint_model, read_keypoint_model_meta
-
-    path = shipped_model_path(str(init)) if is_shipped_model_name(str(init)) else Path(init)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"student.init '{init}' does not exist: give a student model file (a run's student.pt) or a shipped "
-            f"model's name ({', '.join(SHIPPED_MODELS)})")
-    source = load_keypoint_model(path)
-    differ = [k for k in STRUCTURAL_OPTIONS if _plain(source.conf[k]) != _plain(student.conf[k])]
-    if differ:
-        theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in differ)
-        ours = ", ".join(f"{k} {_plain(student.conf[k])}" for k in differ)
-        raise ValueError(
-            f"student.init '{path}' has {theirs}; the student to train has {ours}. Set student.variant (and "
-            "student.channels / head_channels / encoder) to the file's structure, or leave student.init null")
-    student.load_state_dict(source.state_dict())
-    meta = read_keypoint_model_meta(path)
-    trained = f", {meta['steps']} steps from {meta['teacher']}" if meta.get("steps") and meta.get("teacher") else ""
-    return f"{path}{trained}"
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def student_description(student: SuperPoint, variant: str) -> str:
-    """``fast-s`` or, when the config changed its structure, ``fast-s (fast encoder, channels 8-16-32-48, ...)``."""
-    default = create_model(variant, batch_norm=student.conf["batch_norm"]).conf
-    changed = [k for k in STUDENT_STRUCTURE_KEYS if student.conf[k] != default[k]]
-    if not changed:
-        return variant
-    parts = [f"{k} {'-'.join(map(str, student.conf[k])) if k == 'channels' else student.conf[k]}" for k in changed]
-    return f"{variant} with {', '.join(parts)}"
-
-
 def training_stream(config: dict[str, Any]) -> tuple[UnlabeledImageStream, str]:
     """The training images of ``config['data']`` and a one-line description of them."""
     data = config["data"]
@@ -365,10 +298,10 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     train_cfg = TrainConfig.from_dict(config["train"])
     torch.manual_seed(train_cfg.seed)  # torch seeds each process at random: the student's start must not be
     student_cfg = config["student"]
-    student = build_student(
-        teacher, student_cfg["variant"], student_cfg["batch_norm"],
-        **{k: student_cfg[k] for k in STUDENT_STRUCTURE_KEYS},
-    )
+    structure = {k: student_cfg[k] for k in STUDENT_STRUCTURE_KEYS}
+    if student_cfg.get("init"):
+        structure = structure_for_init(student_cfg["variant"], structure, student_cfg["init"])
+    student = build_student(teacher, student_cfg["variant"], student_cfg["batch_norm"], **structure)
     init = initialise_student(student, student_cfg["init"]) if student_cfg.get("init") else None
     stream, data_text = training_stream(config)
     if train_cfg.num_workers > 0:

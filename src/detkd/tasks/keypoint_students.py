@@ -1,0 +1,110 @@
+"""The student of a key-point distillation: its structure from the variant, the config and a starting file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from detkd.models.superpoint import SuperPoint, create_model
+
+
+#: Keys of the ``student`` config section that replace the variant's structural options when set.
+STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim", "descriptor_stride")
+
+
+def build_student(teacher: nn.Module, variant: str, batch_norm: bool = True, **structure: Any) -> SuperPoint:
+    """A student of the named variant whose descriptors match the teacher's size.
+
+    Args:
+        structure: options of :data:`STUDENT_STRUCTURE_KEYS` that replace the variant's
+            (``None``: the variant's own), e.g. ``channels=[8, 16, 32, 48]``.
+
+    Raises:
+        ValueError: an unknown key, or a ``descriptor_dim`` other than the teacher's.
+    """
+    unknown = sorted(set(structure) - set(STUDENT_STRUCTURE_KEYS))
+    if unknown:
+        raise ValueError(f"student option(s) {unknown} unknown; structural options: {list(STUDENT_STRUCTURE_KEYS)}")
+    overrides = {k: v for k, v in structure.items() if v is not None}
+    dim = overrides.setdefault("descriptor_dim", teacher.conf["descriptor_dim"])
+    if dim != teacher.conf["descriptor_dim"]:
+        raise ValueError(
+            f"student.descriptor_dim {dim} differs from the teacher's {teacher.conf['descriptor_dim']}: the "
+            "descriptor losses compare them entry by entry; leave it null to take the teacher's"
+        )
+    post = {k: teacher.conf[k] for k in ("nms_radius", "detection_threshold", "remove_borders", "max_keypoints")}
+    return create_model(variant, batch_norm=batch_norm, **overrides, **post)
+
+
+#: Options layered on a variant's widths that a student started from a file (``student.init``) takes from
+#: that file when the config leaves them null, so that ``--student fast-s --init student-fast-s`` fine-tunes
+#: the shipped student whatever its heads.
+INIT_LAYERED_KEYS = ("head_channels", "descriptor_stride")
+
+
+def structure_for_init(variant: str, structure: dict[str, Any], init: str | Path) -> dict[str, Any]:
+    """``structure`` (the config's :data:`STUDENT_STRUCTURE_KEYS`, ``None`` = the variant's) with the
+    :data:`INIT_LAYERED_KEYS` that it leaves null taken from the model file ``init``, when that file has the
+    variant's encoder and widths. Anything else is left for :func:`initialise_student` to accept or refuse."""
+    from detkd.models.pretrained import is_shipped_model_name, shipped_model_path
+    from detkd.models.superpoint import VARIANTS
+    from detkd.models.weights import load_keypoint_model
+
+    path = shipped_model_path(str(init)) if is_shipped_model_name(str(init)) else Path(init)
+    if not path.exists() or variant not in VARIANTS:
+        return structure
+    source = load_keypoint_model(path).conf
+    base = {**SuperPoint.default_conf, **VARIANTS[variant]}
+    same_body = all(_plain(source[k]) == _plain(structure.get(k) if structure.get(k) is not None else base[k])
+                    for k in ("encoder", "channels"))
+    if not same_body:
+        return structure
+    return {**structure, **{k: source[k] for k in INIT_LAYERED_KEYS if structure.get(k) is None}}
+
+
+def initialise_student(student: SuperPoint, init: str | Path) -> str:
+    """Copy the weights of ``init`` (a detkd key-point model file, or a shipped student's name) into
+    ``student``, whose structure must be the same; returns where they came from, in words.
+
+    Raises:
+        FileNotFoundError: ``init`` is neither a file nor a shipped model's name.
+        ValueError: its structure (encoder, widths, descriptor size, BatchNorm) differs from ``student``'s;
+            the message names both and the config keys to set.
+        UnsafeWeightsError / UnreadableWeightsError / WeightsMismatchError: see :mod:`detkd.models.weights`.
+    """
+    from detkd.models.pretrained import SHIPPED_MODELS, is_shipped_model_name, shipped_model_path
+    from detkd.models.weights import STRUCTURAL_OPTIONS, load_keypoint_model, read_keypoint_model_meta
+
+    path = shipped_model_path(str(init)) if is_shipped_model_name(str(init)) else Path(init)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"student.init '{init}' does not exist: give a student model file (a run's student.pt) or a shipped "
+            f"model's name ({', '.join(SHIPPED_MODELS)})")
+    source = load_keypoint_model(path)
+    differ = [k for k in STRUCTURAL_OPTIONS if _plain(source.conf[k]) != _plain(student.conf[k])]
+    if differ:
+        theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in differ)
+        ours = ", ".join(f"{k} {_plain(student.conf[k])}" for k in differ)
+        raise ValueError(
+            f"student.init '{path}' has {theirs}; the student to train has {ours}. Set student.variant (and "
+            "student.channels / head_channels / encoder) to the file's structure, or leave student.init null")
+    student.load_state_dict(source.state_dict())
+    meta = read_keypoint_model_meta(path)
+    trained = f", {meta['steps']} steps from {meta['teacher']}" if meta.get("steps") and meta.get("teacher") else ""
+    return f"{path}{trained}"
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def student_description(student: SuperPoint, variant: str) -> str:
+    """``fast-s`` or, when the config changed its structure, ``fast-s (fast encoder, channels 8-16-32-48, ...)``."""
+    default = create_model(variant, batch_norm=student.conf["batch_norm"]).conf
+    changed = [k for k in STUDENT_STRUCTURE_KEYS if student.conf[k] != default[k]]
+    if not changed:
+        return variant
+    parts = [f"{k} {'-'.join(map(str, student.conf[k])) if k == 'channels' else student.conf[k]}" for k in changed]
+    return f"{variant} with {', '.join(parts)}"
