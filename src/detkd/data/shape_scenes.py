@@ -148,6 +148,14 @@ def _two_tones(rng: np.random.Generator, bg: float) -> tuple[float, float]:
     return (far, near) if abs(near - bg) >= 0.2 else (far, (bg + far) / 2)
 
 
+def _cells_well_shaped(cells: np.ndarray, size: int) -> bool:
+    """Whether every ``(N, 4, 2)`` quadrilateral of a tiling is reasonable: sides at least
+    ``max(6, 0.05 * size)`` px, angles in [35, 145] degrees."""
+    sides = np.linalg.norm(np.roll(cells, -1, axis=1) - cells, axis=2)
+    angles = np.concatenate([vertex_angles(c) for c in cells])
+    return bool(sides.min() >= max(6.0, 0.05 * size) and angles.min() >= 35 and angles.max() <= 145)
+
+
 def _draw_checkerboard(canvas: Canvas, rng: np.random.Generator, bg: float) -> None:
     h, w = canvas.height, canvas.width
     size = min(h, w)
@@ -161,11 +169,8 @@ def _draw_checkerboard(canvas: Canvas, rng: np.random.Generator, bg: float) -> N
         uu, vv = np.meshgrid(np.arange(cols + 1), np.arange(rows + 1))
         grid = np.stack([uu.ravel(), vv.ravel()], 1).astype(np.float64)
         pts = apply_homography(hom, grid).reshape(rows + 1, cols + 1, 2)
-        # every cell a reasonable quadrilateral: sides >= 6 px, angles in [35, 145] degrees
         cells = np.stack([pts[:-1, :-1], pts[:-1, 1:], pts[1:, 1:], pts[1:, :-1]], axis=2).reshape(-1, 4, 2)
-        sides = np.linalg.norm(np.roll(cells, -1, axis=1) - cells, axis=2)
-        angles = np.concatenate([vertex_angles(c) for c in cells])
-        if sides.min() >= max(6.0, 0.05 * size) and angles.min() >= 35 and angles.max() <= 145:
+        if _cells_well_shaped(cells, size):
             break
     a, b = _two_tones(rng, bg)
     sid = canvas.new_shape()
@@ -196,9 +201,7 @@ def _draw_stripes(canvas: Canvas, rng: np.random.Generator, bg: float) -> None:
         top = apply_homography(hom, np.stack([bounds, np.zeros_like(bounds)], 1))
         bottom = apply_homography(hom, np.stack([bounds, np.ones_like(bounds)], 1))
         cells = np.stack([top[:-1], top[1:], bottom[1:], bottom[:-1]], axis=1)
-        sides = np.linalg.norm(np.roll(cells, -1, axis=1) - cells, axis=2)
-        angles = np.concatenate([vertex_angles(c) for c in cells])
-        if sides.min() >= max(6.0, 0.05 * size) and angles.min() >= 35 and angles.max() <= 145:
+        if _cells_well_shaped(cells, size):
             break
     a, b = _two_tones(rng, bg)
     sid = canvas.new_shape()
