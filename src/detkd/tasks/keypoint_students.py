@@ -38,6 +38,22 @@ def build_student(teacher: nn.Module, variant: str, batch_norm: bool = True, **s
     return create_model(variant, batch_norm=batch_norm, **overrides, **post)
 
 
+def init_file(init: str | Path) -> Path:
+    """The model file of ``student.init``: a shipped student's name or a path.
+
+    Raises:
+        FileNotFoundError: neither; the message names the shipped models.
+    """
+    from detkd.models.pretrained import SHIPPED_MODELS, is_shipped_model_name, shipped_model_path
+
+    path = shipped_model_path(str(init)) if is_shipped_model_name(str(init)) else Path(init)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"student.init '{init}' does not exist: give a student model file (a run's student.pt) or a shipped "
+            f"model's name ({', '.join(SHIPPED_MODELS)})")
+    return path
+
+
 #: Options layered on a variant's widths that a student started from a file (``student.init``) takes from
 #: that file when the config leaves them null, so that ``--student fast-s --init student-fast-s`` fine-tunes
 #: the shipped student whatever its heads.
@@ -47,15 +63,17 @@ INIT_LAYERED_KEYS = ("head_channels", "descriptor_stride")
 def structure_for_init(variant: str, structure: dict[str, Any], init: str | Path) -> dict[str, Any]:
     """``structure`` (the config's :data:`STUDENT_STRUCTURE_KEYS`, ``None`` = the variant's) with the
     :data:`INIT_LAYERED_KEYS` that it leaves null taken from the model file ``init``, when that file has the
-    variant's encoder and widths. Anything else is left for :func:`initialise_student` to accept or refuse."""
-    from detkd.models.pretrained import is_shipped_model_name, shipped_model_path
+    variant's encoder and widths. Anything else is left for :func:`initialise_student` to accept or refuse.
+
+    Raises:
+        FileNotFoundError: ``init`` is neither a file nor a shipped model's name (see :func:`init_file`).
+    """
     from detkd.models.superpoint import VARIANTS
     from detkd.models.weights import load_keypoint_model
 
-    path = shipped_model_path(str(init)) if is_shipped_model_name(str(init)) else Path(init)
-    if not path.exists() or variant not in VARIANTS:
+    if variant not in VARIANTS:
         return structure
-    source = load_keypoint_model(path).conf
+    source = load_keypoint_model(init_file(init)).conf
     base = {**SuperPoint.default_conf, **VARIANTS[variant]}
     same_body = all(_plain(source[k]) == _plain(structure.get(k) if structure.get(k) is not None else base[k])
                     for k in ("encoder", "channels"))
@@ -74,14 +92,9 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
             the message names both and the config keys to set.
         UnsafeWeightsError / UnreadableWeightsError / WeightsMismatchError: see :mod:`detkd.models.weights`.
     """
-    from detkd.models.pretrained import SHIPPED_MODELS, is_shipped_model_name, shipped_model_path
     from detkd.models.weights import STRUCTURAL_OPTIONS, load_keypoint_model, read_keypoint_model_meta
 
-    path = shipped_model_path(str(init)) if is_shipped_model_name(str(init)) else Path(init)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"student.init '{init}' does not exist: give a student model file (a run's student.pt) or a shipped "
-            f"model's name ({', '.join(SHIPPED_MODELS)})")
+    path = init_file(init)
     source = load_keypoint_model(path)
     differ = [k for k in STRUCTURAL_OPTIONS if _plain(source.conf[k]) != _plain(student.conf[k])]
     if differ:
