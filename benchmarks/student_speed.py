@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -68,7 +69,7 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     if variant not in VARIANTS:
         raise SystemExit(f"--variants: unknown variant '{variant}' in '{spec}'; variants: {', '.join(VARIANTS)}")
     options = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", rest)):  # commas inside [...] belong to a list
         key, _, value = item.partition("=")
         if key not in STRUCTURAL_OPTIONS or not value:
             raise SystemExit(f"--variants: '{item}' in '{spec}' is not KEY=VALUE with KEY in {', '.join(STRUCTURAL_OPTIONS)}")

@@ -25,6 +25,9 @@ def test_student_speed_variant_specs():
     assert student_speed.parse_variant("fast-s") == ("fast-s", {})
     assert student_speed.parse_variant("fast-s:head_channels=64,descriptor_dim=128") == \
         ("fast-s", {"head_channels": 64, "descriptor_dim": 128})
+    # the commas of a list are not option separators
+    assert student_speed.parse_variant("fast-s:channels=[8,16,48,64],head_channels=64") == \
+        ("fast-s", {"channels": [8, 16, 48, 64], "head_channels": 64})
     with pytest.raises(SystemExit, match="unknown variant 'fast-xl'"):
         student_speed.parse_variant("fast-xl")
     with pytest.raises(SystemExit, match="'nms_radius=2' in 'fast-s:nms_radius=2' is not KEY=VALUE"):

@@ -81,7 +81,8 @@ def test_ungated_teacher_fires_on_black_so_the_gate_is_what_helps():
     assert teacher.extract(torch.zeros(1, 1, 96, 128))["keypoints"][0].shape[0] > 50
 
 
-@pytest.mark.parametrize("shape, radius", [((2, 1, 37, 53), 2), ((1, 3, 16, 9), 4), ((1, 1, 5, 5), 3), ((1, 1, 4, 4), 0)])
+@pytest.mark.parametrize("shape, radius", [((2, 1, 37, 53), 2), ((1, 3, 16, 9), 4), ((1, 1, 5, 5), 3), ((1, 1, 4, 4), 0),
+                                          ((1, 2, 3, 70), 1), ((1, 1, 20, 30), 5), ((1, 1, 1, 1), 6)])
 def test_window_max_equals_max_pooling(shape, radius):
     """The shifted-maxima window (eager) and max-pooling (traced for ONNX) give the same values."""
     from detkd.models.keypoint_ops import window_max
@@ -89,3 +90,15 @@ def test_window_max_equals_max_pooling(shape, radius):
     values = torch.rand(shape, generator=torch.Generator().manual_seed(1))
     expected = F.max_pool2d(values, 2 * radius + 1, stride=1, padding=radius) if radius else values
     assert torch.equal(window_max(values, radius), expected)
+
+
+def test_sliding_max_by_hand():
+    """Windows of 3, 1, 4 (doubling plus one overlapping step), 8 (doubling alone) along a row."""
+    from detkd.models.keypoint_ops import sliding_max
+
+    row = torch.tensor([3.0, 1, 4, 1, 5, 9, 2, 6])
+    assert sliding_max(row, 3, dim=0).tolist() == [4, 4, 5, 9, 9, 9]
+    assert sliding_max(row, 1, dim=0).tolist() == row.tolist()
+    assert sliding_max(row, 4, dim=0).tolist() == [4, 5, 9, 9, 9]
+    assert sliding_max(row, 8, dim=0).tolist() == [9]
+    assert sliding_max(row[None].repeat(2, 1), 3, dim=1).tolist() == [[4, 4, 5, 9, 9, 9]] * 2
