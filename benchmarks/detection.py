@@ -266,7 +266,8 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
     with_anchors = all("anchor_size" in variant_options(n) for n in (args.teacher, args.student))
     overrides = {"anchor_size": args.anchor_size} if args.anchor_size and with_anchors else None
     teacher_cfg = merge_config(DEFAULT_TRAIN_CONFIG, {
-        "model": {"name": args.teacher, "overrides": overrides}, **common_sections(args, args.teacher_steps, args.seed)})
+        "model": {"name": args.teacher, "overrides": overrides, "init": str(args.teacher_init) if args.teacher_init else None},
+        **common_sections(args, args.teacher_steps, args.seed)})
     if args.teacher_checkpoint:
         teacher_row, teacher_path = given_teacher(args.teacher_checkpoint, teacher_cfg, data, work / name / "teacher_given")
     else:
@@ -369,6 +370,10 @@ def main() -> None:
     parser.add_argument("--teacher-checkpoint", type=Path, default=None,
                         help="use this trained teacher (a detector file, e.g. from benchmarks/teachers) instead of "
                              "training one; its detector, classes, size and steps must match the options [train one]")
+    parser.add_argument("--teacher-init", type=Path, default=None,
+                        help="start the teacher from this detector file (model.init, e.g. the shapes teacher of "
+                             "benchmarks/teachers for a trees teacher); the class layer of another class list starts "
+                             "fresh [random weights]")
     parser.add_argument("--save-teacher", type=Path, default=None,
                         help="also write the teacher to this file, with its training facts, for --teacher-checkpoint "
                              "(one --sets only) [no]")
@@ -383,6 +388,8 @@ def main() -> None:
         args.student_seed = args.seed
     if (args.teacher_checkpoint or args.save_teacher) and len(args.sets) != 1:
         parser.error("--teacher-checkpoint and --save-teacher hold one data set's teacher: name one in --sets")
+    if args.teacher_init and args.teacher_checkpoint:
+        parser.error("--teacher-init starts a teacher trained here; --teacher-checkpoint uses one trained before: give one")
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="detkd-bench-det-"))
     started = time.perf_counter()

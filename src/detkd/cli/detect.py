@@ -147,9 +147,13 @@ def detect() -> None:
 @click.option("--model", default=None, metavar="NAME",
               help="Detector to train, e.g. retinanet_resnet50_fpn, fcos_resnet18_fpn, fasterrcnn_mobilenet_v3_fpn, "
                    "retinanet_tiny_fpn ('detkd detect models' lists them all). [default: retinanet_resnet50_fpn]")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from the weights of this detector file (another run's model.pt of the same --model, e.g. "
+                   "one trained on synthetic shapes or another site) instead of random ones; layers of another "
+                   "shape (the class layer of another class list) start fresh. [default: none]")
 @_run_options
 def train(config_file: Path | None, out: Path, resume: bool, **options: Any) -> None:
-    """Train a detector (a teacher, or a baseline student) on labelled images, from scratch.
+    """Train a detector (a teacher, or a baseline student) on labelled images, from scratch or from --init.
 
     The loss is the family's own (RetinaNet: focal + L1; FCOS: focal + GIoU + centre-ness;
     Faster R-CNN: RPN + RoI head). Writes model.pt, and the COCO metrics (mAP, AP50, AP75,
@@ -158,7 +162,7 @@ def train(config_file: Path | None, out: Path, resume: bool, **options: Any) -> 
     from detkd.cli.main import resolve_config, run_config_file
     from detkd.tasks.detection import DEFAULT_TRAIN_CONFIG, run_detection_training
 
-    keys = {**_RUN_KEYS, "model": "model.name"}
+    keys = {**_RUN_KEYS, "model": "model.name", "init": "model.init"}
     config = resolve_config(DEFAULT_TRAIN_CONFIG, run_config_file(config_file, out, resume),
                             {keys[k]: v for k, v in options.items()})
     run_detection_training(config, out, resume=resume)

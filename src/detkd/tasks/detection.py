@@ -65,6 +65,7 @@ from detkd.tasks.detection_models import (  # noqa: F401 - re-exported
     check_compatible,
     describe_detector,
     first_batch,
+    initialise_detector,
     load_teacher,
 )
 from detkd.tasks.detection_eval import (  # noqa: F401 - re-exported
@@ -129,6 +130,9 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "model": {
         "name": "retinanet_resnet50_fpn",  # a registered detector (detkd.models.detection.list_detectors)
         "overrides": None,  # options of the variant, e.g. {fpn_channels: 128, anchor_size: 16}
+        # a detkd detector file (another run's model.pt) of the same detector whose weights start this one, e.g. a
+        # model trained on synthetic shapes; tensors of another shape (the class layer of another class list) start fresh
+        "init": None,
     },
     "data": copy.deepcopy(_DATA_DEFAULTS),
     "train": dict(_TRAIN_DEFAULTS),
@@ -162,7 +166,7 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
 
 
 #: Paths that a run's config.yaml holds absolute, so that ``--config run/config.yaml`` works from any folder.
-RUN_PATH_KEYS = ("data.config", "data.unlabeled", "teacher.checkpoint", "teacher_cache.folder")
+RUN_PATH_KEYS = ("data.config", "data.unlabeled", "model.init", "teacher.checkpoint", "teacher_cache.folder")
 
 
 # ------------------------------------------------------------------------------------ tasks
@@ -332,6 +336,8 @@ def run_detection_training(
     stream = labelled_stream(config, data.train)
     trainer = _trainer(train_cfg, out, resume)
     say(f"model   : {describe_detector(model)}")
+    if config["model"].get("init"):
+        say(f"init    : {initialise_detector(model, config['model']['init'])}")
     say(f"data    : {data.description}")
     open_run_folder(config, train_cfg, out, "images", rank_zero, resume, path_keys=RUN_PATH_KEYS)
     validator = detection_validator(data.val, config["eval"], eval_size(config["eval"], config["data"]))
@@ -419,6 +425,7 @@ def _model_extra(config: dict[str, Any], data: DetectionData, steps: int) -> dic
         "steps": steps,
         "data": str(config["data"]["config"] or data.train.source),
         "train_size": [int(config["data"]["height"]), int(config["data"]["width"])],
+        **({"init": str(config["model"]["init"])} if config.get("model", {}).get("init") else {}),
     }
 
 

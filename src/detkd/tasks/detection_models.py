@@ -17,6 +17,7 @@ from detkd.data.detection import unpad_targets
 from detkd.distill.detection import DetectionDistiller
 from detkd.engine import StreamDataset
 from detkd.models.detection import DetectorAdapter, count_parameters, create_detector, load_detector
+from detkd.models.model_files import key_listing
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,35 @@ def build_detector(model_cfg: dict[str, Any], class_names: Sequence[str]) -> Det
     if not isinstance(overrides, dict):
         raise ConfigError(f"'overrides' must be a mapping of detector options, got {overrides!r}")
     return create_detector(model_cfg["name"], len(class_names), class_names=list(class_names), **overrides)
+
+
+def initialise_detector(model: DetectorAdapter, init: str | Path) -> str:
+    """Start ``model`` from the detector file ``init`` (``model.pt`` of another run, or a training checkpoint):
+    every tensor whose name and shape match is copied; the others keep their fresh initialisation (the class
+    layer when the file was trained on another class list). Returns what was copied, in words.
+
+    Raises:
+        FileNotFoundError: no such file.
+        IncompatibleModelsError: the file holds another detector (its name differs), or no tensor fits.
+        UnsafeWeightsError / UnreadableWeightsError / WeightsMismatchError: see :func:`load_detector`.
+    """
+    if not Path(init).is_file():
+        raise FileNotFoundError(f"model.init '{init}' is not a file: give a detector file (a run's model.pt), or null")
+    source = load_detector(init)
+    if source.name != model.name:
+        raise IncompatibleModelsError(
+            f"model.init '{init}' holds a {source.name}, but the model to train is a {model.name}: weights carry over "
+            f"between the same detector only. Set model.name to {source.name}, or leave model.init null.")
+    ours, theirs = model.state_dict(), source.state_dict()
+    fitting = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
+    if not any(k for k in fitting if not k.endswith("num_batches_tracked")):
+        raise IncompatibleModelsError(
+            f"model.init '{init}': none of its tensors fits {describe_detector(model)} (other overrides?)")
+    model.load_state_dict(fitting, strict=False)
+    fresh = [k for k in ours if k not in fitting]
+    classes = f" trained on {', '.join(source.class_names)}" if source.class_names else ""
+    kept = f"; {len(fresh)} start fresh ({key_listing(fresh)})" if fresh else ""
+    return f"{init}{classes}: {len(fitting)} of {len(ours)} tensors copied{kept}"
 
 
 def describe_detector(model: DetectorAdapter) -> str:
