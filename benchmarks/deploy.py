@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -126,7 +127,7 @@ def main() -> None:
     lines = [
         "# Deployment benchmark: key points",
         "",
-        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`; "
+        f"Command: `python benchmarks/{Path(__file__).name} {shlex.join(sys.argv[1:])}`; "
         f"date {report.environment['date']}; total time {time.perf_counter() - started:.0f} s.  ",
         "Models: " + "; ".join(f"{s.name}: {s.origin}" for s in sources) + ".",
         "",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -109,7 +110,7 @@ def write(args: argparse.Namespace, results: dict[str, Any], where: str, seconds
     lines = [
         "# Descriptor stride: the ceiling that a stride-s descriptor grid puts on a student",
         "",
-        f"Command: `python benchmarks/descriptor_stride.py {' '.join(sys.argv[1:])}`  ",
+        f"Command: `python benchmarks/descriptor_stride.py {shlex.join(sys.argv[1:])}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; torch threads {args.threads}; CPU; {seconds / 60:.1f} min.  ",
         f"Pairs: {where}; the teacher's own key points (1000, input scale 1), mutual nearest neighbours.  ",
         "Each 'grid stride s' row keeps the teacher's key points and reads its descriptors from the teacher's own",

@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -409,7 +410,7 @@ def main() -> None:
     anchors = (f"anchor_size {args.anchor_size} for both" if uses_anchors and args.anchor_size
                else "the variants' own anchors (FCOS has no anchor_size)" if not uses_anchors else "default anchors")
     header = [
-        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
+        f"Command: `python benchmarks/{Path(__file__).name} {shlex.join(sys.argv[1:])}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; git commit {git_commit()}; machine: "
         f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, torch threads: {args.threads}, "
         f"torch {torch.__version__}; total wall time {total / 60:.1f} min.  ",
@@ -432,7 +433,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = ("detection_quick" if args.quick else "detection") + (f"_{args.tag}" if args.tag else "")
     (args.out / f"{stem}.md").write_text(text + "\n")
-    payload = {"command": f"python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}",
+    payload = {"command": f"python benchmarks/{Path(__file__).name} {shlex.join(sys.argv[1:])}",
                "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "git_commit": git_commit(),
                "machine": {"arch": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
                            "torch": torch.__version__, "device": "cpu only (no GPU used)"},

@@ -13,6 +13,7 @@ steps its ``config.yaml`` asks for.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     args.out / f"detection_curves_{args.tag}.png", args.title)
     text = "\n".join([
         f"# {args.title}", "",
-        f"Command: `python benchmarks/detection_curves.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+        f"Command: `python benchmarks/detection_curves.py {shlex.join(sys.argv[1:] if argv is None else argv)}`", "",
         "COCO mAP (IoU 0.50:0.95, points) on the validation part at each validated step:", "",
         curve_table(runs, "map"), "", "AP50 (points):", "", curve_table(runs, "ap50"), "",
         f"Figure: `{png.name}`.",

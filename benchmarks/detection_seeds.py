@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if result.get("whole"):
                 whole_description[name] = result["whole"]
     lines = ["# Detector distillation over student seeds: did it help?", "",
-             f"Command: `python benchmarks/detection_seeds.py {' '.join(sys.argv[1:] if argv is None else argv)}`  ",
+             f"Command: `python benchmarks/detection_seeds.py {shlex.join(sys.argv[1:] if argv is None else argv)}`  ",
              "From:  ", *[f"- {c}" for c in commands], "",
              "Mean ± sample standard deviation over the seeds, in COCO points (pycocotools, held-out val part). "
              "Gains are paired by seed (same initial student, same data stream). helped? = yes when every seed "

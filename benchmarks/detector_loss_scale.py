@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -210,7 +211,7 @@ def main() -> None:
     print(text)
     git = ["git", "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(git, cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    command = "python benchmarks/detector_loss_scale.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/detector_loss_scale.py " + shlex.join(sys.argv[1:])
     header = (
         "# Distillation terms next to the detection loss at initialisation\n\n"
         f"Command: `{command.strip()}`  \n"

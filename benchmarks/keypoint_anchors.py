@@ -39,6 +39,7 @@ import copy
 import importlib.util
 import json
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -251,7 +252,7 @@ def main() -> None:
     lines = [
         "# Key-point anchors: detkd's teacher and students beside SIFT, ORB, XFeat, ALIKED and DISK",
         "",
-        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
+        f"Command: `python benchmarks/{Path(__file__).name} {shlex.join(sys.argv[1:])}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()}, {args.threads} thread(s) for "
         f"PyTorch {torch.__version__} and OpenCV {cv2.__version__}; total time {time.perf_counter() - started:.0f} s.  ",
         f"Pairs: held-out synthetic pairs at {h}x{w}, {args.pairs_per_image} per image, seed 1234: "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -117,7 +118,7 @@ def main() -> None:
     tag = args.tag or Path(args.model).stem
     result = {
         "model": args.model, "teacher_name": args.teacher, "teacher_origin": teacher_origin, "command": "python benchmarks/keypoint_postprocessing.py "
-        + " ".join(sys.argv[1:]), "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        + shlex.join(sys.argv[1:]), "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "threads": torch.get_num_threads(), "seconds": time.perf_counter() - started, "pairs": len(pairs),
         "size": list(args.size), "seed": args.seed,
         "teacher": {k: float(evaluation["teacher"][k]) for k in METRICS},

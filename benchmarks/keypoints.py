@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -160,7 +161,7 @@ def main() -> None:
     lines = [
         "# Key-point distillation benchmark",
         "",
-        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
+        f"Command: `python benchmarks/{Path(__file__).name} {shlex.join(sys.argv[1:])}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
         f"{args.threads} torch CPU threads, torch {torch.__version__}; total time {time.perf_counter() - started:.0f} s.  ",
         f"Teacher: `{args.teacher.name}`. Students distilled for {args.steps} steps x {args.batch_size} views of "

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -124,7 +125,7 @@ def run_curve(args: argparse.Namespace) -> None:
                   "student_options": args.student_option,
                   "train_size": list(args.train_size), "eval_size": list(args.eval_size),
                   "seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),
-                  "command": "python benchmarks/learning_curve.py " + " ".join(sys.argv[1:]),
+                  "command": "python benchmarks/learning_curve.py " + shlex.join(sys.argv[1:]),
                   "models": outcome.metrics, "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"}
         with records.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -164,7 +165,7 @@ def main() -> None:
     lines = [
         f"# Student speed: full extract at {height}x{width}, {args.threads} thread(s), top {KEYPOINTS} key points",
         "",
-        f"Command: `python benchmarks/student_speed.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python benchmarks/student_speed.py {shlex.join(sys.argv[1:])}`",
         "",
         "| model | encoder, widths | params | GFLOPs | network PyTorch ms | extract PyTorch ms | extract ORT ms "
         "| speed-up vs XFeat extract (PyTorch / ORT) | key points (PyTorch / ORT) |",
@@ -204,7 +205,7 @@ def main() -> None:
     stem = "student_speed" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(
-        {"rows": list(rows.values()), "args": vars(args), "environment": env, "command": " ".join(sys.argv)},
+        {"rows": list(rows.values()), "args": vars(args), "environment": env, "command": shlex.join(sys.argv)},
         indent=2, default=str) + "\n")
 
 

@@ -31,6 +31,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()
     results: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": "python benchmarks/throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "precision": precision,
