@@ -66,3 +66,9 @@ def test_training_from_init_starts_from_its_weights_and_records_it(shapes_model,
         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
             assert torch.equal(trained[key], value), key
     assert read_detector_extra(outcome.model_path)["init"] == str(path)
+
+    # resuming takes the weights from the checkpoint: the init file is not needed any more
+    path.unlink()
+    config["train"]["steps"] = 2
+    resumed = run_detection_training(config, tmp_path / "run", resume=True)
+    assert resumed.steps == 2 and "init    : " not in capsys.readouterr().out

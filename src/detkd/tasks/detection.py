@@ -336,7 +336,7 @@ def run_detection_training(
     stream = labelled_stream(config, data.train)
     trainer = _trainer(train_cfg, out, resume)
     say(f"model   : {describe_detector(model)}")
-    if config["model"].get("init"):
+    if config["model"].get("init") and not (resume and trainer.checkpoint_path.exists()):  # a resume has its weights
         say(f"init    : {initialise_detector(model, config['model']['init'])}")
     say(f"data    : {data.description}")
     open_run_folder(config, train_cfg, out, "images", rank_zero, resume, path_keys=RUN_PATH_KEYS)
