@@ -53,7 +53,7 @@ def initialise_detector(model: DetectorAdapter, init: str | Path) -> str:
             f"between the same detector only. Set model.name to {source.name}, or leave model.init null.")
     ours, theirs = model.state_dict(), source.state_dict()
     fitting = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
-    if not any(k for k in fitting if not k.endswith("num_batches_tracked")):
+    if all(k.endswith("num_batches_tracked") for k in fitting):
         raise IncompatibleModelsError(
             f"model.init '{init}': none of its tensors fits {describe_detector(model)} (other overrides?)")
     model.load_state_dict(fitting, strict=False)
