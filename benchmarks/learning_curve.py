@@ -94,7 +94,7 @@ def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int)
         "loss": dict(args.loss),
         "train": {"steps": steps, "batch_size": args.batch_size, "lr": args.lr, "accelerator": "cpu",
                   "checkpoint_every": 250, "progress": args.progress, "lr_decay": args.lr_decay,
-                  "lr_decay_every": args.lr_decay_every},
+                  "lr_decay_every": args.lr_decay_every, "ema_decay": args.ema_decay},
         "eval": {"images": str(val), "height": args.eval_size[0], "width": args.eval_size[1],
                  "pairs_per_image": args.pairs_per_image, "max_keypoints": 1000},
     })
@@ -277,6 +277,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--lr-decay", type=float, default=0.98, help="lr factor every --lr-decay-every steps [0.98]")
     parser.add_argument("--lr-decay-every", type=int, default=1000)
+    parser.add_argument("--ema-decay", type=float, default=0.0,
+                        help="judge and save the moving average of the weights (train.ema_decay, e.g. 0.999) [0: off]")
     parser.add_argument("--loss", nargs="*", default=[], help="loss weights KEY=VALUE (see detkd config keypoints-distill)")
     parser.add_argument("--student-option", nargs="*", default=[], metavar="KEY=VALUE",
                         help="structural options replacing the variant's: head_channels=64, channels=[8,16,32,48], "

@@ -324,3 +324,75 @@ def test_resumed_run_drops_validation_records_past_its_checkpoint(tmp_path):
     full = read_history(tmp_path / "validation.jsonl")
     assert [r["step"] for r in full] == [2, 4, 6]
     assert read_history(path)[-1]["weight"] == pytest.approx(full[-1]["weight"])
+
+
+# ---------------------------------------------------------------- moving average of the weights
+from detkd.engine.averaging import WeightAverage  # noqa: E402
+
+
+class OneWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+
+def test_weight_average_by_hand():
+    module = OneWeight()
+    average = WeightAverage(module, decay=0.9)
+    with torch.no_grad():
+        module.w.fill_(1.0)
+        module.count.fill_(7)
+    average.update(module)  # decay_1 = min(0.9, 2/11) = 2/11
+    assert average.weights["w"].item() == pytest.approx(9 / 11)
+    assert average.weights["count"].item() == 7  # integers are copied, not averaged
+    with torch.no_grad():
+        module.w.fill_(2.0)
+    average.update(module)  # decay_2 = min(0.9, 3/12) = 0.25
+    assert average.weights["w"].item() == pytest.approx(0.25 * 9 / 11 + 0.75 * 2.0)
+    assert average.decay_at(1000) == 0.9  # (1001 / 1010) > 0.9: the configured decay from then on
+    with average.applied(module):
+        assert module.w.item() == pytest.approx(0.25 * 9 / 11 + 1.5)
+    assert module.w.item() == 2.0  # its own weights are back
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5])
+def test_weight_average_refuses_a_decay_outside_zero_one(decay):
+    with pytest.raises(ValueError, match="ema_decay must lie between 0 and 1"):
+        WeightAverage(OneWeight(), decay)
+
+
+def test_averaged_run_trains_the_same_weights_resumes_exactly_and_ends_on_the_average(tmp_path):
+    plain = seeded_task()
+    Trainer(config(), tmp_path / "plain").fit(plain)
+    straight = seeded_task()
+    Trainer(config(ema_decay=0.5, val_every=6), tmp_path / "a").fit(straight)
+    first_half = seeded_task()
+    Trainer(config(steps=3, ema_decay=0.5), tmp_path / "b").fit(first_half)
+    resumed = seeded_task(seed=123)
+    Trainer(config(ema_decay=0.5), tmp_path / "b").fit(resumed, resume=True)
+
+    saved = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    again = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    # averaging does not change training: the optimised weights are those of the plain run
+    torch.testing.assert_close(saved["online_model"]["weight"], plain.student.weight.detach())
+    # the checkpoint's model, the task's module after fit and the validation all see the average
+    torch.testing.assert_close(saved["model"]["weight"], straight.student.weight.detach())
+    assert not torch.equal(saved["model"]["weight"], saved["online_model"]["weight"])
+    last_validation = read_history(tmp_path / "a" / "validation.jsonl")[-1]
+    assert last_validation["weight"] == pytest.approx(float(saved["model"]["weight"].sum()))
+    # resumed halfway: the same average, the same count of updates
+    assert again["weight_average"] == saved["weight_average"] == {"decay": 0.5, "updates": 6}
+    for key in ("model", "online_model"):
+        for name in saved[key]:
+            torch.testing.assert_close(saved[key][name], again[key][name])
+
+
+def test_averaged_checkpoint_resumed_without_averaging_goes_on_from_the_trained_weights(tmp_path, caplog):
+    Trainer(config(steps=3, ema_decay=0.5), tmp_path).fit(seeded_task())
+    online = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["online_model"]
+    continued = seeded_task(seed=5)
+    with caplog.at_level(logging.WARNING, logger="detkd.engine.trainer"):
+        Trainer(config(steps=3), tmp_path).fit(continued, resume=True)  # nothing left to train
+    assert "the average is dropped" in caplog.text
+    torch.testing.assert_close(continued.student.weight.detach(), online["weight"])

@@ -22,6 +22,7 @@ class TrainConfig:
     lr_decay_every: int = 1000  # ... every this many steps (GoodPoint: 0.98 / 1000)
     warmup_steps: int = 0  # linear warm-up from 0
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    ema_decay: float = 0.0  # keep a moving average of the weights (0.999: about the last 1000 steps) and use it as the model; 0: off
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
     val_every: int = 0  # steps between validations of the task (validation.jsonl); 0: none during training
     log_every: int = 10  # steps between logged scalars

@@ -2,8 +2,9 @@
 
 Devices, precision and multi-process training come from Lightning Fabric. The loop adds what
 every detkd run needs: reproducible data streams, AdamW with a step-wise exponential schedule,
-gradient clipping, a stop on a non-finite loss (the last good checkpoint stays), atomic
-checkpoints, exact resume, a progress bar with images/s and data-wait share, TensorBoard
+gradient clipping, an optional moving average of the weights (``ema_decay``, see
+:mod:`detkd.engine.averaging`), a stop on a non-finite loss (the last good checkpoint stays),
+atomic checkpoints, exact resume, a progress bar with images/s and data-wait share, TensorBoard
 scalars and a ``history.jsonl`` that plots and reports read. With ``val_every`` the task's
 :meth:`~detkd.engine.task.Task.validate` runs every that many steps (and at the last one) on
 rank 0; its metrics go to ``validation.jsonl`` and TensorBoard's ``val/`` scalars, so a run
@@ -23,6 +24,7 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from detkd.engine.acceleration import CompiledWithFallback, resolve_precision, to_channels_last
+from detkd.engine.averaging import WeightAverage
 from detkd.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     latest_good_checkpoint,
@@ -106,7 +109,8 @@ class Trainer:
         start_step, state, damaged = self._starting_state(resume, fabric.is_global_zero)
         model = task.trainable()
         if state is not None:
-            model.load_state_dict(state["model"])
+            model.load_state_dict(state.get("online_model", state["model"]))
+        average = self._weight_average(model, state, fabric.is_global_zero)
         first_sample = self._first_sample(state, start_step, world_size, warn=fabric.is_global_zero)
         dataset = task.train_dataset()
         if fabric.is_global_zero and isinstance(dataset, StreamDataset):
@@ -202,6 +206,8 @@ class Trainer:
                     ) from None
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+                if average is not None:
+                    average.update(model)
                 step += 1
                 seen += global_batch
                 tick = time.perf_counter()
@@ -222,13 +228,13 @@ class Trainer:
                     bar.set_postfix(loss=f"{last['loss']:.4g}", img_s=f"{images_per_s:.1f}", wait=f"{wait_share:.0%}")
                 bar.update(1)
                 if cfg.val_every > 0 and (step % cfg.val_every == 0 or step == cfg.steps):
-                    self._validate(fabric, task, writer, step, bar)
+                    self._validate(fabric, task, writer, step, bar, average)
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    self._save(fabric, task, optimizer, scheduler, step, samples_seen())
+                    self._save(fabric, task, optimizer, scheduler, step, samples_seen(), average)
         except KeyboardInterrupt:
             bar.close()  # the message goes on its own line, not after the bar
             if step > start_step:
-                self._save(fabric, task, optimizer, scheduler, step, samples_seen())
+                self._save(fabric, task, optimizer, scheduler, step, samples_seen(), average)
                 log.warning("Interrupted at step %d; checkpoint written, continue with --resume", step)
             raise
         finally:
@@ -236,7 +242,9 @@ class Trainer:
             if writer is not None:
                 writer.close()
             revert_sync_batchnorm(task.trainable(), synced_batchnorm)
-        self._save(fabric, task, optimizer, scheduler, step, samples_seen())
+        self._save(fabric, task, optimizer, scheduler, step, samples_seen(), average)
+        if average is not None:  # what the task saves and evaluates after fit is the average
+            model.load_state_dict(average.weights)
         return TrainResult(
             step, self.checkpoint_path, self.history_path, time.perf_counter() - began, last,
             is_global_zero=fabric.is_global_zero, world_size=world_size, samples_seen=samples_seen(),
@@ -373,17 +381,41 @@ class Trainer:
             bad = fabric.all_reduce(bad, reduce_op="sum")
         return not bool(bad)
 
+    def _weight_average(self, model: torch.nn.Module, state: dict[str, Any] | None, is_global_zero: bool
+                        ) -> WeightAverage | None:
+        """The moving average of the weights that ``train.ema_decay`` asks for, continued from ``state``."""
+        saved = state is not None and "online_model" in state
+        if self.config.ema_decay <= 0:
+            if saved and is_global_zero:
+                log.warning("The checkpoint holds a weight average but train.ema_decay is 0: training goes on "
+                            "from its trained weights and the average is dropped")
+            return None
+        average = WeightAverage(model, self.config.ema_decay)
+        if saved:
+            average.restore(state["weight_average"], state["model"])
+        elif state is not None and is_global_zero:
+            log.warning("The checkpoint has no weight average (train.ema_decay was 0): the average starts at "
+                        "its step %d", state["step"])
+        return average
+
     def _save(
-        self, fabric: Any, task: Task, optimizer: Any, scheduler: Any, step: int, samples_seen: int
+        self, fabric: Any, task: Task, optimizer: Any, scheduler: Any, step: int, samples_seen: int,
+        average: WeightAverage | None = None,
     ) -> None:
+        """Write ``last.pt``. Its ``model`` is what the run has made for use: the weight average when
+        there is one (then the optimised weights follow under ``online_model``), so every reader of
+        a checkpoint (``--model``, ``--init``, ``load_detector``) gets the average without knowing of it."""
         if fabric.is_global_zero:
+            trained = task.trainable().state_dict()
+            weights = ({"model": average.averaged_state(), "online_model": trained,
+                        "weight_average": average.progress()} if average is not None else {"model": trained})
             save_checkpoint(
                 {
                     "format": CHECKPOINT_FORMAT,
                     "step": step,
                     "samples_seen": samples_seen,
                     "world_size": fabric.world_size,
-                    "model": task.trainable().state_dict(),
+                    **weights,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state(),
@@ -394,13 +426,15 @@ class Trainer:
             )
         fabric.barrier()
 
-    def _validate(self, fabric: Any, task: Task, writer: Any, step: int, bar: Any) -> None:
-        """Run ``task.validate()`` on rank 0 (eval mode, no gradients, training RNG untouched) and record it."""
+    def _validate(self, fabric: Any, task: Task, writer: Any, step: int, bar: Any,
+                  average: WeightAverage | None = None) -> None:
+        """Run ``task.validate()`` on rank 0 (eval mode, no gradients, training RNG untouched; on the
+        weight average when there is one) and record it."""
         if fabric.is_global_zero:
             rng = torch.get_rng_state()
             task.eval()
             try:
-                with torch.no_grad():
+                with torch.no_grad(), (average.applied(task.trainable()) if average is not None else nullcontext()):
                     metrics = task.validate()
             finally:
                 task.train()

@@ -107,7 +107,7 @@ _DATA_DEFAULTS: dict[str, Any] = {
 
 _TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 3000, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-4, "lr_decay": 0.1,
-    "lr_decay_every": 2000, "warmup_steps": 100, "grad_clip": 10.0, "checkpoint_every": 500,
+    "lr_decay_every": 2000, "warmup_steps": 100, "grad_clip": 10.0, "ema_decay": 0.0, "checkpoint_every": 500,
     "val_every": 0, "log_every": 10, "num_workers": 0, "seed": 0, "accelerator": "auto", "devices": 1,
     "num_nodes": 1, "strategy": "auto", "precision": "auto", "progress": True,
     "sync_batchnorm": True, "channels_last": False, "compile": False,

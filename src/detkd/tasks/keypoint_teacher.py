@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 _TRAIN_DEFAULTS = {
     "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "lr_decay": 0.9, "lr_decay_every": 1000,
-    "warmup_steps": 100, "grad_clip": 1.0, "checkpoint_every": 250, "log_every": 10, "num_workers": 0,
+    "warmup_steps": 100, "grad_clip": 1.0, "ema_decay": 0.0, "checkpoint_every": 250, "log_every": 10, "num_workers": 0,
     "seed": 0, "accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto",
     "precision": "32-true", "progress": True,
 }
