@@ -278,7 +278,8 @@ def main() -> None:
     parser.add_argument("--lr-decay", type=float, default=0.98, help="lr factor every --lr-decay-every steps [0.98]")
     parser.add_argument("--lr-decay-every", type=int, default=1000)
     parser.add_argument("--ema-decay", type=float, default=0.0,
-                        help="judge and save the moving average of the weights (train.ema_decay, e.g. 0.999) [0: off]")
+                        help="judge and save the moving average of the weights (train.ema_decay; detkd's default "
+                             "is 0.999) [0: off, as in every curve recorded before 2026-12-06]")
     parser.add_argument("--loss", nargs="*", default=[], help="loss weights KEY=VALUE (see detkd config keypoints-distill)")
     parser.add_argument("--student-option", nargs="*", default=[], metavar="KEY=VALUE",
                         help="structural options replacing the variant's: head_channels=64, channels=[8,16,32,48], "

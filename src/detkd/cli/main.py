@@ -154,6 +154,9 @@ class _StudentOption(click.Option):
 @click.option("--steps", type=int, default=None, help="Optimiser steps in total. [default: 2000]")
 @click.option("--batch-size", type=int, default=None, help="Views per step. [default: 8]")
 @click.option("--lr", type=float, default=None, help="AdamW learning rate. [default: 1.5e-3]")
+@click.option("--ema-decay", type=float, default=None,
+              help="The student saved and evaluated is the moving average of its weights over about "
+                   "1/(1-decay) recent steps (train.ema_decay); 0: the last weights. [default: 0.999]")
 @size_option
 @click.option("--eval-images", type=click.Path(exists=True), default=None,
               help="Held-out photos for the final teacher-vs-student table (synthetic warps). "
@@ -191,7 +194,7 @@ def distill(config_file: Path | None, out: Path, resume: bool, **options: Any) -
 
     keys = {
         "teacher": "teacher.checkpoint", "student": "student.variant", "init": "student.init", "images": "data.images",
-        "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr",
+        "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr", "ema_decay": "train.ema_decay",
         "height": "data.height", "width": "data.width", "eval_images": "eval.images",
         "hpatches": "eval.hpatches", "device": "train.accelerator", "precision": "train.precision",
         "workers": "train.num_workers", "seed": "train.seed", "devices": "train.devices",

@@ -103,7 +103,7 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
     },
     "train": {
         "steps": 2000, "batch_size": 8, "lr": 1.5e-3, "weight_decay": 1e-4, "lr_decay": 0.8,
-        "lr_decay_every": 1000, "warmup_steps": 0, "grad_clip": 1.0, "ema_decay": 0.0, "checkpoint_every": 500,
+        "lr_decay_every": 1000, "warmup_steps": 0, "grad_clip": 1.0, "ema_decay": 0.999, "checkpoint_every": 500,
         "log_every": 10, "num_workers": 0, "seed": 0, "accelerator": "auto", "devices": 1,
         "num_nodes": 1, "strategy": "auto", "precision": "auto", "progress": True,
         "sync_batchnorm": True, "channels_last": False, "compile": False,
