@@ -107,7 +107,9 @@ def main() -> None:
         f"{config['teacher_cache']['views_per_image']} fixed augmented views per image "
         f"({config['data']['height']}x{config['data']['width']}), the teacher's outputs cached once.",
         f"- Schedule: {args.steps} steps x {train['batch_size']} views, AdamW lr {train['lr']}, x{train['lr_decay']} "
-        f"every {train['lr_decay_every']} steps, on one CPU thread (2-core machine shared with other jobs).",
+        f"every {train['lr_decay_every']} steps, on one CPU thread (2-core machine shared with other jobs)"
+        + (f"; the shipped weights are the moving average of the student's (decay {train['ema_decay']})."
+           if train.get("ema_decay") else "."),
         f"- Loss weights: {config['loss']}.",
         f"- Command: `{records[-1].get('command', 'python benchmarks/learning_curve.py')}`; this file is "
         f"`student_{args.steps}.pt` of that run, shipped with `python benchmarks/ship_student.py --name {args.name} "
