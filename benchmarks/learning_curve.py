@@ -20,6 +20,7 @@ per image, built once and shared by every student), so a step costs only the stu
 
     python benchmarks/learning_curve.py --student fast-s --milestones 500 1000 2000 4000 8000
     python benchmarks/learning_curve.py --report-only         # tables and plot from what is recorded
+    python benchmarks/learning_curve.py --report-only --plot fast-m fast-s --plot-tag mine   # and a plot of two
 
 Writes ``benchmarks/results/learning_curve.{md,json,png}``; runs, cache and images live in
 ``--work`` (default ``runs/learning_curve``, not tracked).
@@ -200,6 +201,11 @@ def write_report(args: argparse.Namespace) -> None:
     (args.out / "learning_curve.md").write_text(text + "\n")
     (args.out / "learning_curve.json").write_text(json.dumps(curves, indent=1))
     plot_curves(curves, args.out / "learning_curve.png")
+    if args.plot:
+        unknown = [name for name in args.plot if name not in curves]
+        if unknown:
+            raise SystemExit(f"--plot: no recorded curve named {', '.join(unknown)}; recorded: {', '.join(curves)}")
+        plot_curves({name: curves[name] for name in args.plot}, args.out / f"learning_curve_{args.plot_tag}.png")
 
 
 def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -213,6 +219,8 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     tab20 = plt.get_cmap("tab20").colors
     colours = [tab20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]  # the ten strong tones first
     markers = {"fast-s": "o", "fast-m": "s", "fast-l": "^"}
+    top = max((100 * share(r, m) for rows in curves.values() for r in rows for m in SHARES
+               if np.isfinite(share(r, m))), default=100)
     for ax, metric in zip(axes, SHARES):
         for index, (name, rows) in enumerate(curves.items()):
             points = [(r["steps"], 100 * share(r, metric)) for r in rows if np.isfinite(share(r, metric))]
@@ -225,7 +233,7 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
         steps = sorted({r["steps"] for rows in curves.values() for r in rows})
         ax.set_xticks(steps, [f"{s // 1000}k" if s >= 1000 else str(s) for s in steps])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_ylim(-3, 103)
+        ax.set_ylim(-3, max(103, top + 5))  # a student may beat its teacher
         ax.set_title(f"{SHARE_LABELS[metric]}: student / teacher")
         ax.set_xlabel("distillation steps")
         ax.grid(True, alpha=0.3)
@@ -289,6 +297,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "learning_curve")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--report-only", action="store_true", help="only write the tables and plot")
+    parser.add_argument("--plot", nargs="+", default=[], metavar="CURVE",
+                        help="also plot only these curves (readable where the full plot holds dozens) [none]")
+    parser.add_argument("--plot-tag", default="selected", help="their plot: learning_curve_TAG.png [selected]")
     args = parser.parse_args()
     args.loss = parse_loss(args.loss)
     args.student_option = parse_student_options(args.student_option)
