@@ -41,6 +41,7 @@ class WeightAverage:
             raise ValueError(f"train.ema_decay must lie between 0 and 1 (0 turns averaging off), not {decay}")
         self.decay = float(decay)
         self.updates = 0
+        #: The average as a state dict (float32 floating-point entries; ``load_state_dict`` casts them).
         self.weights = {k: self._stored(v) for k, v in module.state_dict().items()}
 
     @staticmethod
@@ -63,10 +64,6 @@ class WeightAverage:
                 average.lerp_(value.detach().float(), 1.0 - decay)
             else:
                 average.copy_(value)
-
-    def averaged_state(self) -> dict[str, torch.Tensor]:
-        """The average as a state dict (float32 floating-point entries; ``load_state_dict`` casts them)."""
-        return {k: v.clone() for k, v in self.weights.items()}
 
     @contextmanager
     def applied(self, module: nn.Module) -> Iterator[None]:

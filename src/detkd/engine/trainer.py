@@ -407,7 +407,7 @@ class Trainer:
         a checkpoint (``--model``, ``--init``, ``load_detector``) gets the average without knowing of it."""
         if fabric.is_global_zero:
             trained = task.trainable().state_dict()
-            weights = ({"model": average.averaged_state(), "online_model": trained,
+            weights = ({"model": average.weights, "online_model": trained,
                         "weight_average": average.progress()} if average is not None else {"model": trained})
             save_checkpoint(
                 {
