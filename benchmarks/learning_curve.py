@@ -9,7 +9,8 @@ up at the last checkpoint and skips the milestones already recorded.
 Data (no photo that a benchmark holds out is used):
 
 * training: 28 of the 34 photos in ``../shared/data/photos``, scikit-image's training photos,
-  and the training block of tree tiles (``benchmarks/tree_tiles.py``);
+  and the training block of tree tiles (``benchmarks/tree_tiles.py``); with ``--extra-images``,
+  also the photos of that folder (``benchmarks/extra_photos.py``: 41 more from Debian packages);
 * validation (the curve, and every choice made from it): the other 6 shared photos
   (:data:`VALIDATION_PHOTOS`), synthetic pairs;
 * test: scikit-image's held-out photos and the held-out tree tiles, judged once by
@@ -81,6 +82,26 @@ def prepare_images(work: Path) -> tuple[Path, Path]:
     return train, val
 
 
+def add_extra_images(train: Path, extra: Path, work: Path) -> Path:
+    """``work/train_images+<extra's name>``: links to every training image and to the images in ``extra``.
+
+    The teacher cache is keyed by image content, so the views of the base images are reused."""
+    photos = sorted(p for p in extra.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not photos:
+        raise SystemExit(f"No .jpg or .png images in {extra}")
+    leaked = sorted(p.name for p in photos if p.name in VALIDATION_PHOTOS)
+    if leaked:
+        raise SystemExit(f"{extra} holds validation photos ({', '.join(leaked)}); remove them")
+    folder = work / f"train_images+{extra.resolve().name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for image in sorted(train.iterdir()):
+        (folder / image.name).symlink_to(image.resolve())
+    for photo in photos:
+        (folder / f"extra-{photo.name}").symlink_to(photo.resolve())
+    return folder
+
+
 def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int) -> dict[str, Any]:
     h, w = args.train_size
     teacher = args.teacher or "shipped"
@@ -113,6 +134,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 def run_curve(args: argparse.Namespace) -> None:
     train, val = prepare_images(args.work)
+    if args.extra_images:
+        train = add_extra_images(train, args.extra_images, args.work)
     records = record_path(args)
     done = {r["steps"] for r in read_records(records)}
     run_dir = args.work / "runs" / args.name
@@ -124,6 +147,7 @@ def run_curve(args: argparse.Namespace) -> None:
         shutil.copy2(outcome.student_path, run_dir / f"student_{steps}.pt")
         record = {"name": args.name, "student": args.student, "steps": steps, "init": args.init,
                   "student_options": args.student_option,
+                  "extra_images": str(args.extra_images) if args.extra_images else None,
                   "train_size": list(args.train_size), "eval_size": list(args.eval_size),
                   "seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),
                   "command": "python benchmarks/learning_curve.py " + shlex.join(sys.argv[1:]),
@@ -281,6 +305,8 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, nargs=2, default=[240, 320], help="validation pair H W [240 320]")
     parser.add_argument("--pairs-per-image", type=int, default=4, help="validation pairs per photo [4]")
     parser.add_argument("--views-per-image", type=int, default=24, help="cached teacher views per image [24]")
+    parser.add_argument("--extra-images", type=Path, default=None,
+                        help="a folder of more training photos, added to the usual ones (benchmarks/extra_photos.py makes one)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--lr-decay", type=float, default=0.98, help="lr factor every --lr-decay-every steps [0.98]")

@@ -153,3 +153,25 @@ def test_ship_student_held_out_lines_come_from_the_anchors_file(tmp_path):
     assert lines[-1] == ("Full extract at the benchmark's latency size, 1000 points: 20 ms (median, PyTorch on the CPU, "
                          "interleaved with the other models; XFeat's extract in the same run: 52 ms), 0.61 GFLOPs.")
     assert "holds no row 'other'" in ship_student.heldout_lines(tmp_path / "anchors.json", "other")[0]
+
+
+def test_learning_curve_extra_images_join_the_training_images_and_never_a_validation_photo(tmp_path: Path):
+    train, extra, work = tmp_path / "train", tmp_path / "more", tmp_path / "work"
+    train.mkdir()
+    extra.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (train / name).write_bytes(b"x")
+    (extra / "c.jpg").write_bytes(b"y")
+    (extra / "SOURCES.json").write_text("[]")  # not an image: not linked
+    folder = learning_curve.add_extra_images(train, extra, work)
+    assert folder == work / "train_images+more"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.jpg", "extra-c.jpg"]
+    assert (folder / "extra-c.jpg").resolve() == (extra / "c.jpg").resolve()
+    assert learning_curve.add_extra_images(train, extra, work) == folder  # made again, same content
+    (extra / learning_curve.VALIDATION_PHOTOS[0]).write_bytes(b"z")
+    with pytest.raises(SystemExit, match="validation photos"):
+        learning_curve.add_extra_images(train, extra, work)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="No .jpg or .png"):
+        learning_curve.add_extra_images(train, empty, work)
