@@ -4,9 +4,14 @@ The shared photos (``../shared/data/photos``) are 34 wallpapers and OpenCV sampl
 README says more of the same kind come from ``apt-get download`` of the packages they came from.
 This script does that: it downloads the packages named in :data:`PHOTOS` (``apt-get download``,
 nothing is installed), extracts the listed files, and writes them as JPEGs with the longer side
-at most 1280 px (the shared photos' size) into ``--out``, with ``SOURCES.json`` naming the package,
-its version, the file and its SHA-256. Only the package mirror is reached; detkd itself never
+at most 1280 px (the shared photos' size), with ``SOURCES.json`` naming the package, its version,
+the file, its SHA-256 and its split. Only the package mirror is reached; detkd itself never
 downloads data.
+
+Splits: in the order of their file names, every fourth photo goes to ``--out/test`` (held out:
+``keypoint_anchors.py --more-photos`` judges on them, nothing trains or chooses on them) and the
+others to ``--out/train`` (``learning_curve.py --extra-images``). A rule fixed before any result,
+so the split is not chosen by what it does to a number.
 
 The list is chosen by eye from every image in those packages (photographs, not logos, masks,
 drawings or flat gradients) and leaves out everything that would leak into a judgement:
@@ -25,7 +30,8 @@ slip a copy of one of them (resized or recompressed) into training. The guard do
 view of the same scene (``right.jpg`` against ``opencv-left.jpg``: 0.43); the list does.
 
     python benchmarks/extra_photos.py --out runs/extra_photos      # downloads into runs/extra_photos/debs
-    python benchmarks/learning_curve.py --extra-images runs/extra_photos ...
+    python benchmarks/learning_curve.py --extra-images runs/extra_photos/train ...
+    python benchmarks/keypoint_anchors.py --more-photos runs/extra_photos/test ...
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ PHOTOS: dict[str, tuple[str, tuple[str, ...]]] = {
         + tuple(f"{OPENCV}/text/scenetext_segmented_word0{k}.jpg" for k in range(1, 6))),
 }
 MAX_SIDE = 1280
+TEST_EVERY = 4  # every fourth photo, by file name, is held out
 DUPLICATE_CORRELATION = 0.9
 
 
@@ -95,7 +102,8 @@ def download(package: str, debs: Path) -> Path:
         result = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True)
         found = sorted(debs.glob(f"{package}_*.deb"))
         if not found:
-            raise SystemExit(f"apt-get download {package} failed in {debs}: {result.stderr.strip() or result.stdout.strip()}. "
+            reason = result.stderr.strip() or result.stdout.strip()
+            raise SystemExit(f"apt-get download {package} failed in {debs}: {reason}. "
                              "Put the package's .deb file in that folder and rerun.")
     return found[-1]
 
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     debs = args.debs or args.out / "debs"
     protected = protected_thumbnails()
     args.out.mkdir(parents=True, exist_ok=True)
-    sources = []
+    sources, photos = [], {}
     for package, (prefix, files) in PHOTOS.items():
         deb = download(package, debs)
         with tempfile.TemporaryDirectory() as tmp:
@@ -128,11 +136,19 @@ def main(argv: list[str] | None = None) -> None:
                     if correlation > DUPLICATE_CORRELATION:
                         raise SystemExit(f"{member} of {deb.name} looks like the held-out photo {other} "
                                          f"(correlation {correlation:.2f}); remove it from PHOTOS")
-                image.save(args.out / name, quality=95)
+                photos[name] = image
                 sources.append({"file": name, "package": deb.name, "member": member,
                                 "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "size": list(image.size)})
+    split = {name: "test" if k % TEST_EVERY == TEST_EVERY - 1 else "train" for k, name in enumerate(sorted(photos))}
+    for name, image in photos.items():
+        (args.out / split[name]).mkdir(parents=True, exist_ok=True)
+        image.save(args.out / split[name] / name, quality=95)
+    for source in sources:
+        source["split"] = split[source["file"]]
     (args.out / "SOURCES.json").write_text(json.dumps(sources, indent=1) + "\n")
-    print(f"{len(sources)} photos from {len(PHOTOS)} packages in {args.out} (sources: SOURCES.json)")
+    counts = {part: sum(1 for v in split.values() if v == part) for part in ("train", "test")}
+    print(f"{len(sources)} photos from {len(PHOTOS)} packages: {counts['train']} in {args.out / 'train'}, "
+          f"{counts['test']} held out in {args.out / 'test'} (sources: SOURCES.json)")
 
 
 if __name__ == "__main__":

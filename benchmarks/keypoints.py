@@ -73,12 +73,20 @@ def cpu_latencies(models: dict[str, SuperPoint], height: int, width: int, repeat
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def heldout_pairs(size: tuple[int, int], pairs_per_image: int, tiles_dir: Path) -> dict[str, list]:
+def heldout_pairs(size: tuple[int, int], pairs_per_image: int, tiles_dir: Path,
+                  more_photos: Path | None = None) -> dict[str, list]:
+    """Synthetic pairs of held-out images by set: ``photos`` (scikit-image's held-out photos), ``aerial``
+    (the held-out tree tiles, when the orthophoto is at hand) and, with ``more_photos``, ``more photos``
+    (a folder of photos never trained on, e.g. ``benchmarks/extra_photos.py``'s ``test`` split)."""
     common = {"pairs_per_image": pairs_per_image, "size": size, "seed": 1234}
     pairs = {"photos": builtin_heldout_pairs(**common)}
     if DEFAULT_SOURCE.exists():
         write_tiles(DEFAULT_SOURCE, tiles_dir)
         pairs["aerial"] = synthetic_pairs_from_folder(tiles_dir / "heldout", **common)
+    if more_photos is not None:
+        if not Path(more_photos).is_dir():
+            raise SystemExit(f"--more-photos {more_photos} is not a folder (benchmarks/extra_photos.py makes one)")
+        pairs["more photos"] = synthetic_pairs_from_folder(more_photos, **common)
     return pairs
 
 

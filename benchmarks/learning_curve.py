@@ -83,7 +83,8 @@ def prepare_images(work: Path) -> tuple[Path, Path]:
 
 
 def add_extra_images(train: Path, extra: Path, work: Path) -> Path:
-    """``work/train_images+<extra's name>``: links to every training image and to the images in ``extra``.
+    """``work/train_images+<extra's folder and name>``: links to every training image and to the images in
+    ``extra``.
 
     The teacher cache is keyed by image content, so the views of the base images are reused."""
     photos = sorted(p for p in extra.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -92,7 +93,7 @@ def add_extra_images(train: Path, extra: Path, work: Path) -> Path:
     leaked = sorted(p.name for p in photos if p.name in VALIDATION_PHOTOS)
     if leaked:
         raise SystemExit(f"{extra} holds validation photos ({', '.join(leaked)}); remove them")
-    folder = work / f"train_images+{extra.resolve().name}"
+    folder = work / f"train_images+{'-'.join(extra.resolve().parts[-2:])}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for image in sorted(train.iterdir()):

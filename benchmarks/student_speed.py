@@ -205,7 +205,8 @@ def main() -> None:
     stem = "student_speed" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(
-        {"rows": list(rows.values()), "args": vars(args), "environment": env, "command": shlex.join(sys.argv)},
+        {"rows": list(rows.values()), "args": vars(args), "environment": env,
+         "command": f"python benchmarks/student_speed.py {shlex.join(sys.argv[1:])}"},
         indent=2, default=str) + "\n")
 
 

@@ -164,7 +164,7 @@ def test_learning_curve_extra_images_join_the_training_images_and_never_a_valida
     (extra / "c.jpg").write_bytes(b"y")
     (extra / "SOURCES.json").write_text("[]")  # not an image: not linked
     folder = learning_curve.add_extra_images(train, extra, work)
-    assert folder == work / "train_images+more"
+    assert folder == work / f"train_images+{tmp_path.name}-more"
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.jpg", "extra-c.jpg"]
     assert (folder / "extra-c.jpg").resolve() == (extra / "c.jpg").resolve()
     assert learning_curve.add_extra_images(train, extra, work) == folder  # made again, same content
