@@ -13,6 +13,11 @@ Splits: in the order of their file names, every fourth photo goes to ``--out/tes
 others to ``--out/train`` (``learning_curve.py --extra-images``). A rule fixed before any result,
 so the split is not chosen by what it does to a number.
 
+Licences (each package's ``/usr/share/doc/PACKAGE/copyright``, also in the ``.deb``): the lomiri
+wallpapers (Ubuntu's wallpaper contests) CC-BY-4.0 / CC-BY-SA-4.0 per photo, named with their
+authors; plasma's under GPL-2+ / CC-BY-SA; OpenCV's sample data under its BSD/Apache terms. The
+photos are not redistributed by detkd: the script fetches them where they are used.
+
 The list is chosen by eye from every image in those packages (photographs, not logos, masks,
 drawings or flat gradients) and leaves out everything that would leak into a judgement:
 
