@@ -10,11 +10,11 @@ Data (no photo that a benchmark holds out is used):
 
 * training: 28 of the 34 photos in ``../shared/data/photos``, scikit-image's training photos,
   and the training block of tree tiles (``benchmarks/tree_tiles.py``); with ``--extra-images``,
-  also the photos of that folder (``benchmarks/extra_photos.py``: 41 more from Debian packages);
+  also the photos of that folder (``benchmarks/extra_photos.py``: the 31 of its ``train`` split);
 * validation (the curve, and every choice made from it): the other 6 shared photos
   (:data:`VALIDATION_PHOTOS`), synthetic pairs;
-* test: scikit-image's held-out photos and the held-out tree tiles, judged once by
-  ``benchmarks/keypoints.py``, never here.
+* test: scikit-image's held-out photos, the held-out tree tiles and ``extra_photos.py``'s ``test``
+  split, judged by ``benchmarks/keypoint_anchors.py``, never here.
 
 The teacher's outputs come from a teacher cache (``--views-per-image`` fixed augmented views
 per image, built once and shared by every student), so a step costs only the student.
