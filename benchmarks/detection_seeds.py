@@ -20,7 +20,8 @@ and per data set prints
 
 Files of the same seed may hold different methods (``--runs baseline pkd`` in one, ``--runs baseline
 gid`` in another): their runs are merged per seed, and a run in both (the baseline) must have the
-same mAP in both.
+same mAP in both. A run trained on some of the seeds only (at least two) is summarised over those,
+paired with their baselines, and the table's notes name its seeds.
 """
 
 from __future__ import annotations
@@ -61,29 +62,38 @@ def verdict(gains: Sequence[float], baseline_spread: float) -> str:
 
 
 def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One summary per run name present in every seed: ``runs_by_seed[seed][run] = {"map", "ap50", "steps", "curve"}``.
+    """One summary per run name present in at least two seeds (or in the only one):
+    ``runs_by_seed[seed][run] = {"map", "ap50", "steps", "curve"}``. A run missing from some seeds is
+    summarised over the seeds it has (``seeds`` lists them), its gains paired with the baseline of
+    those seeds.
 
     Returns dicts with ``run``, ``seeds``, ``map``/``ap50`` (mean, std), ``gain`` (mean, std) and
     ``min_gain`` over paired seeds (``None`` for the teacher and the baseline), ``verdict``,
     ``teacher_share`` (mean over seeds of mAP / that seed's teacher mAP), ``last_quarter`` (mean, or ``None``).
     """
-    seeds = sorted(runs_by_seed)
-    common = [run for run in runs_by_seed[seeds[0]] if all(run in runs_by_seed[s] for s in seeds)]
-    teacher = {s: runs_by_seed[s]["teacher"]["map"] for s in seeds} if "teacher" in common else None
-    baseline_spread = mean_std([runs_by_seed[s]["baseline"]["map"] for s in seeds])[1] if "baseline" in common else 0.0
+    all_seeds = sorted(runs_by_seed)
+    names = list(dict.fromkeys(run for seed in all_seeds for run in runs_by_seed[seed]))
+    seeds_of = {run: [s for s in all_seeds if run in runs_by_seed[s]] for run in names}
+    enough = min(2, len(all_seeds))
+    baseline_seeds = seeds_of.get("baseline", [])
+    baseline_spread = mean_std([runs_by_seed[s]["baseline"]["map"] for s in baseline_seeds])[1] if baseline_seeds else 0.0
     summaries = []
-    for run in common:
+    for run in (name for name in names if len(seeds_of[name]) >= enough):
+        seeds = seeds_of[run]
         rows = [runs_by_seed[s][run] for s in seeds]
         summary: dict[str, Any] = {
             "run": run, "seeds": seeds, "map": mean_std([r["map"] for r in rows]), "ap50": mean_std([r["ap50"] for r in rows]),
             "gain": None, "min_gain": None, "gain_ap50": None, "verdict": "",
         }
-        if run not in ("teacher", "baseline") and "baseline" in common:
-            gains = [runs_by_seed[s][run]["map"] - runs_by_seed[s]["baseline"]["map"] for s in seeds]
-            gains_ap50 = [runs_by_seed[s][run]["ap50"] - runs_by_seed[s]["baseline"]["ap50"] for s in seeds]
+        paired = [s for s in seeds if s in baseline_seeds]
+        if run not in ("teacher", "baseline") and paired:
+            gains = [runs_by_seed[s][run]["map"] - runs_by_seed[s]["baseline"]["map"] for s in paired]
+            gains_ap50 = [runs_by_seed[s][run]["ap50"] - runs_by_seed[s]["baseline"]["ap50"] for s in paired]
             summary.update(gain=mean_std(gains), min_gain=min(gains), gain_ap50=mean_std(gains_ap50),
                            verdict=verdict(gains, baseline_spread))
-        summary["teacher_share"] = statistics.fmean(runs_by_seed[s][run]["map"] / teacher[s] for s in seeds) if teacher else None
+        with_teacher = [s for s in seeds if "teacher" in runs_by_seed[s]]
+        summary["teacher_share"] = (statistics.fmean(runs_by_seed[s][run]["map"] / runs_by_seed[s]["teacher"]["map"]
+                                                     for s in with_teacher) if with_teacher else None)
         quarters = [q for q in (last_quarter_gain(r.get("curve") or [], int(r["steps"])) for r in rows) if q is not None]
         summary["last_quarter"] = statistics.fmean(quarters) if quarters else None
         summaries.append(summary)
@@ -150,10 +160,16 @@ def main(argv: Sequence[str] | None = None) -> None:
              "but not both; no otherwise. 'last quarter' = validation mAP gained over the final 25% of the "
              "steps (near 0: the curve has flattened).", ""]
     for name, runs_by_seed in by_set.items():
-        lines += [f"## {name}", "", table(summarise(runs_by_seed)), ""]
+        summaries = summarise(runs_by_seed)
+        lines += [f"## {name}", "", table(summaries), ""]
         note = teacher_note(runs_by_seed)
         if note:
             lines += [note, ""]
+        partial = [f"{s['run']} (seeds {', '.join(map(str, s['seeds']))})" for s in summaries
+                   if len(s["seeds"]) < len(runs_by_seed)]
+        if partial:
+            lines += [f"Not run on every seed, summarised over the seeds it has and paired with their baselines: "
+                      f"{'; '.join(partial)}.", ""]
         if all("whole" in row for rows in runs_by_seed.values() for row in rows.values()):
             whole = {seed: {run: {**row["whole"], "steps": row["steps"]} for run, row in rows.items()}
                      for seed, rows in runs_by_seed.items()}

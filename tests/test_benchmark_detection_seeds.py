@@ -39,6 +39,20 @@ def test_summary_by_hand():
     assert summaries["cwd"]["last_quarter"] is None
 
 
+def test_a_run_missing_from_a_seed_is_summarised_over_the_seeds_it_has():
+    by_seed = {seed: rows(seed) for seed in MAPS}
+    del by_seed[0]["gid"]  # gid run on seeds 1 and 2 only
+    by_seed[2]["hint"] = {"map": 47.0, "ap50": 57.0, "steps": 100}  # one seed of three: left out
+    summaries = {s["run"]: s for s in seeds_script.summarise(by_seed)}
+    gid = summaries["gid"]
+    assert gid["seeds"] == [1, 2] and summaries["baseline"]["seeds"] == [0, 1, 2]
+    assert gid["map"] == pytest.approx((48.0, 8 ** 0.5))  # 46, 50
+    assert gid["gain"] == pytest.approx((5.0, 2 ** 0.5))  # paired gains 4, 6
+    assert gid["verdict"] == "yes"  # both gained, 5 > the baseline's spread 2 (over its three seeds)
+    assert gid["teacher_share"] == pytest.approx(48.0 / 60.0)
+    assert "hint" not in summaries
+
+
 def test_seeds_with_different_teachers_are_said_and_shares_taken_per_seed(tmp_path):
     two = {0: {"teacher": {"map": 80.0, "ap50": 90.0, "steps": 10}, "baseline": {"map": 60.0, "ap50": 70.0, "steps": 10}},
            1: {"teacher": {"map": 60.0, "ap50": 70.0, "steps": 10}, "baseline": {"map": 60.0, "ap50": 70.0, "steps": 10}}}
