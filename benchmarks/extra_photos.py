@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                 for other, reference in protected.items():
                     correlation = float(probe @ reference)
                     if correlation > DUPLICATE_CORRELATION:
-                        raise SystemExit(f"{member} of {deb.name} looks like the held-out photo {other} "
+                        raise SystemExit(f"{member} of {deb.name} looks like the validation or held-out photo {other} "
                                          f"(correlation {correlation:.2f}); remove it from PHOTOS")
                 photos[name] = image
                 sources.append({"file": name, "package": deb.name, "member": member,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import load_benchmark_script
 
 learning_curve = load_benchmark_script("learning_curve")
 student_speed = load_benchmark_script("student_speed")
+extra_photos = load_benchmark_script("extra_photos")
 
 
 def test_learning_curve_student_options_are_yaml_values_of_structural_keys():
@@ -175,3 +178,15 @@ def test_learning_curve_extra_images_join_the_training_images_and_never_a_valida
     empty.mkdir()
     with pytest.raises(SystemExit, match="No .jpg or .png"):
         learning_curve.add_extra_images(train, empty, work)
+
+
+def test_extra_photos_copy_guard_sees_a_resized_brighter_copy_not_another_picture():
+    rng = np.random.default_rng(0)
+    photo = (rng.random((48, 64)) * 200).astype(np.uint8)
+    photo = np.kron(photo, np.ones((4, 4), np.uint8))  # (192, 256), blocky structure
+    copy = np.asarray(Image.fromarray(photo).resize((128, 96))) // 2 + 60  # half the size, other brightness
+    other = np.ascontiguousarray(photo[::-1, ::-1])
+    probe = extra_photos.thumbnail(photo)
+    assert np.linalg.norm(probe) == pytest.approx(1.0) and probe.mean() == pytest.approx(0.0, abs=1e-12)
+    assert float(probe @ extra_photos.thumbnail(copy)) > extra_photos.DUPLICATE_CORRELATION
+    assert float(probe @ extra_photos.thumbnail(other)) < extra_photos.DUPLICATE_CORRELATION
