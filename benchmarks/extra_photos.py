@@ -54,10 +54,8 @@ from PIL import Image
 
 from detkd.data.images import BUILTIN_HELDOUT_PHOTOS, builtin_photo
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning_curve import VALIDATION_PHOTOS  # noqa: E402  (never trained on)
+from learning_curve import ROOT, SHARED_PHOTOS, VALIDATION_PHOTOS  # noqa: E402  (validation: never trained on)
 
 OPENCV = "usr/share/doc/opencv-doc/examples"
 #: package -> (short name used as the file prefix, files inside the package).
