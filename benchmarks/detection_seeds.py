@@ -20,7 +20,8 @@ and per data set prints
 
 Files of the same seed may hold different methods (``--runs baseline pkd`` in one, ``--runs baseline
 gid`` in another): their runs are merged per seed, and a run in both (the baseline) must have the
-same mAP in both. A run trained on some of the seeds only (at least two) is summarised over those,
+same mAP in both; a file whose teacher differs from the seed's (a teacher retrained with the same
+settings, the first one lost) adds its distilled runs with their own teacher, named in a note. A run trained on some of the seeds only (at least two) is summarised over those,
 paired with their baselines, and the table's notes name its seeds.
 """
 
@@ -91,13 +92,22 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[s
             gains_ap50 = [runs_by_seed[s][run]["ap50"] - runs_by_seed[s]["baseline"]["ap50"] for s in paired]
             summary.update(gain=mean_std(gains), min_gain=min(gains), gain_ap50=mean_std(gains_ap50),
                            verdict=verdict(gains, baseline_spread))
-        with_teacher = [s for s in seeds if "teacher" in runs_by_seed[s]]
-        summary["teacher_share"] = (statistics.fmean(runs_by_seed[s][run]["map"] / runs_by_seed[s]["teacher"]["map"]
-                                                     for s in with_teacher) if with_teacher else None)
+        teacher_maps = {s: own_teacher_map(runs_by_seed[s], run) for s in seeds}
+        shares = [runs_by_seed[s][run]["map"] / t for s, t in teacher_maps.items() if t]
+        summary["teacher_share"] = statistics.fmean(shares) if shares else None
         quarters = [q for q in (last_quarter_gain(r.get("curve") or [], int(r["steps"])) for r in rows) if q is not None]
         summary["last_quarter"] = statistics.fmean(quarters) if quarters else None
         summaries.append(summary)
     return summaries
+
+
+def own_teacher_map(rows: dict[str, dict[str, Any]], run: str) -> float | None:
+    """The mAP of the teacher ``run`` was distilled from: its own (``teacher_map``, set when its file's teacher
+    is not the seed's teacher row), else the seed's teacher row; ``None`` without a teacher."""
+    row = rows[run]
+    if row.get("teacher_map") is not None:
+        return float(row["teacher_map"])
+    return float(rows["teacher"]["map"]) if "teacher" in rows else None
 
 
 def teacher_note(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> str | None:
@@ -135,19 +145,33 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     by_set: dict[str, dict[int, dict[str, Any]]] = {}
     whole_description: dict[str, str] = {}
-    commands = []
+    commands: list[str] = []
+    teacher_notes: list[str] = []
     for path in args.results:
         payload = json.loads(path.read_text())
         seed = int(payload["args"]["student_seed"])
         commands.append(f"`{payload['command']}` ({payload['date']}, commit {payload['git_commit']})")
         for name, result in payload["results"].items():
             rows = by_set.setdefault(name, {}).setdefault(seed, {})
+            file_teacher = result["rows"].get("teacher")
+            other_teacher = ("teacher" in rows and file_teacher is not None
+                             and abs(rows["teacher"]["map"] - file_teacher["map"]) > 1e-6)
             for run, row in result["rows"].items():  # files of one seed with other methods add their runs
+                if run == "teacher" and other_teacher:  # its distilled runs keep it as their own teacher
+                    distilled = [r for r in result["rows"] if r not in ("teacher", "baseline")]
+                    teacher_notes.append(
+                        f"{name}, seed {seed}: {', '.join(distilled) or 'no run'} distilled from another teacher of the "
+                        f"same settings ({row['map']:.1f} mAP; the seed's teacher row: {rows['teacher']['map']:.1f}) "
+                        f"({path.name}); its share is taken against that teacher. The baseline learns from labels "
+                        "alone, so the gain stays paired with it.")
+                    continue
                 if run in rows and abs(rows[run]["map"] - row["map"]) > 1e-6:
                     raise SystemExit(
                         f"{path}: run '{run}' of '{name}', student seed {seed}, is also in an earlier file with "
                         f"another mAP ({rows[run]['map']:.4f} vs {row['map']:.4f}): pass files of one teacher and "
                         "schedule, one model per run and seed")
+                if other_teacher and run != "baseline":
+                    row = {**row, "teacher_map": file_teacher["map"]}
                 rows.setdefault(run, row)
             if result.get("whole"):
                 whole_description[name] = result["whole"]
@@ -164,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines += [f"## {name}", "", table(summaries), ""]
         note = teacher_note(runs_by_seed)
         if note:
+            lines += [note, ""]
+        for note in (n for n in teacher_notes if n.startswith(f"{name}, ")):
             lines += [note, ""]
         partial = [f"{s['run']} (seeds {', '.join(map(str, s['seeds']))})" for s in summaries
                    if len(s["seeds"]) < len(runs_by_seed)]

@@ -91,8 +91,24 @@ def test_script_writes_the_table_and_merges_methods_of_one_seed(tmp_path):
     # a baseline that differs between two files of one seed is another model: refused
     other = {run: {**row, "map": row["map"] + 1.0} for run, row in rows(0).items()}
     clash = write_seed_file(tmp_path / "clash.json", 0, other)
-    with pytest.raises(SystemExit, match="run 'teacher' of 'shapes', student seed 0, is also in an earlier file"):
+    with pytest.raises(SystemExit, match="run 'baseline' of 'shapes', student seed 0, is also in an earlier file"):
         seeds_script.main([files[0], clash, "--out", str(tmp_path)])
+
+
+def test_a_seed_file_with_another_teacher_keeps_it_for_its_runs(tmp_path):
+    """Seed 0's gid comes from a retrained teacher (50 mAP, not 60): its share is 45 / 50, its gain still
+    paired with seed 0's baseline; the teacher row keeps the seed's first teacher."""
+    files = [write_seed_file(tmp_path / f"seed{seed}.json", seed,
+                             {run: row for run, row in rows(seed).items() if seed or run != "gid"}) for seed in MAPS]
+    retrained = {"teacher": {**rows(0)["teacher"], "map": 50.0}, "gid": rows(0)["gid"]}
+    files.append(write_seed_file(tmp_path / "gid_seed0.json", 0, retrained))
+    seeds_script.main([*files, "--tag", "t", "--out", str(tmp_path)])
+    text = (tmp_path / "detection_seeds_t.md").read_text()
+    # gid shares 45/50, 46/60, 50/60 -> mean 0.8333; gains 5, 4, 6 as before; teacher row 60 +- 0
+    assert "| gid | 3 | 47.0 ± 2.6 | 57.0 ± 2.6 | +5.0 ± 1.0 | +4.0 | +5.0 ± 1.0 | yes | 83% | +3.0 |" in text
+    assert "| teacher | 3 | 60.0 ± 0.0 |" in text
+    assert ("shapes, seed 0: gid distilled from another teacher of the same settings (50.0 mAP; the seed's teacher "
+            "row: 60.0) (gid_seed0.json)") in text
 
 
 def test_a_set_scored_whole_gets_its_own_table(tmp_path):
