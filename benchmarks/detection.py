@@ -149,6 +149,12 @@ class WholeScoring:
                 f"merged across the seams (NMS IoU {self.eval_cfg['nms_iou']}); {self.limit.describe()}")
 
 
+def student_run_name(run: str, ema_decay: float) -> str:
+    """A student run's row and folder name: ``run``, plus ``+ema<decay>`` when its weights are averaged
+    (so that averaged and plain students of one seed sit side by side, each paired with the plain baseline)."""
+    return f"{run}+ema{ema_decay:g}" if ema_decay else run
+
+
 def schedule(args: argparse.Namespace, steps: int, seed: int) -> dict[str, Any]:
     """The ``train`` section: AdamW, linear warm-up, one 10x decay at 3/4 of the steps."""
     return {
@@ -277,10 +283,12 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
         save_teacher(teacher_path, args.save_teacher, teacher_row, data)
     rows: dict[str, dict[str, Any]] = {"teacher": teacher_row}
     paths = {"teacher": teacher_path}
-    for run in args.runs:
-        spec = STUDENT_RUNS[run]
+    for method_run in args.runs:
+        spec = STUDENT_RUNS[method_run]
+        run = student_run_name(method_run, args.student_ema_decay)
         began = time.perf_counter()
         sections = common_sections(args, args.student_steps, args.student_seed)
+        sections["train"]["ema_decay"] = args.student_ema_decay
         folder = work / name / (run if args.student_seed == args.seed else f"{run}_seed{args.student_seed}")
         if spec is None:
             config = merge_config(DEFAULT_TRAIN_CONFIG, {"model": {"name": args.student, "overrides": overrides}, **sections})
@@ -321,10 +329,8 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
                 values["gap_closed"] = (values["map"] - base) / gap if gap >= MIN_GAP else None
 
     teacher = load_detector(teacher_path)
-    first = "baseline" if "baseline" in rows else args.runs[0]
-    suffix = "" if args.student_seed == args.seed else f"_seed{args.student_seed}"
-    student_path = work / name / f"{first}{suffix}" / ("model.pt" if first == "baseline" else "student.pt")
-    student = load_detector(student_path)
+    first = "baseline" if "baseline" in args.runs else args.runs[0]
+    student = load_detector(paths[student_run_name(first, args.student_ema_decay)])
     pair = {"teacher": teacher, "student": student}
     latency = {size: cpu_latency(pair, size, args.repeats) for size in (args.size, args.latency_size)}
     cost: dict[str, Any] = {
@@ -362,6 +368,9 @@ def main() -> None:
     parser.add_argument("--student-seed", type=int, default=None,
                         help="seed of the student runs (initial weights, data order); another value than --seed "
                              "reuses the teacher and writes the students to <run>_seed<N> [--seed]")
+    parser.add_argument("--student-ema-decay", type=float, default=0.0,
+                        help="students judged and saved as the moving average of their weights (train.ema_decay); "
+                             "their rows and folders are named RUN+ema<decay> [0: off]")
     parser.add_argument("--tag", default="", help="results file name suffix: detection_<tag>.md/.json")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per model for the latency [30]")
     parser.add_argument("--latency-size", type=int, default=512,

@@ -101,6 +101,11 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[s
     return summaries
 
 
+def learns_from_labels(run: str, row: dict[str, Any]) -> bool:
+    """Whether a student run learns from labels alone (the baseline, averaged or not): no teacher of its own."""
+    return row.get("method") == "ground truth only" or run == "baseline" or run.startswith("baseline+")
+
+
 def own_teacher_map(rows: dict[str, dict[str, Any]], run: str) -> float | None:
     """The mAP of the teacher ``run`` was distilled from: its own (``teacher_map``, set when its file's teacher
     is not the seed's teacher row), else the seed's teacher row; ``None`` without a teacher."""
@@ -158,19 +163,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                              and abs(rows["teacher"]["map"] - file_teacher["map"]) > 1e-6)
             for run, row in result["rows"].items():  # files of one seed with other methods add their runs
                 if run == "teacher" and other_teacher:  # its distilled runs keep it as their own teacher
-                    distilled = [r for r in result["rows"] if r not in ("teacher", "baseline")]
-                    teacher_notes.append(
-                        f"{name}, seed {seed}: {', '.join(distilled) or 'no run'} distilled from another teacher of the "
-                        f"same settings ({row['map']:.1f} mAP; the seed's teacher row: {rows['teacher']['map']:.1f}) "
-                        f"({path.name}); its share is taken against that teacher. The baseline learns from labels "
-                        "alone, so the gain stays paired with it.")
+                    distilled = [r for r, v in result["rows"].items() if r != "teacher" and not learns_from_labels(r, v)]
+                    if distilled:  # runs from labels alone do not depend on it
+                        teacher_notes.append(
+                            f"{name}, seed {seed}: {', '.join(distilled)} distilled from another teacher of the same "
+                            f"settings ({row['map']:.1f} mAP; the seed's teacher row: {rows['teacher']['map']:.1f}) "
+                            f"({path.name}); its share is taken against that teacher. The baseline learns from "
+                            "labels alone, so the gain stays paired with it.")
                     continue
                 if run in rows and abs(rows[run]["map"] - row["map"]) > 1e-6:
                     raise SystemExit(
                         f"{path}: run '{run}' of '{name}', student seed {seed}, is also in an earlier file with "
                         f"another mAP ({rows[run]['map']:.4f} vs {row['map']:.4f}): pass files of one teacher and "
                         "schedule, one model per run and seed")
-                if other_teacher and run != "baseline":
+                if other_teacher and not learns_from_labels(run, row):
                     row = {**row, "teacher_map": file_teacher["map"]}
                 rows.setdefault(run, row)
             if result.get("whole"):

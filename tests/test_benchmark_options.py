@@ -87,6 +87,15 @@ def test_detection_benchmark_reuses_a_saved_teacher_and_refuses_one_that_does_no
     assert given["train_s"] == trained["train_s"] and given["checkpoint"] == str(teacher_file)
     assert not (tmp_path / "w2" / "shapes" / "teacher").exists()  # nothing trained
 
+    # averaged students get their own rows and folders, beside the plain ones of the same seed
+    monkeypatch.setattr("sys.argv", common + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o4"),
+                                              "--teacher-checkpoint", str(teacher_file), "--student-ema-decay", "0.9"])
+    detection.main()
+    rows = json.loads((tmp_path / "o4" / "detection_quick.json").read_text())["results"]["shapes"]["rows"]
+    assert sorted(rows) == ["baseline+ema0.9", "teacher"]
+    assert (tmp_path / "w2" / "shapes" / "baseline+ema0.9" / "model.pt").exists()
+    assert "ema_decay: 0.9" in (tmp_path / "w2" / "shapes" / "baseline+ema0.9" / "config.yaml").read_text()
+
     monkeypatch.setattr("sys.argv", [a if a != "4" else "5" for a in common] + [
         "--work", str(tmp_path / "w3"), "--out", str(tmp_path / "o3"), "--teacher-checkpoint", str(teacher_file)])
     with pytest.raises(SystemExit, match=r"does not fit this benchmark: its steps 4 \(this benchmark's: 5\)"):
