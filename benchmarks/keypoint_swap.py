@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", default="", help="output name: keypoint_swap_<tag>.{md,json}")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
+    if args.size[0] % 8 or args.size[1] % 8:
+        parser.error(f"--size {args.size[0]} {args.size[1]}: both sides must be multiples of 8 (the models' cells)")
     torch.set_num_threads(args.threads)
 
     teacher, teacher_origin = load_keypoint_teacher(args.teacher, args.teacher_weights)
