@@ -8,7 +8,8 @@ On each data set:
 * the baseline student (default ``retinanet_tiny_fpn``) is trained on the same images with
   its own losses alone, and one student per distillation run (``hint``, ``gid``, GID's
   ablations, ``pkd``, ``cwd``) with ground truth + the method, all with the SAME schedule,
-  seed (hence the same initial weights) and data stream;
+  seed (hence the same initial weights) and data stream; with ``--student-ema-decay``, students
+  judged and kept as the moving average of their weights, in rows named ``RUN+ema<decay>``;
 * every model is evaluated on the held-out images with COCO metrics (pycocotools): mAP
   (IoU 0.50:0.95) and AP50; "gap closed" is ``(student - baseline) / (teacher - baseline)`` in mAP;
 * parameters, GFLOPs and CPU latency (forward + post-processing of one image, median of
