@@ -20,9 +20,10 @@ and per data set prints
 
 Files of the same seed may hold different methods (``--runs baseline pkd`` in one, ``--runs baseline
 gid`` in another): their runs are merged per seed, and a run in both (the baseline) must have the
-same mAP in both; a file whose teacher differs from the seed's (a teacher retrained with the same
-settings, the first one lost) adds its distilled runs with their own teacher, named in a note. A run trained on some of the seeds only (at least two) is summarised over those,
-paired with their baselines, and the table's notes name its seeds.
+same mAP in both. A file whose teacher differs from the seed's (a teacher retrained with the same
+settings, the first one lost) adds its distilled runs with their own teacher, named in a note. A run
+trained on some of the seeds only (at least two) is summarised over those, paired with their
+baselines, and the table's notes name its seeds.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"another mAP ({rows[run]['map']:.4f} vs {row['map']:.4f}): pass files of one teacher and "
                         "schedule, one model per run and seed")
                 if other_teacher and not learns_from_labels(run, row):
-                    row = {**row, "teacher_map": file_teacher["map"]}
+                    row = {**row, "teacher_map": file_teacher["map"],
+                           "teacher_whole_map": (file_teacher.get("whole") or {}).get("map")}
                 rows.setdefault(run, row)
             if result.get("whole"):
                 whole_description[name] = result["whole"]
@@ -203,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             lines += [f"Not run on every seed, summarised over the seeds it has and paired with their baselines: "
                       f"{'; '.join(partial)}.", ""]
         if all("whole" in row for rows in runs_by_seed.values() for row in rows.values()):
-            whole = {seed: {run: {**row["whole"], "steps": row["steps"]} for run, row in rows.items()}
+            whole = {seed: {run: {**row["whole"], "steps": row["steps"], "teacher_map": row.get("teacher_whole_map")}
+                            for run, row in rows.items()}
                      for seed, rows in runs_by_seed.items()}
             lines += [f"### {name}, held-out block scored whole", "", f"{whole_description.get(name, '')}", "",
                       table(summarise(whole)), ""]

@@ -110,6 +110,18 @@ def test_a_seed_file_with_another_teacher_keeps_it_for_its_runs(tmp_path):
     assert ("shapes, seed 0: gid distilled from another teacher of the same settings (50.0 mAP; the seed's teacher "
             "row: 60.0) (gid_seed0.json)") in text
 
+    # scored whole too (whole mAP = mAP / 2): the whole table takes the retrained teacher's whole mAP (25) for gid
+    def whole(runs: dict[str, dict]) -> dict[str, dict]:
+        return {run: {**row, "whole": {"map": row["map"] / 2, "ap50": row["map"], "ap75": 0.0}} for run, row in runs.items()}
+
+    files = [write_seed_file(tmp_path / f"w{seed}.json", seed,
+                             whole({run: row for run, row in rows(seed).items() if seed or run != "gid"})) for seed in MAPS]
+    files.append(write_seed_file(tmp_path / "w_gid_seed0.json", 0, whole(retrained)))
+    seeds_script.main([*files, "--tag", "w", "--out", str(tmp_path)])
+    whole_table = (tmp_path / "detection_seeds_w.md").read_text().split("scored whole")[1]
+    # gid whole shares 22.5/25, 23/30, 25/30 -> 0.8333
+    assert "| gid | 3 | 23.5 ± 1.3 | 47.0 ± 2.6 | +2.5 ± 0.5 | +2.0 | +5.0 ± 1.0 | yes | 83% | n/a |" in whole_table
+
 
 def test_a_set_scored_whole_gets_its_own_table(tmp_path):
     """trees: every row also carries ``whole`` metrics (here mAP / 2 and AP50 = mAP), summarised the same way."""
