@@ -94,12 +94,14 @@ def add_extra_images(train: Path, extra: Path, work: Path) -> Path:
     if leaked:
         raise SystemExit(f"{extra} holds validation photos ({', '.join(leaked)}); remove them")
     folder = work / f"train_images+{'-'.join(extra.resolve().parts[-2:])}"
+    links = {image.name: image.resolve() for image in sorted(train.iterdir())}
+    links.update({f"extra-{photo.name}": photo.resolve() for photo in photos})
+    if folder.is_dir() and {p.name: p.resolve() for p in folder.iterdir()} == links:
+        return folder  # as wanted already: a second curve started beside a running one leaves it alone
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    for image in sorted(train.iterdir()):
-        (folder / image.name).symlink_to(image.resolve())
-    for photo in photos:
-        (folder / f"extra-{photo.name}").symlink_to(photo.resolve())
+    for name, target in links.items():
+        (folder / name).symlink_to(target)
     return folder
 
 

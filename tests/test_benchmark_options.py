@@ -179,7 +179,13 @@ def test_learning_curve_extra_images_join_the_training_images_and_never_a_valida
     assert folder == work / f"train_images+{tmp_path.name}-more"
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.jpg", "extra-c.jpg"]
     assert (folder / "extra-c.jpg").resolve() == (extra / "c.jpg").resolve()
-    assert learning_curve.add_extra_images(train, extra, work) == folder  # made again, same content
+    made = (folder / "a.png").lstat().st_mtime_ns
+    assert learning_curve.add_extra_images(train, extra, work) == folder  # as wanted already: left alone
+    assert (folder / "a.png").lstat().st_mtime_ns == made
+    (extra / "d.png").write_bytes(b"w")  # the extra folder grew: the links follow
+    assert sorted(p.name for p in learning_curve.add_extra_images(train, extra, work).iterdir()) == [
+        "a.png", "b.jpg", "extra-c.jpg", "extra-d.png"]
+    (extra / "d.png").unlink()
     (extra / learning_curve.VALIDATION_PHOTOS[0]).write_bytes(b"z")
     with pytest.raises(SystemExit, match="validation photos"):
         learning_curve.add_extra_images(train, extra, work)
