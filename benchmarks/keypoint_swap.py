@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
                          "(DISK, ALIKED, XFeat)")
     student, student_origin = load_keypoint_teacher(args.student)
     student.eval()
+    if student.conf.get("input_scale", 1.0) != 1.0:
+        raise SystemExit(f"--student {args.student} runs at input_scale {student.conf['input_scale']}: the swap reads its "
+                         "maps of the image as given, so give a student that runs at input_scale 1")
     pairs = synthetic_pairs_from_folder(args.images, pairs_per_image=args.pairs_per_image, size=tuple(args.size), seed=args.seed)
     models = {
         "teacher": teacher,
