@@ -17,6 +17,7 @@ and per data set prints
   the same table on those whole-image metrics, which are the ones its targets are judged on.
 
     python benchmarks/detection_seeds.py benchmarks/results/detection_s256_seed*.json --tag s256
+    python benchmarks/detection_seeds.py FILES... --baseline baseline+ema0.999 --tag mine   # gains over another run
 
 Files of the same seed may hold different methods (``--runs baseline pkd`` in one, ``--runs baseline
 gid`` in another): their runs are merged per seed, and a run in both (the baseline) must have the
@@ -63,7 +64,7 @@ def verdict(gains: Sequence[float], baseline_spread: float) -> str:
     return "unclear"
 
 
-def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]], baseline: str = "baseline") -> list[dict[str, Any]]:
     """One summary per run name present in at least two seeds (or in the only one):
     ``runs_by_seed[seed][run] = {"map", "ap50", "steps", "curve"}``. A run missing from some seeds is
     summarised over the seeds it has (``seeds`` lists them), its gains paired with the baseline of
@@ -77,8 +78,8 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[s
     names = list(dict.fromkeys(run for seed in all_seeds for run in runs_by_seed[seed]))
     seeds_of = {run: [s for s in all_seeds if run in runs_by_seed[s]] for run in names}
     enough = min(2, len(all_seeds))
-    baseline_seeds = seeds_of.get("baseline", [])
-    baseline_spread = mean_std([runs_by_seed[s]["baseline"]["map"] for s in baseline_seeds])[1] if baseline_seeds else 0.0
+    baseline_seeds = seeds_of.get(baseline, [])
+    baseline_spread = mean_std([runs_by_seed[s][baseline]["map"] for s in baseline_seeds])[1] if baseline_seeds else 0.0
     summaries = []
     for run in (name for name in names if len(seeds_of[name]) >= enough):
         seeds = seeds_of[run]
@@ -88,9 +89,9 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[s
             "gain": None, "min_gain": None, "gain_ap50": None, "verdict": "",
         }
         paired = [s for s in seeds if s in baseline_seeds]
-        if run not in ("teacher", "baseline") and paired:
-            gains = [runs_by_seed[s][run]["map"] - runs_by_seed[s]["baseline"]["map"] for s in paired]
-            gains_ap50 = [runs_by_seed[s][run]["ap50"] - runs_by_seed[s]["baseline"]["ap50"] for s in paired]
+        if run not in ("teacher", baseline) and paired:
+            gains = [runs_by_seed[s][run]["map"] - runs_by_seed[s][baseline]["map"] for s in paired]
+            gains_ap50 = [runs_by_seed[s][run]["ap50"] - runs_by_seed[s][baseline]["ap50"] for s in paired]
             summary.update(gain=mean_std(gains), min_gain=min(gains), gain_ap50=mean_std(gains_ap50),
                            verdict=verdict(gains, baseline_spread))
         teacher_maps = {s: own_teacher_map(runs_by_seed[s], run) for s in seeds}
@@ -126,8 +127,8 @@ def teacher_note(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> str | No
             "is taken against its own seed's teacher, and the gains stay paired within a seed.")
 
 
-def table(summaries: list[dict[str, Any]]) -> str:
-    lines = ["| run | seeds | mAP | AP50 | mAP gain over baseline (paired) | smallest gain | AP50 gain | helped? | of teacher's mAP | last quarter of schedule |",
+def table(summaries: list[dict[str, Any]], baseline: str = "baseline") -> str:
+    lines = [f"| run | seeds | mAP | AP50 | mAP gain over {baseline} (paired) | smallest gain | AP50 gain | helped? | of teacher's mAP | last quarter of schedule |",
              "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for s in summaries:
         gain = "n/a" if s["gain"] is None else f"{s['gain'][0]:+.1f} ± {s['gain'][1]:.1f}"
@@ -145,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("results", nargs="+", type=Path,
                         help="detection benchmark .json files of one teacher and schedule: one per student seed, or "
                              "several per seed with other methods (a run in two files of a seed must agree)")
+    parser.add_argument("--baseline", default="baseline",
+                        help="the run every gain is paired with, e.g. baseline+ema0.999 to compare averaged students "
+                             "with the averaged baseline [baseline]")
     parser.add_argument("--tag", default="", help="output name: detection_seeds_<tag>.md")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
     args = parser.parse_args(argv)
@@ -192,8 +196,11 @@ def main(argv: Sequence[str] | None = None) -> None:
              "but not both; no otherwise. 'last quarter' = validation mAP gained over the final 25% of the "
              "steps (near 0: the curve has flattened).", ""]
     for name, runs_by_seed in by_set.items():
-        summaries = summarise(runs_by_seed)
-        lines += [f"## {name}", "", table(summaries), ""]
+        if not any(args.baseline in rows for rows in runs_by_seed.values()):
+            raise SystemExit(f"--baseline {args.baseline}: no such run in '{name}' (runs: "
+                             f"{', '.join(sorted({r for rows in runs_by_seed.values() for r in rows}))})")
+        summaries = summarise(runs_by_seed, args.baseline)
+        lines += [f"## {name}", "", table(summaries, args.baseline), ""]
         note = teacher_note(runs_by_seed)
         if note:
             lines += [note, ""]
@@ -209,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                             for run, row in rows.items()}
                      for seed, rows in runs_by_seed.items()}
             lines += [f"### {name}, held-out block scored whole", "", f"{whole_description.get(name, '')}", "",
-                      table(summarise(whole)), ""]
+                      table(summarise(whole, args.baseline), args.baseline), ""]
         elif any("whole" in row for rows in runs_by_seed.values() for row in rows.values()):
             lines += [f"({name}: some seeds were not scored whole; rerun their detection.py command to add it.)", ""]
     text = "\n".join(lines)

@@ -156,3 +156,15 @@ def test_detection_curves_puts_runs_side_by_side_at_each_step(tmp_path):
     assert (tmp_path / "detection_curves_t.png").exists()
     with pytest.raises(SystemExit, match="--val-every"):
         curves.main([f"c={tmp_path}", "--tag", "x", "--out", str(tmp_path)])
+
+
+def test_gains_over_another_run_with_baseline_option(tmp_path):
+    """--baseline pkd: every gain is paired with pkd's (gid: 45-41, 46-41, 50-45 = 4, 5, 5)."""
+    summaries = {s["run"]: s for s in seeds_script.summarise({seed: rows(seed) for seed in MAPS}, baseline="pkd")}
+    assert summaries["gid"]["gain"][0] == pytest.approx(14.0 / 3.0) and summaries["gid"]["min_gain"] == 4.0
+    assert summaries["pkd"]["gain"] is None and summaries["baseline"]["gain"][0] == pytest.approx(-1.0 / 3.0)
+    files = [write_seed_file(tmp_path / f"seed{seed}.json", seed, rows(seed)) for seed in MAPS]
+    seeds_script.main([*files, "--baseline", "pkd", "--tag", "p", "--out", str(tmp_path)])
+    assert "| run | seeds | mAP | AP50 | mAP gain over pkd (paired) |" in (tmp_path / "detection_seeds_p.md").read_text()
+    with pytest.raises(SystemExit, match="--baseline nothing: no such run"):
+        seeds_script.main([*files, "--baseline", "nothing", "--out", str(tmp_path)])
