@@ -36,10 +36,10 @@ from torch import nn
 from detkd.config import merge_config
 from detkd.data.augment import CropConfig, random_view
 from detkd.data.images import read_image, scan_images
-from detkd.distill.keypoints import PointSampling
+from detkd.distill.keypoints import KeypointDistillWeights, point_relation_kl
 from detkd.models.keypoint_ops import sample_map
 from detkd.models.keypoint_teachers.loader import load_keypoint_teacher
-from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, cached_training_stream, training_stream
+from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, cached_training_stream, point_sampling, training_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,13 +67,6 @@ def student_features(student: nn.Module, image: torch.Tensor, points: torch.Tens
     if heads["fine_features"] is not None:
         parts.append(sample_map(p, heads["fine_features"], 4))
     return torch.cat(parts, -1)[0], student.describe(p, heads)[0]
-
-
-def relation(pred: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
-    """The distillation's ``point_descriptor_relation`` term for one view's ``(N, D)`` descriptors."""
-    t = F.log_softmax(target @ target.T / tau, -1)
-    s = F.log_softmax(pred @ target.T / tau, -1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
 def scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
@@ -120,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             features, own = student_features(student, views.view(item, view)["image"][None], points)
             train.append((features, own, F.normalize(torch.from_numpy(cached["point_descriptors"]).float(), dim=-1)))
 
-    sampling = PointSampling(**config["points"])
+    sampling = point_sampling(config)  # the points the cache holds
     crop = CropConfig(height=240, width=320)
     rng = np.random.default_rng(1234)
     test = []
@@ -138,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         return {"cosine": float(np.mean(cos)), "top1": float(np.mean(top1))}
 
     rows = {"student's own read-out (linear)": judged(lambda f, o: o)}
-    tau = float(config["loss"]["point_relation_temperature"])
+    weights = KeypointDistillWeights.from_dict(config["loss"])  # the distillation's point terms and weights
     for hidden in args.hidden:
         torch.manual_seed(0)
         head = ResidualReadout(train[0][0].shape[1], hidden, train[0][1].shape[1])
@@ -147,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
             for k in torch.randperm(len(train)).tolist():
                 features, own, target = train[k]
                 pred = head(features, own)
-                loss = (1 - (pred * target).sum(-1)).mean() + 0.3 * relation(pred, target, tau)
+                loss = (weights.point_descriptor_cosine * (1 - (pred * target).sum(-1)).mean()
+                        + weights.point_descriptor_relation * point_relation_kl(pred[None], target[None],
+                                                                                weights.point_relation_temperature))
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
