@@ -12,6 +12,7 @@ from detkd.distill.keypoints import (
     KeypointDistillationLoss,
     KeypointDistillWeights,
     PointSampling,
+    cross_view_matching_nll,
     point_relation_kl,
     select_training_points,
 )
@@ -207,3 +208,45 @@ def test_a_superpoint_teacher_describes_points_as_its_extract_does():
     with torch.no_grad():
         out = teacher(image, select_points=lambda heatmap: found["keypoints"][0][None])
     torch.testing.assert_close(out["point_descriptors"][0], found["descriptors"][0])
+
+
+def test_cross_view_matching_by_hand():
+    """tau = 1, two points far apart; first view (1, 0), (0, 1)."""
+    first = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    points = torch.tensor([[[10.0, 10.0], [30.0, 10.0]]])
+    both = torch.tensor([[True, True]])
+    # the same descriptors in the second view: every row and column is softmax(1, 0) at its own entry
+    same = cross_view_matching_nll(first, first, both, points, temperature=1.0)
+    assert same.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    # second view (1, 0), (1, 0): S = [[1, 1], [0, 0]]; rows give log 2 twice; column 0 picks row 0 of (1, 0),
+    # column 1 picks row 1 of (1, 0)
+    collapsed = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    expected = (2 * math.log(2) + math.log(1 + math.exp(-1)) + math.log(1 + math.e)) / 4
+    assert cross_view_matching_nll(first, collapsed, both, points, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    # a point that left the second view is neither a positive nor a negative: one point alone, nothing to tell apart
+    one = torch.tensor([[True, False]])
+    assert cross_view_matching_nll(first, collapsed, one, points, 1.0).item() == pytest.approx(0.0, abs=1e-7)
+    # two points within the exclusion radius are not each other's negatives
+    near = torch.tensor([[[10.0, 10.0], [12.0, 10.0]]])
+    assert cross_view_matching_nll(first, collapsed, both, near, 1.0).item() == pytest.approx(0.0, abs=1e-7)
+    nothing = cross_view_matching_nll(first, collapsed, torch.zeros(1, 2, dtype=torch.bool), points, 1.0)
+    assert nothing.item() == 0.0
+
+
+def test_the_matching_term_is_weighted_in_and_needs_a_second_view():
+    teacher = {"heatmap": torch.zeros(1, 8, 16), "logits": torch.zeros(1, 65, 1, 2),
+               "descriptors": torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2),
+               "points": torch.tensor([[[3.5, 3.5], [11.5, 3.5]]]),
+               "point_descriptors": torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])}
+    weights = KeypointDistillWeights(point_descriptor_cosine=0.0, point_descriptor_relation=0.0,
+                                     point_descriptor_matching=2.0, point_matching_temperature=1.0)
+    loss = KeypointDistillationLoss(weights)
+    assert loss.needs_second_view and not KeypointDistillationLoss().needs_second_view
+    second = {"point_descriptors": teacher["point_descriptors"], "valid": torch.tensor([[True, True]])}
+    terms = loss(teacher, teacher, second)
+    assert terms["point_descriptor_matching"].item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(2 * math.log(1 + math.exp(-1)), rel=1e-6)
+    with pytest.raises(ValueError, match="point_descriptor_matching"):
+        loss(teacher, teacher)
+    with pytest.raises(ConfigError, match="point_matching_temperature"):
+        KeypointDistillWeights(point_matching_temperature=0.0)

@@ -172,6 +172,33 @@ def test_a_few_distillation_steps_from_each_family(name):
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_the_second_view_of_an_identity_warp_is_the_first_view():
+    """With every homography magnitude 0 the warped copy is the image: the student's second reading is its first."""
+    from detkd.distill.keypoints import KeypointDistillWeights, PointSampling, cross_view_matching_nll
+    from detkd.geometry.homography import HomographyConfig
+
+    teacher = random_teacher("aliked-t16")
+    student = build_student(teacher, "fast-s", descriptor_stride=4).eval()  # eval: BatchNorm does not see the batch
+    images = [np.random.default_rng(i).random((80, 110), dtype=np.float32) for i in range(2)]
+    data = UnlabeledImageStream(images, CropConfig(height=H, width=W), None, seed=0)
+    weights = KeypointDistillWeights(point_descriptor_matching=1.0)
+    points = PointSampling(keypoints=8, grid_stride=16)
+    identity = HomographyConfig(perspective=0.0, scale=(1.0, 1.0), rotation_deg=0.0, translation=0.0)
+    task = KeypointDistillationTask(teacher, student, KeypointDistillationLoss(weights), data, points, identity)
+    batch = torch.utils.data.default_collate([data[k] for k in range(2)])
+    with torch.no_grad():
+        chosen = teacher(batch["image"], select_points=points)["points"]
+        first = student(batch["image"], select_points=lambda heatmap: chosen)["point_descriptors"]
+        second = task.second_view_outputs(batch["image"], chosen)
+        losses = task(batch)
+    assert second["valid"].all()
+    torch.testing.assert_close(second["point_descriptors"], first, rtol=1e-4, atol=1e-5)
+    expected = cross_view_matching_nll(first, first, second["valid"], chosen, weights.point_matching_temperature)
+    assert losses["point_descriptor_matching"].item() == pytest.approx(expected.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="point_descriptor_matching"):  # the term without a second view: refused
+        KeypointDistillationTask(teacher, student, KeypointDistillationLoss(weights), data, points)
+
+
 def test_teacher_cache_round_trip_and_identity(tmp_path):
     teacher = random_teacher("xfeat")
     images = [np.random.default_rng(i).random((40, 60), dtype=np.float32) for i in range(2)]

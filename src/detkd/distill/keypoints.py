@@ -32,7 +32,16 @@ and knows nothing of training:
   distilled from DISK with the cosine terms alone did exactly that (its descriptors had a mean
   pairwise cosine of 0.96 and matched nothing). The relation term is 0 only when every student
   descriptor is as much closer to its own teacher descriptor than to the others as the
-  teacher's is, i.e. it asks for what matching needs: telling points apart, in the teacher's space.
+  teacher's is, i.e. it asks for what matching needs: telling points apart, in the teacher's space;
+* ``point_descriptor_matching`` (off by default; needs a second view): the same scene points seen in a
+  second, warped view of each image (``second_view``: the student's descriptors there, at the points
+  mapped by the known homography). Each point's descriptor in the first view must pick its own
+  descriptor in the second among the view's points, and the other way round: the symmetric
+  cross-entropy of ``softmax_j(s_i . s'_j / tau)`` (the dual softmax of LoFTR and XFeat), ``tau =
+  point_matching_temperature``. Points that leave the second view and negatives closer than
+  :data:`MATCHING_EXCLUSION_PX` to the positive are left out. This term is not distillation: it asks the
+  student's own descriptors for what matching needs, with no teacher in it, so a student too small to
+  copy the teacher's 128-d space can spend its capacity on what tells points apart across views.
 
 Every term is averaged over its elements; the total is the weighted sum. A weight of 0
 switches a term off (it is still reported, without gradient cost).
@@ -77,8 +86,10 @@ class KeypointDistillWeights:
     descriptor_cosine: float = 1.0
     point_descriptor_cosine: float = 1.0  # at the teacher's key points plus a grid (needs point outputs)
     point_descriptor_relation: float = 0.3  # ranking of the view's teacher descriptors (needs point outputs)
+    point_descriptor_matching: float = 0.0  # the student's own points matched across two views (needs a second view)
     temperature: float = 1.0  # softens both cell distributions in cell_kl
     point_relation_temperature: float = 0.1  # cosine scale of point_descriptor_relation's softmaxes
+    point_matching_temperature: float = 0.1  # cosine scale of point_descriptor_matching's softmaxes
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -86,7 +97,7 @@ class KeypointDistillWeights:
                 raise ConfigError(
                     f"loss.{name} must be a finite number >= 0, got {value!r}: a negative weight would make "
                     "the student move away from the teacher (0 switches a term off)")
-        for name in ("temperature", "point_relation_temperature"):
+        for name in ("temperature", "point_relation_temperature", "point_matching_temperature"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"loss.{name} must be > 0, got {getattr(self, name)}")
 
@@ -188,8 +199,14 @@ class KeypointDistillationLoss(nn.Module):
         if self.weights.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.weights.temperature}")
 
+    @property
+    def needs_second_view(self) -> bool:
+        """Whether :meth:`forward` needs ``second_view`` (``point_descriptor_matching`` is on)."""
+        return self.weights.point_descriptor_matching > 0
+
     def forward(
-        self, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]
+        self, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
+        second_view: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """
         Args:
@@ -198,6 +215,9 @@ class KeypointDistillationLoss(nn.Module):
                 ``SuperPoint.forward`` on the same images; the teacher's may also carry ``points``
                 ``(B, N, 2)`` pixels and ``point_descriptors`` ``(B, N, D)`` (unit), for
                 ``point_descriptor_cosine`` and ``point_descriptor_relation``.
+            second_view: for ``point_descriptor_matching``: the student's ``point_descriptors``
+                ``(B, N, D)`` (unit) in a warped copy of each image at the teacher's points mapped into it,
+                and ``valid`` ``(B, N)`` bool, the points that land inside that copy.
 
         Returns:
             ``loss`` (weighted sum, scalar) and every unweighted term by name (the point term only
@@ -228,6 +248,13 @@ class KeypointDistillationLoss(nn.Module):
             t_points = teacher["point_descriptors"].detach()
             terms["point_descriptor_cosine"] = (1 - (s_points * t_points).sum(-1)).mean()
             terms["point_descriptor_relation"] = point_relation_kl(s_points, t_points, w.point_relation_temperature)
+            if second_view is not None:
+                terms["point_descriptor_matching"] = cross_view_matching_nll(
+                    s_points, second_view["point_descriptors"], second_view["valid"], teacher["points"].detach(),
+                    w.point_matching_temperature)
+        if self.needs_second_view and "point_descriptor_matching" not in terms:
+            raise ValueError("loss.point_descriptor_matching > 0 needs the teacher's points (points.keypoints or "
+                             "points.grid_stride above 0) and the student's descriptors in a second view of each image")
 
         total = sum(getattr(w, name) * value for name, value in terms.items() if getattr(w, name) != 0)
         if not isinstance(total, torch.Tensor):  # every weight is zero
@@ -251,6 +278,43 @@ def point_relation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature:
     target = (teacher @ teacher.transpose(1, 2) / temperature).softmax(dim=-1)  # (B, N, N), row i: point i
     log_student = (student @ teacher.transpose(1, 2) / temperature).log_softmax(dim=-1)
     return (target * (target.clamp_min(1e-12).log() - log_student)).sum(dim=-1).mean()
+
+
+#: ``point_descriptor_matching`` leaves out negatives closer than this to the positive (pixels, first view):
+#: a key point and a grid point 1-3 px apart are the same place for descriptors read from stride-4 and
+#: stride-8 maps, not a mistake to punish.
+MATCHING_EXCLUSION_PX = 4.0
+
+
+def cross_view_matching_nll(
+    first: torch.Tensor, second: torch.Tensor, valid: torch.Tensor, points: torch.Tensor, temperature: float,
+    exclusion_px: float = MATCHING_EXCLUSION_PX,
+) -> torch.Tensor:
+    """``point_descriptor_matching``: symmetric cross-entropy of the dual softmax between two views' descriptors.
+
+    With ``S_ij = f_i . g_j / tau`` over the valid points of a view (and without the negatives ``j != i``
+    closer than ``exclusion_px`` to point ``i``), the term is the mean over valid points ``i`` of
+    ``-(log softmax_j(S_ij)[i] + log softmax_j(S_ji)[i]) / 2``.
+
+    Args:
+        first, second: ``(B, N, D)`` unit descriptors of the same ``N`` scene points in two views.
+        valid: ``(B, N)`` bool, points seen in both views.
+        points: ``(B, N, 2)`` the points in the first view, pixels (for the exclusion radius).
+        temperature: ``tau``, in cosine units.
+        exclusion_px: negatives nearer than this to the positive are ignored.
+
+    Returns:
+        A scalar >= 0 (0 when no point is valid).
+    """
+    n = first.shape[1]
+    eye = torch.eye(n, dtype=torch.bool, device=first.device)
+    both_valid = valid[:, :, None] & valid[:, None, :]
+    ignore = ((torch.cdist(points, points) < exclusion_px) | ~both_valid) & ~eye  # the diagonal always stays
+    logits = (first @ second.transpose(1, 2) / temperature).masked_fill(ignore, float("-inf"))
+    nll = -0.5 * (logits.log_softmax(dim=2).diagonal(dim1=1, dim2=2) + logits.log_softmax(dim=1).diagonal(dim1=1, dim2=2))
+    if not bool(valid.any()):
+        return nll.sum() * 0.0  # keeps the graph
+    return nll[valid].mean()
 
 
 def check_compatible_outputs(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> None:

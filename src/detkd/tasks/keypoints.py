@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,7 +37,7 @@ from detkd.distill.keypoints import KeypointDistillationLoss, KeypointDistillWei
 from detkd.engine import Task, TrainConfig, Trainer
 from detkd.engine.distributed import is_launch_rank_zero
 from detkd.tasks.run_folder import open_run_folder, rank_zero_say
-from detkd.geometry.homography import HomographyConfig
+from detkd.geometry.homography import HomographyConfig, points_inside, sample_homography, warp_image, warp_points
 from detkd.models.keypoint_teachers import load_keypoint_teacher
 from detkd.models.superpoint import SuperPoint, count_parameters
 from detkd.models.weights import save_keypoint_model
@@ -94,6 +95,10 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         "point_descriptor_cosine": 1.0,  # descriptors at the points below, as extract() reads them; 0: off
         "point_descriptor_relation": 0.3,  # each point's ranking of the view's teacher descriptors; 0: off
         "point_relation_temperature": 0.1,
+        # the student's own descriptors matched across a second, warped copy of each view (data.homography's
+        # magnitudes; costs a second student pass per step); 0: off
+        "point_descriptor_matching": 0.0,
+        "point_matching_temperature": 0.1,
     },
     "points": {  # where the point_descriptor_* terms compare descriptors
         "keypoints": 256,  # the teacher's strongest local maxima per view
@@ -129,11 +134,16 @@ class KeypointDistillationTask(Task):
     ``teacher_point_descriptors`` when it holds points; see :class:`CachedTeacherViews`), the
     teacher does not run and may be ``None``. Otherwise the teacher runs on every batch, and with
     ``points`` it also describes the points they select from its heatmap.
+
+    When the loss needs a second view (``loss.point_descriptor_matching``), each image is also warped by
+    a random homography of ``second_view``'s magnitudes (drawn from torch's generator, which a resumed
+    run restores) and the student describes the teacher's points mapped into the warped copy.
     """
 
     def __init__(
         self, teacher: nn.Module | None, student: SuperPoint, loss: KeypointDistillationLoss,
         data: UnlabeledImageStream | CachedTeacherViews, points: PointSampling | None = None,
+        second_view: HomographyConfig | None = None,
     ) -> None:
         super().__init__()
         self.teacher = teacher
@@ -141,6 +151,10 @@ class KeypointDistillationTask(Task):
         self.loss = loss
         self.data = data
         self.points = points if points is not None and points.active else None
+        if loss.needs_second_view and (second_view is None or self.points is None):
+            raise ValueError("loss.point_descriptor_matching > 0 needs a second view's homography magnitudes and the "
+                             "teacher's points (points.keypoints or points.grid_stride above 0)")
+        self.second_view = second_view if loss.needs_second_view else None
         if teacher is not None:
             self.freeze("teacher")
 
@@ -167,9 +181,23 @@ class KeypointDistillationTask(Task):
         if "points" not in teacher:
             return self.loss(teacher, self.student(batch["image"]))
         # the student describes the teacher's points as its extract() would (a stride-4 student reads two maps)
-        student = self.student(batch["image"], select_points=lambda heatmap: teacher["points"].detach())
+        points = teacher["points"].detach()
+        student = self.student(batch["image"], select_points=lambda heatmap: points)
         student.pop("points")
-        return self.loss(teacher, student)
+        second = self.second_view_outputs(batch["image"], points) if self.second_view is not None else None
+        return self.loss(teacher, student, second)
+
+    def second_view_outputs(self, image: torch.Tensor, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The student's descriptors at ``points`` ``(B, N, 2)`` of ``image`` ``(B, 1, H, W)`` as seen in a warped
+        copy of each image: ``point_descriptors`` ``(B, N, D)`` and ``valid`` ``(B, N)`` (inside the copy)."""
+        b, _, h, w = image.shape
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        homographies = torch.stack([sample_homography(h, w, rng, self.second_view) for _ in range(b)])
+        homographies = homographies.to(image.device, torch.float32)
+        mapped = warp_points(points, homographies)
+        valid = points_inside(mapped, h, w, border=float(self.points.border))
+        warped = self.student(warp_image(image, homographies), select_points=lambda heatmap: mapped)
+        return {"point_descriptors": warped["point_descriptors"], "valid": valid}
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"model_conf": dict(self.student.conf)}
@@ -244,7 +272,8 @@ def point_sampling(config: dict[str, Any]) -> PointSampling | None:
     """The points of ``config['points']`` when a ``loss.point_descriptor_*`` term uses them, else None."""
     points = PointSampling.from_dict(config["points"])
     weights = KeypointDistillWeights.from_dict(config["loss"])
-    used = weights.point_descriptor_cosine > 0 or weights.point_descriptor_relation > 0
+    used = any(getattr(weights, name) > 0 for name in
+               ("point_descriptor_cosine", "point_descriptor_relation", "point_descriptor_matching"))
     return points if used and points.active else None
 
 
@@ -320,8 +349,9 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
         if rank_zero:  # the other processes wait for it when they meet in the trainer
             say(build_teacher_cache(config, teacher, stream, progress=train_cfg.progress).summary())
         train_data = cached_training_stream(config, teacher, stream)
+    second_view = config_section(HomographyConfig, config["data"]["homography"], "data.homography")
     task = KeypointDistillationTask(None if config["teacher_cache"]["folder"] else teacher, student, loss, train_data,
-                                    point_sampling(config))
+                                    point_sampling(config), second_view if loss.needs_second_view else None)
     result = Trainer(train_cfg, out).fit(task, resume=resume)
     if not result.is_global_zero:
         return DistillationOutcome(out, out / "student.pt", {}, "")
