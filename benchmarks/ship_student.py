@@ -70,6 +70,18 @@ def heldout_lines(path: Path, name: str) -> list[str]:
     return lines
 
 
+def initial_weights_text(init: str | None) -> str:
+    """Where a fine-tuned student started (``student.init`` of its run): a shipped model is named with the
+    digest of the file shipped under that name *now*, which shipping a successor replaces."""
+    if not init:
+        return ""
+    shipped = SHIPPED_MODELS.get(init)
+    if shipped is None or not shipped.path.exists():
+        return f"fine-tuned from `{init}`"
+    digest = hashlib.sha256(shipped.path.read_bytes()).hexdigest()
+    return f"fine-tuned from `{init}` as shipped before this file (sha256 `{digest[:16]}...`, card in git history)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, choices=[n for n, m in SHIPPED_MODELS.items() if m.role == "student"])
@@ -87,8 +99,10 @@ def main() -> None:
     records = [r for r in records if r["steps"] <= args.steps]
     student = load_keypoint_model(source).eval()
     teacher = config["teacher"]["checkpoint"] or "detkd's shipped teacher (default)"
+    start = initial_weights_text(config["student"].get("init"))  # before the file it may name is replaced
     meta = {"name": args.name, "teacher": str(teacher), "steps": args.steps,
-            "student": config["student"]["variant"], "data": str(config["data"]["images"])}
+            "student": config["student"]["variant"], "data": str(config["data"]["images"]),
+            **({"init": start} if start else {})}
     save_keypoint_model(student, shipped.path, meta=meta)
     digest = hashlib.sha256(shipped.path.read_bytes()).hexdigest()
     train = config["train"]
@@ -106,7 +120,7 @@ def main() -> None:
         "scikit-image's training photos, the training block of aerial tree tiles), no labels; "
         f"{config['teacher_cache']['views_per_image']} fixed augmented views per image "
         f"({config['data']['height']}x{config['data']['width']}), the teacher's outputs cached once.",
-        f"- Schedule: {args.steps} steps x {train['batch_size']} views, AdamW lr {train['lr']}, x{train['lr_decay']} "
+        f"- Schedule: {start + ', then ' if start else ''}{args.steps} steps x {train['batch_size']} views, AdamW lr {train['lr']}, x{train['lr_decay']} "
         f"every {train['lr_decay_every']} steps, on one CPU thread (2-core machine shared with other jobs)"
         + (f"; the shipped weights are the moving average of the student's (decay {train['ema_decay']})."
            if train.get("ema_decay") else "."),

@@ -167,6 +167,19 @@ def test_ship_student_held_out_lines_come_from_the_anchors_file(tmp_path):
     assert "holds no row 'other'" in ship_student.heldout_lines(tmp_path / "anchors.json", "other")[0]
 
 
+def test_ship_student_names_a_fine_tuned_students_start_by_the_digest_of_the_file_it_replaces():
+    import hashlib
+
+    from detkd.models.pretrained import SHIPPED_MODELS
+
+    ship_student = load_benchmark_script("ship_student")
+    digest = hashlib.sha256(SHIPPED_MODELS["student-fast-s"].path.read_bytes()).hexdigest()
+    assert ship_student.initial_weights_text("student-fast-s") == (
+        f"fine-tuned from `student-fast-s` as shipped before this file (sha256 `{digest[:16]}...`, card in git history)")
+    assert ship_student.initial_weights_text("runs/x/student.pt") == "fine-tuned from `runs/x/student.pt`"
+    assert ship_student.initial_weights_text(None) == ""
+
+
 def test_learning_curve_extra_images_join_the_training_images_and_never_a_validation_photo(tmp_path: Path):
     train, extra, work = tmp_path / "train", tmp_path / "more", tmp_path / "work"
     train.mkdir()
