@@ -93,7 +93,7 @@ def test_the_task_lets_the_student_describe_the_teachers_points():
     torch.nn.Module.__init__(task)
     task.teacher, task.student = teacher, student
     task.loss = KeypointDistillationLoss(KeypointDistillWeights())
-    task.points = None
+    task.points, task.second_view = None, None
     points = torch.tensor([[[5.0, 6.0], [20.5, 17.0]]])
     outputs = {**teacher(torch.rand(1, 1, 32, 48)), "points": points,
                "point_descriptors": F.normalize(torch.randn(1, 2, 16), dim=-1)}
