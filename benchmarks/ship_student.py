@@ -50,8 +50,8 @@ def heldout_lines(path: Path, name: str) -> list[str]:
     cost = costs.get(name, {})
     lines = [f"From `{path}` "
              f"(`python benchmarks/keypoint_anchors.py {' '.join(results.get('argv', []))}`, "
-             "held-out synthetic pairs of scikit-image's held-out photos and of the held-out aerial tiles, "
-             "at most 1000 points; matcher: mutual nearest neighbours, and the teacher's LightGlue where the "
+             "held-out synthetic pairs of scikit-image's held-out photos, of the held-out aerial tiles and, where "
+             "the table has `more photos`, of the held-out Debian photos; at most 1000 points; matcher: mutual nearest neighbours, and the teacher's LightGlue where the "
              "table has that row):", "",
              "| pairs | matcher | MMA@3 | HA@1 | HA@3 | repeatability | loc. err (px) |", "|---|---|---:|---:|---:|---:|---:|"]
     for row, matcher in ((name, "mutual NN"), (f"{name} + LightGlue", "LightGlue")):
@@ -89,6 +89,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True, help="which milestone: RUN/student_STEPS.pt")
     parser.add_argument("--curve", type=Path, required=True, help="the run's learning-curve records (.jsonl)")
     parser.add_argument("--heldout", type=Path, default=None, help="keypoint_anchors.json with this student's row")
+    parser.add_argument("--heldout-row", default=None,
+                        help="the student's row in --heldout when it was judged under another name (NAME of "
+                             "keypoint_anchors.py --model NAME=FILE) [--name]")
     parser.add_argument("--choice", default="", help="how this milestone was chosen (validation), one sentence")
     args = parser.parse_args()
 
@@ -135,7 +138,7 @@ def main() -> None:
               "Synthetic pairs of the validation photos at 240x320, teacher and student at input scale 1, "
               "1000 points:", "", *curve_table(records), ""]
     lines += ["## Held-out", ""]
-    lines += heldout_lines(args.heldout, args.name) if args.heldout else ["(not yet judged on held-out pairs)"]
+    lines += heldout_lines(args.heldout, args.heldout_row or args.name) if args.heldout else ["(not yet judged on held-out pairs)"]
     lines += ["", "Every detkd key-point model suppresses points on flat regions (intensity range below 0.02 "
               "in a 5x5 window): black borders and warp fill give none."]
     shipped.card.write_text("\n".join(lines) + "\n")
