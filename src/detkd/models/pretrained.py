@@ -60,6 +60,10 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
         ShippedModel("student-fast-s", "student", "student_fast_s_aliked.pt",
                      "fast-s student (79K parameters: 64-channel heads, 128-d descriptors with a stride-4 term) distilled from ALIKED-n16 "
                      "on 58 unlabelled photos and aerial tiles"),
+        ShippedModel("student-fast-s-mnn", "student", "student_fast_s_mnn.pt",
+                     "student-fast-s fine-tuned with cross-view matching (same 79K-parameter network): better "
+                     "descriptors for mutual nearest neighbours, worse in front of ALIKED's LightGlue "
+                     "(use student-fast-s there)"),
         ShippedModel("student-fast-s-disk", "student", "student_fast_s_disk.pt",
                      "fast-s student (55K parameters, 128-d descriptors with a stride-4 term) distilled from DISK "
                      "on 58 unlabelled photos and aerial tiles (a drop-in for DISK's LightGlue)"),
