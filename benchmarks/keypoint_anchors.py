@@ -90,7 +90,8 @@ def wheel_file(package: str, relative: str) -> Path | None:
 
 #: Row of each shipped student's teacher (the teacher at the input scale the student learnt from).
 SHIPPED_STUDENT_TEACHERS = {"student-fast-m": "detkd teacher (x1)", "student-fast-s": "ALIKED-n16",
-                            "student-fast-s-mnn": "ALIKED-n16", "student-fast-s-disk": "DISK"}
+                            "student-fast-s-mnn": "ALIKED-n16", "student-fast-l-mnn": "ALIKED-n16",
+                            "student-fast-s-disk": "DISK"}
 
 
 def load_models(extra: dict[str, str]) -> dict[str, Any]:

@@ -33,12 +33,16 @@ def test_each_shipped_model_has_its_file_and_a_model_card_with_held_out_numbers(
 
 
 @pytest.mark.parametrize("name", STUDENTS)
-def test_students_are_a_few_hundred_kilobytes_and_smaller_than_the_teacher(name):
-    size = SHIPPED_MODELS[name].path.stat().st_size
-    assert size < 1.5e6
+def test_student_files_hold_their_weights_and_little_else_and_students_are_smaller_than_the_teacher(name):
+    """float32 weights and a small header: a 79K-parameter student is a few hundred KB; the teacher-sized
+    student-fast-l-mnn (ALIKED-n16's size) is under half the shipped teacher."""
     student = load_keypoint_model(SHIPPED_MODELS[name].path)
+    stored = sum(v.numel() for v in student.state_dict().values() if v.is_floating_point())
+    assert SHIPPED_MODELS[name].path.stat().st_size < 4 * stored + 32_000
     teacher = load_keypoint_model(SHIPPED_MODELS["default"].path)
-    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters()) / 3
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters()) / 2
+    if sum(p.numel() for p in student.parameters()) < 100_000:
+        assert SHIPPED_MODELS[name].path.stat().st_size < 400_000
 
 
 @pytest.mark.parametrize("name", NAMES)

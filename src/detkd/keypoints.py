@@ -33,7 +33,7 @@ def load(model: str | Path, weights: str | Path | None = None) -> Any:
     """A key-point model in eval mode, with ``extract(images (B, 1, H, W) in [0, 1], max_keypoints)``.
 
     Args:
-        model: a shipped model (``default``, ``student-fast-m``, ``student-fast-s``, ``student-fast-s-mnn``, ``student-fast-s-disk``), a teacher
+        model: a shipped model (``default``, ``student-fast-s`` ...: ``detkd keypoints models`` lists them), a teacher
             family (``disk``, ``aliked-n16``, ``xfeat`` ...; weights from ``weights`` or kornia's
             download cache), ``sift``/``orb`` (OpenCV), a model file or a run folder.
         weights: weight file of a model given by family name.

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 
 from detkd import __version__
+from detkd.models.pretrained import SHIPPED_MODELS
 
 
 class FriendlyGroup(click.Group):
@@ -32,13 +33,14 @@ class FriendlyGroup(click.Group):
             sys.exit(2)
 
 
-_TEACHER_HELP = ("Teacher: a shipped model (default, student-fast-m, student-fast-s, student-fast-s-mnn, student-fast-s-disk: 'detkd keypoints models'), "
+_SHIPPED_STUDENTS = ", ".join(name for name, model in SHIPPED_MODELS.items() if model.role == "student")
+_TEACHER_HELP = (f"Teacher: a shipped model (default, {_SHIPPED_STUDENTS}: 'detkd keypoints models'), "
                  "disk, aliked-t16, aliked-n16, aliked-n32, xfeat (kornia's networks), or a weight file "
                  "recognised from its keys (those families, Magic Leap superpoint_v1.pth, rpautrat "
                  "superpoint_v6_from_tf.pth, a detkd model/checkpoint). Default: the teacher shipped with detkd.")
 _TEACHER_WEIGHTS_HELP = ("Weight file of a teacher given by name (e.g. aliked-n16.pth). Default: kornia's download "
                          "cache, downloaded when online.")
-_MODEL_NAMES = "student-fast-m, student-fast-s, student-fast-s-mnn, student-fast-s-disk (shipped students), disk, aliked-t16, aliked-n16, aliked-n32, xfeat, sift, orb"
+_MODEL_NAMES = f"{_SHIPPED_STUDENTS} (shipped students), disk, aliked-t16, aliked-n16, aliked-n32, xfeat, sift, orb"
 
 _MATCHER_HELP = ("mnn: mutual nearest neighbours of the descriptors. lightglue: kornia's LightGlue with the published "
                  "weights of the model's descriptors: disk, aliked-n16/n32, and students distilled from them "

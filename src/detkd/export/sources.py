@@ -1,7 +1,7 @@
 """Turn what a user types as MODEL into a model: a shipped model, a variant name, a file or a run folder.
 
 * a shipped model (:data:`detkd.models.pretrained.SHIPPED_MODELS`): ``default`` (the key-point
-  teacher), ``student-fast-m``, ``student-fast-s``, ``student-fast-s-mnn``, ``student-fast-s-disk`` (``detkd keypoints models`` lists them);
+  teacher), ``student-fast-s`` ... (``detkd keypoints models`` lists them);
 * a key-point variant (``superpoint``, ``tiny``, ``fast-s`` ...): that variant with random weights (seeded;
   enough to measure speed and size, meaningless for accuracy);
 * a detector name of :func:`detkd.models.detection.list_detectors` (e.g. ``retinanet_tiny_fpn``),

@@ -64,6 +64,9 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
                      "student-fast-s fine-tuned with cross-view matching (same 79K-parameter network): better "
                      "descriptors for mutual nearest neighbours, worse in front of ALIKED's LightGlue "
                      "(use student-fast-s there)"),
+        ShippedModel("student-fast-l-mnn", "student", "student_fast_l_mnn.pt",
+                     "fast-l student (0.59M parameters, ALIKED-n16's size, stride-4 descriptors) distilled from "
+                     "ALIKED-n16, then fine-tuned with cross-view matching: for mutual nearest neighbours"),
         ShippedModel("student-fast-s-disk", "student", "student_fast_s_disk.pt",
                      "fast-s student (55K parameters, 128-d descriptors with a stride-4 term) distilled from DISK "
                      "on 58 unlabelled photos and aerial tiles (a drop-in for DISK's LightGlue)"),
