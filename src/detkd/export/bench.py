@@ -312,6 +312,16 @@ def environment(gpu: bool) -> dict[str, Any]:
     }
 
 
+def machine_line(env: dict[str, Any], seconds: float, onnxruntime: bool = False) -> str:
+    """One line for a results file: versions, machine, CPUs, load average at the end, date and run time (s).
+
+    ``env``: :func:`environment`'s dict; ``onnxruntime``: also name its version."""
+    versions = f"torch {env['torch']}" + (f", onnxruntime {env['onnxruntime']}" if onnxruntime else "")
+    load = ", ".join(f"{v:.2f}" for v in env["load_average"]) if env["load_average"] else "n/a"
+    return (f"{versions}, {env['machine']}, {env['cpu_count']} CPUs, load average at the end {load}; "
+            f"{env['date']}; {seconds:.0f} s.")
+
+
 # ---------------------------------------------------------------------- helpers
 @dataclass
 class _Prepared:
