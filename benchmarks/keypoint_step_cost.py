@@ -12,8 +12,9 @@ view costs a second student pass:
     python benchmarks/keypoint_step_cost.py --quick        # smoke test, seconds (numbers meaningless)
 
 The teacher is ``--teacher`` (default the shipped SuperPoint; only its outputs' shapes and points
-matter for the cost, so give the student's real teacher for its descriptor size), the student ``--student`` with ``--student-option``s; batches are views of scikit-image's
-training photos. Writes ``benchmarks/results/keypoint_step_cost[_TAG].{md,json}``.
+matter for the cost, so give the student's real teacher for its descriptor size), the student
+``--student`` with ``--student-option``s; batches are views of scikit-image's training photos.
+Writes ``benchmarks/results/keypoint_step_cost[_TAG].{md,json}``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch.utils.data import default_collate
@@ -39,20 +40,17 @@ from detkd.export.bench import environment, machine_line
 from detkd.export.timing import interleaved_latency
 from detkd.geometry.homography import HomographyConfig
 from detkd.models.superpoint import count_parameters
-from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, KeypointDistillationTask, build_student, load_teacher, point_sampling
+from detkd.tasks.keypoints import (
+    DEFAULT_DISTILL_CONFIG,
+    KeypointDistillationTask,
+    build_student,
+    config_section,
+    load_teacher,
+    point_sampling,
+)
 
-
-def parse_pairs(values: list[str], what: str) -> dict[str, Any]:
-    """``KEY=VALUE`` strings as a dict (values read as YAML: numbers, lists)."""
-    import yaml
-
-    out = {}
-    for item in values:
-        if "=" not in item:
-            raise SystemExit(f"{what}: '{item}' is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning_curve import parse_loss, parse_student_options  # noqa: E402  (the same KEY=VALUE options)
 
 
 def step_runner(task: KeypointDistillationTask, batches: list[dict[str, torch.Tensor]]) -> Callable[[], None]:
@@ -99,7 +97,7 @@ def main() -> None:
     started = time.perf_counter()
 
     teacher, origin = load_teacher(args.teacher, args.teacher_weights)
-    settings = {"base": parse_pairs(args.base, "--base"), "other": parse_pairs(args.other, "--other")}
+    settings = {"base": parse_loss(args.base, "--base"), "other": parse_loss(args.other, "--other")}
     configs = {name: merge_config(DEFAULT_DISTILL_CONFIG, {"loss": weights}) for name, weights in settings.items()}
     points = point_sampling(configs["other"]) or point_sampling(configs["base"])
     if points is None:
@@ -115,14 +113,12 @@ def main() -> None:
                         "teacher_descriptors": outputs["descriptors"], "teacher_points": outputs["points"],
                         "teacher_point_descriptors": outputs["point_descriptors"]})
     torch.manual_seed(0)
-    first = build_student(teacher, args.student, **parse_pairs(args.student_option, "--student-option"))
-    homographies = HomographyConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                       for k, v in DEFAULT_DISTILL_CONFIG["data"]["homography"].items()})
+    first = build_student(teacher, args.student, **parse_student_options(args.student_option))
+    homographies = config_section(HomographyConfig, DEFAULT_DISTILL_CONFIG["data"]["homography"], "data.homography")
     runners = {}
     for name, config in configs.items():
         loss = KeypointDistillationLoss(KeypointDistillWeights.from_dict(config["loss"]))
-        task = KeypointDistillationTask(None, copy.deepcopy(first), loss, None, points,
-                                        homographies if loss.needs_second_view else None)
+        task = KeypointDistillationTask(None, copy.deepcopy(first), loss, None, points, homographies)
         runners[name] = step_runner(task, batches)
     stats = interleaved_latency(runners, repeats=args.repeats, warmup=args.warmup)
     base_ms, other_ms = stats["base"].median_ms, stats["other"].median_ms
@@ -137,14 +133,15 @@ def main() -> None:
         "|---|---|---:|---:|---:|",
     ]
     for name, ms in (("base", base_ms), ("other", other_ms)):
-        changed = ", ".join(f"{k}={v}" for k, v in settings[name].items()) or "none"
+        changed = ", ".join(f"{k}={v:g}" for k, v in settings[name].items()) or "none"
         lines.append(f"| {name} | {changed} | {ms:.1f} | {stats[name].p90_ms:.1f} | {ms / base_ms:.2f}x |")
     lines += [
         "",
-        f"Student {args.student} ({count_parameters(first):,} parameters, options {' '.join(args.student_option) or 'none'}); "
-        f"teacher outputs precomputed once ({origin}, {points.count(args.height, args.width)} points per view), as a "
-        f"teacher cache gives them; step = student forward, loss, backward, AdamW. Medians of {args.repeats} interleaved "
-        f"steps after {args.warmup} warm-up steps each.",
+        f"Student {args.student} ({count_parameters(first):,} parameters, options "
+        f"{' '.join(args.student_option) or 'none'}); teacher outputs precomputed once ({origin}, "
+        f"{points.count(args.height, args.width)} points per view), as a teacher cache gives them; step = student "
+        f"forward, loss, backward, AdamW. Medians of {args.repeats} interleaved steps after {args.warmup} warm-up "
+        "steps each.",
         "",
         machine_line(env, time.perf_counter() - started),
     ]

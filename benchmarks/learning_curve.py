@@ -272,12 +272,13 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
-def parse_loss(items: list[str]) -> dict[str, float]:
+def parse_loss(items: list[str], option: str = "--loss") -> dict[str, float]:
+    """``KEY=VALUE`` loss weights (``point_descriptor_relation=0.3``); ``option`` names the flag in errors."""
     out = {}
     for item in items:
         key, _, value = item.partition("=")
         if key not in DEFAULT_DISTILL_CONFIG["loss"] or not value:
-            raise SystemExit(f"--loss takes KEY=VALUE with KEY in {sorted(DEFAULT_DISTILL_CONFIG['loss'])}, got '{item}'")
+            raise SystemExit(f"{option} takes KEY=VALUE with KEY in {sorted(DEFAULT_DISTILL_CONFIG['loss'])}, got '{item}'")
         out[key] = float(value)
     return out
 

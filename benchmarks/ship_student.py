@@ -51,7 +51,8 @@ def heldout_lines(path: Path, name: str) -> list[str]:
     lines = [f"From `{path}` "
              f"(`python benchmarks/keypoint_anchors.py {' '.join(results.get('argv', []))}`, "
              "held-out synthetic pairs of scikit-image's held-out photos, of the held-out aerial tiles and, where "
-             "the table has `more photos`, of the held-out Debian photos; at most 1000 points; matcher: mutual nearest neighbours, and the teacher's LightGlue where the "
+             "the table has `more photos`, of the held-out Debian photos; at most 1000 points; matcher: mutual "
+             "nearest neighbours, and the teacher's LightGlue where the "
              "table has that row):", "",
              "| pairs | matcher | MMA@3 | HA@1 | HA@3 | repeatability | loc. err (px) |", "|---|---|---:|---:|---:|---:|---:|"]
     for row, matcher in ((name, "mutual NN"), (f"{name} + LightGlue", "LightGlue")):
@@ -123,7 +124,8 @@ def main() -> None:
         "scikit-image's training photos, the training block of aerial tree tiles), no labels; "
         f"{config['teacher_cache']['views_per_image']} fixed augmented views per image "
         f"({config['data']['height']}x{config['data']['width']}), the teacher's outputs cached once.",
-        f"- Schedule: {start + ', then ' if start else ''}{args.steps} steps x {train['batch_size']} views, AdamW lr {train['lr']}, x{train['lr_decay']} "
+        f"- Schedule: {start + ', then ' if start else ''}{args.steps} steps x {train['batch_size']} views, "
+        f"AdamW lr {train['lr']}, x{train['lr_decay']} "
         f"every {train['lr_decay_every']} steps, on one CPU thread (2-core machine shared with other jobs)"
         + (f"; the shipped weights are the moving average of the student's (decay {train['ema_decay']})."
            if train.get("ema_decay") else "."),
@@ -138,7 +140,8 @@ def main() -> None:
               "Synthetic pairs of the validation photos at 240x320, teacher and student at input scale 1, "
               "1000 points:", "", *curve_table(records), ""]
     lines += ["## Held-out", ""]
-    lines += heldout_lines(args.heldout, args.heldout_row or args.name) if args.heldout else ["(not yet judged on held-out pairs)"]
+    lines += (heldout_lines(args.heldout, args.heldout_row or args.name) if args.heldout
+              else ["(not yet judged on held-out pairs)"])
     lines += ["", "Every detkd key-point model suppresses points on flat regions (intensity range below 0.02 "
               "in a 5x5 window): black borders and warp fill give none."]
     shipped.card.write_text("\n".join(lines) + "\n")

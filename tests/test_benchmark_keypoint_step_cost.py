@@ -14,11 +14,13 @@ cost = load_benchmark_script("keypoint_step_cost")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_key_value_options_are_read_as_yaml_and_refused_without_an_equals_sign():
-    assert cost.parse_pairs(["point_descriptor_matching=1", "channels=[8, 16]"], "--other") == {
-        "point_descriptor_matching": 1, "channels": [8, 16]}
-    with pytest.raises(SystemExit, match="--base: 'matching' is not KEY=VALUE"):
-        cost.parse_pairs(["matching"], "--base")
+def test_loss_settings_are_the_learning_curves_key_value_options_named_by_their_flag(tmp_path, monkeypatch):
+    assert cost.parse_loss(["point_descriptor_matching=1", "point_descriptor_relation=0.3"], "--other") == {
+        "point_descriptor_matching": 1.0, "point_descriptor_relation": 0.3}
+    monkeypatch.setattr(sys, "argv", ["keypoint_step_cost.py", "--quick", "--out", str(tmp_path), "--base", "matching"])
+    with pytest.raises(SystemExit, match="--base takes KEY=VALUE with KEY in .*, got 'matching'"):
+        cost.main()
+    assert not list(tmp_path.iterdir())  # refused before anything is written
 
 
 def test_quick_run_writes_both_settings(tmp_path, monkeypatch):

@@ -311,7 +311,8 @@ def cross_view_matching_nll(
     both_valid = valid[:, :, None] & valid[:, None, :]
     ignore = ((torch.cdist(points, points) < exclusion_px) | ~both_valid) & ~eye  # the diagonal always stays
     logits = (first @ second.transpose(1, 2) / temperature).masked_fill(ignore, float("-inf"))
-    nll = -0.5 * (logits.log_softmax(dim=2).diagonal(dim1=1, dim2=2) + logits.log_softmax(dim=1).diagonal(dim1=1, dim2=2))
+    rows, columns = logits.log_softmax(dim=2), logits.log_softmax(dim=1)  # first view picks in the second; and back
+    nll = -0.5 * (rows.diagonal(dim1=1, dim2=2) + columns.diagonal(dim1=1, dim2=2))
     if not bool(valid.any()):
         return nll.sum() * 0.0  # keeps the graph
     return nll[valid].mean()

@@ -351,7 +351,7 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
         train_data = cached_training_stream(config, teacher, stream)
     second_view = config_section(HomographyConfig, config["data"]["homography"], "data.homography")
     task = KeypointDistillationTask(None if config["teacher_cache"]["folder"] else teacher, student, loss, train_data,
-                                    point_sampling(config), second_view if loss.needs_second_view else None)
+                                    point_sampling(config), second_view)  # the task keeps it only when the loss needs it
     result = Trainer(train_cfg, out).fit(task, resume=resume)
     if not result.is_global_zero:
         return DistillationOutcome(out, out / "student.pt", {}, "")
