@@ -69,7 +69,8 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
                      "ALIKED-n16, then fine-tuned with cross-view matching: for mutual nearest neighbours"),
         ShippedModel("student-fast-s-disk", "student", "student_fast_s_disk.pt",
                      "fast-s student (55K parameters, 128-d descriptors with a stride-4 term) distilled from DISK "
-                     "on 58 unlabelled photos and aerial tiles (a drop-in for DISK's LightGlue)"),
+                     "on 58 unlabelled photos and aerial tiles, then fine-tuned with cross-view matching (a drop-in "
+                     "for DISK's LightGlue, and better with mutual nearest neighbours)"),
     )
 }
 
