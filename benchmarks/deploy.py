@@ -31,7 +31,6 @@ runtimes (it restarts the script with ``OMP_WAIT_POLICY=PASSIVE``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from detkd.export.bench import benchmark
+from detkd.export.bench import benchmark, write_table_files
 from detkd.export.onnx import export_onnx, format_parity
 from detkd.export.sources import load_model_source
 
@@ -161,15 +160,11 @@ def main() -> None:
         lines.insert(2, "**Smoke test (--quick): tiny sizes, numbers meaningless.**\n")
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "deploy_quick" if args.quick else "deploy"
-    (args.out / f"{stem}.md").write_text(text + "\n")
-    data = {"bench": report.to_dict(), "dense_parity": {k: v.__dict__ for k, v in dense.items()},
-            "detectors": detector_data,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "torch_threads_default": torch.get_num_threads()}
-    (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
-    print(f"written: {args.out / (stem + '.md')}")
+    written = write_table_files(args.out, stem, text, {
+        "bench": report.to_dict(), "dense_parity": {k: v.__dict__ for k, v in dense.items()},
+        "detectors": detector_data, "args": vars(args), "torch_threads_default": torch.get_num_threads()})
+    print(f"written: {written}")
 
 
 def detector_section(args: argparse.Namespace) -> tuple[list[str], dict]:

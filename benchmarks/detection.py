@@ -38,7 +38,6 @@ Data sets:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -64,7 +63,7 @@ from detkd.data.detection import (
 )
 from detkd.engine import read_history
 from detkd.evaluation.detection import DetectionMetrics, MaxDetections, evaluate_detections, resolve_max_detections
-from detkd.export.bench import interleaved_latency
+from detkd.export.bench import interleaved_latency, write_table_files
 from detkd.models.detection import count_parameters, detector_gflops, load_detector, variant_options
 from detkd.models.detection.weights import read_detector_extra, save_detector
 from detkd.tasks.detection import (
@@ -440,15 +439,13 @@ def main() -> None:
         header.insert(0, "**Smoke test (--quick): a few steps, numbers meaningless.**\n")
     text = report(results, args, header)
     print("\n" + text)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = ("detection_quick" if args.quick else "detection") + (f"_{args.tag}" if args.tag else "")
-    (args.out / f"{stem}.md").write_text(text + "\n")
-    payload = {"command": f"python benchmarks/{Path(__file__).name} {shlex.join(sys.argv[1:])}",
-               "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "git_commit": git_commit(),
-               "machine": {"arch": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-                           "torch": torch.__version__, "device": "cpu only (no GPU used)"},
-               "total_wall_s": total, "args": vars(args), "results": results}
-    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
+    write_table_files(args.out, stem, text, {
+        "command": f"python benchmarks/{Path(__file__).name} {shlex.join(sys.argv[1:])}",
+        "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "git_commit": git_commit(),
+        "machine": {"arch": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
+                    "torch": torch.__version__, "device": "cpu only (no GPU used)"},
+        "total_wall_s": total, "args": vars(args), "results": results})
     curves = plot_curves(results, args.out / f"{stem}_curves.png")
     if curves is not None:
         print(f"validation curves: {curves}")

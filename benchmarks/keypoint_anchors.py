@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import json
 import platform
 import shlex
 import sys
@@ -61,7 +60,7 @@ from detkd.evaluation.keypoints import (
 )
 from detkd.evaluation.lightglue import build_matchers, lightglue_misfit
 from detkd.evaluation.matching import mutual_nearest_neighbours
-from detkd.export.bench import count_gflops, interleaved_latency
+from detkd.export.bench import count_gflops, interleaved_latency, write_table_files
 from detkd.export.match_bench import match_runner
 from detkd.models.keypoint_teachers import load_keypoint_teacher
 from detkd.models.superpoint import SuperPoint, count_parameters
@@ -300,13 +299,11 @@ def main() -> None:
         lines.insert(2, "**Smoke test (--quick): tiny sizes, numbers meaningless.**\n")
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.stem or ("keypoint_anchors_quick" if args.quick else "keypoint_anchors")
-    (args.out / f"{stem}.md").write_text(text + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps({"cost": costs, "match_ms": matching_ms, "accuracy": accuracy, "descriptor_agreement": agreement,
-                                                       "args": vars(args), "argv": sys.argv[1:]},
-                                                      indent=2, default=str))
-    print(f"written: {args.out / (stem + '.md')}")
+    written = write_table_files(args.out, stem, text, {
+        "cost": costs, "match_ms": matching_ms, "accuracy": accuracy, "descriptor_agreement": agreement,
+        "args": vars(args), "argv": sys.argv[1:]})
+    print(f"written: {written}")
 
 
 if __name__ == "__main__":

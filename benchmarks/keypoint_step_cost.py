@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shlex
 import sys
 import time
@@ -36,7 +35,7 @@ from detkd.data.augment import CropConfig
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
 from detkd.data.keypoint_training import UnlabeledImageStream
 from detkd.distill.keypoints import KeypointDistillationLoss, KeypointDistillWeights
-from detkd.export.bench import environment, machine_line
+from detkd.export.bench import environment, machine_line, write_table_files
 from detkd.export.timing import interleaved_latency
 from detkd.geometry.homography import HomographyConfig
 from detkd.models.superpoint import count_parameters
@@ -149,12 +148,10 @@ def main() -> None:
         lines.insert(2, "**Smoke test (--quick): tiny sizes, numbers meaningless.**\n")
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "keypoint_step_cost" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
-    (args.out / f"{stem}.md").write_text(text + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps(
-        {"settings": settings, "median_ms": {"base": base_ms, "other": other_ms}, "ratio": other_ms / base_ms,
-         "args": vars(args), "environment": env, "command": command}, indent=2, default=str) + "\n")
+    write_table_files(args.out, stem, text, {
+        "settings": settings, "median_ms": {"base": base_ms, "other": other_ms}, "ratio": other_ms / base_ms,
+        "args": vars(args), "environment": env, "command": command})
 
 
 if __name__ == "__main__":

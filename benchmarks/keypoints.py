@@ -21,7 +21,6 @@ train the teacher or the students.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import statistics
@@ -38,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from detkd.config import merge_config
 from detkd.data.pairs import builtin_heldout_pairs, synthetic_pairs_from_folder
 from detkd.evaluation.keypoints import WithExtractOptions, evaluate_keypoint_models, format_metrics_table
+from detkd.export.bench import write_table_files
 from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER
 from detkd.models.keypoint_ops import check_input_scale
 from detkd.models.superpoint import SuperPoint, count_parameters
@@ -192,11 +192,8 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "keypoints_quick" if args.quick else "keypoints"
-    (args.out / f"{stem}.md").write_text(text + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps({"cost": cost_rows, "accuracy": accuracy, "args": vars(args)},
-                                                      indent=2, default=str))
+    write_table_files(args.out, stem, text, {"cost": cost_rows, "accuracy": accuracy, "args": vars(args)})
     plot_accuracy_vs_latency(
         [{"name": r["model"], "latency_ms": r["latency_ms"], "accuracy": accuracy["all"][r["model"]]["homography_accuracy@3"],
           "params": r["params"]} for r in cost_rows],

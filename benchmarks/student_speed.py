@@ -27,7 +27,6 @@ full work, whatever the weights), all at input scale 1. All runners are timed in
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import sys
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 import yaml
 
-from detkd.export.bench import count_gflops, environment, interleaved_latency, machine_line, used_parameters
+from detkd.export.bench import count_gflops, environment, interleaved_latency, machine_line, used_parameters, write_table_files
 from detkd.export.onnx import ParityError, export_onnx, ort_session, photo_batch
 from detkd.models.pretrained import default_keypoint_teacher_path
 from detkd.models.superpoint import VARIANTS, SuperPoint, count_parameters, create_model
@@ -199,13 +198,10 @@ def main() -> None:
         lines.insert(2, "**Smoke test (--quick): tiny sizes, numbers meaningless.**\n")
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "student_speed" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
-    (args.out / f"{stem}.md").write_text(text + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps(
-        {"rows": list(rows.values()), "args": vars(args), "environment": env,
-         "command": f"python benchmarks/student_speed.py {shlex.join(sys.argv[1:])}"},
-        indent=2, default=str) + "\n")
+    write_table_files(args.out, stem, text, {
+        "rows": list(rows.values()), "args": vars(args), "environment": env,
+        "command": f"python benchmarks/student_speed.py {shlex.join(sys.argv[1:])}"})
 
 
 if __name__ == "__main__":

@@ -242,3 +242,14 @@ def test_machine_line_names_versions_machine_load_and_time():
                                        "2026-12-06 09:00 UTC; 42 s.")
     assert machine_line({**env, "load_average": None}, 3, onnxruntime=True).startswith(
         "torch 2.1, onnxruntime 1.2, x86_64 Linux, 2 CPUs, load average at the end n/a; ")
+
+
+def test_write_table_files_writes_the_tables_and_their_json_side_by_side(tmp_path):
+    from pathlib import Path
+
+    from detkd.export.bench import write_table_files
+
+    written = write_table_files(tmp_path / "new", "speed_x", "| a |\n|---|\n| 1 |\n\n", {"ms": 1.5, "file": Path("f.pt")})
+    assert written == tmp_path / "new" / "speed_x.md"
+    assert written.read_text() == "| a |\n|---|\n| 1 |\n"  # one closing newline, whatever the text ended with
+    assert json.loads((tmp_path / "new" / "speed_x.json").read_text()) == {"ms": 1.5, "file": "f.pt"}

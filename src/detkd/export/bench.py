@@ -322,6 +322,18 @@ def machine_line(env: dict[str, Any], seconds: float, onnxruntime: bool = False)
             f"{env['date']}; {seconds:.0f} s.")
 
 
+def write_table_files(out_dir: str | Path, stem: str, text: str, payload: dict[str, Any]) -> Path:
+    """Write a benchmark's results beside each other: ``STEM.md`` (``text``, the tables a person reads) and
+    ``STEM.json`` (``payload``, what scripts read; values JSON cannot hold are written as strings).
+
+    Returns the ``.md`` path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(text.rstrip("\n") + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return out / f"{stem}.md"
+
+
 # ---------------------------------------------------------------------- helpers
 @dataclass
 class _Prepared:
