@@ -41,17 +41,24 @@ METRICS = ("num_keypoints", "localization_error", "mma@3", "homography_accuracy@
 SHARED = ("mma@3", "homography_accuracy@1", "homography_accuracy@3")
 
 
-def variant(model: torch.nn.Module, threshold: float, radius: int) -> torch.nn.Module:
-    """A copy of ``model`` whose extract uses ``detection_threshold=threshold``, ``nms_radius=radius``."""
+def variant(model: torch.nn.Module, threshold: float, radius: int, subpixel_radius: int | None = None) -> torch.nn.Module:
+    """A copy of ``model`` whose extract uses ``detection_threshold=threshold``, ``nms_radius=radius`` and, when
+    given, ``subpixel_radius`` (pixels each side of a kept maximum for its soft-argmax refinement; 0: whole pixels)."""
     copied = copy.deepcopy(model)
     copied.conf["detection_threshold"] = threshold
     copied.conf["nms_radius"] = radius
+    if subpixel_radius is not None:
+        copied.conf["subpixel_radius"] = subpixel_radius
     return copied
 
 
-def row_label(threshold: float, radius: int, default: tuple[float, int]) -> str:
-    mark = " (its own)" if (threshold, radius) == default else ""
-    return f"threshold {threshold:g}, NMS radius {radius}{mark}"
+def row_label(threshold: float, radius: int, default: tuple, subpixel_radius: int | None = None) -> str:
+    """``default``: the model's own ``(threshold, radius)``, or ``(threshold, radius, subpixel radius)`` when the
+    grid varies the refinement too (then ``subpixel_radius`` is given and named in the label)."""
+    setting = (threshold, radius) if subpixel_radius is None else (threshold, radius, subpixel_radius)
+    mark = " (its own)" if setting == tuple(default) else ""
+    refinement = "" if subpixel_radius is None else f", sub-pixel radius {subpixel_radius}"
+    return f"threshold {threshold:g}, NMS radius {radius}{refinement}{mark}"
 
 
 def write_report(result: dict[str, Any], path: Path) -> str:
@@ -64,7 +71,7 @@ def write_report(result: dict[str, Any], path: Path) -> str:
         f"Pairs: {result['pairs']} synthetic validation pairs at {result['size'][0]}x{result['size'][1]} of the "
         f"learning curve's validation photos (seed {result['seed']}); at most 1000 points, mutual nearest "
         "neighbours, RANSAC 3 px; every model at input scale 1. Same network and weights in every student row; only the detection threshold "
-        "(on the softmax heatmap) and the NMS radius change.",
+        "(on the softmax heatmap), the NMS radius and, where named, the sub-pixel refinement radius change.",
         "",
         "| model | key points | loc. error px | MMA@3 | HA@1 | HA@3 | MMA@3 share | HA@1 share | HA@3 share |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -89,6 +96,9 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.005, 0.015, 0.03, 0.06],
                         help="detection thresholds on the softmax heatmap [0.005 0.015 0.03 0.06]")
     parser.add_argument("--nms-radii", type=int, nargs="+", default=[2, 4], help="NMS radii in pixels [2 4]")
+    parser.add_argument("--subpixel-radii", type=int, nargs="+", default=None,
+                        help="sub-pixel refinement radii in pixels (soft-argmax window each side of a maximum; "
+                             "0: whole pixels) [the model's own, not varied]")
     parser.add_argument("--size", type=int, nargs=2, default=[240, 320], help="pair H W [240 320]")
     parser.add_argument("--pairs-per-image", type=int, default=4, help="validation pairs per photo [4]")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the pairs [1234, as evaluate's]")
@@ -111,8 +121,11 @@ def main() -> None:
     if not hasattr(student, "conf") or "detection_threshold" not in student.conf:
         parser.error(f"'{args.model}' is not a SuperPoint-family student: it has no detection threshold to vary")
     default = (float(student.conf["detection_threshold"]), int(student.conf["nms_radius"]))
-    grid = {(t, r): variant(student, t, r) for t in args.thresholds for r in args.nms_radii}
-    models = {"teacher": teacher, **{row_label(t, r, default): model for (t, r), model in grid.items()}}
+    if args.subpixel_radii is not None:
+        default += (int(student.conf["subpixel_radius"]),)
+    subpixel_radii = args.subpixel_radii or [None]
+    models = {"teacher": teacher, **{row_label(t, r, default, s): variant(student, t, r, s)
+                                     for t in args.thresholds for r in args.nms_radii for s in subpixel_radii}}
     evaluation = evaluate_keypoint_models(models, pairs, max_keypoints=1000)
 
     tag = args.tag or Path(args.model).stem

@@ -134,6 +134,10 @@ def test_keypoint_postprocessing_varies_only_the_copy_and_reports_shares_by_hand
     default = (0.015, 4)
     assert postprocessing.row_label(0.015, 4, default) == "threshold 0.015, NMS radius 4 (its own)"
     assert postprocessing.row_label(0.06, 2, default) == "threshold 0.06, NMS radius 2"
+    refined = postprocessing.variant(student, 0.015, 4, 0)
+    assert refined.conf["subpixel_radius"] == 0 and student.conf["subpixel_radius"] == 2
+    assert postprocessing.row_label(0.015, 4, (0.015, 4, 2), 2) == "threshold 0.015, NMS radius 4, sub-pixel radius 2 (its own)"
+    assert postprocessing.row_label(0.015, 4, (0.015, 4, 2), 0) == "threshold 0.015, NMS radius 4, sub-pixel radius 0"
 
     metrics = dict(num_keypoints=995.0, localization_error=1.19, **{"mma@3": 0.6, "homography_accuracy@1": 0.25,
                                                                      "homography_accuracy@3": 0.5})
