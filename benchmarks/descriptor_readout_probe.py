@@ -22,7 +22,6 @@ limit (the encoder), not the read-out.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -37,6 +36,7 @@ from detkd.config import merge_config
 from detkd.data.augment import CropConfig, random_view
 from detkd.data.images import read_image, scan_images
 from detkd.distill.keypoints import KeypointDistillWeights, point_relation_kl
+from detkd.export.bench import write_table_files
 from detkd.models.keypoint_ops import sample_map
 from detkd.models.keypoint_teachers.loader import load_keypoint_teacher
 from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, cached_training_stream, point_sampling, training_stream
@@ -162,11 +162,8 @@ def main(argv: list[str] | None = None) -> None:
               for name, r in rows.items()]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"descriptor_readout_probe{'_' + args.tag if args.tag else ''}"
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
-    print(f"written: {stem}.md")
+    stem = f"descriptor_readout_probe{'_' + args.tag if args.tag else ''}"
+    print(f"written: {write_table_files(args.out, stem, text, {'command': command, 'rows': rows})}")
 
 
 if __name__ == "__main__":

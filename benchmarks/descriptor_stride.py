@@ -21,7 +21,6 @@ Writes ``benchmarks/results/descriptor_stride.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 
 from detkd.config import merge_config
 from detkd.evaluation.keypoints import WithExtractOptions, evaluate_keypoint_models
+from detkd.export.bench import write_table_files
 from detkd.models.keypoint_ops import sample_descriptors
 from detkd.models.keypoint_teachers import load_keypoint_teacher
 from detkd.models.keypoint_teachers.base import KeypointTeacher, as_channels, cell_centres, pad_to_multiple
@@ -132,9 +132,7 @@ def write(args: argparse.Namespace, results: dict[str, Any], where: str, seconds
         lines.append("")
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "descriptor_stride.md").write_text(text)
-    (args.out / "descriptor_stride.json").write_text(json.dumps(results, indent=2))
+    write_table_files(args.out, "descriptor_stride", text, results)
 
 
 if __name__ == "__main__":

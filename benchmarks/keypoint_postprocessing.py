@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shlex
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 
 from detkd.data.pairs import synthetic_pairs_from_folder
 from detkd.evaluation.keypoints import evaluate_keypoint_models
+from detkd.export.bench import write_table_files
 from detkd.models.keypoint_teachers import load_keypoint_teacher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,8 +83,7 @@ def write_report(result: dict[str, Any], path: Path) -> str:
                      f"{metrics['homography_accuracy@3']:.3f} | " + " | ".join(shares) + " |")
     lines += ["", f"HA moves in steps of one pair in {result['pairs']} ({100 / result['pairs']:.1f} points)."]
     text = "\n".join(lines) + "\n"
-    path.with_suffix(".md").write_text(text)
-    path.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_table_files(path.parent, path.name, text, result)
     return text
 
 
@@ -137,7 +136,6 @@ def main() -> None:
         "teacher": {k: float(evaluation["teacher"][k]) for k in METRICS},
         "rows": {name: {k: float(evaluation[name][k]) for k in METRICS} for name in models if name != "teacher"},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     print(write_report(result, args.out / f"keypoint_postprocessing_{tag}"))
 
 

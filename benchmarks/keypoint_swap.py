@@ -22,7 +22,6 @@ settings of a next run are chosen from it), at the training size and at the held
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -33,6 +32,7 @@ import torch
 
 from detkd.data.pairs import synthetic_pairs_from_folder
 from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
+from detkd.export.bench import write_table_files
 from detkd.models.keypoint_teachers.base import KeypointTeacher
 from detkd.models.keypoint_teachers.loader import load_keypoint_teacher
 from detkd.models.superpoint import SuperPoint
@@ -113,11 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         "at most 1000 points, mutual nearest neighbours, RANSAC at 3 px.", "",
         format_metrics_table(result.summary), ""])
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"keypoint_swap{'_' + args.tag if args.tag else ''}"
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps({"command": command, "models": result.summary}, indent=1))
-    print(f"written: {stem}.md")
+    stem = f"keypoint_swap{'_' + args.tag if args.tag else ''}"
+    print(f"written: {write_table_files(args.out, stem, text, {'command': command, 'models': result.summary})}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from PIL import Image
 
 from detkd.config import merge_config
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
+from detkd.export.bench import write_table_files
 from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, STUDENT_STRUCTURE_KEYS, point_sampling, run_distillation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -224,9 +225,7 @@ def write_report(args: argparse.Namespace) -> None:
                   + f", loc. err {teacher.get('localization_error', float('nan')):.2f} px", ""]
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "learning_curve.md").write_text(text + "\n")
-    (args.out / "learning_curve.json").write_text(json.dumps(curves, indent=1))
+    write_table_files(args.out, "learning_curve", text, curves)
     plot_curves(curves, args.out / "learning_curve.png")
     if args.plot:
         unknown = [name for name in args.plot if name not in curves]

@@ -39,7 +39,14 @@ import numpy as np
 import torch
 import yaml
 
-from detkd.export.bench import count_gflops, environment, interleaved_latency, machine_line, used_parameters, write_table_files
+from detkd.export.bench import (
+    count_gflops,
+    environment,
+    interleaved_latency,
+    machine_line,
+    used_parameters,
+    write_table_files,
+)
 from detkd.export.onnx import ParityError, export_onnx, ort_session, photo_batch
 from detkd.models.pretrained import default_keypoint_teacher_path
 from detkd.models.superpoint import VARIANTS, SuperPoint, count_parameters, create_model
