@@ -36,7 +36,7 @@ from detkd.config import merge_config
 from detkd.data.augment import CropConfig, random_view
 from detkd.data.images import read_image, scan_images
 from detkd.distill.keypoints import KeypointDistillWeights, point_relation_kl
-from detkd.export.bench import write_table_files
+from detkd.export.records import write_table_files
 from detkd.models.keypoint_ops import sample_map
 from detkd.models.keypoint_teachers.loader import load_keypoint_teacher
 from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, cached_training_stream, point_sampling, training_stream

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from detkd.config import merge_config
 from detkd.evaluation.keypoints import WithExtractOptions, evaluate_keypoint_models
-from detkd.export.bench import write_table_files
+from detkd.export.records import write_table_files
 from detkd.models.keypoint_ops import sample_descriptors
 from detkd.models.keypoint_teachers import load_keypoint_teacher
 from detkd.models.keypoint_teachers.base import KeypointTeacher, as_channels, cell_centres, pad_to_multiple

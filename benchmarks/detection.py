@@ -63,7 +63,8 @@ from detkd.data.detection import (
 )
 from detkd.engine import read_history
 from detkd.evaluation.detection import DetectionMetrics, MaxDetections, evaluate_detections, resolve_max_detections
-from detkd.export.bench import interleaved_latency, write_table_files
+from detkd.export.records import write_table_files
+from detkd.export.timing import interleaved_latency
 from detkd.models.detection import count_parameters, detector_gflops, load_detector, variant_options
 from detkd.models.detection.weights import read_detector_extra, save_detector
 from detkd.tasks.detection import (

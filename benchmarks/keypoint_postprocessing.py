@@ -30,7 +30,7 @@ import torch
 
 from detkd.data.pairs import synthetic_pairs_from_folder
 from detkd.evaluation.keypoints import evaluate_keypoint_models
-from detkd.export.bench import write_table_files
+from detkd.export.records import write_table_files
 from detkd.models.keypoint_teachers import load_keypoint_teacher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -35,7 +35,7 @@ from detkd.data.augment import CropConfig
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
 from detkd.data.keypoint_training import UnlabeledImageStream
 from detkd.distill.keypoints import KeypointDistillationLoss, KeypointDistillWeights
-from detkd.export.bench import environment, machine_line, write_table_files
+from detkd.export.records import environment, machine_line, write_table_files
 from detkd.export.timing import interleaved_latency
 from detkd.geometry.homography import HomographyConfig
 from detkd.models.superpoint import count_parameters

@@ -32,7 +32,7 @@ import torch
 
 from detkd.data.pairs import synthetic_pairs_from_folder
 from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
-from detkd.export.bench import write_table_files
+from detkd.export.records import write_table_files
 from detkd.models.keypoint_teachers.base import KeypointTeacher
 from detkd.models.keypoint_teachers.loader import load_keypoint_teacher
 from detkd.models.superpoint import SuperPoint

@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from detkd.config import merge_config
 from detkd.data.pairs import builtin_heldout_pairs, synthetic_pairs_from_folder
 from detkd.evaluation.keypoints import WithExtractOptions, evaluate_keypoint_models, format_metrics_table
-from detkd.export.bench import write_table_files
+from detkd.export.records import write_table_files
 from detkd.models.pretrained import DEFAULT_KEYPOINT_TEACHER
 from detkd.models.keypoint_ops import check_input_scale
 from detkd.models.superpoint import SuperPoint, count_parameters

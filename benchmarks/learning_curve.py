@@ -46,7 +46,7 @@ from PIL import Image
 
 from detkd.config import merge_config
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
-from detkd.export.bench import write_table_files
+from detkd.export.records import write_table_files
 from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, STUDENT_STRUCTURE_KEYS, point_sampling, run_distillation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

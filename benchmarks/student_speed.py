@@ -39,15 +39,10 @@ import numpy as np
 import torch
 import yaml
 
-from detkd.export.bench import (
-    count_gflops,
-    environment,
-    interleaved_latency,
-    machine_line,
-    used_parameters,
-    write_table_files,
-)
+from detkd.export.bench import count_gflops, used_parameters
 from detkd.export.onnx import ParityError, export_onnx, ort_session, photo_batch
+from detkd.export.records import environment, machine_line, write_table_files
+from detkd.export.timing import interleaved_latency
 from detkd.models.pretrained import default_keypoint_teacher_path
 from detkd.models.superpoint import VARIANTS, SuperPoint, count_parameters, create_model
 from detkd.models.weights import STRUCTURAL_OPTIONS, load_keypoint_model

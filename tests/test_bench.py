@@ -234,7 +234,7 @@ def test_cli_bench_offline_without_the_teachers_file_is_one_clean_line(monkeypat
 
 
 def test_machine_line_names_versions_machine_load_and_time():
-    from detkd.export.bench import machine_line
+    from detkd.export.records import machine_line
 
     env = {"torch": "2.1", "onnxruntime": "1.2", "machine": "x86_64 Linux", "cpu_count": 2,
            "load_average": (1.234, 2.0, 3.5), "date": "2026-12-06 09:00 UTC"}
@@ -247,7 +247,7 @@ def test_machine_line_names_versions_machine_load_and_time():
 def test_write_table_files_writes_the_tables_and_their_json_side_by_side(tmp_path):
     from pathlib import Path
 
-    from detkd.export.bench import write_table_files
+    from detkd.export.records import write_table_files
 
     written = write_table_files(tmp_path / "new", "speed_x", "| a |\n|---|\n| 1 |\n\n", {"ms": 1.5, "file": Path("f.pt")})
     assert written == tmp_path / "new" / "speed_x.md"

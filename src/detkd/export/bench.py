@@ -23,11 +23,9 @@ parity are ``n/a`` and the table's notes say why (:data:`PYTORCH_ONLY_NOTE`).
 from __future__ import annotations
 
 import json
-import platform
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from detkd.export.keypoints import DEFAULT_MAX_KEYPOINTS
 from detkd.export.memory import CPU_METHOD, GPU_METHOD, cpu_peak_mb, gpu_peak_mb
 from detkd.export.onnx import export_onnx, format_parity, graph_for, import_onnxruntime, ort_session, photo_batch, read_metadata
+from detkd.export.records import environment
 from detkd.export.sources import ModelSource, load_model_source
 from detkd.export.timing import LatencyStats, interleaved_latency
 
@@ -293,45 +292,6 @@ def used_parameters(module: torch.nn.Module, example: torch.Tensor) -> int:
         module(example)
     used = {id(p): p for p in module.parameters() if p.data_ptr() in read}
     return sum(p.numel() for p in used.values())
-
-
-def environment(gpu: bool) -> dict[str, Any]:
-    """Versions and machine of this run."""
-    import os
-
-    ort = import_onnxruntime()
-    return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "gpu": torch.cuda.get_device_name(0) if gpu else None,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (active spinning)"),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
-def machine_line(env: dict[str, Any], seconds: float, onnxruntime: bool = False) -> str:
-    """One line for a results file: versions, machine, CPUs, load average at the end, date and run time (s).
-
-    ``env``: :func:`environment`'s dict; ``onnxruntime``: also name its version."""
-    versions = f"torch {env['torch']}" + (f", onnxruntime {env['onnxruntime']}" if onnxruntime else "")
-    load = ", ".join(f"{v:.2f}" for v in env["load_average"]) if env["load_average"] else "n/a"
-    return (f"{versions}, {env['machine']}, {env['cpu_count']} CPUs, load average at the end {load}; "
-            f"{env['date']}; {seconds:.0f} s.")
-
-
-def write_table_files(out_dir: str | Path, stem: str, text: str, payload: dict[str, Any]) -> Path:
-    """Write a benchmark's results beside each other: ``STEM.md`` (``text``, the tables a person reads) and
-    ``STEM.json`` (``payload``, what scripts read; values JSON cannot hold are written as strings).
-
-    Returns the ``.md`` path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.md").write_text(text.rstrip("\n") + "\n")
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return out / f"{stem}.md"
 
 
 # ---------------------------------------------------------------------- helpers

@@ -126,7 +126,7 @@ def attach_latency(rows: list[Row], bench: dict[str, Any] | None, size: tuple[in
         row.model_path = _row_model_path(row)
     if bench:
         return _bench_latency(rows, bench, say)
-    from detkd.export.bench import interleaved_latency
+    from detkd.export.timing import interleaved_latency
     from detkd.export.onnx import graph_for
 
     runners, sizes, padding = {}, set(), []
