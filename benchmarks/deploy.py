@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 
 from detkd.export.bench import benchmark
-from detkd.export.records import write_table_files
 from detkd.export.onnx import export_onnx, format_parity
+from detkd.export.records import write_table_files
 from detkd.export.sources import load_model_source
 
 TARGET_SPEEDUP = 5.0

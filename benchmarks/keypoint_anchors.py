@@ -61,9 +61,9 @@ from detkd.evaluation.keypoints import (
 from detkd.evaluation.lightglue import build_matchers, lightglue_misfit
 from detkd.evaluation.matching import mutual_nearest_neighbours
 from detkd.export.bench import count_gflops
+from detkd.export.match_bench import match_runner
 from detkd.export.records import write_table_files
 from detkd.export.timing import interleaved_latency
-from detkd.export.match_bench import match_runner
 from detkd.models.keypoint_teachers import load_keypoint_teacher
 from detkd.models.superpoint import SuperPoint, count_parameters
 
