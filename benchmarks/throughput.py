@@ -457,8 +457,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    from detkd.export.records import write_table_files
+
     lines = [
         "# Distillation throughput",
         "",
@@ -486,8 +486,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             continue
         lines += [run["description"], "", format_table(run["modes"])]
         lines += [""] + [f"* {note}" for note in run["notes"]] if run["notes"] else []
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"\nwritten: {out.with_suffix('.md')}, {out.with_suffix('.json')}")
+    written = write_table_files(out.parent, out.stem, "\n".join(lines), results)
+    print(f"\nwritten: {written}, {written.with_suffix('.json')}")
 
 
 if __name__ == "__main__":
