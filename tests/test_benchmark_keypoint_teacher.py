@@ -51,7 +51,7 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
 
 
 def test_verdict_is_strict() -> None:
-    bench = load_benchmark_script("keypoint_teacher")
+    bench = load_benchmark_script("keypoint_teacher_verdict")
     summary = {"teacher": {"repeatability": 0.6, "homography_accuracy@3": 0.5},
                "SIFT": {"repeatability": 0.5, "homography_accuracy@3": 0.5}}
     v = bench.verdict(summary)
@@ -85,7 +85,7 @@ def test_validation_split_uses_training_images_and_shows_the_native_scale(tmp_pa
 
 
 def test_sign_test_and_paired_comparison_by_hand() -> None:
-    bench = load_benchmark_script("keypoint_teacher")
+    bench = load_benchmark_script("keypoint_teacher_verdict")
     # 5 wins, 0 losses: P(5-0 or 0-5) = 2 / 2^5 = 0.0625; 2 vs 1: P(split at least 2-1) = 2 * (1 + 3) / 8 -> 1.
     assert bench.sign_test_p(5, 0) == pytest.approx(0.0625)
     assert bench.sign_test_p(2, 1) == 1.0 and bench.sign_test_p(0, 0) == 1.0
