@@ -114,6 +114,27 @@ def test_payload_is_refused_by_the_python_loaders(hostile):
     assert not hostile["marker"].exists()
 
 
+@pytest.mark.parametrize("content, begins", [
+    (b"<!DOCTYPE html><html>404 Not Found</html>", "<!DOCTYPE html><"),  # a download error page
+    (b"garbage\n", "garbage"),  # torch.load reads it as a pickle: 'g' is opcode 103, "Unsupported operand"
+    # a hand-written protocol-0 pickle that would call os.system: torch.save never writes one
+    (b"(S'touch MARKER'\nios\nsystem\n.", "(S'touch MARKER'"),
+])
+def test_a_file_torch_save_never_writes_is_named_as_such(tmp_path, monkeypatch, content, begins):
+    """Not "unsafe": such a file is no torch file at all, and the message says what it begins with."""
+    monkeypatch.chdir(tmp_path)  # where the hand-written pickle's MARKER would appear
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(Exception) as caught:
+        safe_torch_load(path, "weights file")
+    message = str(caught.value)
+    assert not isinstance(caught.value, UnsafeFileError)
+    assert "weights.pt" in message and "not a file that torch.save writes" in message and begins in message
+    result = CliRunner().invoke(main, ["keypoints", "evaluate", "--model", str(path)])
+    assert result.exit_code != 0 and "not a file that torch.save writes" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "MARKER").exists()
+
+
 def test_payload_as_a_runs_checkpoint_is_never_unpickled(hostile):
     """Pointing --out at a folder whose checkpoints/last.pt is hostile: refused, with and without --resume."""
     out = hostile["root"] / "run"

@@ -32,6 +32,10 @@ from typing import Any
 import torch
 
 DIGEST_KEY = "digest"
+#: How the files that ``torch.save`` writes begin: a zip archive (since torch 1.6), or a pickle of protocol 2 or
+#: more (the legacy format). Anything else fed to ``torch.load`` is read as a protocol-0 pickle and fails on
+#: its first byte.
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
 
 
 class UnreadableFileError(ValueError):
@@ -67,6 +71,15 @@ def safe_torch_load(path: str | Path, what: str, map_location: Any = "cpu") -> A
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        start = _first_bytes(path)
+        if not start.startswith(TORCH_FILE_STARTS):
+            # torch.load reads any other file as a pickle, so a text file or an HTML page fails on its
+            # first byte with "Unsupported operand": it was never written by torch.save.
+            raise UnreadableFileError(
+                f"Cannot read {what} '{path}': it is not a file that torch.save writes (those begin with a "
+                f"zip or pickle header; this one begins with {start[:16]!r}). Is it a download error page, a "
+                "text file, or another format? Re-download or re-save it."
+            ) from err
         if "Unsupported global" in str(err) or "Unsupported operand" in str(err):
             raise UnsafeFileError(
                 f"Refusing to load {what} '{path}': it holds Python objects beyond tensors and plain "
@@ -78,6 +91,14 @@ def safe_torch_load(path: str | Path, what: str, map_location: Any = "cpu") -> A
         raise _unreadable(path, what, err) from err
     except Exception as err:  # noqa: BLE001 - zip/pickle/EOF errors all mean "not a readable torch file"
         raise _unreadable(path, what, err) from err
+
+
+def _first_bytes(path: Path, count: int = 64) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(count)
+    except OSError:
+        return b""
 
 
 def _unreadable(path: Path, what: str, err: BaseException) -> UnreadableFileError:
