@@ -318,3 +318,19 @@ def test_cli_export_writes_files_and_reports_bad_input(tmp_path):
     assert bad.exit_code == 2 and "error: " in bad.output and "--height 64" in bad.output
     missing = runner.invoke(main, ["export", str(tmp_path / "nope.pt"), "--height", "64", "--width", "80"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_export_command_input_scale_sets_the_graphs_scale(tmp_path):
+    """``detkd export --input-scale 2``: the graph upsamples as the model saved at 2 does; refused for detectors."""
+    from detkd.models.weights import save_keypoint_model
+
+    torch.manual_seed(0)
+    path = save_keypoint_model(create_model("tiny", batch_norm=True).eval(), tmp_path / "student.pt")
+    out = tmp_path / "x2.onnx"
+    result = CliRunner().invoke(main, ["export", str(path), "--height", str(H), "--width", str(W),
+                                       "--input-scale", "2", "--max-keypoints", "64", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["model"]["input_scale"] == 2
+    refused = CliRunner().invoke(main, ["export", "fcos_nano_fpn", "--height", "128", "--width", "128",
+                                        "--input-scale", "2", "--out", str(tmp_path / "d.onnx")])
+    assert refused.exit_code != 0 and "--input-scale applies to key-point models" in refused.output

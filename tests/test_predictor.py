@@ -161,3 +161,27 @@ def test_detector_checkpoint_and_onnx_predictors_agree(tmp_path):
     assert np.abs(from_pt["boxes"] - from_onnx["boxes"]).max() < 1e-3  # pixels
     assert np.abs(from_pt["scores"] - from_onnx["scores"]).max() < 1e-4
     assert from_pt["boxes"][:, 3].max() <= 120  # clipped to the real image, not the padding
+
+
+def test_input_scale_argument_equals_a_model_saved_at_that_scale(files):
+    """Predictor(model, input_scale=2) gives what the same weights saved with input_scale 2 give, and
+    leaves the model it was handed at its own scale."""
+    grey = photo_batch(["rocket"], 1, H, W)[0, 0].numpy()
+    native = load_keypoint_model(files["pt"], input_scale=1.0).eval()
+    scaled = Predictor(native, input_scale=2.0)(grey)
+    reference = Predictor(load_keypoint_model(files["pt"], input_scale=2.0).eval())(grey)
+    assert native.conf["input_scale"] == 1.0
+    assert len(scaled["keypoints"]) > 10 and same_points(scaled["keypoints"], reference["keypoints"])
+    assert not same_points(scaled["keypoints"], Predictor(native)(grey)["keypoints"])
+    assert same_points(Predictor(files["pt"], input_scale=2.0)(grey)["keypoints"], reference["keypoints"])
+
+
+def test_input_scale_is_refused_where_it_cannot_apply(files, tmp_path):
+    with pytest.raises(ValueError, match="fixed at export"):
+        Predictor(files["onnx"], input_scale=1.5)
+    with pytest.raises(ValueError, match="between 0.25 and 4"):
+        Predictor(files["pt"], input_scale=0)
+    from detkd.models.detection import create_detector
+
+    with pytest.raises(ValueError, match="key-point models"):
+        Predictor(create_detector("fcos_nano_fpn", num_classes=2), input_scale=1.5)

@@ -70,6 +70,9 @@ class Predictor:
             :data:`DEFAULT_MAX_PIXELS`, 40 megapixels). A larger image is refused with a
             ``ValueError`` from its shape or file header, before it is decoded or resized. Memory
             and time grow with the pixel count; raise it for large photos you mean to process.
+        input_scale: key-point models in PyTorch: run the network on the image resized by this factor and map
+            the key points back (1.5 or 2: finer localisation at 2.25x or 4x the compute, see the README's
+            results). None: the model's own (``conf["input_scale"]``; an ONNX file's is fixed at export).
 
     Call it with one image (path, PIL image, numpy ``(H, W)`` / ``(H, W, 3)`` uint8 or float in
     ``[0, 1]``, tensor ``(H, W)`` / ``(C, H, W)``) to get one dict, or with a list (or a
@@ -94,6 +97,7 @@ class Predictor:
         threads: int | None = None,
         resize: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        input_scale: float | None = None,
     ) -> None:
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
             raise ValueError(f"max_pixels must be a positive whole number of pixels, got {max_pixels!r}")
@@ -111,9 +115,16 @@ class Predictor:
             source = load_model_source(model)
             network, self.origin = source.module, source.origin
             if source.is_onnx:
+                if input_scale is not None:
+                    raise ValueError(f"input_scale applies to PyTorch key-point models; the ONNX file '{model}' has its "
+                                     "own, fixed at export ('detkd export --input-scale')")
                 self._open_onnx(source.onnx_path, threads)
                 return
         self.backend = "pytorch"
+        if input_scale is not None:
+            if not isinstance(network, SuperPoint):
+                raise ValueError(f"input_scale applies to key-point models, not to a {type(network).__name__}")
+            network = with_input_scale(network, input_scale)
         if isinstance(network, SuperPoint):
             from detkd.export.keypoints import KeypointPostprocess
 
@@ -390,3 +401,16 @@ def _to_unit_range(array: np.ndarray, what: str) -> np.ndarray:
             "must be in [0, 1] (divide 8-bit values by 255) or be passed as uint8"
         )
     return array
+
+
+def with_input_scale(model: SuperPoint, input_scale: float) -> SuperPoint:
+    """A copy of ``model`` that runs on the image resized by ``input_scale`` (checked: a number in
+    ``[0.25, 4]``); ``model`` itself is left as it is."""
+    import copy
+
+    from detkd.models.keypoint_ops import check_input_scale
+
+    scaled = copy.deepcopy(model)
+    scaled.conf["input_scale"] = check_input_scale(input_scale)
+    return scaled
+
