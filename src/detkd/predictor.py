@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.models.keypoint_ops import CELL, input_size_multiple
-from detkd.models.superpoint import SuperPoint
+from detkd.models.superpoint import SuperPoint, with_input_scale
 
 ImageInput = Union[str, Path, np.ndarray, torch.Tensor, Any]  # Any: PIL.Image.Image
 _LUMA = (0.299, 0.587, 0.114)
@@ -401,16 +401,3 @@ def _to_unit_range(array: np.ndarray, what: str) -> np.ndarray:
             "must be in [0, 1] (divide 8-bit values by 255) or be passed as uint8"
         )
     return array
-
-
-def with_input_scale(model: SuperPoint, input_scale: float) -> SuperPoint:
-    """A copy of ``model`` that runs on the image resized by ``input_scale`` (checked: a number in
-    ``[0.25, 4]``); ``model`` itself is left as it is."""
-    import copy
-
-    from detkd.models.keypoint_ops import check_input_scale
-
-    scaled = copy.deepcopy(model)
-    scaled.conf["input_scale"] = check_input_scale(input_scale)
-    return scaled
-

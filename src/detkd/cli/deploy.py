@@ -63,8 +63,7 @@ def export_command(model: str, fmt: str, height: int, width: int, out: Path | No
         raise click.UsageError(f"'{model}' ({source.origin}): {PYTORCH_ONLY_NOTE} ('detkd bench' times it in PyTorch)")
     module = source.module
     if input_scale is not None:
-        from detkd.models.superpoint import SuperPoint
-        from detkd.predictor import with_input_scale
+        from detkd.models.superpoint import SuperPoint, with_input_scale
 
         if not isinstance(module, SuperPoint):
             raise click.UsageError(f"--input-scale applies to key-point models; '{model}' is {source.origin}")

@@ -382,3 +382,13 @@ def variant_parameter_counts() -> dict[str, int]:
     """Parameters of each named variant as :func:`create_model` builds it (no memory allocated)."""
     with torch.device("meta"):
         return {name: count_parameters(create_model(name)) for name in VARIANTS}
+
+
+def with_input_scale(model: SuperPoint, input_scale: float) -> SuperPoint:
+    """A copy of ``model`` that runs on the image resized by ``input_scale`` (checked: a number in
+    ``[0.25, 4]``; see :func:`~detkd.models.keypoint_ops.scale_input`); ``model`` itself is left as it is."""
+    import copy
+
+    scaled = copy.deepcopy(model)
+    scaled.conf["input_scale"] = check_input_scale(input_scale)
+    return scaled
