@@ -222,3 +222,19 @@ def test_extra_photos_copy_guard_sees_a_resized_brighter_copy_not_another_pictur
     assert np.linalg.norm(probe) == pytest.approx(1.0) and probe.mean() == pytest.approx(0.0, abs=1e-12)
     assert float(probe @ extra_photos.thumbnail(copy)) > extra_photos.DUPLICATE_CORRELATION
     assert float(probe @ extra_photos.thumbnail(other)) < extra_photos.DUPLICATE_CORRELATION
+
+
+def test_scaled_students_change_the_input_scale_and_nothing_else(tmp_path):
+    import torch
+
+    from detkd.models.pretrained import shipped_model_path
+    from detkd.models.weights import load_keypoint_model, read_keypoint_model_meta
+
+    scaled_students = load_benchmark_script("scaled_students")
+    assert scaled_students.main(["--students", "student-fast-s", "--scales", "1.5", "--out", str(tmp_path)]) == 0
+    copy = tmp_path / "student-fast-s-x1.5.pt"
+    shipped = load_keypoint_model(shipped_model_path("student-fast-s"))
+    scaled = load_keypoint_model(copy)
+    assert scaled.conf == {**shipped.conf, "input_scale": 1.5} and shipped.conf["input_scale"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), scaled.state_dict().values()))
+    assert "input_scale 1.5" in read_keypoint_model_meta(copy)["note"]
