@@ -27,7 +27,14 @@ from detkd.engine import NonFiniteLossError, Task, TrainConfig, Trainer
 from detkd.engine.checkpoint import CheckpointWriteError, latest_good_checkpoint, load_checkpoint, save_checkpoint
 from detkd.models.superpoint import create_model
 from detkd.models.weights import UnreadableWeightsError, UnsafeWeightsError, WeightsMismatchError, load_keypoint_model, save_keypoint_model
-from detkd.safe_files import DamagedFileError, UnsafeFileError, content_digest, safe_torch_load, with_digest
+from detkd.safe_files import (
+    DamagedFileError,
+    UnreadableFileError,
+    UnsafeFileError,
+    content_digest,
+    safe_torch_load,
+    with_digest,
+)
 from detkd.tasks.run_folder import LOCK_NAME, RunFolderError, claim_run_folder, release_run_folder
 
 
@@ -125,7 +132,7 @@ def test_a_file_torch_save_never_writes_is_named_as_such(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)  # where the hand-written pickle's MARKER would appear
     path = tmp_path / "weights.pt"
     path.write_bytes(content)
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(UnreadableFileError) as caught:
         safe_torch_load(path, "weights file")
     message = str(caught.value)
     assert not isinstance(caught.value, UnsafeFileError)

@@ -61,20 +61,17 @@ def export_command(model: str, fmt: str, height: int, width: int, out: Path | No
         from detkd.export.bench import PYTORCH_ONLY_NOTE
 
         raise click.UsageError(f"'{model}' ({source.origin}): {PYTORCH_ONLY_NOTE} ('detkd bench' times it in PyTorch)")
-    module = source.module
     if input_scale is not None:
-        from detkd.models.superpoint import SuperPoint, with_input_scale
+        from detkd.cli.main import set_input_scale
+        from detkd.models.superpoint import SuperPoint
 
-        if not isinstance(module, SuperPoint):
+        if not isinstance(source.module, SuperPoint):
             raise click.UsageError(f"--input-scale applies to key-point models; '{model}' is {source.origin}")
-        try:
-            module = with_input_scale(module, input_scale)
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--input-scale") from err
+        set_input_scale(source.module, input_scale)
     out = out or Path(f"{source.name}{'_raw' if raw_heads else ''}.onnx")
     click.echo(f"exporting {source.origin} to {out} ({fmt}, {height}x{width}"
                f"{', dynamic' if dynamic else ''}{', raw heads' if raw_heads else ''})")
-    result = export_onnx(module, out, height, width, dynamic=dynamic, raw_heads=raw_heads,
+    result = export_onnx(source.module, out, height, width, dynamic=dynamic, raw_heads=raw_heads,
                          max_keypoints=max_keypoints, max_detections=max_detections,
                          score_threshold=score_threshold, nms_iou=nms_iou, opset=opset, tolerance=tolerance,
                          source=source.origin)

@@ -294,7 +294,7 @@ def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str 
 
     named = {}
     if teacher:
-        named["teacher"] = with_input_scale(load_named_model(teacher, teacher_weights), input_scale)
+        named["teacher"] = set_input_scale(load_named_model(teacher, teacher_weights), input_scale)
     from detkd.export.sources import split_model_name
 
     for entry in models:
@@ -302,7 +302,7 @@ def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str 
         row = name or (Path(path).name if Path(path).is_dir() else Path(path).stem)
         if row in named:
             raise click.BadParameter(f"two rows named '{row}': name them with NAME=MODEL", param_hint="--model")
-        named[row] = with_input_scale(load_named_model(path), input_scale)
+        named[row] = set_input_scale(load_named_model(path), input_scale)
     eval_cfg = {"images": images, "hpatches": hpatches, "pairs_per_image": pairs_per_image,
                 "height": height, "width": width, "max_keypoints": max_keypoints, "seed": seed, "device": device,
                 "hpatches_size": hpatches_size}
@@ -313,8 +313,9 @@ def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str 
     evaluate_and_report(named, eval_cfg, out, matchers, matcher_text if matchers else None)
 
 
-def with_input_scale(model: Any, input_scale: float | None) -> Any:
-    """``model`` with its ``input_scale`` set (checked), or unchanged when ``input_scale`` is None."""
+def set_input_scale(model: Any, input_scale: float | None) -> Any:
+    """``model`` with its ``input_scale`` set in place (checked; a bad value is a ``--input-scale`` usage
+    error), or unchanged when ``input_scale`` is None."""
     if input_scale is not None and hasattr(model, "conf"):  # OpenCV's SIFT/ORB have no input scale
         from detkd.models.keypoint_ops import check_input_scale
 
@@ -357,7 +358,7 @@ def match(image0: str, image1: str, model: str, weights: str | None, plot: Path 
     from detkd.data.images import read_image
     from detkd.keypoints import match as match_images
 
-    net = with_input_scale(load_named_model(model, weights), input_scale)
+    net = set_input_scale(load_named_model(model, weights), input_scale)
     images = [read_image(p) for p in (image0, image1)]
     result = match_images(images[0], images[1], net, max_keypoints=max_keypoints,
                           ransac_threshold=ransac_threshold, device=device, matcher=matcher,
