@@ -43,6 +43,10 @@ from detkd.models.keypoint_ops import (
 ENCODERS = ("vgg", "fast")
 #: ``descriptor_stride`` values: the finest stride (pixels) that key-point descriptors read features from.
 DESCRIPTOR_STRIDES = (8, 4)
+#: ``detector_stride`` values: the finest stride (pixels) that the detector's cell logits read features from.
+DETECTOR_STRIDES = (8, 4)
+#: Stride (pixels) of the encoder features that the fine descriptor and detector branches read.
+FINE_STRIDE = 4
 
 #: Named variants; widths are (block1, block2, block3, block4), the heads' hidden width,
 #: and the descriptor size. Parameter counts in the comments are exact, for ``create_model(name)``.
@@ -177,6 +181,9 @@ class SuperPoint(nn.Module):
         # 8: descriptors read from the head's stride-8 map (SuperPoint); 4: from that map plus a 1x1 projection of the
         # encoder's stride-4 features, each read at the point (finer descriptors, for teachers such as DISK)
         "descriptor_stride": 8,
+        # 8: the detector's 65 cell logits come from the stride-8 features alone (SuperPoint); 4: plus a per-pixel
+        # offset from the encoder's stride-4 features (finer localisation at a small cost; see fine_detector_offsets)
+        "detector_stride": 8,
         "batch_norm": False,
         "bn_eps": 1e-3,
         # post-processing (reference-demo defaults)
@@ -208,6 +215,8 @@ class SuperPoint(nn.Module):
             raise ValueError(f"encoder must be one of {ENCODERS}, got {c['encoder']!r}")
         if c["descriptor_stride"] not in DESCRIPTOR_STRIDES:
             raise ValueError(f"descriptor_stride must be one of {DESCRIPTOR_STRIDES}, got {c['descriptor_stride']!r}")
+        if c["detector_stride"] not in DETECTOR_STRIDES:
+            raise ValueError(f"detector_stride must be one of {DETECTOR_STRIDES}, got {c['detector_stride']!r}")
         bn = {"batch_norm": c["batch_norm"], "bn_eps": c["bn_eps"]}
 
         encoder = vgg_encoder if c["encoder"] == "vgg" else FastEncoder
@@ -220,8 +229,15 @@ class SuperPoint(nn.Module):
         self.descriptor = nn.Sequential(
             ConvBlock(c_in, head, 3, **bn), ConvBlock(head, c["descriptor_dim"], 1, relu=False, **bn)
         )
-        if c["descriptor_stride"] == 4:  # both encoders give channels[1] features at stride 4
-            self.descriptor_fine = ConvBlock(c["channels"][1], c["descriptor_dim"], 1, relu=False, **bn)
+        fine_width = c["channels"][1]  # both encoders give channels[1] features at stride 4
+        if c["descriptor_stride"] == FINE_STRIDE:
+            self.descriptor_fine = ConvBlock(fine_width, c["descriptor_dim"], 1, relu=False, **bn)
+        if c["detector_stride"] == FINE_STRIDE:
+            self.detector_fine = nn.Sequential(
+                ConvBlock(fine_width, fine_width, 3, **bn),
+                ConvBlock(fine_width, FINE_STRIDE * FINE_STRIDE, 1, relu=False, **bn),
+            )
+            zero_output(self.detector_fine[-1])
 
     # ------------------------------------------------------------------ dense outputs
     def forward(
@@ -267,9 +283,10 @@ class SuperPoint(nn.Module):
                 "use extract(), which pads, or crop the image"
             )
         features, fine = self.encode(image)
-        logits = self.detector_logits(image, features)
+        logits = self.detector_logits(image, features, fine)
         return {"logits": logits, "heatmap": logits_to_heatmap(logits), "features": features,
-                "coarse_descriptors": self.descriptor(features), "fine_features": fine}
+                "coarse_descriptors": self.descriptor(features),
+                "fine_features": fine if self.conf["descriptor_stride"] == FINE_STRIDE else None}
 
     def describe(self, points: torch.Tensor, heads: dict[str, torch.Tensor | None]) -> torch.Tensor:
         """Unit descriptors ``(B, N, D)`` at ``points`` ``(B, N, 2)`` (pixels x, y), from :meth:`heads`' output.
@@ -292,24 +309,31 @@ class SuperPoint(nn.Module):
         return F.normalize(sample_map(points, coarse, CELL) + fine_part, p=2, dim=-1)
 
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encoder output ``(B, C4, H/8, W/8)`` and, with ``descriptor_stride`` 4, the last stride-4 features
-        ``(B, channels[1], H/4, W/4)`` (else None)."""
-        if self.conf["descriptor_stride"] == CELL:
+        """Encoder output ``(B, C4, H/8, W/8)`` and, when a descriptor or detector stride is 4, the last
+        stride-4 features ``(B, channels[1], H/4, W/4)`` (else None)."""
+        if FINE_STRIDE not in (self.conf["descriptor_stride"], self.conf["detector_stride"]):
             return self.backbone(image), None
         x, fine = image, None
         for stage in self.backbone:
             x = stage(x)
-            if x.shape[-2] * 4 == image.shape[-2]:
+            if x.shape[-2] * FINE_STRIDE == image.shape[-2]:
                 fine = x
         return x, fine
 
-    def detector_logits(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def detector_logits(
+        self, image: torch.Tensor, features: torch.Tensor, fine: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Cell logits ``(B, 65, H/8, W/8)`` of the detector head, with flat pixels suppressed.
 
         Args:
             image: ``(B, 1, H, W)`` the grey network input; features: its encoder output.
+            fine: ``(B, channels[1], H/4, W/4)`` stride-4 features; read when ``detector_stride`` is 4.
         """
         logits = self.detector(features)
+        if self.conf["detector_stride"] == FINE_STRIDE:
+            if fine is None:
+                raise ValueError("detector_stride 4 needs the encoder's stride-4 features (SuperPoint.encode)")
+            logits = logits + fine_detector_offsets(self.detector_fine(fine))
         return suppress_flat_regions(logits, image, self.conf["flat_threshold"], self.conf["flat_radius"])
 
     # ------------------------------------------------------------------ sparse outputs
@@ -364,6 +388,31 @@ class SuperPoint(nn.Module):
         ]
         keypoints = [unscale_keypoints(kp, scale_x, scale_y) for kp in keypoints]
         return {"keypoints": keypoints, "scores": scores, "descriptors": descriptors}
+
+
+def fine_detector_offsets(offsets: torch.Tensor) -> torch.Tensor:
+    """Per-pixel logit offsets from the stride-4 branch, laid out as cell logits.
+
+    Args:
+        offsets: ``(B, 16, H/4, W/4)``, channel ``4*r + c`` the offset of pixel ``(row r, column c)`` of
+            each 4x4 block.
+
+    Returns:
+        ``(B, 65, H/8, W/8)``: bin ``8*r + c`` holds the offset of pixel ``(r, c)`` of the 8x8 cell (the
+        order of :func:`~detkd.models.keypoint_ops.logits_to_heatmap`), the "no point" bin 0. Added to the
+        stride-8 head's logits, each pixel's score is its cell's logit plus its own offset, so the head can
+        place a point within its cell from features twice as fine.
+    """
+    pixels = F.pixel_unshuffle(F.pixel_shuffle(offsets, FINE_STRIDE), CELL)  # (B, 64, H/8, W/8)
+    return F.pad(pixels, (0, 0, 0, 0, 0, 1))
+
+
+def zero_output(block: ConvBlock) -> None:
+    """Make ``block`` output zeros (its BatchNorm's scale and shift, or else its conv, set to 0), so that a
+    branch added to a trained model starts as a no-op and the model's step-0 outputs are the file's."""
+    last = block.bn if isinstance(block.bn, nn.BatchNorm2d) else block.conv
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
 
 
 def create_model(variant: str = "superpoint", **conf: Any) -> SuperPoint:

@@ -11,7 +11,8 @@ from detkd.models.superpoint import SuperPoint, create_model
 
 
 #: Keys of the ``student`` config section that replace the variant's structural options when set.
-STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim", "descriptor_stride")
+STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim", "descriptor_stride",
+                          "detector_stride")
 
 
 def build_student(teacher: nn.Module, variant: str, batch_norm: bool = True, **structure: Any) -> SuperPoint:
@@ -57,7 +58,7 @@ def init_file(init: str | Path) -> Path:
 #: Options layered on a variant's widths that a student started from a file (``student.init``) takes from
 #: that file when the config leaves them null, so that ``--student fast-s --init student-fast-s`` fine-tunes
 #: the shipped student whatever its heads.
-INIT_LAYERED_KEYS = ("head_channels", "descriptor_stride")
+INIT_LAYERED_KEYS = ("head_channels", "descriptor_stride", "detector_stride")
 
 
 def structure_for_init(variant: str, structure: dict[str, Any], init: str | Path) -> dict[str, Any]:
@@ -86,6 +87,10 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     """Copy the weights of ``init`` (a detkd key-point model file, or a shipped student's name) into
     ``student``, whose structure must be the same; returns where they came from, in words.
 
+    One difference is accepted: a ``detector_stride`` 4 student started from a stride-8 file. The file's
+    weights fill everything it has; the stride-4 detector branch keeps its zero output
+    (:func:`~detkd.models.superpoint.zero_output`), so the student starts as the file's model.
+
     Raises:
         FileNotFoundError: ``init`` is neither a file nor a shipped model's name.
         ValueError: its structure (encoder, widths, descriptor size, BatchNorm) differs from ``student``'s;
@@ -97,16 +102,21 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     path = init_file(init)
     source = load_keypoint_model(path)
     differ = [k for k in STRUCTURAL_OPTIONS if _plain(source.conf[k]) != _plain(student.conf[k])]
-    if differ:
+    grows_detector = differ == ["detector_stride"] and (source.conf[differ[0]], student.conf[differ[0]]) == (8, 4)
+    if differ and not grows_detector:
         theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in differ)
         ours = ", ".join(f"{k} {_plain(student.conf[k])}" for k in differ)
         raise ValueError(
             f"student.init '{path}' has {theirs}; the student to train has {ours}. Set student.variant (and "
             "student.channels / head_channels / encoder) to the file's structure, or leave student.init null")
-    student.load_state_dict(source.state_dict())
+    missing, unexpected = student.load_state_dict(source.state_dict(), strict=not grows_detector)
+    if grows_detector and (unexpected or any(not key.startswith("detector_fine.") for key in missing)):
+        raise ValueError(f"student.init '{path}': cannot grow it to detector_stride 4 (missing {missing}, "
+                         f"unexpected {unexpected})")
     meta = read_keypoint_model_meta(path)
     trained = f", {meta['steps']} steps from {meta['teacher']}" if meta.get("steps") and meta.get("teacher") else ""
-    return f"{path}{trained}"
+    grown = " (grown to detector_stride 4; the new branch starts at zero)" if grows_detector else ""
+    return f"{path}{trained}{grown}"
 
 
 def _plain(value: Any) -> Any:

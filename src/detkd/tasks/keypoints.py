@@ -66,6 +66,9 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         "head_channels": None,  # hidden width of the detector and descriptor heads
         "descriptor_dim": None,  # null: the teacher's (the descriptor losses need the teacher's size)
         "descriptor_stride": None,  # pixels per descriptor cell, 8 or 4 (4: finer descriptors, for DISK teachers)
+        # finest stride the detector reads, 8 or 4 (4: a per-pixel offset from stride-4 features, finer localisation);
+        # 4 with a stride-8 student.init grows that file: the new branch starts at zero, step 0 is the file's model
+        "detector_stride": None,
         # Initial weights: null = random; a student model file or a shipped student's name (student-fast-s ...) of
         # the same structure = fine-tune it (e.g. a shipped student on your own photos, or at a larger view size)
         "init": None,
