@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from detkd.models.superpoint import SuperPoint, create_model
+from detkd.models.keypoint_ops import CELL
+from detkd.models.superpoint import FINE_STRIDE, SuperPoint, create_model
 
 
 #: Keys of the ``student`` config section that replace the variant's structural options when set.
@@ -102,7 +103,8 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     path = init_file(init)
     source = load_keypoint_model(path)
     differ = [k for k in STRUCTURAL_OPTIONS if _plain(source.conf[k]) != _plain(student.conf[k])]
-    grows_detector = differ == ["detector_stride"] and (source.conf[differ[0]], student.conf[differ[0]]) == (8, 4)
+    grows_detector = differ == ["detector_stride"] and (
+        source.conf["detector_stride"], student.conf["detector_stride"]) == (CELL, FINE_STRIDE)
     if differ and not grows_detector:
         theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in differ)
         ours = ", ".join(f"{k} {_plain(student.conf[k])}" for k in differ)
