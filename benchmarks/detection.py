@@ -65,7 +65,7 @@ from detkd.engine import read_history
 from detkd.evaluation.detection import DetectionMetrics, MaxDetections, evaluate_detections, resolve_max_detections
 from detkd.export.records import write_table_files
 from detkd.export.timing import interleaved_latency
-from detkd.models.detection import count_parameters, detector_gflops, load_detector, variant_options
+from detkd.models.detection import count_parameters, detector_gflops, inference_copy, load_detector, variant_options
 from detkd.models.detection.weights import read_detector_extra, save_detector
 from detkd.tasks.detection import (
     DEFAULT_DISTILL_CONFIG,
@@ -187,9 +187,11 @@ def git_commit() -> str:
 
 
 def cpu_latency(models: dict[str, Any], size: int, repeats: int) -> dict[str, float]:
-    """Median ms of forward + post-processing of one ``size``-pixel image per model, interleaved."""
+    """Median ms of forward + post-processing of one ``size``-pixel image per model, interleaved, each
+    model as ``Predictor`` runs it (:func:`~detkd.models.detection.inference.inference_copy`)."""
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    runners = {name: (lambda m=model: m.predict(image)) for name, model in models.items()}
+    prepared = {name: inference_copy(model) for name, model in models.items()}
+    runners = {name: (lambda m=model: m.predict(image)) for name, model in prepared.items()}
     with torch.inference_mode():
         stats = interleaved_latency(runners, repeats, warmup=3)
     return {name: s.median_ms for name, s in stats.items()}

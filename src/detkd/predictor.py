@@ -141,9 +141,11 @@ class Predictor:
                 f"Predictor runs SuperPoint-family key-point models and detkd detectors, got {type(network).__name__}"
             )
         from detkd.export.detection import DetectionPostprocess
+        from detkd.models.detection.inference import inference_copy
 
         self.task = "detection"
-        self.module = DetectionPostprocess(network, score_threshold, nms_iou, max_detections).eval().to(self.device)
+        self.module = DetectionPostprocess(inference_copy(network), score_threshold, nms_iou,
+                                           max_detections).eval().to(self.device)
         self.limit = max_detections
         self.multiple = max(network.strides)
 

@@ -80,8 +80,14 @@ class DetectionRawHeads(nn.Module):
 
 def detection_graph(adapter: nn.Module, raw_heads: bool = False, max_detections: int = 100,
                     score_threshold: float = 0.05, nms_iou: float = 0.5) -> ExportGraph:
-    """The :class:`ExportGraph` of a detector adapter (post-processed, or raw heads)."""
-    adapter = adapter.eval().cpu()
+    """The :class:`ExportGraph` of a detector adapter (post-processed, or raw heads).
+
+    The graph runs :func:`~detkd.models.detection.inference.inference_copy` of ``adapter`` (BatchNorm
+    folded, channels-last): what eager PyTorch times in ``detkd bench`` and runs in ``Predictor``.
+    """
+    from detkd.models.detection.inference import inference_copy
+
+    adapter = inference_copy(adapter.cpu())
     k = adapter.num_classes
     input_spec = {
         "layout": "B,3,H,W", "dtype": "float32", "colour": "RGB", "range": [0.0, 1.0],

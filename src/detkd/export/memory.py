@@ -99,8 +99,9 @@ def _child(spec: dict) -> float:
         if spec.get("task") == "detection":
             from detkd.export.detection import DetectionPostprocess
             from detkd.models.detection import load_detector
+            from detkd.models.detection.inference import inference_copy
 
-            module = DetectionPostprocess(load_detector(spec["path"])).eval()
+            module = DetectionPostprocess(inference_copy(load_detector(spec["path"]))).eval()
         else:
             from detkd.export.keypoints import KeypointPostprocess
             from detkd.models.weights import load_keypoint_model

@@ -8,6 +8,7 @@ from detkd.models.detection.adapters import DetectorAdapter
 from detkd.models.detection.faster_rcnn import FasterRCNNAdapter
 from detkd.models.detection.fcos import FCOSAdapter
 from detkd.models.detection.retinanet import RetinaNetAdapter
+from detkd.models.detection.inference import fold_batch_norms, inference_copy
 from detkd.models.detection.backbones import FPN_LEVEL_NAMES, FPN_STRIDES, TinyBackbone, build_fpn_backbone
 from detkd.models.detection.outputs import DetectorOutputs, per_anchor, per_location
 from detkd.models.detection.profile import count_parameters, detector_gflops
@@ -39,7 +40,9 @@ __all__ = [
     "create_detector",
     "create_detector_from_config",
     "detector_gflops",
+    "fold_batch_norms",
     "get_variant",
+    "inference_copy",
     "list_detectors",
     "load_detector",
     "per_anchor",
