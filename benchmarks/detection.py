@@ -93,6 +93,7 @@ STUDENT_RUNS: dict[str, tuple[str, dict[str, Any]] | None] = {
     "gid_relation": ("gid", {"feature_weight": 0.0, "response_cls_weight": 0.0, "response_box_weight": 0.0}),
     "gid_response": ("gid", {"feature_weight": 0.0, "relation_weight": 0.0}),
     "gid_feature_response": ("gid", {"relation_weight": 0.0}),
+    "gid_rpn_only": ("gid", {"second_stage_response": False}),  # two-stage pairs: the RoI heads not distilled
     "pkd": ("pkd", {}),
     "cwd": ("cwd", {}),
 }

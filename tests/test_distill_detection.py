@@ -672,6 +672,11 @@ def test_gid_distils_a_two_stage_pairs_roi_head_on_the_general_instances():
     assert s_cls.grad is not None and s_cls.grad.abs().sum() > 0
     plain = make_outputs(s_logits, family="faster_rcnn")  # a pair without a second stage: no RoI terms
     assert "gid_response_roi_cls" not in gid(make_outputs(t_logits, family="faster_rcnn"), plain)
+    rpn_only = GeneralInstanceDistillation(2, 2, GIDConfig(feature_weight=0, relation_weight=0, second_stage_response=False),
+                                           match_anchors=RecordingMatcher(hit=9, ignore=3, num_anchors=L))
+    out = rpn_only(teacher, student)  # switched off: the same dense response, no RoI terms, the heads not run
+    assert "gid_response_roi_cls" not in out and "gid_response_roi_box" not in out and len(seen) == 1
+    assert out["gid_response_cls"].item() == pytest.approx(gid(teacher, student)["gid_response_cls"].item())
 
 
 def test_faster_rcnn_second_stage_is_its_roi_head_and_gid_trains_it():

@@ -48,7 +48,9 @@ Three losses read the GIs (each is switched off by a weight of 0):
   included) to the student's, and the L1 between their box deltas for the teacher's most likely
   object class, each summed over classes / the 4 coordinates and divided by the number of GIs.
   Same weights as the response terms (0.1 each), since they are the same kind of knowledge at
-  the stage that makes the detections.
+  the stage that makes the detections. ``second_stage_response: false`` leaves them out (the RPN
+  alone is distilled, as before these terms existed: the ablation of ``benchmarks/detection.py
+  --runs gid_rpn_only``).
 
 Diagnostics (not in ``"distill"``): ``gid_instances`` (mean GIs per image) and, with the response
 on, ``gid_matched`` (matched anchors or locations in the batch).
@@ -104,6 +106,7 @@ class GIDConfig:
     canonical_scale: int = 224
     canonical_level: int = 4
     adapter: str = "auto"  # student -> teacher width for the feature loss; see make_adapter
+    second_stage_response: bool = True  # two-stage pairs: also distil the RoI heads (False: the RPN only)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GIDConfig":
@@ -235,7 +238,8 @@ class GeneralInstanceDistillation(DetectionDistiller):
                 terms["gid_response_cls"] = cfg.response_cls_weight * cls_loss
             if cfg.response_box_weight > 0:
                 terms["gid_response_box"] = cfg.response_box_weight * box_loss
-            if teacher.second_stage is not None and student.second_stage is not None:
+            two_stage = teacher.second_stage is not None and student.second_stage is not None
+            if cfg.second_stage_response and two_stage:
                 roi_cls, roi_box = self._second_stage_response(teacher, student, instances)
                 if cfg.response_cls_weight > 0:
                     terms["gid_response_roi_cls"] = cfg.response_cls_weight * roi_cls
