@@ -1,7 +1,10 @@
 """``detkd.Predictor``: run a trained model on images, from PyTorch weights or an ONNX export.
 
 Key-point models give key points, scores and descriptors; detectors give boxes, scores and
-labels.
+labels. A detector runs as its inference copy
+(:func:`detkd.models.detection.inference_copy`: BatchNorm folded into the convs, channels-last
+memory; the same detections, faster in eager PyTorch), so later changes to the module passed in
+do not reach the predictor.
 
     from detkd import Predictor
     predictor = Predictor("runs/kp1/student.pt")          # or "student.onnx", "default"

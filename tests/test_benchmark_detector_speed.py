@@ -1,0 +1,61 @@
+"""The detector speed scripts: the detection check by hand, and each end to end on two tiny detectors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import load_benchmark_script
+from detkd.models.detection import create_detector, save_detector
+
+inference_speed = load_benchmark_script("detector_inference_speed")
+pair_speed = load_benchmark_script("detector_pair_speed")
+
+
+def _detections(boxes, scores, labels):
+    return (torch.tensor([boxes], dtype=torch.float32), torch.tensor([scores]), torch.tensor([labels]),
+            torch.tensor([sum(label >= 0 for label in labels)]))
+
+
+def test_same_detections_reports_the_worst_differences_or_a_mismatch():
+    first = _detections([[0, 0, 10, 10], [0, 0, 0, 0]], [0.9, 0.0], [1, -1])
+    close = _detections([[0, 0, 10, 10.5], [0, 0, 0, 0]], [0.8, 0.0], [1, -1])
+    assert inference_speed.same_detections([first, close]) == \
+        "same 1 detections (scores within 1.0e-01, boxes within 5.0e-01 px)"
+    other_label = _detections([[0, 0, 10, 10], [0, 0, 0, 0]], [0.9, 0.0], [2, -1])
+    assert inference_speed.same_detections([first, other_label]) == "DIFFERENT detections"
+
+
+@pytest.fixture(scope="module")
+def two_detectors(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("detectors")
+    torch.manual_seed(0)
+    return [f"{name}={save_detector(create_detector(variant, 2).eval(), folder / f'{name}.pt')}"
+            for name, variant in (("teacher", "fcos_small_fpn"), ("student", "fcos_nano_fpn"))]
+
+
+def test_inference_speed_script_writes_one_row_per_model(two_detectors, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["detector_inference_speed.py", *two_detectors, "--sizes", "128",
+                                      "--repeats", "1", "--out", str(tmp_path)])
+    inference_speed.main()
+    text = (tmp_path / "detector_inference_speed.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith(("| teacher", "| student"))]
+    assert len(rows) == 2 and all("DIFFERENT" not in row for row in rows)
+    assert "| 1.00x | 1.00x | 1.00x |" in rows[0]  # the reference's pair ratios
+    payload = json.loads((tmp_path / "detector_inference_speed.json").read_text())
+    assert set(payload["sizes"]["128"]["median_ms"]) == {f"{n}|{w}" for n in ("teacher", "student")
+                                                          for w in inference_speed.WAYS}
+
+
+def test_pair_speed_script_benches_every_size(two_detectors, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["detector_pair_speed.py", *two_detectors, "--sizes", "128",
+                                      "--repeats", "1", "--out", str(tmp_path)])
+    pair_speed.main()
+    text = (tmp_path / "detector_pair_speed.md").read_text()
+    assert "## 128x128" in text and "| teacher |" in text and "| student |" in text
+    payload = json.loads((tmp_path / "detector_pair_speed.json").read_text())
+    rows = payload["sizes"]["128"]["rows"]
+    assert [r["name"] for r in rows] == ["teacher", "student"]
