@@ -17,7 +17,6 @@ timed, both layouts interleaved (round-robin), median of the runs after warm-up:
 from __future__ import annotations
 
 import argparse
-import copy
 import shlex
 import sys
 import time
