@@ -34,8 +34,8 @@ DETECTORS = ["fcos_nano_fpn", "fcos_tiny_fpn", "fcos_small_fpn", "retinanet_tiny
 KEYPOINT_STUDENTS = ["fast-s", "fast-s:head_channels=64,descriptor_stride=4", "fast-l"]
 
 
-def detector_step(name: str, layout: torch.memory_format) -> Callable[[], Any]:
-    """One SGD step of detector ``name`` (5 classes) on a fixed batch, in ``layout``."""
+def detector_step(name: str, layout: torch.memory_format) -> Callable[[], float]:
+    """One SGD step (returns the loss) of detector ``name`` (5 classes) on a fixed batch, in ``layout``."""
     torch.manual_seed(0)
     model = create_detector(name, 5).train().to(memory_format=layout)
     generator = torch.Generator().manual_seed(1)
@@ -46,17 +46,18 @@ def detector_step(name: str, layout: torch.memory_format) -> Callable[[], Any]:
         targets.append({"boxes": torch.cat([corner, corner + size], 1), "labels": torch.randint(0, 5, (3,), generator=generator)})
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-4)
 
-    def step() -> None:
+    def step() -> float:
         loss = sum(model(images, targets).losses.values())
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+        return float(loss.detach())
 
     return step
 
 
-def keypoint_step(spec: str, layout: torch.memory_format) -> Callable[[], Any]:
-    """One SGD step of key-point student ``VARIANT[:KEY=VALUE,...]`` on a fixed batch, in ``layout``."""
+def keypoint_step(spec: str, layout: torch.memory_format) -> Callable[[], float]:
+    """One SGD step (returns the loss) of key-point student ``VARIANT[:KEY=VALUE,...]`` on a fixed batch, in ``layout``."""
     variant, _, options = spec.partition(":")
     conf = {k: int(v) for k, v in (item.split("=") for item in options.split(",") if item)}
     torch.manual_seed(0)
@@ -64,12 +65,13 @@ def keypoint_step(spec: str, layout: torch.memory_format) -> Callable[[], Any]:
     images = torch.rand(16, 1, 240, 320, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=layout)
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-4)
 
-    def step() -> None:
+    def step() -> float:
         outputs = model(images)
         loss = sum(v.float().pow(2).mean() for v in outputs.values() if torch.is_tensor(v) and v.is_floating_point())
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+        return float(loss.detach())
 
     return step
 

@@ -13,6 +13,7 @@ from detkd.models.detection import create_detector, save_detector
 
 inference_speed = load_benchmark_script("detector_inference_speed")
 pair_speed = load_benchmark_script("detector_pair_speed")
+channels_last = load_benchmark_script("channels_last_training")
 
 
 def _detections(boxes, scores, labels):
@@ -59,3 +60,12 @@ def test_pair_speed_script_benches_every_size(two_detectors, tmp_path, monkeypat
     payload = json.loads((tmp_path / "detector_pair_speed.json").read_text())
     rows = payload["sizes"]["128"]["rows"]
     assert [r["name"] for r in rows] == ["teacher", "student"]
+
+
+@pytest.mark.parametrize("build, name", [("detector_step", "fcos_nano_fpn"), ("keypoint_step", "fast-s:head_channels=16")])
+def test_both_layouts_train_the_same_model_on_the_same_batch(build, name):
+    """The timed steps differ in memory layout only: same weights, batch and losses, step after step."""
+    plain = getattr(channels_last, build)(name, torch.contiguous_format)
+    nhwc = getattr(channels_last, build)(name, torch.channels_last)
+    for _ in range(2):
+        assert nhwc() == pytest.approx(plain(), rel=1e-4)
