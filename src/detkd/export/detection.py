@@ -87,7 +87,7 @@ def detection_graph(adapter: nn.Module, raw_heads: bool = False, max_detections:
     """
     from detkd.models.detection.inference import inference_copy
 
-    adapter = inference_copy(adapter.cpu())
+    adapter = inference_copy(adapter).cpu()
     k = adapter.num_classes
     input_spec = {
         "layout": "B,3,H,W", "dtype": "float32", "colour": "RGB", "range": [0.0, 1.0],
