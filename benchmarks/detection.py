@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from detkd.config import merge_config
 from detkd.data.detection import (
@@ -198,6 +199,14 @@ def cpu_latency(models: dict[str, Any], size: int, repeats: int) -> dict[str, fl
     return {name: s.median_ms for name, s in stats.items()}
 
 
+def student_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--student-option`` (the value read as YAML: ``1``, ``[8, 16]``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"'{text}': --student-option takes KEY=VALUE, e.g. head_convs=1")
+    return key, yaml.safe_load(value)
+
+
 def training_seconds(out: Path, steps: int, batch_size: int) -> float:
     """Training time of a run from its history (samples / images-per-second of the last record), so that
     a run finished earlier and only resumed here still reports what its training took."""
@@ -276,6 +285,7 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
     print(f"\n===== {name} =====\n{data.description}", flush=True)
     with_anchors = all("anchor_size" in variant_options(n) for n in (args.teacher, args.student))
     overrides = {"anchor_size": args.anchor_size} if args.anchor_size and with_anchors else None
+    student_overrides = {**(overrides or {}), **args.student_option} or None
     teacher_cfg = merge_config(DEFAULT_TRAIN_CONFIG, {
         "model": {"name": args.teacher, "overrides": overrides, "init": str(args.teacher_init) if args.teacher_init else None},
         **common_sections(args, args.teacher_steps, args.seed)})
@@ -295,7 +305,8 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
         sections["train"]["ema_decay"] = args.student_ema_decay
         folder = work / name / (run if args.student_seed == args.seed else f"{run}_seed{args.student_seed}")
         if spec is None:
-            config = merge_config(DEFAULT_TRAIN_CONFIG, {"model": {"name": args.student, "overrides": overrides}, **sections})
+            config = merge_config(DEFAULT_TRAIN_CONFIG, {"model": {"name": args.student, "overrides": student_overrides},
+                                                         **sections})
             outcome = run_detection_training(config, folder, resume=True, data=data)
             metrics = outcome.report.metrics["model"]
             paths[run] = outcome.model_path
@@ -303,7 +314,7 @@ def run_set(name: str, data: DetectionData, args: argparse.Namespace, work: Path
             method, options = spec
             config = merge_config(DEFAULT_DISTILL_CONFIG, {
                 "teacher": {"checkpoint": str(teacher_path)},
-                "student": {"name": args.student, "overrides": overrides},
+                "student": {"name": args.student, "overrides": student_overrides},
                 "distill": {"method": method, "label_free": bool(options.get("label_free", False)),
                             method: {k: v for k, v in options.items() if k != "label_free"}}, **sections})
             outcome = run_detection_distillation(config, folder, resume=True, data=data)
@@ -355,6 +366,9 @@ def main() -> None:
                         help="student runs [all]")
     parser.add_argument("--teacher", default="retinanet_small_fpn", help="teacher detector [retinanet_small_fpn]")
     parser.add_argument("--student", default="retinanet_tiny_fpn", help="student detector [retinanet_tiny_fpn]")
+    parser.add_argument("--student-option", nargs="+", default=[], metavar="KEY=VALUE", type=student_option,
+                        help="the student's structure options (detkd detect models lists them), YAML values, "
+                             "e.g. head_convs=1 [none]")
     parser.add_argument("--anchor-size", type=int, default=16,
                         help="anchor_size of teacher and student when both have anchors (pixels at P3; 0: the variant's) [16]")
     parser.add_argument("--teacher-steps", type=int, default=600, help="teacher training steps [600]")
@@ -400,6 +414,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.student_seed is None:
         args.student_seed = args.seed
+    args.student_option = dict(args.student_option)
     if (args.teacher_checkpoint or args.save_teacher) and len(args.sets) != 1:
         parser.error("--teacher-checkpoint and --save-teacher hold one data set's teacher: name one in --sets")
     if args.teacher_init and args.teacher_checkpoint:
