@@ -47,7 +47,8 @@ def main() -> None:
         for size in args.sizes:
             report = benchmark(args.models, size, size, threads=args.threads, repeats=args.repeats, memory=False,
                                gpu=False, spinning=False, work_dir=Path(work) / str(size))
-            lines += ["", f"## {size}x{size}", "", report.table().rstrip(), "", report.conditions()]
+            lines += ["", f"## {size}x{size}", "", report.table().rstrip(), "",
+                      f"{report.conditions()} Measured {report.environment['date']}."]
             payload["sizes"][size] = report.to_dict()
     lines += ["", f"Run time: {time.time() - started:.0f} s."]
     text = "\n".join(lines)
