@@ -165,6 +165,7 @@ def schedule(args: argparse.Namespace, steps: int, seed: int) -> dict[str, Any]:
         "lr_decay": 0.1, "lr_decay_every": max(1, (3 * steps) // 4), "checkpoint_every": max(1, steps // 4),
         "log_every": max(1, min(10, steps // 10)), "accelerator": "cpu", "progress": False, "seed": seed,
         "precision": "32-true", "val_every": args.val_every,
+        **({} if args.channels_last is None else {"channels_last": args.channels_last}),
     }
 
 
@@ -366,6 +367,9 @@ def main() -> None:
                         help="student runs [all]")
     parser.add_argument("--teacher", default="retinanet_small_fpn", help="teacher detector [retinanet_small_fpn]")
     parser.add_argument("--student", default="retinanet_tiny_fpn", help="student detector [retinanet_tiny_fpn]")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="train.channels_last of every run (default: the configs', true since 2026-12-06); "
+                             "--no-channels-last repeats a run trained before that default")
     parser.add_argument("--student-option", nargs="+", default=[], metavar="KEY=VALUE", type=student_option,
                         help="the student's structure options (detkd detect models lists them), YAML values, "
                              "e.g. head_convs=1 [none]")
