@@ -30,6 +30,9 @@ from detkd.export.timing import interleaved_latency
 from detkd.models.detection import create_detector
 from detkd.models.superpoint import create_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from student_speed import parse_variant  # noqa: E402  (the same VARIANT:KEY=VALUE,... specs)
+
 DETECTORS = ["fcos_nano_fpn", "fcos_tiny_fpn", "fcos_small_fpn", "retinanet_tiny_fpn", "fasterrcnn_tiny_fpn"]
 KEYPOINT_STUDENTS = ["fast-s", "fast-s:head_channels=64,descriptor_stride=4", "fast-l"]
 
@@ -58,8 +61,7 @@ def detector_step(name: str, layout: torch.memory_format) -> Callable[[], float]
 
 def keypoint_step(spec: str, layout: torch.memory_format) -> Callable[[], float]:
     """One SGD step (returns the loss) of key-point student ``VARIANT[:KEY=VALUE,...]`` on a fixed batch, in ``layout``."""
-    variant, _, options = spec.partition(":")
-    conf = {k: int(v) for k, v in (item.split("=") for item in options.split(",") if item)}
+    variant, conf = parse_variant(spec, option="--students")
     torch.manual_seed(0)
     model = create_model(variant, **conf).train().to(memory_format=layout)
     images = torch.rand(16, 1, 240, 320, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=layout)
@@ -80,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detectors", nargs="*", default=DETECTORS, help=f"detector variants [{' '.join(DETECTORS)}]")
     parser.add_argument("--students", nargs="*", default=KEYPOINT_STUDENTS,
-                        help=f"key-point students, VARIANT[:KEY=INT,...] [{' '.join(KEYPOINT_STUDENTS)}]")
+                        help=f"key-point students, VARIANT[:KEY=VALUE,...] [{' '.join(KEYPOINT_STUDENTS)}]")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads [1]")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per model and layout [10]")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")

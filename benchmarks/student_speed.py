@@ -65,16 +65,18 @@ def superpoint_family(variants: list[str]) -> dict[str, SuperPoint]:
     return models
 
 
-def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
-    """``fast-s`` or ``fast-s:head_channels=64,descriptor_dim=128`` -> (variant, structural options; YAML values)."""
+def parse_variant(spec: str, option: str = "--variants") -> tuple[str, dict[str, Any]]:
+    """``fast-s`` or ``fast-s:head_channels=64,descriptor_dim=128`` -> (variant, structural options; YAML values).
+
+    ``option``: the command-line option that gave ``spec``, named in the errors."""
     variant, _, rest = spec.partition(":")
     if variant not in VARIANTS:
-        raise SystemExit(f"--variants: unknown variant '{variant}' in '{spec}'; variants: {', '.join(VARIANTS)}")
+        raise SystemExit(f"{option}: unknown variant '{variant}' in '{spec}'; variants: {', '.join(VARIANTS)}")
     options = {}
     for item in filter(None, re.split(r",(?![^\[]*\])", rest)):  # commas inside [...] belong to a list
         key, _, value = item.partition("=")
         if key not in STRUCTURAL_OPTIONS or not value:
-            raise SystemExit(f"--variants: '{item}' in '{spec}' is not KEY=VALUE with KEY in {', '.join(STRUCTURAL_OPTIONS)}")
+            raise SystemExit(f"{option}: '{item}' in '{spec}' is not KEY=VALUE with KEY in {', '.join(STRUCTURAL_OPTIONS)}")
         options[key] = yaml.safe_load(value)
     return variant, options
 

@@ -4,7 +4,7 @@ Training keeps BatchNorm as its own layer (its statistics move); in eval mode it
 the conv before it and can be folded into that conv's weights (torch's ``fuse_conv_bn_eval``), one
 pass over each feature map less. Channels-last (NHWC) memory is what oneDNN's CPU convolutions (and
 cuDNN's) run natively; in the default NCHW layout every conv reorders its input and output.
-``benchmarks/results/detector_pair_speed*.md`` measures what the two buy on one CPU thread.
+``benchmarks/results/detector_inference_speed.md`` measures what the two buy on one CPU thread.
 
 :func:`inference_copy` leaves the model it is given untouched, so a training run, a checkpoint or a
 distillation loss never sees the folded copy. ONNX Runtime folds BatchNorm itself, so exported
