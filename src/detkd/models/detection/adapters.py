@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
-from detkd.models.detection.outputs import DetectorOutputs
+from detkd.models.detection.outputs import DetectorOutputs, per_anchor
+from detkd.models.detection.postprocess import dense_detections
 
 Target = dict[str, Tensor]
 
@@ -156,27 +157,26 @@ class DetectorAdapter(nn.Module):
         nms_iou: float = 0.5,
         max_detections: int = 100,
     ) -> list[dict[str, Tensor]]:
-        """Detections per image with torchvision's ``postprocess_detections`` of this family.
+        """Detections per image by the rule of torchvision's ``postprocess_detections`` of this family.
 
-        Scores are those of torchvision: sigmoid of the class logit (FCOS: geometric mean with
-        the centre-ness sigmoid), per-level top ``topk_candidates`` before a class-wise NMS.
+        Scores are those of torchvision (:func:`~detkd.models.detection.outputs.per_anchor`: the class
+        sigmoid; FCOS: its geometric mean with the centre-ness sigmoid); per level the top
+        ``topk_candidates`` above ``score_threshold`` enter a class-wise NMS. Computed by
+        :func:`~detkd.models.detection.postprocess.dense_detections`, which gives torchvision's
+        detections (up to rounding and ties) with a vectorised top-k and an NMS that stops early.
 
         Returns:
             One dict per image: ``boxes`` ``(D, 4)`` xyxy pixels clipped to the image,
             ``scores`` ``(D,)``, ``labels`` ``(D,)`` int64 in ``0 .. K-1``; ``D <= max_detections``,
             sorted by decreasing score.
         """
-        head_outputs = {"cls_logits": outputs.cls_logits, "bbox_regression": outputs.box_regression}
-        if outputs.centerness is not None:
-            head_outputs["bbox_ctrness"] = outputs.centerness.unsqueeze(-1)
+        scores, _ = per_anchor(outputs)
         per_level = self._split_per_level(outputs)
-        split = {key: list(value.split(per_level, dim=1)) for key, value in head_outputs.items()}
-        batch = outputs.cls_logits.shape[0]
-        anchors = [list(outputs.anchors.split(per_level))] * batch
-        with temporary_attributes(
-            self.model, score_thresh=score_threshold, nms_thresh=nms_iou, detections_per_img=max_detections
-        ):
-            return self.model.postprocess_detections(split, anchors, [outputs.image_size] * batch)
+        return [
+            dense_detections(scores[b], outputs.boxes[b], per_level, outputs.image_size, score_threshold, nms_iou,
+                             max_detections, candidates_per_level=int(self.model.topk_candidates))
+            for b in range(scores.shape[0])
+        ]
 
     def match_anchors(self, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
         """The ground-truth box each anchor is assigned to by this family's own matcher.
