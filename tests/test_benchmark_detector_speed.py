@@ -15,6 +15,7 @@ from detkd.models.detection import create_detector, save_detector
 inference_speed = load_benchmark_script("detector_inference_speed")
 pair_speed = load_benchmark_script("detector_pair_speed")
 channels_last = load_benchmark_script("channels_last_training")
+postprocess_speed = load_benchmark_script("detector_postprocess_speed")
 
 
 def _detections(boxes, scores, labels):
@@ -77,6 +78,29 @@ def test_pair_speed_script_benches_every_size(two_detectors, tmp_path, monkeypat
     payload = json.loads((tmp_path / "detector_pair_speed.json").read_text())
     rows = payload["sizes"]["128"]["rows"]
     assert [r["name"] for r in rows] == ["teacher", "student"]
+
+
+def test_postprocess_speed_script_times_both_ways_and_checks_they_agree(two_detectors, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["detector_postprocess_speed.py", *two_detectors, "--sizes", "128",
+                                      "--repeats", "1", "--out", str(tmp_path)])
+    postprocess_speed.main()
+    text = (tmp_path / "detector_postprocess_speed.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith(("| teacher", "| student"))]
+    assert len(rows) == 2 and all(row.endswith("| yes |") for row in rows)
+    assert "| 1.00x | 1.00x | yes |" in rows[0]  # the reference's own pair ratios
+    payload = json.loads((tmp_path / "detector_postprocess_speed.json").read_text())
+    row = payload["sizes"]["128"][1]
+    assert row["model"] == "student" and row["network"] > 0 and row["torchvision"] > 0 and row["detkd"] > 0
+
+
+def test_postprocess_speed_same_detections_by_hand():
+    one = [{"labels": torch.tensor([1, 0]), "scores": torch.tensor([0.9, 0.5]),
+            "boxes": torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]])}]
+    assert postprocess_speed.same_detections(one, [dict(one[0])])
+    moved = [{**one[0], "boxes": one[0]["boxes"] + torch.tensor([0.0, 0, 0, 0.01])}]
+    assert not postprocess_speed.same_detections(one, moved)
+    fewer = [{key: value[:1] for key, value in one[0].items()}]
+    assert not postprocess_speed.same_detections(one, fewer)
 
 
 @pytest.mark.parametrize("build, name", [("detector_step", "fcos_nano_fpn"), ("keypoint_step", "fast-s:head_channels=16")])

@@ -8,22 +8,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from detkd.models.detection import create_detector
-from detkd.models.detection.adapters import temporary_attributes
 from detkd.models.detection.postprocess import PREFIX_FACTOR, dense_detections, early_stopping_nms
-
-
-def _torchvision_postprocess(adapter, outputs, score_threshold=0.05, nms_iou=0.5, max_detections=100):
-    """The detections of torchvision's own ``postprocess_detections`` (what detkd called before)."""
-    heads = {"cls_logits": outputs.cls_logits, "bbox_regression": outputs.box_regression}
-    if outputs.centerness is not None:
-        heads["bbox_ctrness"] = outputs.centerness.unsqueeze(-1)
-    per_level = adapter._split_per_level(outputs)
-    split = {key: list(value.split(per_level, dim=1)) for key, value in heads.items()}
-    batch = outputs.cls_logits.shape[0]
-    anchors = [list(outputs.anchors.split(per_level))] * batch
-    with temporary_attributes(adapter.model, score_thresh=score_threshold, nms_thresh=nms_iou,
-                              detections_per_img=max_detections):
-        return adapter.model.postprocess_detections(split, anchors, [outputs.image_size] * batch)
 
 
 def _crowded_boxes(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -117,7 +102,7 @@ def test_adapter_postprocess_matches_torchvision(variant: str) -> None:
     if outputs.centerness is not None:
         outputs.centerness = torch.randn_like(outputs.centerness)
     for max_detections in (5, 100):
-        expected = _torchvision_postprocess(model, outputs, max_detections=max_detections)
+        expected = model.postprocess_reference(outputs, max_detections=max_detections)
         got = model.postprocess(outputs, max_detections=max_detections)
         for e, d in zip(expected, got):
             assert e["scores"].shape[0] > 0

@@ -178,6 +178,27 @@ class DetectorAdapter(nn.Module):
             for b in range(scores.shape[0])
         ]
 
+    def postprocess_reference(
+        self,
+        outputs: DetectorOutputs,
+        score_threshold: float = 0.05,
+        nms_iou: float = 0.5,
+        max_detections: int = 100,
+    ) -> list[dict[str, Tensor]]:
+        """:meth:`postprocess` as torchvision computes it (its ``postprocess_detections``, level by
+        level, NMS over all candidates): the reference that tests and benchmarks compare with."""
+        head_outputs = {"cls_logits": outputs.cls_logits, "bbox_regression": outputs.box_regression}
+        if outputs.centerness is not None:
+            head_outputs["bbox_ctrness"] = outputs.centerness.unsqueeze(-1)
+        per_level = self._split_per_level(outputs)
+        split = {key: list(value.split(per_level, dim=1)) for key, value in head_outputs.items()}
+        batch = outputs.cls_logits.shape[0]
+        anchors = [list(outputs.anchors.split(per_level))] * batch
+        with temporary_attributes(
+            self.model, score_thresh=score_threshold, nms_thresh=nms_iou, detections_per_img=max_detections
+        ):
+            return self.model.postprocess_detections(split, anchors, [outputs.image_size] * batch)
+
     def match_anchors(self, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
         """The ground-truth box each anchor is assigned to by this family's own matcher.
 

@@ -120,5 +120,11 @@ class FasterRCNNAdapter(DetectorAdapter):
             )
         return [{"boxes": b, "scores": s, "labels": lab - 1} for b, s, lab in zip(boxes, scores, labels)]
 
+    def postprocess_reference(
+        self, outputs: DetectorOutputs, score_threshold: float = 0.05, nms_iou: float = 0.5, max_detections: int = 100
+    ) -> list[dict[str, Tensor]]:
+        """Faster R-CNN's :meth:`postprocess` is torchvision's own."""
+        return self.postprocess(outputs, score_threshold, nms_iou, max_detections)
+
     def _match(self, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
         return self.model.rpn.proposal_matcher(box_iou(gt_boxes, anchors))
