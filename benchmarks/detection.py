@@ -419,6 +419,10 @@ def main() -> None:
     if args.student_seed is None:
         args.student_seed = args.seed
     args.student_option = dict(args.student_option)
+    unknown = sorted(set(args.student_option) - set(variant_options(args.student)))
+    if unknown:  # before any teacher is trained: a typo found after an hour of training costs the hour
+        parser.error(f"--student-option {', '.join(unknown)}: not an option of {args.student}; its options: "
+                     f"{', '.join(sorted(variant_options(args.student)))}")
     if (args.teacher_checkpoint or args.save_teacher) and len(args.sets) != 1:
         parser.error("--teacher-checkpoint and --save-teacher hold one data set's teacher: name one in --sets")
     if args.teacher_init and args.teacher_checkpoint:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,14 @@ def test_scaled_students_change_the_input_scale_and_nothing_else(tmp_path):
     assert scaled.conf == {**shipped.conf, "input_scale": 1.5} and shipped.conf["input_scale"] == 1.0
     assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), scaled.state_dict().values()))
     assert "input_scale 1.5" in read_keypoint_model_meta(copy)["note"]
+
+
+def test_detection_benchmark_refuses_an_unknown_student_option_before_training(tmp_path, monkeypatch, capsys):
+    detection = load_benchmark_script("detection")
+    monkeypatch.setattr(sys, "argv", ["detection.py", "--quick", "--sets", "shapes", "--student", "fcos_nano_fpn",
+                                      "--student-option", "head_conv=1", "--work", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        detection.main()
+    error = capsys.readouterr().err
+    assert "head_conv: not an option of fcos_nano_fpn" in error and "head_convs" in error
+    assert not any(tmp_path.iterdir())  # nothing was trained
