@@ -19,8 +19,6 @@ In an ONNX export (traced) the prefix loop becomes ONNX ``NonMaxSuppression`` wi
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image, nms
@@ -139,7 +137,6 @@ class _CappedBatchedNMS(torch.autograd.Function):
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float,  # type: ignore[override]
                 max_detections: int) -> Tensor:
-
         return nms(_offset_boxes(boxes, labels), scores, iou_threshold)[:max_detections]
 
     @staticmethod
@@ -157,7 +154,7 @@ class _CappedBatchedNMS(torch.autograd.Function):
             "NonMaxSuppression",
             opset11.unsqueeze(g, shifted, 0),
             opset11.unsqueeze(g, opset11.unsqueeze(g, scores, 0), 0),
-            constant([min(int(max_detections), sys.maxsize)], torch.int64),
+            constant([int(max_detections)], torch.int64),
             constant([float(iou_threshold)], torch.float32),
         )
         return opset11.squeeze(g, opset11.select(g, selected, 1, constant([2], torch.int64)), 1)
