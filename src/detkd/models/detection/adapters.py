@@ -163,7 +163,7 @@ class DetectorAdapter(nn.Module):
         sigmoid; FCOS: its geometric mean with the centre-ness sigmoid); per level the top
         ``topk_candidates`` above ``score_threshold`` enter a class-wise NMS. Computed by
         :func:`~detkd.models.detection.postprocess.dense_detections`, which gives torchvision's
-        detections (up to rounding and ties) with a vectorised top-k and an NMS that stops early.
+        detections (up to rounding and ties) with fewer top-k calls and an NMS that stops early.
 
         Returns:
             One dict per image: ``boxes`` ``(D, 4)`` xyxy pixels clipped to the image,
