@@ -31,7 +31,7 @@ import torch
 from detkd.export.onnx import photo_batch
 from detkd.export.records import environment, machine_line, write_table_files
 from detkd.export.timing import interleaved_latency
-from detkd.models.detection import inference_copy, load_detector
+from detkd.models.detection import inference_copy, load_detector, per_anchor
 
 
 def same_detections(first: list[dict[str, torch.Tensor]], second: list[dict[str, torch.Tensor]]) -> bool:
@@ -52,9 +52,7 @@ def measure(models: dict[str, Path], size: int, repeats: int, photo: str) -> lis
         with torch.no_grad():
             outputs = detector(image)
             fast, reference = detector.postprocess(outputs), detector.postprocess_reference(outputs)
-            scores = torch.sigmoid(outputs.cls_logits)
-            if outputs.centerness is not None:
-                scores = torch.sqrt(scores * torch.sigmoid(outputs.centerness).unsqueeze(-1))
+            scores, _ = per_anchor(outputs)
         rows.append({"model": name, "size": size, "above_threshold": int((scores > 0.05).sum()),
                      "detections": int(fast[0]["scores"].shape[0]), "same": same_detections(fast, reference)})
 

@@ -170,10 +170,10 @@ class DetectorAdapter(nn.Module):
             ``scores`` ``(D,)``, ``labels`` ``(D,)`` int64 in ``0 .. K-1``; ``D <= max_detections``,
             sorted by decreasing score.
         """
-        scores, _ = per_anchor(outputs)
+        scores, boxes = per_anchor(outputs)
         per_level = self._split_per_level(outputs)
         return [
-            dense_detections(scores[b], outputs.boxes[b], per_level, outputs.image_size, score_threshold, nms_iou,
+            dense_detections(scores[b], boxes[b], per_level, outputs.image_size, score_threshold, nms_iou,
                              max_detections, candidates_per_level=int(self.model.topk_candidates))
             for b in range(scores.shape[0])
         ]

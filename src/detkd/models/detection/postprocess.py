@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, clip_boxes_to_image, nms
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 #: first prefix of the sorted candidates that the early-stopping NMS looks at, in multiples of
 #: ``max_detections`` (on busy photos about one candidate in four or five survives NMS)
@@ -121,23 +121,16 @@ def early_stopping_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh
         prefix = int(prefix * growth)
 
 
-def _offset_boxes(boxes: Tensor, labels: Tensor) -> Tensor:
-    """Boxes shifted apart by class so that one NMS never compares two classes (torchvision's trick)."""
-    if boxes.numel() == 0:
-        return boxes
-    offsets = labels.to(boxes) * (boxes.max() + 1)
-    return boxes + offsets[:, None]
-
-
 class _CappedBatchedNMS(torch.autograd.Function):
     """Class-wise NMS keeping at most ``max_detections``; exported as one ONNX ``NonMaxSuppression``
-    whose ``max_output_boxes_per_class`` is that cap (torchvision exports ``sys.maxsize``), so that
-    ONNX Runtime stops once the cap is reached."""
+    over boxes shifted apart by class (torchvision's coordinate trick) whose
+    ``max_output_boxes_per_class`` is that cap (torchvision exports ``sys.maxsize``), so that ONNX
+    Runtime stops once the cap is reached."""
 
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float,  # type: ignore[override]
                 max_detections: int) -> Tensor:
-        return nms(_offset_boxes(boxes, labels), scores, iou_threshold)[:max_detections]
+        return batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
 
     @staticmethod
     def symbolic(g, boxes, scores, labels, iou_threshold: float, max_detections: int):  # type: ignore[no-untyped-def]
