@@ -148,6 +148,35 @@ def test_cached_loss_equals_online_loss_on_the_same_batch(tmp_path):
         torch.testing.assert_close(cached[name], value, rtol=2e-3, atol=1e-5, msg=name)
 
 
+def test_views_kept_in_memory_are_the_views_made_again_and_stay_within_their_budget(tmp_path):
+    import pickle
+
+    teacher, data = tiny_teacher(), stream_of(photos(3))
+    build_keypoint_teacher_cache(teacher, data, tmp_path, views_per_image=2, progress=False)
+    cache = open_keypoint_cache(tmp_path, teacher, data)
+    view_bytes = 4 * H * W  # one float32 (1, H, W) image per view
+    kept = CachedTeacherViews(data, cache, views_per_image=2, memory_bytes=4 * view_bytes)
+    made = CachedTeacherViews(data, cache, views_per_image=2, memory_bytes=0)
+    calls = []
+    make_sample = data.make_sample
+    data.make_sample = lambda item, rng: calls.append(item) or make_sample(item, rng)
+    for k in range(24):  # four epochs of the six views
+        first, again = kept[k], made[k]
+        assert first.keys() == again.keys()
+        for name in first:
+            assert torch.equal(first[name], again[name]), (k, name)
+    # made: 24 reads; kept: the first 4 views made once and kept, the other 2 made at each of their 4 showings
+    assert len(calls) == 24 + 4 + 2 * 4
+    assert kept._kept_bytes == 4 * view_bytes and made._kept_bytes == 0
+    first = kept[0]
+    first["image"] = None  # each read is a new dict
+    assert kept[0]["image"] is not None
+    del data.make_sample  # the stream's own method again, which pickles
+    assert pickle.loads(pickle.dumps(kept))._kept == {}  # a data-loading process keeps its own
+    with pytest.raises(ValueError, match="memory_bytes"):
+        CachedTeacherViews(data, cache, views_per_image=2, memory_bytes=-1)
+
+
 def test_a_cache_that_grows_says_so(tmp_path):
     teacher, data = tiny_teacher(), stream_of(photos())
     first = build_keypoint_teacher_cache(teacher, data, tmp_path, views_per_image=1, progress=False)

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from detkd.cache.fingerprint import array_digest, file_digest, module_checksum
 from detkd.cache.store import CacheBuildReport, CacheField, TeacherCacheError, TeacherOutputCache
-from detkd.cache.views import TEACHER_PREFIX, CachedViews
+from detkd.cache.views import TEACHER_PREFIX, VIEW_MEMORY_BYTES, CachedViews
 from detkd.data.detection.stream import DetectionStream
 from detkd.models.detection.outputs import DetectorOutputs
 
@@ -260,14 +260,16 @@ class CachedDetectorViews(CachedViews):
         cache: an opened cache (:func:`open_detector_cache`).
         layout: what the entries share (:func:`open_detector_cache` returns it); the task decodes with it.
         views_per_image: ``K``.
+        memory_bytes: views kept in memory once made (:class:`~detkd.cache.views.CachedViews`).
     """
 
     cache_command = "detkd detect cache-teacher"
 
     def __init__(
-        self, stream: DetectionStream, cache: TeacherOutputCache, layout: DetectorLayout, views_per_image: int
+        self, stream: DetectionStream, cache: TeacherOutputCache, layout: DetectorLayout, views_per_image: int,
+        memory_bytes: int = VIEW_MEMORY_BYTES,
     ) -> None:
-        super().__init__(stream, cache, views_per_image)
+        super().__init__(stream, cache, views_per_image, memory_bytes)
         self.layout = layout
 
     def content_digest(self, item: int) -> str:

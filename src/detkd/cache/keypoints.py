@@ -36,7 +36,7 @@ from torch import nn
 
 from detkd.cache.fingerprint import array_digest, file_digest, module_checksum
 from detkd.cache.store import CacheBuildReport, CacheField, TeacherOutputCache
-from detkd.cache.views import CachedViews
+from detkd.cache.views import VIEW_MEMORY_BYTES, CachedViews
 from detkd.data.keypoint_training import UnlabeledImageStream
 from detkd.distill.keypoints import PointSampling
 from detkd.models.keypoint_ops import CELL, logits_to_heatmap
@@ -173,12 +173,14 @@ class CachedTeacherViews(CachedViews):
         stream: the training images and view settings (its ``seed`` is used too).
         cache: an opened cache (:func:`open_keypoint_cache`).
         views_per_image: ``K``.
+        memory_bytes: views kept in memory once made (:class:`~detkd.cache.views.CachedViews`).
     """
 
     cache_command = "detkd keypoints cache-teacher"
 
-    def __init__(self, stream: UnlabeledImageStream, cache: TeacherOutputCache, views_per_image: int) -> None:
-        super().__init__(stream, cache, views_per_image)
+    def __init__(self, stream: UnlabeledImageStream, cache: TeacherOutputCache, views_per_image: int,
+                 memory_bytes: int = VIEW_MEMORY_BYTES) -> None:
+        super().__init__(stream, cache, views_per_image, memory_bytes)
 
     def content_digest(self, item: int) -> str:
         """Content digest of image ``item`` (its file's bytes, or the array's values)."""
