@@ -118,8 +118,50 @@ def test_model_file_round_trip_keeps_the_stride(tmp_path):
     assert loaded.conf["descriptor_stride"] == 4
     image = torch.rand(1, 1, 32, 40)
     torch.testing.assert_close(loaded(image)["descriptors"], model(image)["descriptors"])
-    with pytest.raises(ValueError, match="describes at stride 4"):
-        load_teacher(tmp_path / "fine.pt")
+
+
+def test_a_stride_4_teacher_needs_a_point_term_and_its_cache_holds_what_its_extract_reads(tmp_path):
+    """A teacher assistant: a stride-4 student file as the teacher. Its dense map holds its descriptors at the
+    cell centres only, so the run is refused without a point term; with one, the cache keeps the descriptors
+    its extract reads at the points, and the cached loss is the online one."""
+    import numpy as np
+
+    from detkd.cache.keypoints import CachedTeacherViews, build_keypoint_teacher_cache, open_keypoint_cache
+    from detkd.data.augment import CropConfig
+    from detkd.data.keypoint_training import UnlabeledImageStream
+    from detkd.distill.keypoints import PointSampling
+    from detkd.models.keypoint_ops import sample_descriptors
+    from detkd.tasks.keypoints import KeypointDistillationTask, check_teacher_points
+
+    torch.manual_seed(0)
+    model = create_model("fast-s", descriptor_stride=4, descriptor_dim=16)
+    model.train()
+    model(torch.rand(2, 1, 40, 56))  # BatchNorm statistics that are not the identity
+    save_keypoint_model(model.eval(), tmp_path / "assistant.pt")
+    teacher, origin = load_teacher(tmp_path / "assistant.pt")
+    points = PointSampling(keypoints=5, grid_stride=16)
+    with pytest.raises(ValueError, match="describes at stride 4.*point_descriptor_cosine"):
+        check_teacher_points(teacher, origin, None)
+    check_teacher_points(teacher, origin, points)
+    check_teacher_points(create_model("tiny"), "stride 8", None)  # a stride-8 teacher needs no point term
+
+    images = [np.random.default_rng(i).random((40, 60), dtype=np.float32) for i in range(2)]
+    data = UnlabeledImageStream(images, CropConfig(height=32, width=48), None, seed=3)
+    build_keypoint_teacher_cache(teacher, data, tmp_path / "cache", views_per_image=1, progress=False, points=points)
+    views = CachedTeacherViews(data, open_keypoint_cache(tmp_path / "cache", teacher, data, points=points), 1)
+    batch = torch.utils.data.default_collate([views[k] for k in range(2)])
+    with torch.no_grad():
+        own = teacher(batch["image"], select_points=lambda heatmap: batch["teacher_points"])
+    # what its extract reads at the points (both maps; float16 in the cache) ...
+    torch.testing.assert_close(batch["teacher_point_descriptors"].float(), own["point_descriptors"], rtol=0, atol=2e-3)
+    # ... which its dense map, read between the cell centres, is not
+    dense_read = sample_descriptors(batch["teacher_points"], own["descriptors"])
+    assert (dense_read - own["point_descriptors"]).abs().max() > 4 * 2e-3
+    student = create_model("fast-s", descriptor_stride=4, descriptor_dim=16)
+    cached = KeypointDistillationTask(None, student, KeypointDistillationLoss(), views)(batch)
+    online = KeypointDistillationTask(teacher, student, KeypointDistillationLoss(), data, points)({"image": batch["image"]})
+    for key, value in online.items():  # float16 targets
+        torch.testing.assert_close(cached[key], value, rtol=3e-3, atol=1e-4, msg=key)
 
 
 def test_student_option_builds_a_stride_4_student():

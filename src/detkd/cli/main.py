@@ -238,7 +238,9 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
     teacher trains from the stored outputs. The cache is bound to the teacher's weights, the
     image contents and the view settings: other ones are refused with the difference named.
     """
-    from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, build_teacher_cache, load_teacher, training_stream
+    from detkd.tasks.keypoints import (
+        DEFAULT_DISTILL_CONFIG, build_teacher_cache, check_teacher_points, load_teacher, point_sampling, training_stream,
+    )
 
     keys = {
         "teacher": "teacher.checkpoint", "images": "data.images", "cache_folder": "teacher_cache.folder",
@@ -249,6 +251,7 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
     }
     config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, {keys[k]: v for k, v in options.items()})
     teacher, origin = load_teacher(config["teacher"]["checkpoint"], config["teacher"]["weights"])
+    check_teacher_points(teacher, origin, point_sampling(config))
     stream, data_text = training_stream(config)
     click.echo(f"teacher : {origin}\nimages  : {data_text}")
     click.echo(build_teacher_cache(config, teacher, stream).summary())

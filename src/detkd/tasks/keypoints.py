@@ -216,18 +216,29 @@ def load_teacher(checkpoint: str | Path | None, weights: str | Path | None = Non
 
     ``checkpoint``: None (the shipped teacher), a teacher name (``disk``, ``aliked-n16``, ``xfeat`` ...,
     weights from ``weights`` or kornia's download cache) or a weight file of any family
-    (:func:`detkd.models.keypoint_teachers.load_keypoint_teacher`).
+    (:func:`detkd.models.keypoint_teachers.load_keypoint_teacher`), a distilled student included.
+    """
+    return load_keypoint_teacher(checkpoint, weights)
+
+
+def check_teacher_points(teacher: nn.Module, origin: str, points: PointSampling | None) -> None:
+    """Refuse a teacher whose descriptors the run would not see.
+
+    A SuperPoint-family model with ``descriptor_stride`` 4 (e.g. ``student-fast-l-mnn``, as a teacher assistant)
+    reads each point's descriptor from its stride-8 map and its stride-4 features; its dense map holds that
+    descriptor at the cell centres only. The ``point_descriptor_*`` terms read it where its ``extract`` does, so
+    such a teacher needs them (``points``: :func:`point_sampling`).
 
     Raises:
-        ValueError: a SuperPoint-family model with ``descriptor_stride`` 4: the teacher's dense descriptors
-            are read (and cached) on 8x8 cells.
+        ValueError: a stride-4 teacher and no point term.
     """
-    teacher, origin = load_keypoint_teacher(checkpoint, weights)
-    if teacher.conf.get("descriptor_stride", 8) != 8:
+    stride = getattr(teacher, "conf", {}).get("descriptor_stride", 8)
+    if stride != 8 and points is None:
         raise ValueError(
-            f"Teacher '{origin}' describes at stride {teacher.conf['descriptor_stride']}; a teacher's descriptors are "
-            "read and cached on 8x8 cells: use it as a student (student.init), or a stride-8 model as the teacher")
-    return teacher, origin
+            f"Teacher '{origin}' describes at stride {stride}, and this run compares descriptors at the cell centres "
+            "only: its descriptors between them would not be learnt. Keep a point term on (loss.point_descriptor_cosine "
+            "or loss.point_descriptor_relation above 0, with points.keypoints or points.grid_stride above 0), or use "
+            "the model as student.init")
 
 
 #: Dotted config keys of files and folders, written absolute into the run's ``config.yaml`` so that
@@ -327,6 +338,7 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     config = copy.deepcopy(config)
     rank_zero = is_launch_rank_zero()
     teacher, origin = load_teacher(config["teacher"]["checkpoint"], config["teacher"]["weights"])
+    check_teacher_points(teacher, origin, point_sampling(config))
     train_cfg = TrainConfig.from_dict(config["train"])
     torch.manual_seed(train_cfg.seed)  # torch seeds each process at random: the student's start must not be
     student_cfg = config["student"]
