@@ -129,6 +129,22 @@ def test_a_distilled_students_file_carries_its_teachers_descriptor_space(tmp_pat
     assert load_keypoint_teacher(str(other))[0].descriptor_space is None
 
 
+def test_a_student_of_a_teacher_assistant_keeps_the_first_teachers_descriptor_space(tmp_path):
+    from detkd.tasks.keypoints import descriptor_space_meta
+
+    assistant, origin = load_keypoint_teacher("student-fast-l-mnn")  # distilled from ALIKED-n16
+    assert assistant.descriptor_space == "aliked-n16" and not origin.startswith("aliked")
+    meta = {"teacher": origin, "steps": 1, **descriptor_space_meta(assistant)}
+    assert meta["descriptor_space"] == "aliked-n16"
+    path = save_keypoint_model(create_model("tiny", descriptor_dim=128).eval(), tmp_path / "student.pt", meta=meta)
+    model, _ = load_keypoint_teacher(str(path))
+    assert model.descriptor_space == "aliked-n16" and lightglue_kind(model).name == "aliked"
+    assert descriptor_space_meta(create_model("tiny")) == {}  # a model of no named family records nothing
+    unknown = save_keypoint_model(create_model("tiny").eval(), tmp_path / "u.pt",
+                                  meta={"teacher": "aliked-n16 (x)", "descriptor_space": "nonsense"})
+    assert load_keypoint_teacher(str(unknown))[0].descriptor_space is None  # only a known space is believed
+
+
 def test_weight_files_load_safely_and_wrong_files_are_named(random_aliked_lightglue, tmp_path):
     net = load_lightglue(KINDS["aliked"], random_aliked_lightglue)
     assert not net.training

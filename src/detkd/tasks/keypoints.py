@@ -241,6 +241,13 @@ def check_teacher_points(teacher: nn.Module, origin: str, points: PointSampling 
             "the model as student.init")
 
 
+def descriptor_space_meta(teacher: nn.Module) -> dict[str, str]:
+    """``{"descriptor_space": NAME}`` when ``teacher``'s descriptors are those of a named teacher family (a model
+    distilled from ALIKED or DISK, e.g. a teacher assistant), so that its students find LightGlue weights too."""
+    space = getattr(teacher, "descriptor_space", None)
+    return {"descriptor_space": space} if isinstance(space, str) else {}
+
+
 #: Dotted config keys of files and folders, written absolute into the run's ``config.yaml`` so that
 #: ``--config out/config.yaml`` repeats the run from any folder; a model's name stays a name.
 RUN_PATH_KEYS = ("teacher.checkpoint", "teacher.weights", "student.init", "data.images", "teacher_cache.folder",
@@ -373,7 +380,7 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     student_path = save_keypoint_model(
         student.eval(), out / "student.pt",
         meta={"teacher": origin, "steps": result.step, "variant": config["student"]["variant"],
-              **({"init": init} if init else {})},
+              **({"init": init} if init else {}), **descriptor_space_meta(teacher)},
     )
     print(f"student saved to {student_path} after {result.step} steps ({result.seconds:.0f} s this session)")
 

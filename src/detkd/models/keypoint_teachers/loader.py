@@ -96,11 +96,15 @@ def load_keypoint_teacher(
 
 
 def with_descriptor_space(model: nn.Module, path: Path) -> nn.Module:
-    """``model`` with ``descriptor_space`` set from its file's ``meta.teacher`` (``"aliked-n16 (FILE)"``)."""
+    """``model`` with ``descriptor_space`` set from its file's meta: ``descriptor_space`` when the file names one (a
+    student of a student, e.g. of a teacher assistant, keeps the space of the first teacher), else the first word of
+    ``teacher`` (``"aliked-n16 (FILE)"``)."""
     from detkd.models.weights import read_keypoint_model_meta
 
-    words = str(read_keypoint_model_meta(path).get("teacher") or "").split()
-    model.descriptor_space = words[0] if words and words[0] in TEACHER_NAMES else None
+    meta = read_keypoint_model_meta(path)
+    words = str(meta.get("teacher") or "").split()
+    space = meta.get("descriptor_space") or (words[0] if words else None)
+    model.descriptor_space = space if space in TEACHER_NAMES else None
     return model
 
 
