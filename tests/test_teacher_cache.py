@@ -157,6 +157,12 @@ def test_views_kept_in_memory_are_the_views_made_again_and_stay_within_their_bud
     view_bytes = 4 * H * W  # one float32 (1, H, W) image per view
     kept = CachedTeacherViews(data, cache, views_per_image=2, memory_bytes=4 * view_bytes)
     made = CachedTeacherViews(data, cache, views_per_image=2, memory_bytes=0)
+    from detkd.cache.views import _MissingViews
+
+    builder = CachedTeacherViews(data, cache, views_per_image=2, memory_bytes=4 * view_bytes)
+    built = _MissingViews(builder, builder.all_views())[0]["image"]  # what a cache build reads: made, not kept
+    assert builder._kept == {}
+    assert torch.equal(built, builder.view(*builder.all_views()[0])["image"]) and len(builder._kept) == 1
     calls = []
     make_sample = data.make_sample
     data.make_sample = lambda item, rng: calls.append(item) or make_sample(item, rng)

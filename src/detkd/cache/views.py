@@ -119,13 +119,18 @@ class CachedViews(StreamDataset):
         kept = self._kept.get((item, view))
         if kept is not None:
             return dict(kept)
-        rng = np.random.default_rng([self.seed, 104729, view, int(self.image_digest(item)[:16], 16)])
-        sample = self.stream.make_sample(item, rng)
+        sample = self.make_view(item, view)
         size = sample_nbytes(sample)
         if self._kept_bytes + size <= self.memory_bytes:
             self._kept[item, view] = sample
             self._kept_bytes += size
         return dict(sample)
+
+    def make_view(self, item: int, view: int) -> dict[str, Any]:
+        """:meth:`view` made from the image, neither read from nor added to the views kept (a cache build's
+        views: the object that builds a cache is not the one that trains from it)."""
+        rng = np.random.default_rng([self.seed, 104729, view, int(self.image_digest(item)[:16], 16)])
+        return self.stream.make_sample(item, rng)
 
     def reuse_warning(self, samples: int) -> str | None:
         """:func:`view_reuse_warning` for a run that draws ``samples`` samples from these views."""
@@ -209,4 +214,4 @@ class _MissingViews(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item, view = self.todo[index]
-        return {"image": self.views.view(item, view)["image"], "key": self.views.view_key(item, view)}
+        return {"image": self.views.make_view(item, view)["image"], "key": self.views.view_key(item, view)}
