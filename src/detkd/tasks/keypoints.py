@@ -345,7 +345,8 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     config = copy.deepcopy(config)
     rank_zero = is_launch_rank_zero()
     teacher, origin = load_teacher(config["teacher"]["checkpoint"], config["teacher"]["weights"])
-    check_teacher_points(teacher, origin, point_sampling(config))
+    points = point_sampling(config)
+    check_teacher_points(teacher, origin, points)
     train_cfg = TrainConfig.from_dict(config["train"])
     torch.manual_seed(train_cfg.seed)  # torch seeds each process at random: the student's start must not be
     student_cfg = config["student"]
@@ -373,7 +374,7 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
         train_data = cached_training_stream(config, teacher, stream)
     second_view = config_section(HomographyConfig, config["data"]["homography"], "data.homography")
     task = KeypointDistillationTask(None if config["teacher_cache"]["folder"] else teacher, student, loss, train_data,
-                                    point_sampling(config), second_view)  # the task keeps it only when the loss needs it
+                                    points, second_view)  # the task keeps it only when the loss needs it
     result = Trainer(train_cfg, out).fit(task, resume=resume)
     if not result.is_global_zero:
         return DistillationOutcome(out, out / "student.pt", {}, "")
