@@ -237,7 +237,7 @@ def test_a_superpoint_file_still_loads_and_wrong_weights_are_named(tmp_path):
     t16 = random_state_file("aliked-t16", tmp_path / "t16.pth")
     with pytest.raises(WeightsMismatchError, match="holds aliked-t16 weights"):
         load_keypoint_teacher("aliked-n16", weights=t16)
-    with pytest.raises(ValueError, match="Unknown teacher 'alked'"):
+    with pytest.raises(ValueError, match="Unknown key-point model 'alked'"):
         load_keypoint_teacher("alked")
 
 

@@ -392,6 +392,7 @@ def list_models() -> None:
     """List the key-point models you can name: shipped teacher and students, other families, OpenCV."""
     from detkd.models.keypoint_teachers import TEACHER_NAMES
     from detkd.models.pretrained import SHIPPED_MODELS
+    from detkd.models.superpoint import inference_parameter_count
     from detkd.models.weights import load_keypoint_model
 
     rows = []
@@ -400,7 +401,7 @@ def list_models() -> None:
             rows.append((model.name, model.role, "-", "-", "not in this build", model.summary))
             continue
         net = load_keypoint_model(model.path)
-        params = sum(p.numel() for p in net.parameters())
+        params = inference_parameter_count(net)
         rows.append((model.name, model.role, f"{params:,}", str(net.conf["descriptor_dim"]),
                      f"{model.path.stat().st_size / 1024:.0f} KB", model.summary))
     header = ("name", "role", "parameters", "desc. dim", "file", "what it is")

@@ -39,6 +39,7 @@ from detkd.export.onnx import export_onnx, format_parity, graph_for, import_onnx
 from detkd.export.records import environment
 from detkd.export.sources import ModelSource, load_model_source
 from detkd.export.timing import LatencyStats, interleaved_latency
+from detkd.models.superpoint import inference_parameter_count
 
 #: Runtime keys, in table order.
 RUNTIMES = ("pytorch-cpu", "onnxruntime-cpu", "pytorch-cuda", "onnxruntime-cuda")
@@ -362,7 +363,7 @@ def _prepare(source: ModelSource, height: int, width: int, max_keypoints: int | 
         name += f" (input x{scale:g})"
     row = BenchRow(
         name, source.origin, source.task,
-        sum(p.numel() for p in source.module.parameters()), count_gflops(graph.module, example),
+        inference_parameter_count(source.module), count_gflops(graph.module, example),
         result.path.stat().st_size / 2**20, parity=result.metadata["parity"], path=_path_text(source),
     )
     return _Prepared(row, graph.module, result.path, model_file, graph.channels)

@@ -147,6 +147,60 @@ class ConvBNReLU(nn.Sequential):
         return F.relu(F.conv2d(x, weight, bias, self.conv.stride, self.conv.padding), inplace=True)
 
 
+class RepConvBNReLU(nn.Module):
+    """:class:`ConvBNReLU` that trains with RepVGG's branches (Ding et al. 2021) and infers as one 3x3 conv.
+
+    Training: ``relu(bn(conv3x3(x)) + bn_1x1(conv1x1(x)) [+ bn_identity(x)])``, the 1x1 conv with the same
+    stride, the identity branch (a BatchNorm of the input) only where width and size are kept. Each
+    branch is linear in ``x`` in eval mode, so the sum is one 3x3 conv with a bias
+    (:meth:`merged_weights`): eval mode, traced graphs and ONNX files run that single conv, the cost of a
+    :class:`ConvBNReLU`. The branches add training-time capacity only. Module names ``conv``/``bn`` are
+    :class:`ConvBNReLU`'s.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, bn_eps: float = 1e-3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, eps=bn_eps)
+        self.conv_1x1 = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+        self.bn_1x1 = nn.BatchNorm2d(c_out, eps=bn_eps)
+        self.bn_identity = nn.BatchNorm2d(c_in, eps=bn_eps) if c_in == c_out and stride == 1 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            y = self.bn(self.conv(x)) + self.bn_1x1(self.conv_1x1(x))
+            return F.relu(y + self.bn_identity(x) if self.bn_identity is not None else y)
+        weight, bias = self.merged_weights()
+        return F.relu(F.conv2d(x, weight, bias, self.conv.stride, padding=1))
+
+    def merged_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight ``(C_out, C_in, 3, 3)`` and bias ``(C_out,)`` of the one conv equal to the branches' sum
+        in eval mode (BatchNorm's running statistics)."""
+        # products with constants, no padding or indexing: a traced graph keeps the kernel's shape (the ONNX
+        # exporter needs it) and folds the whole merge into one initializer
+        centre = torch.zeros(1, 1, 3, 3, dtype=self.conv.weight.dtype, device=self.conv.weight.device)
+        centre[0, 0, 1, 1] = 1.0
+        weight, bias = folded_conv_weights(self.conv, self.bn)
+        weight_1x1, bias_1x1 = folded_conv_weights(self.conv_1x1, self.bn_1x1)
+        weight = weight + weight_1x1 * centre
+        bias = bias + bias_1x1
+        if self.bn_identity is not None:
+            bn = self.bn_identity
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            eye = torch.eye(scale.shape[0], dtype=scale.dtype, device=scale.device)
+            weight = weight + (eye * scale[:, None])[:, :, None, None] * centre
+            bias = bias + bn.bias - bn.running_mean * scale
+        return weight, bias
+
+    def zero_branches(self) -> None:
+        """Make the added branches output zeros (BatchNorm scale and shift 0), so that a block whose 3x3
+        conv and BatchNorm come from a trained model without branches starts as that model's block."""
+        for bn in (self.bn_1x1, self.bn_identity):
+            if bn is not None:
+                nn.init.zeros_(bn.weight)
+                nn.init.zeros_(bn.bias)
+
+
 class FastEncoder(nn.Sequential):
     """Strided encoder for CPU students: nothing runs at full resolution.
 
@@ -156,19 +210,26 @@ class FastEncoder(nn.Sequential):
     * ``stage2``, ``stage3``: a 3x3 stride-2 conv to ``c2`` / ``c3`` and a 3x3 conv (``H/4``, ``H/8``);
     * ``stage4``: a 3x3 conv to ``c4`` at ``H/8``; the heads' own 3x3 convs follow.
 
-    Every conv is :class:`ConvBNReLU`. The first conv sees 1 channel and the full-resolution
-    image once, with stride 2: at 480x640 the ``H/2`` level costs ``9 c1`` multiply-adds per
-    output pixel, against ``9 c1 (1 + c1)`` per input pixel for a VGG stage.
+    Every conv is :class:`ConvBNReLU`, or with ``reparam_branches`` a :class:`RepConvBNReLU` (the same
+    conv at inference, trained with 1x1 and identity branches). The first conv sees 1 channel and the
+    full-resolution image once, with stride 2: at 480x640 the ``H/2`` level costs ``9 c1`` multiply-adds
+    per output pixel, against ``9 c1 (1 + c1)`` per input pixel for a VGG stage.
     """
 
-    def __init__(self, channels: tuple[int, ...], batch_norm: bool = True, bn_eps: float = 1e-3) -> None:
+    def __init__(self, channels: tuple[int, ...], batch_norm: bool = True, bn_eps: float = 1e-3,
+                 reparam_branches: bool = False) -> None:
         c1, c2, c3, c4 = channels
-        bn = {"batch_norm": batch_norm, "bn_eps": bn_eps}
+
+        def block(c_in: int, c_out: int, stride: int = 1) -> nn.Module:
+            if reparam_branches:
+                return RepConvBNReLU(c_in, c_out, stride=stride, bn_eps=bn_eps)
+            return ConvBNReLU(c_in, c_out, stride=stride, batch_norm=batch_norm, bn_eps=bn_eps)
+
         super().__init__(OrderedDict(
-            stem=ConvBNReLU(1, c1, stride=2, **bn),
-            stage2=nn.Sequential(ConvBNReLU(c1, c2, stride=2, **bn), ConvBNReLU(c2, c2, **bn)),
-            stage3=nn.Sequential(ConvBNReLU(c2, c3, stride=2, **bn), ConvBNReLU(c3, c3, **bn)),
-            stage4=ConvBNReLU(c3, c4, **bn),
+            stem=block(1, c1, stride=2),
+            stage2=nn.Sequential(block(c1, c2, stride=2), block(c2, c2)),
+            stage3=nn.Sequential(block(c2, c3, stride=2), block(c3, c3)),
+            stage4=block(c3, c4),
         ))
 
 
@@ -186,6 +247,9 @@ class SuperPoint(nn.Module):
         "detector_stride": 8,
         "batch_norm": False,
         "bn_eps": 1e-3,
+        # fast encoder only: train each encoder conv with RepVGG's 1x1 and identity branches, merged into the one
+        # 3x3 conv at inference (same speed, more to train; see RepConvBNReLU). Needs batch_norm.
+        "reparam_branches": False,
         # post-processing (reference-demo defaults)
         "nms_radius": 4,  # pixels
         "detection_threshold": 0.015,  # on the softmax heatmap
@@ -217,10 +281,15 @@ class SuperPoint(nn.Module):
             raise ValueError(f"descriptor_stride must be one of {DESCRIPTOR_STRIDES}, got {c['descriptor_stride']!r}")
         if c["detector_stride"] not in DETECTOR_STRIDES:
             raise ValueError(f"detector_stride must be one of {DETECTOR_STRIDES}, got {c['detector_stride']!r}")
+        if c["reparam_branches"] and (c["encoder"] != "fast" or not c["batch_norm"]):
+            raise ValueError("reparam_branches needs the fast encoder with batch_norm (its branches are merged through "
+                             f"BatchNorm); got encoder {c['encoder']!r}, batch_norm {c['batch_norm']}")
         bn = {"batch_norm": c["batch_norm"], "bn_eps": c["bn_eps"]}
 
-        encoder = vgg_encoder if c["encoder"] == "vgg" else FastEncoder
-        self.backbone = encoder(c["channels"], **bn)
+        if c["encoder"] == "vgg":
+            self.backbone = vgg_encoder(c["channels"], **bn)
+        else:
+            self.backbone = FastEncoder(c["channels"], **bn, reparam_branches=bool(c["reparam_branches"]))
         c_in = c["channels"][-1]
         head = c["head_channels"]
         self.detector = nn.Sequential(
@@ -425,6 +494,16 @@ def create_model(variant: str = "superpoint", **conf: Any) -> SuperPoint:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable and frozen parameters (buffers excluded)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def inference_parameter_count(model: nn.Module) -> int:
+    """:func:`count_parameters` less the training-time branches of :class:`RepConvBNReLU` blocks, which merge into
+    their block's 3x3 conv: what a model with ``reparam_branches`` has at inference, the same number as the model
+    without them."""
+    branches = sum(p.numel() for block in model.modules() if isinstance(block, RepConvBNReLU)
+                   for part in (block.conv_1x1, block.bn_1x1, block.bn_identity) if part is not None
+                   for p in part.parameters())
+    return count_parameters(model) - branches
 
 
 def variant_parameter_counts() -> dict[str, int]:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from detkd.models.pretrained import is_shipped_model_name, shipped_model_path
+from detkd.models.superpoint import inference_parameter_count
 from detkd.report.render import HEADLINE_METRICS, Figure, Page, Row, is_number, slug
 from detkd.report.runs import RunFolder, read_runs
 from detkd.safe_files import UnreadableFileError
@@ -122,7 +123,7 @@ def attach_latency(rows: list[Row], bench: dict[str, Any] | None, size: tuple[in
     models = {id(row): _load_row_model(row) for row in rows}
     for row in rows:
         model = models[id(row)]
-        row.params = sum(p.numel() for p in model.parameters()) if model is not None else None
+        row.params = inference_parameter_count(model) if model is not None else None
         row.model_path = _row_model_path(row)
     if bench:
         return _bench_latency(rows, bench, say)

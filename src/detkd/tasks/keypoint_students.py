@@ -8,12 +8,12 @@ from typing import Any
 from torch import nn
 
 from detkd.models.keypoint_ops import CELL
-from detkd.models.superpoint import FINE_STRIDE, SuperPoint, create_model
+from detkd.models.superpoint import FINE_STRIDE, RepConvBNReLU, SuperPoint, create_model
 
 
 #: Keys of the ``student`` config section that replace the variant's structural options when set.
 STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim", "descriptor_stride",
-                          "detector_stride")
+                          "detector_stride", "reparam_branches")
 
 
 def build_student(teacher: nn.Module, variant: str, batch_norm: bool = True, **structure: Any) -> SuperPoint:
@@ -88,9 +88,12 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     """Copy the weights of ``init`` (a detkd key-point model file, or a shipped student's name) into
     ``student``, whose structure must be the same; returns where they came from, in words.
 
-    One difference is accepted: a ``detector_stride`` 4 student started from a stride-8 file. The file's
-    weights fill everything it has; the stride-4 detector branch keeps its zero output
-    (:func:`~detkd.models.superpoint.zero_output`), so the student starts as the file's model.
+    Two differences are accepted, alone or together, each a part that the file lacks and that starts as a
+    no-op, so that the student starts as the file's model: a ``detector_stride`` 4 student started from a
+    stride-8 file (the stride-4 detector branch keeps its zero output,
+    :func:`~detkd.models.superpoint.zero_output`), and a student with ``reparam_branches`` started from a
+    file without them (the 1x1 and identity branches start at zero,
+    :meth:`~detkd.models.superpoint.RepConvBNReLU.zero_branches`).
 
     Raises:
         FileNotFoundError: ``init`` is neither a file nor a shipped model's name.
@@ -102,23 +105,37 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
 
     path = init_file(init)
     source = load_keypoint_model(path)
-    differ = [k for k in STRUCTURAL_OPTIONS if _plain(source.conf[k]) != _plain(student.conf[k])]
-    grows_detector = differ == ["detector_stride"] and (
-        source.conf["detector_stride"], student.conf["detector_stride"]) == (CELL, FINE_STRIDE)
-    if differ and not grows_detector:
-        theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in differ)
-        ours = ", ".join(f"{k} {_plain(student.conf[k])}" for k in differ)
+    differ = {k for k in STRUCTURAL_OPTIONS if _plain(source.conf[k]) != _plain(student.conf[k])}
+    growths = {key: change for key, change in GROWTHS.items()
+               if key in differ and (source.conf[key], student.conf[key]) == change[:2]}
+    if differ - set(growths):
+        theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in sorted(differ))
+        ours = ", ".join(f"{k} {_plain(student.conf[k])}" for k in sorted(differ))
         raise ValueError(
             f"student.init '{path}' has {theirs}; the student to train has {ours}. Set student.variant (and "
             "student.channels / head_channels / encoder) to the file's structure, or leave student.init null")
-    missing, unexpected = student.load_state_dict(source.state_dict(), strict=not grows_detector)
-    if grows_detector and (unexpected or any(not key.startswith("detector_fine.") for key in missing)):
-        raise ValueError(f"student.init '{path}': cannot grow it to detector_stride 4 (missing {missing}, "
+    missing, unexpected = student.load_state_dict(source.state_dict(), strict=not growths)
+    added_parts = tuple(part for growth in growths.values() for part in growth[2])
+    if unexpected or any(not any(part in key for part in added_parts) for key in missing):
+        raise ValueError(f"student.init '{path}': cannot grow it to {', '.join(growths)} (missing {missing}, "
                          f"unexpected {unexpected})")
+    if "reparam_branches" in growths:
+        for block in student.modules():
+            if isinstance(block, RepConvBNReLU):
+                block.zero_branches()
     meta = read_keypoint_model_meta(path)
     trained = f", {meta['steps']} steps from {meta['teacher']}" if meta.get("steps") and meta.get("teacher") else ""
-    grown = " (grown to detector_stride 4; the new branch starts at zero)" if grows_detector else ""
+    grown = "".join(f" (grown to {growth[3]})" for growth in growths.values())
     return f"{path}{trained}{grown}"
+
+
+#: The structural differences :func:`initialise_student` accepts between a file and the student: option ->
+#: (the file's value, the student's value, key fragments of the parts the file lacks, what is said).
+GROWTHS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
+    "detector_stride": (CELL, FINE_STRIDE, ("detector_fine.",), "detector_stride 4; the new branch starts at zero"),
+    "reparam_branches": (False, True, ("_1x1.", "bn_identity."),
+                         "reparam_branches; the 1x1 and identity branches start at zero"),
+}
 
 
 def _plain(value: Any) -> Any:

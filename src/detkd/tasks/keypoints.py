@@ -39,7 +39,7 @@ from detkd.engine.distributed import is_launch_rank_zero
 from detkd.tasks.run_folder import open_run_folder, rank_zero_say
 from detkd.geometry.homography import HomographyConfig, points_inside, sample_homography, warp_image, warp_points
 from detkd.models.keypoint_teachers import load_keypoint_teacher
-from detkd.models.superpoint import SuperPoint, count_parameters
+from detkd.models.superpoint import SuperPoint, count_parameters, inference_parameter_count
 from detkd.models.weights import save_keypoint_model
 from detkd.tasks.keypoint_students import (
     STUDENT_STRUCTURE_KEYS,
@@ -69,6 +69,9 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         # finest stride the detector reads, 8 or 4 (4: a per-pixel offset from stride-4 features, finer localisation);
         # 4 with a stride-8 student.init grows that file: the new branch starts at zero, step 0 is the file's model
         "detector_stride": None,
+        # true: each encoder conv trains with RepVGG's 1x1 and identity branches, merged into it for inference (the
+        # same speed; fast encoder only); with a student.init without them they start at zero
+        "reparam_branches": None,
         # Initial weights: null = random; a student model file or a shipped student's name (student-fast-s ...) of
         # the same structure = fine-tune it (e.g. a shipped student on your own photos, or at a larger view size)
         "init": None,
@@ -362,7 +365,9 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     say = rank_zero_say(rank_zero)
 
     say(f"teacher : {origin} ({count_parameters(teacher):,} parameters)")
-    say(f"student : {student_description(student, student_cfg['variant'])} ({count_parameters(student):,} parameters)"
+    trained_only = count_parameters(student) - inference_parameter_count(student)
+    say(f"student : {student_description(student, student_cfg['variant'])} ({count_parameters(student):,} parameters"
+        + (f", {trained_only:,} of them in branches merged away for inference" if trained_only else "") + ")"
         + (f", initial weights from {init}" if init else ""))
     say(f"images  : {data_text}")
     open_run_folder(config, train_cfg, out, "views", rank_zero, resume, path_keys=RUN_PATH_KEYS, is_name=is_model_name)

@@ -84,9 +84,9 @@ def load_keypoint_teacher(
     path = Path(spec)
     if not path.exists():
         if not path.suffix and "/" not in str(spec):
-            raise ValueError(f"Unknown teacher '{spec}': give {', '.join(SHIPPED_MODELS)} (shipped), "
+            raise ValueError(f"Unknown key-point model '{spec}': give {', '.join(SHIPPED_MODELS)} (shipped), "
                              f"{', '.join(TEACHER_NAMES)} or a weight file")
-        raise FileNotFoundError(f"Teacher weights file '{path}' does not exist")
+        raise FileNotFoundError(f"Key-point model file '{path}' does not exist")
     state = read_state(path)
     for family in FAMILIES:
         name = family.recognise(state)
