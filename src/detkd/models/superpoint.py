@@ -165,6 +165,13 @@ class RepConvBNReLU(nn.Module):
         self.conv_1x1 = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
         self.bn_1x1 = nn.BatchNorm2d(c_out, eps=bn_eps)
         self.bn_identity = nn.BatchNorm2d(c_in, eps=bn_eps) if c_in == c_out and stride == 1 else None
+        # constant kernels of the merge (not saved): the 3x3 centre tap, and the identity as a 3x3 conv. As
+        # buffers, a traced graph holds them as initializers and the ONNX exporter folds the merge into one weight
+        centre = torch.zeros(1, 1, 3, 3)
+        centre[0, 0, 1, 1] = 1.0
+        self.register_buffer("centre_tap", centre, persistent=False)
+        if self.bn_identity is not None:
+            self.register_buffer("identity_kernel", torch.eye(c_out)[:, :, None, None] * centre, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -176,19 +183,16 @@ class RepConvBNReLU(nn.Module):
     def merged_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight ``(C_out, C_in, 3, 3)`` and bias ``(C_out,)`` of the one conv equal to the branches' sum
         in eval mode (BatchNorm's running statistics)."""
-        # products with constants, no padding or indexing: a traced graph keeps the kernel's shape (the ONNX
-        # exporter needs it) and folds the whole merge into one initializer
-        centre = torch.zeros(1, 1, 3, 3, dtype=self.conv.weight.dtype, device=self.conv.weight.device)
-        centre[0, 0, 1, 1] = 1.0
+        # products with the constant kernels, no padding or indexing: a traced graph keeps the kernel's shape
+        # (the ONNX exporter needs it) and folds the whole merge into one initializer
         weight, bias = folded_conv_weights(self.conv, self.bn)
         weight_1x1, bias_1x1 = folded_conv_weights(self.conv_1x1, self.bn_1x1)
-        weight = weight + weight_1x1 * centre
+        weight = weight + weight_1x1 * self.centre_tap
         bias = bias + bias_1x1
         if self.bn_identity is not None:
             bn = self.bn_identity
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            eye = torch.eye(scale.shape[0], dtype=scale.dtype, device=scale.device)
-            weight = weight + (eye * scale[:, None])[:, :, None, None] * centre
+            weight = weight + self.identity_kernel * scale[:, None, None, None]
             bias = bias + bn.bias - bn.running_mean * scale
         return weight, bias
 

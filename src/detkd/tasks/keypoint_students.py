@@ -109,8 +109,9 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     growths = {key: change for key, change in GROWTHS.items()
                if key in differ and (source.conf[key], student.conf[key]) == change[:2]}
     if differ - set(growths):
-        theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in sorted(differ))
-        ours = ", ".join(f"{k} {_plain(student.conf[k])}" for k in sorted(differ))
+        named = [k for k in STRUCTURAL_OPTIONS if k in differ]
+        theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in named)
+        ours = ", ".join(f"{k} {_plain(student.conf[k])}" for k in named)
         raise ValueError(
             f"student.init '{path}' has {theirs}; the student to train has {ours}. Set student.variant (and "
             "student.channels / head_channels / encoder) to the file's structure, or leave student.init null")
