@@ -83,6 +83,12 @@ def test_a_plain_student_grown_to_branches_starts_as_the_file(tmp_path):
             a, b = plain(image), grown(image)
         torch.testing.assert_close(b["logits"], a["logits"])
         torch.testing.assert_close(b["descriptors"], a["descriptors"])
+    # a fine-tune of a branched file keeps its branches unless the config says otherwise
+    from detkd.tasks.keypoint_students import structure_for_init
+
+    branched = save_keypoint_model(grown, tmp_path / "branched.pt")
+    assert structure_for_init("fast-s", {"reparam_branches": None}, branched)["reparam_branches"] is True
+    assert structure_for_init("fast-s", {"reparam_branches": False}, branched)["reparam_branches"] is False
     # the other way (branches dropped) is refused with the option named
     with pytest.raises(ValueError, match="reparam_branches True.*reparam_branches False"):
         initialise_student(create_model("fast-s", descriptor_dim=16), save_keypoint_model(grown, tmp_path / "g.pt"))

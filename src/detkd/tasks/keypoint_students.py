@@ -59,7 +59,7 @@ def init_file(init: str | Path) -> Path:
 #: Options layered on a variant's widths that a student started from a file (``student.init``) takes from
 #: that file when the config leaves them null, so that ``--student fast-s --init student-fast-s`` fine-tunes
 #: the shipped student whatever its heads.
-INIT_LAYERED_KEYS = ("head_channels", "descriptor_stride", "detector_stride")
+INIT_LAYERED_KEYS = ("head_channels", "descriptor_stride", "detector_stride", "reparam_branches")
 
 
 def structure_for_init(variant: str, structure: dict[str, Any], init: str | Path) -> dict[str, Any]:
