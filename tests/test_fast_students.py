@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import detkd.models.superpoint as superpoint
+import detkd.models.superpoint_blocks as superpoint_blocks
 from detkd.models.keypoint_ops import sample_descriptors
 from conftest import distill_small_student
 from detkd.cli.main import main
@@ -167,12 +168,12 @@ def test_eval_mode_folds_batch_norm_into_the_convs_without_changing_outputs(name
         model(image)
         hook.remove()
         folded_bn_calls = len(calls)
-        superpoint_can_fold = superpoint.can_fold_batch_norm
+        superpoint_can_fold = superpoint_blocks.can_fold_batch_norm
         try:
-            superpoint.can_fold_batch_norm = lambda module, bn: False  # the plain conv -> BatchNorm path
+            superpoint_blocks.can_fold_batch_norm = lambda module, bn: False  # the plain conv -> BatchNorm path
             plain = model(image)
         finally:
-            superpoint.can_fold_batch_norm = superpoint_can_fold
+            superpoint_blocks.can_fold_batch_norm = superpoint_can_fold
     for key in ("logits", "descriptors", "features"):
         torch.testing.assert_close(folded[key], plain[key], rtol=1e-4, atol=1e-5)
     # only the heads' first blocks (conv -> ReLU -> BatchNorm: not foldable into their own conv) still run BatchNorm

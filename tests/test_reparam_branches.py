@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detkd.models.superpoint import ConvBNReLU, RepConvBNReLU, create_model
+from detkd.models.superpoint import create_model
+from detkd.models.superpoint_blocks import ConvBNReLU, RepConvBNReLU
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
 from detkd.tasks.keypoint_students import initialise_student
 

@@ -8,7 +8,8 @@ from typing import Any
 from torch import nn
 
 from detkd.models.keypoint_ops import CELL
-from detkd.models.superpoint import FINE_STRIDE, RepConvBNReLU, SuperPoint, create_model
+from detkd.models.superpoint import FINE_STRIDE, SuperPoint, create_model
+from detkd.models.superpoint_blocks import RepConvBNReLU
 
 
 #: Keys of the ``student`` config section that replace the variant's structural options when set.
@@ -91,9 +92,9 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     Two differences are accepted, alone or together, each a part that the file lacks and that starts as a
     no-op, so that the student starts as the file's model: a ``detector_stride`` 4 student started from a
     stride-8 file (the stride-4 detector branch keeps its zero output,
-    :func:`~detkd.models.superpoint.zero_output`), and a student with ``reparam_branches`` started from a
+    :func:`~detkd.models.superpoint_blocks.zero_output`), and a student with ``reparam_branches`` started from a
     file without them (the 1x1 and identity branches start at zero,
-    :meth:`~detkd.models.superpoint.RepConvBNReLU.zero_branches`).
+    :meth:`~detkd.models.superpoint_blocks.RepConvBNReLU.zero_branches`).
 
     Raises:
         FileNotFoundError: ``init`` is neither a file nor a shipped model's name.
