@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from detkd.models.pretrained import SHIPPED_MODELS
-from detkd.models.superpoint import count_parameters
+from detkd.models.superpoint import inference_parameter_count
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
 
 SHARES = (("mma@3", "MMA@3"), ("homography_accuracy@1", "HA@1"), ("homography_accuracy@3", "HA@3"))
@@ -115,7 +115,7 @@ def main() -> None:
         f"# detkd's shipped student `{args.name}` (`{shipped.file}`)", "",
         f"`{config['student']['variant']}` student ({conf['encoder']} encoder, widths {list(conf['channels'])}, "
         f"heads {conf['head_channels']}, {conf['descriptor_dim']}-d descriptors, descriptor stride "
-        f"{conf['descriptor_stride']}, detector stride {conf['detector_stride']}), {count_parameters(student):,} "
+        f"{conf['descriptor_stride']}, detector stride {conf['detector_stride']}), {inference_parameter_count(student):,} "
         f"parameters, {shipped.path.stat().st_size / 1024:.0f} KB, sha256 `{digest[:16]}...`. "
         f"Use it by name: `detkd.Predictor('{args.name}')`, `detkd keypoints match A B --model {args.name}`, "
         f"`detkd export {args.name} ...`.", "",
