@@ -18,9 +18,17 @@ from torch import nn
 def folded_conv_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight ``(C_out, C_in, k, k)`` and bias ``(C_out,)`` of one conv equal to ``bn(conv(x))`` with
     BatchNorm's running statistics (eval mode)."""
+    return folded_weights(conv.weight, conv.bias, bn)
+
+
+def folded_weights(
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`folded_conv_weights` for a conv given by its ``weight`` ``(C_out, C_in, k, k)`` and ``bias``
+    ``(C_out,)`` (None: none), e.g. a constant kernel."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    return conv.weight * scale[:, None, None, None], (bias - bn.running_mean) * scale + bn.bias
+    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    return weight * scale[:, None, None, None], (bias - bn.running_mean) * scale + bn.bias
 
 
 def can_fold_batch_norm(module: nn.Module, bn: nn.Module) -> bool:
@@ -134,11 +142,10 @@ class RepConvBNReLU(nn.Module):
         weight_1x1, bias_1x1 = folded_conv_weights(self.conv_1x1, self.bn_1x1)
         weight = weight + weight_1x1 * self.centre_tap
         bias = bias + bias_1x1
-        if self.bn_identity is not None:
-            bn = self.bn_identity
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            weight = weight + self.identity_kernel * scale[:, None, None, None]
-            bias = bias + bn.bias - bn.running_mean * scale
+        if self.bn_identity is not None:  # the identity is a conv with a constant kernel
+            weight_identity, bias_identity = folded_weights(self.identity_kernel, None, self.bn_identity)
+            weight = weight + weight_identity
+            bias = bias + bias_identity
         return weight, bias
 
     def zero_branches(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -107,8 +107,8 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     path = init_file(init)
     source = load_keypoint_model(path)
     differ = {k for k in STRUCTURAL_OPTIONS if _plain(source.conf[k]) != _plain(student.conf[k])}
-    growths = {key: change for key, change in GROWTHS.items()
-               if key in differ and (source.conf[key], student.conf[key]) == change[:2]}
+    growths = {key: growth for key, growth in GROWTHS.items()
+               if key in differ and (source.conf[key], student.conf[key]) == (growth.file_value, growth.student_value)}
     if differ - set(growths):
         named = [k for k in STRUCTURAL_OPTIONS if k in differ]
         theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in named)
@@ -117,7 +117,7 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
             f"student.init '{path}' has {theirs}; the student to train has {ours}. Set student.variant (and "
             "student.channels / head_channels / encoder) to the file's structure, or leave student.init null")
     missing, unexpected = student.load_state_dict(source.state_dict(), strict=not growths)
-    added_parts = tuple(part for growth in growths.values() for part in growth[2])
+    added_parts = tuple(part for growth in growths.values() for part in growth.added_keys)
     if unexpected or any(not any(part in key for part in added_parts) for key in missing):
         raise ValueError(f"student.init '{path}': cannot grow it to {', '.join(growths)} (missing {missing}, "
                          f"unexpected {unexpected})")
@@ -127,16 +127,24 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
                 block.zero_branches()
     meta = read_keypoint_model_meta(path)
     trained = f", {meta['steps']} steps from {meta['teacher']}" if meta.get("steps") and meta.get("teacher") else ""
-    grown = "".join(f" (grown to {growth[3]})" for growth in growths.values())
+    grown = "".join(f" (grown to {growth.said})" for growth in growths.values())
     return f"{path}{trained}{grown}"
 
 
-#: The structural differences :func:`initialise_student` accepts between a file and the student: option ->
-#: (the file's value, the student's value, key fragments of the parts the file lacks, what is said).
-GROWTHS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
-    "detector_stride": (CELL, FINE_STRIDE, ("detector_fine.",), "detector_stride 4; the new branch starts at zero"),
-    "reparam_branches": (False, True, ("_1x1.", "bn_identity."),
-                         "reparam_branches; the 1x1 and identity branches start at zero"),
+class Growth(NamedTuple):
+    """A structural difference :func:`initialise_student` accepts: the student has parts the file lacks."""
+
+    file_value: Any
+    student_value: Any
+    added_keys: tuple[str, ...]  # fragments of the state-dict keys of the parts the file lacks
+    said: str  # what the description of the start says
+
+
+#: The accepted differences, by option.
+GROWTHS: dict[str, Growth] = {
+    "detector_stride": Growth(CELL, FINE_STRIDE, ("detector_fine.",), "detector_stride 4; the new branch starts at zero"),
+    "reparam_branches": Growth(False, True, ("_1x1.", "bn_identity."),
+                               "reparam_branches; the 1x1 and identity branches start at zero"),
 }
 
 
