@@ -2,7 +2,8 @@
 
 SuperPoint's VGG encoder of :class:`ConvBlock` s (conv -> ReLU -> BatchNorm, rpautrat's order, so that
 the public weights load), and the strided :class:`FastEncoder` of the CPU students, of
-:class:`ConvBNReLU` (or, trained with RepVGG's branches, :class:`RepConvBNReLU`). In eval mode every
+:class:`ConvBNReLU` (or, trained with RepVGG's branches, :class:`RepConvBNReLU`), and the
+:class:`ContextPyramid` that a student may add on top of either. In eval mode every
 BatchNorm that follows a conv directly runs folded into that conv (:func:`folded_conv_weights`).
 """
 
@@ -187,6 +188,32 @@ class FastEncoder(nn.Sequential):
             stage3=nn.Sequential(block(c2, c3, stride=2), block(c3, c3)),
             stage4=block(c3, c4),
         ))
+
+
+class ContextPyramid(nn.Module):
+    """Context from two coarser levels added to the stride-8 features (XFeat's and FPN's pyramid fusion).
+
+    ``(B, C, h, w)`` -> ``(B, C, h, w)``: two stride-2 stages of ``width`` channels (each a 3x3 stride-2
+    :class:`ConvBNReLU` and a 3x3 one) give stride-16 and stride-32 maps; the stride-32 map is upsampled
+    (bilinear) onto the stride-16 one and added, projected to ``C`` channels by a 1x1 conv (no ReLU) and added,
+    upsampled, to the input. The fast encoder alone sees about 70 pixels around a cell; with the pyramid
+    about 250, at the cost of convs on 1/4 and 1/16 of the cells. With :func:`zero_output` on ``project``
+    the module is the identity, so that it can be grown onto a trained model.
+    """
+
+    def __init__(self, channels: int, width: int, batch_norm: bool = True, bn_eps: float = 1e-3) -> None:
+        super().__init__()
+        bn = {"batch_norm": batch_norm, "bn_eps": bn_eps}
+        self.down16 = nn.Sequential(ConvBNReLU(channels, width, stride=2, **bn), ConvBNReLU(width, width, **bn))
+        self.down32 = nn.Sequential(ConvBNReLU(width, width, stride=2, **bn), ConvBNReLU(width, width, **bn))
+        self.project = ConvBlock(width, channels, 1, relu=False, **bn)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        s16 = self.down16(features)
+        s32 = self.down32(s16)
+        s16 = s16 + F.interpolate(s32, size=s16.shape[-2:], mode="bilinear", align_corners=False)
+        return features + F.interpolate(self.project(s16), size=features.shape[-2:], mode="bilinear",
+                                        align_corners=False)
 
 
 def zero_output(block: ConvBlock) -> None:

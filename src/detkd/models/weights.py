@@ -70,7 +70,7 @@ CHECKPOINT_FORMAT = "detkd.checkpoint"  # written by detkd.engine (same string)
 
 #: Options of SuperPoint that fix tensor shapes (the others are post-processing).
 STRUCTURAL_OPTIONS = ("channels", "head_channels", "descriptor_dim", "batch_norm", "encoder", "descriptor_stride",
-                      "detector_stride", "reparam_branches")
+                      "detector_stride", "reparam_branches", "context_channels")
 
 _FORMAT_DESCRIPTIONS = {
     "magicleap": "Magic Leap / LightGlue superpoint_v1 (conv1a ... convDb)",

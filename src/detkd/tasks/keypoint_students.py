@@ -9,12 +9,12 @@ from torch import nn
 
 from detkd.models.keypoint_ops import CELL
 from detkd.models.superpoint import FINE_STRIDE, SuperPoint, create_model
-from detkd.models.superpoint_blocks import RepConvBNReLU
+from detkd.models.superpoint_blocks import RepConvBNReLU, zero_output
 
 
 #: Keys of the ``student`` config section that replace the variant's structural options when set.
 STUDENT_STRUCTURE_KEYS = ("encoder", "channels", "head_channels", "descriptor_dim", "descriptor_stride",
-                          "detector_stride", "reparam_branches")
+                          "detector_stride", "reparam_branches", "context_channels")
 
 
 def build_student(teacher: nn.Module, variant: str, batch_norm: bool = True, **structure: Any) -> SuperPoint:
@@ -60,7 +60,7 @@ def init_file(init: str | Path) -> Path:
 #: Options layered on a variant's widths that a student started from a file (``student.init``) takes from
 #: that file when the config leaves them null, so that ``--student fast-s --init student-fast-s`` fine-tunes
 #: the shipped student whatever its heads.
-INIT_LAYERED_KEYS = ("head_channels", "descriptor_stride", "detector_stride", "reparam_branches")
+INIT_LAYERED_KEYS = ("head_channels", "descriptor_stride", "detector_stride", "reparam_branches", "context_channels")
 
 
 def structure_for_init(variant: str, structure: dict[str, Any], init: str | Path) -> dict[str, Any]:
@@ -89,12 +89,13 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     """Copy the weights of ``init`` (a detkd key-point model file, or a shipped student's name) into
     ``student``, whose structure must be the same; returns where they came from, in words.
 
-    Two differences are accepted, alone or together, each a part that the file lacks and that starts as a
-    no-op, so that the student starts as the file's model: a ``detector_stride`` 4 student started from a
-    stride-8 file (the stride-4 detector branch keeps its zero output,
-    :func:`~detkd.models.superpoint_blocks.zero_output`), and a student with ``reparam_branches`` started from a
+    Three differences are accepted, alone or together, each a part that the file lacks and that starts as a
+    no-op, so that the student starts as the file's model (:data:`GROWTHS`): a ``detector_stride`` 4 student
+    started from a stride-8 file (the stride-4 detector branch keeps its zero output,
+    :func:`~detkd.models.superpoint_blocks.zero_output`), a student with ``reparam_branches`` started from a
     file without them (the 1x1 and identity branches start at zero,
-    :meth:`~detkd.models.superpoint_blocks.RepConvBNReLU.zero_branches`).
+    :meth:`~detkd.models.superpoint_blocks.RepConvBNReLU.zero_branches`), and a student with
+    ``context_channels`` started from a file without a context pyramid (its projection starts at zero).
 
     Raises:
         FileNotFoundError: ``init`` is neither a file nor a shipped model's name.
@@ -108,7 +109,7 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     source = load_keypoint_model(path)
     differ = {k for k in STRUCTURAL_OPTIONS if _plain(source.conf[k]) != _plain(student.conf[k])}
     growths = {key: growth for key, growth in GROWTHS.items()
-               if key in differ and (source.conf[key], student.conf[key]) == (growth.file_value, growth.student_value)}
+               if key in differ and growth.applies(source.conf[key], student.conf[key])}
     if differ - set(growths):
         named = [k for k in STRUCTURAL_OPTIONS if k in differ]
         theirs = ", ".join(f"{k} {_plain(source.conf[k])}" for k in named)
@@ -125,6 +126,8 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
         for block in student.modules():
             if isinstance(block, RepConvBNReLU):
                 block.zero_branches()
+    if "context_channels" in growths:
+        zero_output(student.context.project)
     meta = read_keypoint_model_meta(path)
     trained = f", {meta['steps']} steps from {meta['teacher']}" if meta.get("steps") and meta.get("teacher") else ""
     grown = "".join(f" (grown to {growth.said})" for growth in growths.values())
@@ -135,9 +138,14 @@ class Growth(NamedTuple):
     """A structural difference :func:`initialise_student` accepts: the student has parts the file lacks."""
 
     file_value: Any
-    student_value: Any
+    student_value: Any  # None: any value other than file_value
     added_keys: tuple[str, ...]  # fragments of the state-dict keys of the parts the file lacks
     said: str  # what the description of the start says
+
+    def applies(self, file_value: Any, student_value: Any) -> bool:
+        """Whether a file with ``file_value`` grows into a student with ``student_value``."""
+        return file_value == self.file_value and (
+            student_value == self.student_value if self.student_value is not None else student_value != file_value)
 
 
 #: The accepted differences, by option.
@@ -145,6 +153,7 @@ GROWTHS: dict[str, Growth] = {
     "detector_stride": Growth(CELL, FINE_STRIDE, ("detector_fine.",), "detector_stride 4; the new branch starts at zero"),
     "reparam_branches": Growth(False, True, ("_1x1.", "bn_identity."),
                                "reparam_branches; the 1x1 and identity branches start at zero"),
+    "context_channels": Growth(0, None, ("context.",), "a context pyramid; its projection starts at zero"),
 }
 
 

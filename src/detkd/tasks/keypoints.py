@@ -72,6 +72,9 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         # true: each encoder conv trains with RepVGG's 1x1 and identity branches, merged into it for inference (the
         # same speed; fast encoder only); with a student.init without them they start at zero
         "reparam_branches": None,
+        # N: a stride-16/32 context pyramid of N channels on the encoder's output (a receptive field of about 250 px
+        # instead of 70 for the fast encoder; see ContextPyramid); with a student.init without it, it starts at zero
+        "context_channels": None,
         # Initial weights: null = random; a student model file or a shipped student's name (student-fast-s ...) of
         # the same structure = fine-tune it (e.g. a shipped student on your own photos, or at a larger view size)
         "init": None,
