@@ -182,3 +182,29 @@ def test_labels_of_models_close_together_take_different_places() -> None:
     offsets = _label_offsets(latency, accuracy)
     assert len(set(offsets[:3])) == 3  # three models within 8% of each other: three places
     assert offsets[3] == (6, 6)  # a model on its own keeps the first place
+
+
+def test_end_labels_that_would_overlap_are_spread_around_their_mean():
+    from detkd.viz.curves import spread_positions
+
+    assert spread_positions([0.0, 2.0, 30.0], 10.0) == [-4.0, 6.0, 30.0]
+    assert spread_positions([30.0, 0.0, 2.0], 10.0) == [30.0, -4.0, 6.0]  # the order given is kept
+    assert spread_positions([0.0, 20.0, 40.0], 10.0) == [0.0, 20.0, 40.0]  # far enough apart: untouched
+    # three together (mean 1): 1 - 10, 1, 1 + 10; then a fourth that the spread group now reaches joins it
+    assert spread_positions([0.0, 1.0, 2.0], 10.0) == [-9.0, 1.0, 11.0]
+    assert spread_positions([0.0, 1.0, 2.0, 14.0], 10.0) == [-10.75, -0.75, 9.25, 19.25]  # mean 4.25
+    assert spread_positions([5.0, 5.0], 4.0) == [3.0, 7.0]
+    assert spread_positions([], 10.0) == []
+
+
+def test_validation_plot_keeps_close_end_values_readable(tmp_path):
+    from detkd.viz.curves import draw_validation_curves
+
+    runs = {"teacher": [{"step": 500, "map": 9.0}, {"step": 1000, "map": 86.3}],
+            "baseline": [{"step": 1000, "map": 16.0}, {"step": 2000, "map": 76.7}],
+            "gid": [{"step": 1000, "map": 16.5}, {"step": 2000, "map": 76.3}]}
+    fig = draw_validation_curves(runs, ["map"])
+    fig.canvas.draw()
+    boxes = [text.get_window_extent() for text in fig.axes[0].texts]
+    assert [text.get_text() for text in fig.axes[0].texts] == ["86.3", "76.7", "76.3"]
+    assert not boxes[1].overlaps(boxes[2])

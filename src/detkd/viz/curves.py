@@ -145,6 +145,7 @@ def draw_validation_curves(
     FigureCanvasAgg(fig)
     for panel, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), panel + 1)
+        ends = []  # (step, value, colour) of each line's last point
         for name, history in runs.items():
             records = read_history_records(history) if isinstance(history, (str, Path)) else list(history)
             points = [(r["step"], float(r[metric])) for r in records
@@ -153,8 +154,8 @@ def draw_validation_curves(
                 continue
             steps, values = zip(*points)
             (line,) = ax.plot(steps, values, marker="o", markersize=3, linewidth=1.5, label=name)
-            ax.annotate(f"{values[-1]:.1f}", (steps[-1], values[-1]), textcoords="offset points", xytext=(4, 0),
-                        fontsize=7, color=line.get_color(), va="center")
+            ends.append((steps[-1], values[-1], line.get_color()))
+        annotate_line_ends(ax, ends, fig.dpi)
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(labels.get(metric, metric))
         ax.grid(True, alpha=0.3)
@@ -163,6 +164,55 @@ def draw_validation_curves(
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+#: Font size (points) of the values written at the lines' ends, and their least vertical distance (points).
+END_LABEL_FONT_SIZE = 7
+END_LABEL_GAP = 10.0
+
+
+def annotate_line_ends(ax: Any, ends: Sequence[tuple[float, float, str]], dpi: float) -> None:
+    """Write each line's last value beside its last point, ``ends`` ``[(step, value, colour), ...]``; labels
+    that would overlap (lines that end at the same step close together) are moved apart vertically
+    (:func:`spread_positions`)."""
+    if not ends:
+        return
+    ax.autoscale_view()  # the data limits that the figure will be drawn with (matplotlib applies them lazily)
+    to_points = 72.0 / dpi
+    for last_step in sorted({step for step, _, _ in ends}):  # labels at one step share a column of text
+        column = [end for end in ends if end[0] == last_step]
+        heights = [ax.transData.transform((step, value))[1] * to_points for step, value, _ in column]
+        for (step, value, colour), height, placed in zip(column, heights, spread_positions(heights, END_LABEL_GAP)):
+            ax.annotate(f"{value:.1f}", (step, value), textcoords="offset points", xytext=(4, placed - height),
+                        fontsize=END_LABEL_FONT_SIZE, color=colour, va="center")
+
+
+def spread_positions(positions: Sequence[float], gap: float) -> list[float]:
+    """Positions (one axis, any unit) moved apart so that any two are at least ``gap`` apart, each group of
+    labels that crowd together spread evenly around the group's mean; returned in the order given.
+
+    ``[0, 2, 30]`` with gap 10 -> ``[-4, 6, 30]``; positions already ``gap`` apart are returned as they are.
+    """
+    order = sorted(range(len(positions)), key=lambda i: positions[i])
+    groups: list[list[int]] = []  # consecutive indices of `order`, each group spread around its mean
+    for i in order:
+        groups.append([i])
+        while len(groups) > 1:
+            low, high = groups[-2], groups[-1]
+            if _group_start(low, positions, gap) + gap * len(low) <= _group_start(high, positions, gap):
+                break
+            groups[-2:] = [low + high]
+    placed = [0.0] * len(positions)
+    for group in groups:
+        start = _group_start(group, positions, gap)
+        for rank, i in enumerate(group):
+            placed[i] = start + rank * gap
+    return placed
+
+
+def _group_start(group: list[int], positions: Sequence[float], gap: float) -> float:
+    mean = sum(positions[i] for i in group) / len(group)
+    return mean - gap * (len(group) - 1) / 2
 
 
 def plot_validation_curves(
