@@ -115,7 +115,9 @@ def main() -> None:
         f"# detkd's shipped student `{args.name}` (`{shipped.file}`)", "",
         f"`{config['student']['variant']}` student ({conf['encoder']} encoder, widths {list(conf['channels'])}, "
         f"heads {conf['head_channels']}, {conf['descriptor_dim']}-d descriptors, descriptor stride "
-        f"{conf['descriptor_stride']}, detector stride {conf['detector_stride']}), {inference_parameter_count(student):,} "
+        f"{conf['descriptor_stride']}, detector stride {conf['detector_stride']}"
+        f"{', a context pyramid of ' + str(conf['context_channels']) + ' channels' if conf['context_channels'] else ''}), "
+        f"{inference_parameter_count(student):,} "
         f"parameters, {shipped.path.stat().st_size / 1024:.0f} KB, sha256 `{digest[:16]}...`. "
         f"Use it by name: `detkd.Predictor('{args.name}')`, `detkd keypoints match A B --model {args.name}`, "
         f"`detkd export {args.name} ...`.", "",

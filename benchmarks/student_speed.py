@@ -83,7 +83,8 @@ def parse_variant(spec: str, option: str = "--variants") -> tuple[str, dict[str,
 
 def describe(model: SuperPoint) -> str:
     c = model.conf
-    return f"{c['encoder']} {'-'.join(map(str, c['channels']))}, heads {c['head_channels']}, D {c['descriptor_dim']}"
+    context = f", context {c['context_channels']}" if c.get("context_channels") else ""
+    return f"{c['encoder']} {'-'.join(map(str, c['channels']))}{context}, heads {c['head_channels']}, D {c['descriptor_dim']}"
 
 
 def main() -> None:

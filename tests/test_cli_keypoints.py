@@ -155,9 +155,11 @@ def test_init_fine_tunes_a_students_weights_and_refuses_another_structure(worksp
     wide = save_keypoint_model(create_model("fast-s", descriptor_dim=256, batch_norm=True, head_channels=64,
                                             descriptor_stride=4), workspace / "wide.pt")
     assert structure_for_init("fast-s", {"head_channels": None, "descriptor_stride": None}, wide) == \
-        {"head_channels": 64, "descriptor_stride": 4, "detector_stride": 8, "reparam_branches": False}
+        {"head_channels": 64, "descriptor_stride": 4, "detector_stride": 8, "reparam_branches": False,
+         "context_channels": 0}
     assert structure_for_init("fast-s", {"head_channels": 48, "descriptor_stride": None}, wide) == \
-        {"head_channels": 48, "descriptor_stride": 4, "detector_stride": 8, "reparam_branches": False}  # set in the config: kept (and refused by initialise_student)
+        {"head_channels": 48, "descriptor_stride": 4, "detector_stride": 8, "reparam_branches": False,
+         "context_channels": 0}  # set in the config: kept (and refused by initialise_student)
     assert structure_for_init("fast-m", {"head_channels": None}, wide) == {"head_channels": None}  # other widths
     tuned = runner.invoke(main, distill_args(workspace, workspace / "fifth", steps=1,
                                              extra=["--student", "fast-s", "--init", str(wide)]))
