@@ -257,7 +257,7 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.text(ax.get_xlim()[0], 91, " target 90%", fontsize=7, color="grey", va="bottom")
         ax.set_xscale("symlog", linthresh=500, linscale=0.3)  # log steps, and room for a fine-tune's step 0
         steps = sorted({r["steps"] for rows in curves.values() for r in rows})
-        ax.set_xticks(steps, [f"{s // 1000}k" if s >= 1000 else str(s) for s in steps])
+        ax.set_xticks(steps, [f"{s / 1000:g}k" if s >= 1000 else str(s) for s in steps])  # 1500 -> 1.5k
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_ylim(-3, max(103, top + 5))  # a student may beat its teacher
         ax.set_title(f"{SHARE_LABELS[metric]}: student / teacher")
