@@ -191,13 +191,14 @@ class FastEncoder(nn.Sequential):
 
 
 class ContextPyramid(nn.Module):
-    """Context from two coarser levels added to the stride-8 features (XFeat's and FPN's pyramid fusion).
+    """Context from two coarser levels added to the stride-8 features (a pyramid fusion, as in XFeat and FPN).
 
     ``(B, C, h, w)`` -> ``(B, C, h, w)``: two stride-2 stages of ``width`` channels (each a 3x3 stride-2
     :class:`ConvBNReLU` and a 3x3 one) give stride-16 and stride-32 maps; the stride-32 map is upsampled
     (bilinear) onto the stride-16 one and added, projected to ``C`` channels by a 1x1 conv (no ReLU) and added,
-    upsampled, to the input. The fast encoder alone sees about 70 pixels around a cell; with the pyramid
-    about 250, at the cost of convs on 1/4 and 1/16 of the cells. With :func:`zero_output` on ``project``
+    upsampled, to the input. A stride-8 cell of the fast encoder (with the head's 3x3 conv) has a receptive
+    field of about 70 px; with the pyramid about 250, at the cost of convs on 1/4 and 1/16 of the cells
+    (XFeat fuses its stride-16 and stride-32 maps the same way). With :func:`zero_output` on ``project``
     the module is the identity, so that it can be grown onto a trained model.
     """
 
