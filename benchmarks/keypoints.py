@@ -83,6 +83,9 @@ def heldout_pairs(size: tuple[int, int], pairs_per_image: int, tiles_dir: Path,
     if DEFAULT_SOURCE.exists():
         write_tiles(DEFAULT_SOURCE, tiles_dir)
         pairs["aerial"] = synthetic_pairs_from_folder(tiles_dir / "heldout", **common)
+    else:  # said out loud: a table without its aerial columns is not comparable with one that has them
+        print(f"WARNING: no aerial pairs: the orthophoto folder {DEFAULT_SOURCE} does not exist (the shared data sits "
+              "beside the repository; a copy of the repository elsewhere needs a link to it)", file=sys.stderr)
     if more_photos is not None:
         pairs["more photos"] = synthetic_pairs_from_folder(more_photos, **common)
     return pairs
