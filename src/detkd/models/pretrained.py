@@ -61,12 +61,13 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
                      "fast-s student (79K parameters: 64-channel heads, 128-d descriptors with a stride-4 term) distilled from ALIKED-n16 "
                      "on 58 unlabelled photos and aerial tiles"),
         ShippedModel("student-fast-s-mnn", "student", "student_fast_s_mnn.pt",
-                     "student-fast-s fine-tuned with cross-view matching, then with a heavier detector term (same "
-                     "79K-parameter network): the small student for mutual nearest neighbours, and in front of "
-                     "ALIKED's LightGlue at least as good as student-fast-s (held-out MMA@3 / HA@3)"),
+                     "fast-s student with a context pyramid (211K parameters, still over 2x faster than XFeat on a "
+                     "CPU) distilled from ALIKED-n16, then fine-tuned with cross-view matching and a heavier detector "
+                     "term: the small student for mutual nearest neighbours"),
         ShippedModel("student-fast-l-mnn", "student", "student_fast_l_mnn.pt",
-                     "fast-l student (0.59M parameters, ALIKED-n16's size, stride-4 descriptors) distilled from "
-                     "ALIKED-n16, then fine-tuned with cross-view matching: for mutual nearest neighbours"),
+                     "fast-l student (0.79M parameters, about ALIKED-n16's size, stride-4 descriptors, a context "
+                     "pyramid) distilled from ALIKED-n16, then fine-tuned with cross-view matching: for mutual "
+                     "nearest neighbours"),
         ShippedModel("student-fast-s-disk", "student", "student_fast_s_disk.pt",
                      "fast-s student (55K parameters, 128-d descriptors with a stride-4 term) distilled from DISK "
                      "on 58 unlabelled photos and aerial tiles, then fine-tuned with cross-view matching (a drop-in "
