@@ -90,3 +90,14 @@ def distill_small_student(folder, student: dict, steps: int):
         "--batch-size", "2", "--height", "64", "--width", "96",
     ])
     return result, out
+
+
+def assert_same_outputs_in_both_modes(model: torch.nn.Module, other: torch.nn.Module, image: torch.Tensor) -> None:
+    """``other`` (e.g. a student grown from ``model``'s file) gives ``model``'s cell logits and descriptors on
+    ``image``, in training mode (batch statistics) and in eval mode (running statistics)."""
+    for mode in (True, False):
+        model.train(mode), other.train(mode)
+        with torch.no_grad():
+            a, b = model(image), other(image)
+        torch.testing.assert_close(b["logits"], a["logits"])
+        torch.testing.assert_close(b["descriptors"], a["descriptors"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import assert_same_outputs_in_both_modes
+
 from detkd.models.superpoint import create_model
 from detkd.models.superpoint_blocks import ContextPyramid
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
@@ -67,13 +69,7 @@ def test_a_plain_student_grown_to_a_pyramid_starts_as_the_file(tmp_path):
     path = save_keypoint_model(plain, tmp_path / "plain.pt")
     grown = create_model("fast-s", descriptor_dim=16, context_channels=24)
     assert "context pyramid" in initialise_student(grown, path)
-    image = torch.rand(2, 1, 64, 80)
-    for mode in (True, False):
-        plain.train(mode), grown.train(mode)
-        with torch.no_grad():
-            a, b = plain(image), grown(image)
-        torch.testing.assert_close(b["logits"], a["logits"])
-        torch.testing.assert_close(b["descriptors"], a["descriptors"])
+    assert_same_outputs_in_both_modes(plain, grown, torch.rand(2, 1, 64, 80))
     # a fine-tune of a file with a pyramid keeps it unless the config says otherwise
     pyramid_file = save_keypoint_model(grown.eval(), tmp_path / "pyramid.pt")
     assert structure_for_init("fast-s", {"context_channels": None}, pyramid_file)["context_channels"] == 24

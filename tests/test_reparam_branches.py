@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_same_outputs_in_both_modes
+
 from detkd.models.superpoint import create_model
 from detkd.models.superpoint_blocks import ConvBNReLU, RepConvBNReLU
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
@@ -77,13 +79,7 @@ def test_a_plain_student_grown_to_branches_starts_as_the_file(tmp_path):
     path = save_keypoint_model(plain.eval(), tmp_path / "plain.pt")
     grown = create_model("fast-s", descriptor_dim=16, reparam_branches=True)
     assert "reparam_branches" in initialise_student(grown, path)
-    image = torch.rand(2, 1, 64, 80)
-    for mode in (True, False):
-        plain.train(mode), grown.train(mode)
-        with torch.no_grad():
-            a, b = plain(image), grown(image)
-        torch.testing.assert_close(b["logits"], a["logits"])
-        torch.testing.assert_close(b["descriptors"], a["descriptors"])
+    assert_same_outputs_in_both_modes(plain, grown, torch.rand(2, 1, 64, 80))
     # a fine-tune of a branched file keeps its branches unless the config says otherwise
     from detkd.tasks.keypoint_students import structure_for_init
 
