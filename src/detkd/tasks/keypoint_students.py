@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -122,12 +123,8 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     if unexpected or any(not any(part in key for part in added_parts) for key in missing):
         raise ValueError(f"student.init '{path}': cannot grow it to {', '.join(growths)} (missing {missing}, "
                          f"unexpected {unexpected})")
-    if "reparam_branches" in growths:
-        for block in student.modules():
-            if isinstance(block, RepConvBNReLU):
-                block.zero_branches()
-    if "context_channels" in growths:
-        zero_output(student.context.project)
+    for growth in growths.values():
+        growth.start_at_zero(student)
     meta = read_keypoint_model_meta(path)
     trained = f", {meta['steps']} steps from {meta['teacher']}" if meta.get("steps") and meta.get("teacher") else ""
     grown = "".join(f" (grown to {growth.said})" for growth in growths.values())
@@ -141,6 +138,7 @@ class Growth(NamedTuple):
     student_value: Any  # None: any value other than file_value
     added_keys: tuple[str, ...]  # fragments of the state-dict keys of the parts the file lacks
     said: str  # what the description of the start says
+    start_at_zero: Callable[[SuperPoint], None]  # makes those parts output zeros, after the file's weights are in
 
     def applies(self, file_value: Any, student_value: Any) -> bool:
         """Whether a file with ``file_value`` grows into a student with ``student_value``."""
@@ -148,12 +146,20 @@ class Growth(NamedTuple):
             student_value == self.student_value if self.student_value is not None else student_value != file_value)
 
 
+def _zero_rep_branches(student: SuperPoint) -> None:
+    for block in student.modules():
+        if isinstance(block, RepConvBNReLU):
+            block.zero_branches()
+
+
 #: The accepted differences, by option.
 GROWTHS: dict[str, Growth] = {
-    "detector_stride": Growth(CELL, FINE_STRIDE, ("detector_fine.",), "detector_stride 4; the new branch starts at zero"),
+    "detector_stride": Growth(CELL, FINE_STRIDE, ("detector_fine.",), "detector_stride 4; the new branch starts at zero",
+                              lambda student: zero_output(student.detector_fine[-1])),
     "reparam_branches": Growth(False, True, ("_1x1.", "bn_identity."),
-                               "reparam_branches; the 1x1 and identity branches start at zero"),
-    "context_channels": Growth(0, None, ("context.",), "a context pyramid; its projection starts at zero"),
+                               "reparam_branches; the 1x1 and identity branches start at zero", _zero_rep_branches),
+    "context_channels": Growth(0, None, ("context.",), "a context pyramid; its projection starts at zero",
+                               lambda student: zero_output(student.context.project)),
 }
 
 
