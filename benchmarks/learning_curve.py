@@ -109,7 +109,7 @@ def add_extra_images(train: Path, extra: Path, work: Path) -> Path:
 def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int) -> dict[str, Any]:
     h, w = args.train_size
     teacher = args.teacher or "shipped"
-    points = point_sampling(merge_config(DEFAULT_DISTILL_CONFIG, {"loss": dict(args.loss)}))
+    points = point_sampling(merge_config(DEFAULT_DISTILL_CONFIG, {"loss": dict(args.loss), "points": dict(args.points)}))
     with_points = f"_points{points.keypoints}-{points.grid_stride}" if points else ""  # another cache fingerprint
     return merge_config(DEFAULT_DISTILL_CONFIG, {
         "teacher": {"checkpoint": args.teacher, "weights": args.teacher_weights},
@@ -118,6 +118,7 @@ def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int)
         "teacher_cache": {"folder": str(args.work / f"teacher_cache_{teacher}_{h}x{w}_v{args.views_per_image}{with_points}"),
                           "views_per_image": args.views_per_image},
         "loss": dict(args.loss),
+        "points": dict(args.points),
         "train": {"steps": steps, "batch_size": args.batch_size, "lr": args.lr, "accelerator": "cpu",
                   "checkpoint_every": 250, "progress": args.progress, "lr_decay": args.lr_decay,
                   "lr_decay_every": args.lr_decay_every, "ema_decay": args.ema_decay},
@@ -282,6 +283,17 @@ def parse_loss(items: list[str], option: str = "--loss") -> dict[str, float]:
     return out
 
 
+def parse_points(items: list[str]) -> dict[str, int]:
+    """``KEY=VALUE`` point sampling (``keypoints=1024``): config section ``points``, part of the cache's name."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in DEFAULT_DISTILL_CONFIG["points"] or not value.isdigit():
+            raise SystemExit(f"--points takes KEY=N with KEY in {sorted(DEFAULT_DISTILL_CONFIG['points'])}, got '{item}'")
+        out[key] = int(value)
+    return out
+
+
 def parse_student_options(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` structural options of the student (values in YAML: ``head_channels=64``, ``channels=[8,16,32,48]``)."""
     out = {}
@@ -318,6 +330,9 @@ def main() -> None:
                         help="judge and save the moving average of the weights (train.ema_decay; detkd's default "
                              "is 0.999) [0: off, as in every curve recorded before 2026-12-06]")
     parser.add_argument("--loss", nargs="*", default=[], help="loss weights KEY=VALUE (see detkd config keypoints-distill)")
+    parser.add_argument("--points", nargs="*", default=[], metavar="KEY=N",
+                        help="where the point descriptor terms read (config section points): keypoints=1024 for "
+                             "views four times the default's area [keypoints=256 grid_stride=16]")
     parser.add_argument("--student-option", nargs="*", default=[], metavar="KEY=VALUE",
                         help="structural options replacing the variant's: head_channels=64, channels=[8,16,32,48], "
                              "encoder=fast [none]")
@@ -331,6 +346,7 @@ def main() -> None:
     parser.add_argument("--plot-tag", default="selected", help="their plot: learning_curve_TAG.png [selected]")
     args = parser.parse_args()
     args.loss = parse_loss(args.loss)
+    args.points = parse_points(args.points)
     args.student_option = parse_student_options(args.student_option)
     args.name = args.name or (f"{args.student}-from-{args.teacher}" if args.teacher else args.student)
     args.milestones = sorted(set(args.milestones))
