@@ -25,6 +25,24 @@ def test_learning_curve_student_options_are_yaml_values_of_structural_keys():
             learning_curve.parse_student_options([bad])
 
 
+def test_learning_curve_points_are_whole_numbers_of_the_points_section_and_name_the_cache():
+    import argparse
+
+    assert learning_curve.parse_points(["keypoints=1024", "grid_stride=0"]) == {"keypoints": 1024, "grid_stride": 0}
+    assert learning_curve.parse_points([]) == {}
+    for bad in ("views=3", "keypoints", "keypoints=-1", "keypoints=2.5"):
+        with pytest.raises(SystemExit, match="--points takes KEY=N"):
+            learning_curve.parse_points([bad])
+    args = argparse.Namespace(
+        train_size=[480, 640], teacher="aliked-n16", teacher_weights=None, student="fast-s", init=None,
+        student_option={}, views_per_image=16, loss={"point_descriptor_relation": 0.3},
+        points={"keypoints": 1024}, batch_size=2, lr=1e-3, progress=False, lr_decay=0.8,
+        lr_decay_every=1000, ema_decay=0.0, eval_size=[480, 640], pairs_per_image=8, work=Path("w"))
+    config = learning_curve.distill_config(args, Path("t"), Path("v"), steps=10)
+    assert config["points"]["keypoints"] == 1024 and config["points"]["grid_stride"] == 16
+    assert config["teacher_cache"]["folder"] == str(Path("w") / "teacher_cache_aliked-n16_480x640_v16_points1024-16")
+
+
 def test_student_speed_variant_specs():
     assert student_speed.parse_variant("fast-s") == ("fast-s", {})
     assert student_speed.parse_variant("fast-s:head_channels=64,descriptor_dim=128") == \
