@@ -13,8 +13,10 @@ from detkd.distill.keypoints import (
     KeypointDistillWeights,
     PointSampling,
     cross_view_matching_nll,
+    masked_cell_kl,
     point_relation_kl,
     select_training_points,
+    warped_cell_targets,
 )
 from detkd.models.superpoint import create_model
 
@@ -250,3 +252,74 @@ def test_the_matching_term_is_weighted_in_and_needs_a_second_view():
         loss(teacher, teacher)
     with pytest.raises(ConfigError, match="point_matching_temperature"):
         KeypointDistillWeights(point_matching_temperature=0.0)
+
+
+def test_masked_cell_kl_by_hand():
+    """Teacher uniform over the 65 bins; the student's bin 0 has logit log 2, the rest 0, in cell 0 only."""
+    target = torch.zeros(1, 65, 1, 2)
+    student = torch.zeros(1, 65, 1, 2)
+    student[0, 0, 0, 0] = math.log(2.0)
+    cell0 = torch.tensor([[[True, False]]])
+    # KL(u || s) = sum_k u_k log(u_k / s_k), s_0 = 2/66, s_k = 1/66
+    expected = math.log(66 / 65) - math.log(2.0) / 65
+    assert masked_cell_kl(target, student, cell0, 1.0).item() == pytest.approx(expected, abs=1e-6)  # float32
+    assert masked_cell_kl(target, student, ~cell0, 1.0).item() == pytest.approx(0.0, abs=1e-7)  # equal cell
+    both = torch.ones(1, 1, 2, dtype=torch.bool)
+    assert masked_cell_kl(target, student, both, 1.0).item() == pytest.approx(expected / 2, abs=1e-6)
+    # T = 2: logits halved (s_0 = sqrt 2 / (64 + sqrt 2)), times T^2
+    expected_t2 = 4 * (math.log((64 + math.sqrt(2)) / 65) - math.log(math.sqrt(2)) / 65)
+    assert masked_cell_kl(target, student, cell0, 2.0).item() == pytest.approx(expected_t2, abs=4e-6)
+    student.requires_grad_(True)
+    none = masked_cell_kl(target, student, torch.zeros(1, 1, 2, dtype=torch.bool), 1.0)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_warped_cell_targets_by_hand():
+    """A point of probability 0.9 at pixel (x 3, y 2) of a 16x24 heatmap, moved 8 px to the right."""
+    from detkd.models.keypoint_teachers.base import cell_distribution_logits
+
+    heatmap = torch.zeros(1, 16, 24)
+    heatmap[0, 2, 3] = 0.9
+    identity = torch.eye(3)[None]
+    logits, covered = warped_cell_targets(heatmap, identity)
+    assert covered.all() and logits.shape == (1, 65, 2, 3)
+    unshuffled = torch.nn.functional.pixel_unshuffle(heatmap[:, None], 8)
+    torch.testing.assert_close(logits, cell_distribution_logits(unshuffled), atol=1e-5, rtol=1e-5)
+
+    shift = torch.tensor([[[1.0, 0.0, 8.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    logits, covered = warped_cell_targets(heatmap, shift)
+    assert covered.tolist() == [[[False, True, True], [False, True, True]]]  # column 0 has no source
+    probabilities = logits.exp()  # floor 1e-6 where a bin is empty
+    assert probabilities[0, 2 * 8 + 3, 0, 1].item() == pytest.approx(0.9, rel=1e-5)  # row 2, column 3 of cell (0, 1)
+    assert probabilities[0, 64, 0, 1].item() == pytest.approx(0.1, rel=1e-4)  # "no point"
+    assert probabilities[0, 64, 1, 2].item() == pytest.approx(1.0, rel=1e-5)  # an empty cell: no point
+    # a 2x zoom makes a cell's 8x8 pixels hold more than probability 1: scaled down to 1, "no point" 0
+    dense = torch.full((1, 16, 24), 0.05)
+    zoom = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]])
+    logits, covered = warped_cell_targets(dense, zoom)
+    assert covered.all()  # every pixel of the 16x24 output comes from the first view
+    probabilities = logits.exp()
+    assert probabilities[0, :64].sum(0).min().item() == pytest.approx(64 * 0.05 / max(1.0, 64 * 0.05), rel=1e-4)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        warped_cell_targets(torch.zeros(1, 12, 16), identity)
+
+
+def test_the_second_view_cell_term_is_weighted_in_and_needs_a_second_view():
+    heatmap = torch.zeros(1, 8, 16)
+    heatmap[0, 2, 3] = 0.9
+    teacher = {"heatmap": heatmap, "logits": torch.zeros(1, 65, 1, 2), "descriptors": torch.ones(1, 2, 1, 2) / 2**0.5}
+    weights = KeypointDistillWeights(heatmap_mse=0.0, heatmap_gradient_mse=0.0, cell_kl=0.0, descriptor_cosine=0.0,
+                                     point_descriptor_cosine=0.0, point_descriptor_relation=0.0,
+                                     second_view_cell_kl=3.0)
+    loss = KeypointDistillationLoss(weights)
+    assert loss.needs_second_view
+    student_logits = torch.zeros(1, 65, 1, 2)
+    second = {"logits": student_logits, "homographies": torch.eye(3)[None]}
+    terms = loss(teacher, teacher, second)
+    target, covered = warped_cell_targets(heatmap, torch.eye(3)[None])
+    expected = masked_cell_kl(target, student_logits, covered, 1.0).item()
+    assert expected > 0.1
+    assert terms["second_view_cell_kl"].item() == pytest.approx(expected, rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(3 * expected, rel=1e-6)
+    with pytest.raises(ValueError, match="second_view_cell_kl"):
+        loss(teacher, teacher)

@@ -181,7 +181,7 @@ def test_the_second_view_of_an_identity_warp_is_the_first_view():
     student = build_student(teacher, "fast-s", descriptor_stride=4).eval()  # eval: BatchNorm does not see the batch
     images = [np.random.default_rng(i).random((80, 110), dtype=np.float32) for i in range(2)]
     data = UnlabeledImageStream(images, CropConfig(height=H, width=W), None, seed=0)
-    weights = KeypointDistillWeights(point_descriptor_matching=1.0)
+    weights = KeypointDistillWeights(point_descriptor_matching=1.0, second_view_cell_kl=1.0)
     points = PointSampling(keypoints=8, grid_stride=16)
     identity = HomographyConfig(perspective=0.0, scale=(1.0, 1.0), rotation_deg=0.0, translation=0.0)
     task = KeypointDistillationTask(teacher, student, KeypointDistillationLoss(weights), data, points, identity)
@@ -195,7 +195,10 @@ def test_the_second_view_of_an_identity_warp_is_the_first_view():
     torch.testing.assert_close(second["point_descriptors"], first, rtol=1e-4, atol=1e-5)
     expected = cross_view_matching_nll(first, first, second["valid"], chosen, weights.point_matching_temperature)
     assert losses["point_descriptor_matching"].item() == pytest.approx(expected.item(), rel=1e-4)
-    with pytest.raises(ValueError, match="point_descriptor_matching"):  # the term without a second view: refused
+    # the student detects in the copy as in the image, and the teacher's heatmap carried by the identity is its own
+    torch.testing.assert_close(second["logits"], student(batch["image"])["logits"], rtol=1e-4, atol=1e-4)
+    assert losses["second_view_cell_kl"].item() == pytest.approx(losses["cell_kl"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="point_descriptor_matching or loss.second_view_cell_kl"):  # no second view
         KeypointDistillationTask(teacher, student, KeypointDistillationLoss(weights), data, points)
 
 

@@ -41,7 +41,13 @@ and knows nothing of training:
   point_matching_temperature``. Points that leave the second view and negatives closer than
   :data:`MATCHING_EXCLUSION_PX` to the positive are left out. This term is not distillation: it asks the
   student's own descriptors for what matching needs, with no teacher in it, so a student too small to
-  copy the teacher's 128-d space can spend its capacity on what tells points apart across views.
+  copy the teacher's 128-d space can spend its capacity on what tells points apart across views;
+* ``second_view_cell_kl`` (off by default; needs the same second view): ``cell_kl`` in the second view, against
+  the teacher's heatmap of the first view warped into it by the known homography
+  (:func:`warped_cell_targets`), over the cells the warp covers whole. The detector then learns the
+  teacher's points *as they move*: what repeatability measures, and what a student whose points are
+  less repeatable than its teacher's lacks (no second teacher pass: the target is the first view's,
+  carried by the geometry).
 
 Every term is averaged over its elements; the total is the weighted sum. A weight of 0
 switches a term off (it is still reported, without gradient cost).
@@ -72,7 +78,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.config import ConfigError, dataclass_from_dict
+from detkd.geometry.homography import warp_image
 from detkd.models.keypoint_ops import nms_mask, sample_descriptors
+from detkd.models.keypoint_teachers.base import cell_distribution_logits
 
 
 @dataclass
@@ -87,6 +95,7 @@ class KeypointDistillWeights:
     point_descriptor_cosine: float = 1.0  # at the teacher's key points plus a grid (needs point outputs)
     point_descriptor_relation: float = 0.3  # ranking of the view's teacher descriptors (needs point outputs)
     point_descriptor_matching: float = 0.0  # the student's own points matched across two views (needs a second view)
+    second_view_cell_kl: float = 0.0  # cell_kl in the second view against the teacher's warped heatmap (needs one)
     temperature: float = 1.0  # softens both cell distributions in cell_kl
     point_relation_temperature: float = 0.1  # cosine scale of point_descriptor_relation's softmaxes
     point_matching_temperature: float = 0.1  # cosine scale of point_descriptor_matching's softmaxes
@@ -201,8 +210,8 @@ class KeypointDistillationLoss(nn.Module):
 
     @property
     def needs_second_view(self) -> bool:
-        """Whether :meth:`forward` needs ``second_view`` (``point_descriptor_matching`` is on)."""
-        return self.weights.point_descriptor_matching > 0
+        """Whether :meth:`forward` needs ``second_view`` (``point_descriptor_matching`` or ``second_view_cell_kl`` is on)."""
+        return self.weights.point_descriptor_matching > 0 or self.weights.second_view_cell_kl > 0
 
     def forward(
         self, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
@@ -217,7 +226,9 @@ class KeypointDistillationLoss(nn.Module):
                 ``point_descriptor_cosine`` and ``point_descriptor_relation``.
             second_view: for ``point_descriptor_matching``: the student's ``point_descriptors``
                 ``(B, N, D)`` (unit) in a warped copy of each image at the teacher's points mapped into it,
-                and ``valid`` ``(B, N)`` bool, the points that land inside that copy.
+                and ``valid`` ``(B, N)`` bool, the points that land inside that copy; for
+                ``second_view_cell_kl``: the student's ``logits`` ``(B, 65, Hc, Wc)`` in that copy and the
+                ``homographies`` ``(B, 3, 3)`` (pixels of the first view -> the copy's).
 
         Returns:
             ``loss`` (weighted sum, scalar) and every unweighted term by name (the point term only
@@ -232,10 +243,7 @@ class KeypointDistillationLoss(nn.Module):
         terms["heatmap_gradient_mse"] = 0.5 * (F.mse_loss(s_dx, t_dx) + F.mse_loss(s_dy, t_dy))
 
         temp = w.temperature
-        t_prob = (teacher["logits"].detach() / temp).softmax(dim=1)
-        s_logprob = (student["logits"] / temp).log_softmax(dim=1)
-        kl = (t_prob * (t_prob.clamp_min(1e-12).log() - s_logprob)).sum(dim=1)  # (B, Hc, Wc)
-        terms["cell_kl"] = kl.mean() * temp**2
+        terms["cell_kl"] = cell_kl(teacher["logits"], student["logits"], temp).mean() * temp**2
 
         t_desc, s_desc = teacher["descriptors"].detach(), student["descriptors"]
         terms["descriptor_mse"] = F.mse_loss(s_desc, t_desc)
@@ -252,9 +260,15 @@ class KeypointDistillationLoss(nn.Module):
                 terms["point_descriptor_matching"] = cross_view_matching_nll(
                     s_points, second_view["point_descriptors"], second_view["valid"], teacher["points"].detach(),
                     w.point_matching_temperature)
-        if self.needs_second_view and "point_descriptor_matching" not in terms:
+        if second_view is not None and "logits" in second_view:
+            target, covered = warped_cell_targets(t_heat, second_view["homographies"])
+            terms["second_view_cell_kl"] = masked_cell_kl(target, second_view["logits"], covered, temp)
+        if w.point_descriptor_matching > 0 and "point_descriptor_matching" not in terms:
             raise ValueError("loss.point_descriptor_matching > 0 needs the teacher's points (points.keypoints or "
                              "points.grid_stride above 0) and the student's descriptors in a second view of each image")
+        if w.second_view_cell_kl > 0 and "second_view_cell_kl" not in terms:
+            raise ValueError("loss.second_view_cell_kl > 0 needs the student's logits in a second view of each image "
+                             "and its homographies (second_view['logits'], second_view['homographies'])")
 
         total = sum(getattr(w, name) * value for name, value in terms.items() if getattr(w, name) != 0)
         if not isinstance(total, torch.Tensor):  # every weight is zero
@@ -316,6 +330,53 @@ def cross_view_matching_nll(
     if not bool(valid.any()):
         return nll.sum() * 0.0  # keeps the graph
     return nll[valid].mean()
+
+
+#: A cell takes part in ``second_view_cell_kl`` when the warp covers each of its pixels at least this much
+#: (bilinear coverage of the first view; 1 inside, 0 in the fill, between on the border's pixels).
+COVERED = 0.999
+
+
+def warped_cell_targets(heatmap: torch.Tensor, homographies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's first-view heatmap carried into the second view, as 65-bin cell targets.
+
+    Args:
+        heatmap: ``(B, H, W)`` per-pixel point probabilities of the first view (``H, W`` multiples of 8).
+        homographies: ``(B, 3, 3)`` pixels of the first view -> pixels of the second.
+
+    Returns:
+        ``logits`` ``(B, 65, H/8, W/8)`` of the warped heatmap's cell distribution
+        (:func:`~detkd.models.keypoint_teachers.base.cell_distribution_logits`: a cell that a zoom makes
+        sum above 1 is scaled down to 1) and ``covered`` ``(B, H/8, W/8)`` bool, the cells whose every pixel
+        the first view covers (:data:`COVERED`).
+    """
+    cell = 8
+    if heatmap.dim() != 3 or heatmap.shape[-2] % cell or heatmap.shape[-1] % cell:
+        raise ValueError(f"heatmap must be (B, H, W) with H, W multiples of 8, got {tuple(heatmap.shape)}")
+    stacked = torch.stack([heatmap, torch.ones_like(heatmap)], dim=1)  # the heatmap and its coverage, one warp
+    warped = warp_image(stacked, homographies)
+    probabilities, coverage = warped[:, :1], warped[:, 1:]
+    logits = cell_distribution_logits(F.pixel_unshuffle(probabilities.clamp(0.0, 1.0), cell))
+    covered = -F.max_pool2d(-coverage, kernel_size=cell)[:, 0] >= COVERED  # the cell's least-covered pixel
+    return logits, covered
+
+
+def cell_kl(target_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``KL(softmax(t / T) || softmax(s / T))`` per cell of ``(B, 65, Hc, Wc)`` logits: ``(B, Hc, Wc)``; no gradient
+    reaches ``t``. The terms multiply its mean by ``T^2`` (Hinton et al.: the gradients' scale across temperatures)."""
+    t_prob = (target_logits.detach() / temperature).softmax(dim=1)
+    s_logprob = (student_logits / temperature).log_softmax(dim=1)
+    return (t_prob * (t_prob.clamp_min(1e-12).log() - s_logprob)).sum(dim=1)
+
+
+def masked_cell_kl(target_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """:func:`cell_kl` averaged over the ``(B, Hc, Wc)`` cells where ``mask`` is True, times ``T^2`` (a scalar 0 that
+    keeps the graph when no cell is)."""
+    kl = cell_kl(target_logits, student_logits, temperature)
+    if not bool(mask.any()):
+        return kl.sum() * 0.0
+    return kl[mask].mean() * temperature**2
 
 
 def check_compatible_outputs(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> None:

@@ -108,6 +108,8 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
         # magnitudes; costs a second student pass per step); 0: off
         "point_descriptor_matching": 0.0,
         "point_matching_temperature": 0.1,
+        # cell_kl in that second view, against the teacher's heatmap warped into it (the same second pass); 0: off
+        "second_view_cell_kl": 0.0,
     },
     "points": {  # where the point_descriptor_* terms compare descriptors
         "keypoints": 256,  # the teacher's strongest local maxima per view
@@ -144,9 +146,10 @@ class KeypointDistillationTask(Task):
     teacher does not run and may be ``None``. Otherwise the teacher runs on every batch, and with
     ``points`` it also describes the points they select from its heatmap.
 
-    When the loss needs a second view (``loss.point_descriptor_matching``), each image is also warped by
-    a random homography of ``second_view``'s magnitudes (drawn from torch's generator, which a resumed
-    run restores) and the student describes the teacher's points mapped into the warped copy.
+    When the loss needs a second view (``loss.point_descriptor_matching``, ``loss.second_view_cell_kl``), each
+    image is also warped by a random homography of ``second_view``'s magnitudes (drawn from torch's generator,
+    which a resumed run restores) and the student describes the teacher's points mapped into the warped copy
+    and detects in it.
     """
 
     def __init__(
@@ -161,8 +164,9 @@ class KeypointDistillationTask(Task):
         self.data = data
         self.points = points if points is not None and points.active else None
         if loss.needs_second_view and (second_view is None or self.points is None):
-            raise ValueError("loss.point_descriptor_matching > 0 needs a second view's homography magnitudes and the "
-                             "teacher's points (points.keypoints or points.grid_stride above 0)")
+            raise ValueError("loss.point_descriptor_matching or loss.second_view_cell_kl > 0 needs a second view's "
+                             "homography magnitudes and the teacher's points (points.keypoints or points.grid_stride "
+                             "above 0)")
         self.second_view = second_view if loss.needs_second_view else None
         if teacher is not None:
             self.freeze("teacher")
@@ -197,8 +201,9 @@ class KeypointDistillationTask(Task):
         return self.loss(teacher, student, second)
 
     def second_view_outputs(self, image: torch.Tensor, points: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The student's descriptors at ``points`` ``(B, N, 2)`` of ``image`` ``(B, 1, H, W)`` as seen in a warped
-        copy of each image: ``point_descriptors`` ``(B, N, D)`` and ``valid`` ``(B, N)`` (inside the copy)."""
+        """The student's outputs in a warped copy of each image ``(B, 1, H, W)``: its descriptors at ``points``
+        ``(B, N, 2)`` mapped into the copy (``point_descriptors`` ``(B, N, D)``, ``valid`` ``(B, N)``: inside the copy),
+        its ``logits`` ``(B, 65, H/8, W/8)`` and the ``homographies`` ``(B, 3, 3)`` (image pixels -> the copy's)."""
         b, _, h, w = image.shape
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         homographies = torch.stack([sample_homography(h, w, rng, self.second_view) for _ in range(b)])
@@ -206,7 +211,8 @@ class KeypointDistillationTask(Task):
         mapped = warp_points(points, homographies)
         valid = points_inside(mapped, h, w, border=float(self.points.border))
         warped = self.student(warp_image(image, homographies), select_points=lambda heatmap: mapped)
-        return {"point_descriptors": warped["point_descriptors"], "valid": valid}
+        return {"point_descriptors": warped["point_descriptors"], "valid": valid, "logits": warped["logits"],
+                "homographies": homographies}
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"model_conf": dict(self.student.conf)}
