@@ -140,7 +140,8 @@ def main() -> None:
     if args.choice:
         lines.append(f"- Choice: {args.choice}")
     lines += ["", "## Validation (the learning curve; 6 shared photos kept out of training)", "",
-              "Synthetic pairs of the validation photos at 240x320, teacher and student at input scale 1, "
+              f"{config['eval']['pairs_per_image']} synthetic pairs per validation photo at "
+              f"{config['eval']['height']}x{config['eval']['width']}, teacher and student at input scale 1, "
               "1000 points:", "", *curve_table(records), ""]
     lines += ["## Held-out", ""]
     lines += (heldout_lines(args.heldout, args.heldout_row or args.name) if args.heldout
