@@ -79,7 +79,7 @@ from torch import nn
 
 from detkd.config import ConfigError, dataclass_from_dict
 from detkd.geometry.homography import warp_image
-from detkd.models.keypoint_ops import nms_mask, sample_descriptors
+from detkd.models.keypoint_ops import CELL, nms_mask, sample_descriptors
 from detkd.models.keypoint_teachers.base import cell_distribution_logits
 
 
@@ -350,14 +350,13 @@ def warped_cell_targets(heatmap: torch.Tensor, homographies: torch.Tensor) -> tu
         sum above 1 is scaled down to 1) and ``covered`` ``(B, H/8, W/8)`` bool, the cells whose every pixel
         the first view covers (:data:`COVERED`).
     """
-    cell = 8
-    if heatmap.dim() != 3 or heatmap.shape[-2] % cell or heatmap.shape[-1] % cell:
-        raise ValueError(f"heatmap must be (B, H, W) with H, W multiples of 8, got {tuple(heatmap.shape)}")
+    if heatmap.dim() != 3 or heatmap.shape[-2] % CELL or heatmap.shape[-1] % CELL:
+        raise ValueError(f"heatmap must be (B, H, W) with H, W multiples of {CELL}, got {tuple(heatmap.shape)}")
     stacked = torch.stack([heatmap, torch.ones_like(heatmap)], dim=1)  # the heatmap and its coverage, one warp
     warped = warp_image(stacked, homographies)
     probabilities, coverage = warped[:, :1], warped[:, 1:]
-    logits = cell_distribution_logits(F.pixel_unshuffle(probabilities.clamp(0.0, 1.0), cell))
-    covered = -F.max_pool2d(-coverage, kernel_size=cell)[:, 0] >= COVERED  # the cell's least-covered pixel
+    logits = cell_distribution_logits(F.pixel_unshuffle(probabilities.clamp(0.0, 1.0), CELL))
+    covered = -F.max_pool2d(-coverage, kernel_size=CELL)[:, 0] >= COVERED  # the cell's least-covered pixel
     return logits, covered
 
 
