@@ -323,3 +323,6 @@ def test_the_second_view_cell_term_is_weighted_in_and_needs_a_second_view():
     assert terms["loss"].item() == pytest.approx(3 * expected, rel=1e-6)
     with pytest.raises(ValueError, match="second_view_cell_kl"):
         loss(teacher, teacher)
+    # at weight 0 its warp is not paid for, second view or not
+    off = KeypointDistillationLoss(KeypointDistillWeights(point_descriptor_cosine=0.0, point_descriptor_relation=0.0))
+    assert "second_view_cell_kl" not in off(teacher, teacher, second)
