@@ -111,8 +111,10 @@ def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int)
     teacher = args.teacher or "shipped"
     points = point_sampling(merge_config(DEFAULT_DISTILL_CONFIG, {"loss": dict(args.loss), "points": dict(args.points)}))
     with_points = f"_points{points.keypoints}-{points.grid_stride}" if points else ""  # another cache fingerprint
+    if args.teacher_point_scale != 1.0:
+        with_points += f"_scale{args.teacher_point_scale:g}"
     return merge_config(DEFAULT_DISTILL_CONFIG, {
-        "teacher": {"checkpoint": args.teacher, "weights": args.teacher_weights},
+        "teacher": {"checkpoint": args.teacher, "weights": args.teacher_weights, "point_scale": args.teacher_point_scale},
         "student": {"variant": args.student, "init": args.init, **args.student_option},
         "data": {"images": str(train), "height": h, "width": w},
         "teacher_cache": {"folder": str(args.work / f"teacher_cache_{teacher}_{h}x{w}_v{args.views_per_image}{with_points}"),
@@ -312,6 +314,9 @@ def main() -> None:
                         help="teacher: a name (disk, aliked-n16, ...) or weight file [the shipped SuperPoint]")
     parser.add_argument("--teacher-weights", default=None,
                         help="weight file of a named teacher [kornia's download cache]")
+    parser.add_argument("--teacher-point-scale", type=float, default=1.0,
+                        help="DISK/ALIKED teachers: per-pixel scores x this before they become cells "
+                             "(teacher.point_scale; another teacher cache) [1]")
     parser.add_argument("--name", default=None, help="name of the curve [the student variant, '-from-TEACHER' if named]")
     parser.add_argument("--init", default=None,
                         help="start the student from this model file or shipped student (fine-tuning) [random]")

@@ -401,3 +401,41 @@ def test_teacher_cache_with_points_round_trip_and_its_own_fingerprint(tmp_path):
         open_keypoint_cache(tmp_path, teacher, data, points=PointSampling(keypoints=6, grid_stride=16))
     with pytest.raises(Exception, match="points"):  # no points at all: another cache too
         open_keypoint_cache(tmp_path, teacher, data)
+
+
+# ---------------------------------------------------------------- point scale
+def test_cell_distribution_with_a_point_scale_by_hand():
+    q = torch.zeros(2, 64, 1, 1)
+    q[0, 0], q[0, 1] = 1.5, 0.5  # x 0.25 = 0.375 / 0.125, sum 0.5: kept (at scale 1 it was divided by 2)
+    q[1, :8] = 1.0  # x 0.25 = 0.25 each, sum 2: divided by 2, no-point bin 0
+    logits = cell_distribution_logits(q, floor=1e-6, scale=0.25)
+    assert logits[0, 0].item() == pytest.approx(math.log(0.375))
+    assert logits[0, 1].item() == pytest.approx(math.log(0.125))
+    assert logits[0, 64].item() == pytest.approx(math.log(0.5))
+    assert logits[1, 3].item() == pytest.approx(math.log(0.125))
+    assert logits[1, 64].item() == pytest.approx(math.log(1e-6))
+    for bad in (0.0, -1.0, 1.5):
+        with pytest.raises(ValueError, match="scale"):
+            cell_distribution_logits(q, scale=bad)
+
+
+def test_point_scale_keeps_the_score_ranking_and_changes_the_cache_fingerprint():
+    teacher = random_teacher("aliked-t16")
+    image = torch.rand(1, 3, H, W)
+    scores = teacher.net.extract_dense_map(image)[1][:, 0]  # (1, H, W) per-pixel scores in (0, 1)
+    plain = teacher_checksum(teacher)
+    teacher.set_point_scale(1 / 64)  # no cell of 64 pixels can sum above 1 after it
+    heatmap = teacher(image)["heatmap"]
+    torch.testing.assert_close(heatmap, scores / 64, atol=1e-4, rtol=1e-3)  # the floor adds at most 65e-6
+    assert teacher_checksum(teacher) != plain
+    assert teacher_checksum(teacher.set_point_scale(1.0)) == plain  # 1 is what caches built before it hold
+    with pytest.raises(ValueError, match="xfeat"):
+        random_teacher("xfeat").set_point_scale(0.5)
+
+
+def test_point_scale_of_a_superpoint_teacher_is_refused_with_the_key():
+    from detkd.config import ConfigError
+    from detkd.tasks.keypoints import load_teacher
+
+    with pytest.raises(ConfigError, match="teacher.point_scale"):
+        load_teacher(None, None, point_scale=0.5)

@@ -125,10 +125,14 @@ def teacher_checksum(teacher: nn.Module) -> str:
 
     A teacher of another family (:mod:`detkd.models.keypoint_teachers`) adds its ``family`` name
     (``disk``, ``aliked-n16`` ...), so two families never share a cache; a SuperPoint's checksum is unchanged.
+    A ``point_scale`` other than 1 (:meth:`~detkd.models.keypoint_teachers.base.KeypointTeacher.set_point_scale`)
+    is part of it too.
     """
     settings = {k: teacher.conf.get(k) for k in _OUTPUT_CONF_KEYS}
     if "family" in teacher.conf:
         settings["family"] = teacher.conf["family"]
+    if getattr(teacher, "point_scale", 1.0) != 1.0:  # absent at 1, so that caches built before it stay valid
+        settings["point_scale"] = float(teacher.point_scale)
     return module_checksum(teacher, settings)
 
 

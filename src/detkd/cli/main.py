@@ -40,6 +40,9 @@ _TEACHER_HELP = (f"Teacher: a shipped model (default, {_SHIPPED_STUDENTS}: 'detk
                  "superpoint_v6_from_tf.pth, a detkd model/checkpoint). Default: the teacher shipped with detkd.")
 _TEACHER_WEIGHTS_HELP = ("Weight file of a teacher given by name (e.g. aliked-n16.pth). Default: kornia's download "
                          "cache, downloaded when online.")
+_POINT_SCALE_HELP = ("DISK and ALIKED teachers: multiply their per-pixel scores by this before they become SuperPoint's "
+                     "65-bin cells (teacher.point_scale). At 1 a cell whose scores sum above 1 is divided by its sum, "
+                     "which reorders the points of textured areas; 0.125 keeps ALIKED-n16's ranking. [default: 1]")
 _MODEL_NAMES = f"{_SHIPPED_STUDENTS} (shipped students), disk, aliked-t16, aliked-n16, aliked-n32, xfeat, sift, orb"
 
 _MATCHER_HELP = ("mnn: mutual nearest neighbours of the descriptors. lightglue: kornia's LightGlue with the published "
@@ -141,6 +144,7 @@ class _StudentOption(click.Option):
 @click.option("--teacher", default=None, help=_TEACHER_HELP)
 @click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help=_TEACHER_WEIGHTS_HELP)
+@click.option("--teacher-point-scale", type=float, default=None, help=_POINT_SCALE_HELP)
 @click.option("--student", cls=_StudentOption, type=_StudentChoice(), default=None,
               help="Student variant (listed with its parameters, from detkd.models.superpoint.VARIANTS).")
 @click.option("--init", default=None,
@@ -202,6 +206,7 @@ def distill(config_file: Path | None, out: Path, resume: bool, **options: Any) -
         "workers": "train.num_workers", "seed": "train.seed", "devices": "train.devices",
         "num_nodes": "train.num_nodes", "strategy": "train.strategy", "teacher_cache": "teacher_cache.folder",
         "teacher_weights": "teacher.weights", "views_per_image": "teacher_cache.views_per_image",
+        "teacher_point_scale": "teacher.point_scale",
     }
     config = resolve_config(DEFAULT_DISTILL_CONFIG, run_config_file(config_file, out, resume),
                             {keys[k]: v for k, v in options.items()})
@@ -219,6 +224,7 @@ def devices_value(value: str | None) -> int | str | None:
 @click.option("--teacher", default=None, help=_TEACHER_HELP)
 @click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help=_TEACHER_WEIGHTS_HELP)
+@click.option("--teacher-point-scale", type=float, default=None, help=_POINT_SCALE_HELP)
 @click.option("--images", type=click.Path(exists=True), default=None,
               help="Folder of training photos. Default: the photos that ship with scikit-image.")
 @click.option("--cache", "cache_folder", type=click.Path(file_okay=False), default=None,
@@ -248,9 +254,11 @@ def cache_teacher(config_file: Path | None, **options: Any) -> None:
         "height": "data.height", "width": "data.width", "batch_size": "teacher_cache.batch_size",
         "device": "train.accelerator", "workers": "train.num_workers", "seed": "train.seed",
         "teacher_weights": "teacher.weights", "views_per_image": "teacher_cache.views_per_image",
+        "teacher_point_scale": "teacher.point_scale",
     }
     config = resolve_config(DEFAULT_DISTILL_CONFIG, config_file, {keys[k]: v for k, v in options.items()})
-    teacher, origin = load_teacher(config["teacher"]["checkpoint"], config["teacher"]["weights"])
+    teacher, origin = load_teacher(config["teacher"]["checkpoint"], config["teacher"]["weights"],
+                                   config["teacher"]["point_scale"])
     check_teacher_points(teacher, origin, point_sampling(config))
     stream, data_text = training_stream(config)
     click.echo(f"teacher : {origin}\nimages  : {data_text}")

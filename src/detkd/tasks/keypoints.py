@@ -29,7 +29,7 @@ from detkd.cache.keypoints import (
     decode_teacher_outputs,
     open_keypoint_cache,
 )
-from detkd.config import dataclass_from_dict
+from detkd.config import ConfigError, dataclass_from_dict
 from detkd.data.augment import CropConfig, PhotometricConfig
 from detkd.data.images import BUILTIN_TRAIN_PHOTOS, builtin_photo
 from detkd.data.keypoint_training import UnlabeledImageStream
@@ -56,6 +56,7 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
     "teacher": {
         "checkpoint": None,  # null: the shipped teacher; disk | aliked-t16 | aliked-n16 | aliked-n32 | xfeat; or a weight file
         "weights": None,  # weight file of a named teacher; null: kornia's download cache (downloaded when online)
+        "point_scale": 1.0,  # DISK/ALIKED: per-pixel scores x this before they become 65-bin cells (1/8: ranking kept)
     },
     "student": {
         "variant": "fast-m",  # fast-s | fast-m | fast-l (strided encoder, fast on a CPU) | superpoint | half | tiny
@@ -223,14 +224,31 @@ def config_section(cls: type, values: dict[str, Any], what: str) -> Any:
     return dataclass_from_dict(cls, {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}, what)
 
 
-def load_teacher(checkpoint: str | Path | None, weights: str | Path | None = None) -> tuple[nn.Module, str]:
+def load_teacher(
+    checkpoint: str | Path | None, weights: str | Path | None = None, point_scale: float = 1.0
+) -> tuple[nn.Module, str]:
     """The teacher model (eval mode) and a description of where it came from.
 
     ``checkpoint``: None (the shipped teacher), a teacher name (``disk``, ``aliked-n16``, ``xfeat`` ...,
     weights from ``weights`` or kornia's download cache) or a weight file of any family
     (:func:`detkd.models.keypoint_teachers.load_keypoint_teacher`), a distilled student included.
+    ``point_scale`` (``teacher.point_scale``): see
+    :meth:`~detkd.models.keypoint_teachers.base.KeypointTeacher.set_point_scale`.
+
+    Raises:
+        ConfigError: ``point_scale`` other than 1 for a teacher that gives cell logits itself.
     """
-    return load_keypoint_teacher(checkpoint, weights)
+    teacher, origin = load_keypoint_teacher(checkpoint, weights)
+    if float(point_scale) != 1.0:
+        if not hasattr(teacher, "set_point_scale"):
+            raise ConfigError(f"teacher.point_scale {point_scale}: '{origin}' gives 65-bin cell logits itself; "
+                              "the option is for teachers with per-pixel scores (disk, aliked-*). Leave it at 1.")
+        try:
+            teacher.set_point_scale(float(point_scale))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        origin += f", point scale {float(point_scale):g}"
+    return teacher, origin
 
 
 def check_teacher_points(teacher: nn.Module, origin: str, points: PointSampling | None) -> None:
@@ -356,7 +374,8 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     out = Path(out_dir)
     config = copy.deepcopy(config)
     rank_zero = is_launch_rank_zero()
-    teacher, origin = load_teacher(config["teacher"]["checkpoint"], config["teacher"]["weights"])
+    teacher, origin = load_teacher(config["teacher"]["checkpoint"], config["teacher"]["weights"],
+                                   config["teacher"]["point_scale"])
     points = point_sampling(config)
     check_teacher_points(teacher, origin, points)
     train_cfg = TrainConfig.from_dict(config["train"])

@@ -51,6 +51,7 @@ class ALIKEDTeacher(KeypointTeacher):
 
     channels = 3
     multiple = 1  # kornia's ALIKED pads to 32 itself
+    per_pixel_scores = True
 
     def __init__(self, network: kornia.feature.ALIKED | None = None, name: str = "aliked-n16") -> None:
         network = network if network is not None else kornia.feature.ALIKED(name)
@@ -61,7 +62,7 @@ class ALIKEDTeacher(KeypointTeacher):
     def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DescribePoints]:
         features, scores = self.net.extract_dense_map(image)  # (B, C, H, W) unit, (B, 1, H, W) in (0, 1)
         b, _, h, w = image.shape
-        logits = cell_distribution_logits(F.pixel_unshuffle(scores, CELL))
+        logits = cell_distribution_logits(F.pixel_unshuffle(scores, CELL), scale=self.point_scale)
 
         def describe(points: torch.Tensor) -> torch.Tensor:
             """``(B, N, 2)`` pixels -> ``(B, N, D)``: the SDDH head there, as kornia's ALIKED describes its key points."""

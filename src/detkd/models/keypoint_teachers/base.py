@@ -76,30 +76,41 @@ def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, to
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
-def cell_distribution_logits(point_probs: torch.Tensor, floor: float = PROBABILITY_FLOOR) -> torch.Tensor:
+def cell_distribution_logits(
+    point_probs: torch.Tensor, floor: float = PROBABILITY_FLOOR, scale: float = 1.0
+) -> torch.Tensor:
     """Per-cell point probabilities -> logits of SuperPoint's 65-bin cell distribution.
 
-    With ``q_k`` the probability of a point at pixel ``k`` of a cell (``k = 8 r + c``) and
-    ``S = sum_k q_k``::
+    With ``q_k`` the probability of a point at pixel ``k`` of a cell (``k = 8 r + c``), ``c`` the
+    ``scale`` and ``S = c sum_k q_k``::
 
-        p_k    = q_k / max(1, S)          k = 0..63   (at most one point per cell)
+        p_k    = c q_k / max(1, S)        k = 0..63   (at most one point per cell)
         p_64   = 1 - sum_k p_k = max(0, 1 - S)        ("no point")
         logits = log(max(p, floor))
 
-    A cell whose ``q`` sums to 1 or less keeps ``q`` as it is; a denser cell is scaled down to
+    A cell whose scaled ``q`` sums to 1 or less keeps it as it is; a denser cell is scaled down to
     sum to 1. ``softmax(logits)`` is ``max(p, floor) / sum max(p, floor)``: ``p`` within
     ``65 floor``.
 
+    Why a scale: at ``c = 1`` a textured cell of ALIKED-n16 sums to 2-8 (5-27% of the cells of a
+    480x640 photo sum above 1), and dividing it by its sum reorders points across cells: read with
+    the students' NMS, the teacher's own map loses repeatability that way. At ``c = 1/8`` almost no
+    cell is divided and the heatmap is ``c q`` itself, ranking intact (teacher option ``point_scale``).
+
     Args:
         point_probs: ``(B, 64, Hc, Wc)`` values in ``[0, 1]`` (e.g. ``F.pixel_unshuffle(q, 8)``).
+        scale: ``c``, in ``(0, 1]``.
 
     Returns:
         ``(B, 65, Hc, Wc)`` logits.
     """
     if point_probs.dim() != 4 or point_probs.shape[1] != CELL * CELL:
         raise ValueError(f"point probabilities must be (B, 64, Hc, Wc), got {tuple(point_probs.shape)}")
-    total = point_probs.sum(dim=1, keepdim=True)
-    pixels = point_probs / total.clamp_min(1.0)
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    scaled = point_probs * scale if scale != 1.0 else point_probs
+    total = scaled.sum(dim=1, keepdim=True)
+    pixels = scaled / total.clamp_min(1.0)
     no_point = (1.0 - pixels.sum(dim=1, keepdim=True)).clamp_min(0.0)
     return torch.cat([pixels, no_point], dim=1).clamp_min(floor).log()
 
@@ -156,6 +167,7 @@ class KeypointTeacher(nn.Module):
 
     channels: int = 3  # what the network reads: 1 grey, 3 RGB
     multiple: int = CELL  # side multiple the network needs; forward pads to it and crops back
+    per_pixel_scores: bool = False  # True: dense() turns per-pixel probabilities into cells (point_scale applies)
 
     def __init__(self, name: str, descriptor_dim: int, **options: Any) -> None:
         super().__init__()
@@ -165,6 +177,22 @@ class KeypointTeacher(nn.Module):
             **{k: SuperPoint.default_conf[k] for k in STUDENT_POST},
         }
         self.options: dict[str, Any] = {"max_keypoints": -1, "detection_threshold": 0.0, "nms_radius": 2, **options}
+        self.point_scale = 1.0
+
+    def set_point_scale(self, scale: float) -> "KeypointTeacher":
+        """Multiply the per-pixel point probabilities by ``scale`` before they become cells (see
+        :func:`cell_distribution_logits`); the dense ``heatmap`` is then ``scale`` times the family's score map.
+
+        Raises:
+            ValueError: a family whose network gives cell logits itself (XFeat), or ``scale`` outside ``(0, 1]``.
+        """
+        if not 0.0 < float(scale) <= 1.0:
+            raise ValueError(f"teacher.point_scale must be in (0, 1], got {scale}")
+        if float(scale) != 1.0 and not self.per_pixel_scores:
+            raise ValueError(f"teacher.point_scale applies to teachers with per-pixel scores (DISK, ALIKED); "
+                             f"{self.name} gives 65-bin cell logits itself: leave teacher.point_scale at 1")
+        self.point_scale = float(scale)
+        return self
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, descriptor_dim={self.conf['descriptor_dim']}"

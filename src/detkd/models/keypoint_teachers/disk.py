@@ -47,6 +47,7 @@ class DISKTeacher(KeypointTeacher):
 
     channels = 3
     multiple = 16
+    per_pixel_scores = True
 
     def __init__(self, network: kornia.feature.DISK | None = None, name: str = "disk") -> None:
         network = network if network is not None else kornia.feature.DISK()
@@ -65,7 +66,7 @@ class DISKTeacher(KeypointTeacher):
             grid = (points / points.new_tensor([w - 1, h - 1]) * 2 - 1)[:, None]  # (B, 1, N, 2)
             return F.grid_sample(descriptors, grid, mode="bilinear", align_corners=True)[:, :, 0].transpose(1, 2)
 
-        return cell_distribution_logits(point_probs), descriptors_at_cell_centres(descriptors), describe
+        return cell_distribution_logits(point_probs, scale=self.point_scale), descriptors_at_cell_centres(descriptors), describe
 
     def detect(self, image: torch.Tensor, options: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         k = int(options["max_keypoints"])
