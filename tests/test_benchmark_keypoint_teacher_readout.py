@@ -1,0 +1,35 @@
+"""benchmarks/keypoint_teacher_readout.py: a teacher's own map, read with a student's post-processing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import load_benchmark_script
+from detkd.models.keypoint_ops import CELL, detect_keypoints
+from detkd.models.keypoint_teachers import disk
+
+readout = load_benchmark_script("keypoint_teacher_readout")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_a_small_point_scale_reads_the_per_pixel_probabilities_as_they_are():
+    """At c = 1/64 no cell is divided by its sum: the points are those of DISK's per-pixel probabilities
+    ``softmax over the cell x sigmoid`` themselves, with the threshold scaled by 64."""
+    torch.manual_seed(0)
+    teacher = disk.build("disk").eval()
+    image = F.avg_pool2d(torch.rand(1, 1, 68, 100), 5, stride=1)  # 64x96
+    found = readout.TeacherMapReadAsStudent(teacher, 1 / 64, nms_radius=2, threshold=1e-4).extract(image, max_keypoints=40)
+    with torch.no_grad():
+        heat, _ = teacher.net.heatmap_and_dense_descriptors(image.expand(-1, 3, -1, -1))
+    cells = F.pixel_unshuffle(heat, CELL)
+    probabilities = F.pixel_shuffle(cells.softmax(dim=1) * cells.sigmoid(), CELL)[:, 0]  # (1, H, W)
+    expected, _ = detect_keypoints(probabilities, nms_radius=2, threshold=64e-4, border=4, max_keypoints=40,
+                                   subpixel_radius=2)
+    assert len(found["keypoints"][0]) == 40
+    torch.testing.assert_close(found["keypoints"][0], expected[0], atol=1e-3, rtol=1e-3)
+    assert found["descriptors"][0].shape == (40, 128)
+    torch.testing.assert_close(found["descriptors"][0].norm(dim=-1), torch.ones(40))
+    assert teacher.point_scale == 1 / 64
