@@ -34,13 +34,18 @@ def test_learning_curve_points_are_whole_numbers_of_the_points_section_and_name_
         with pytest.raises(SystemExit, match="--points takes KEY=N"):
             learning_curve.parse_points([bad])
     args = argparse.Namespace(
-        train_size=[480, 640], teacher="aliked-n16", teacher_weights=None, student="fast-s", init=None,
+        train_size=[480, 640], teacher="aliked-n16", teacher_weights=None, teacher_point_scale=1.0, student="fast-s", init=None,
         student_option={}, views_per_image=16, loss={"point_descriptor_relation": 0.3},
         points={"keypoints": 1024}, batch_size=2, lr=1e-3, progress=False, lr_decay=0.8,
         lr_decay_every=1000, ema_decay=0.0, eval_size=[480, 640], pairs_per_image=8, work=Path("w"))
     config = learning_curve.distill_config(args, Path("t"), Path("v"), steps=10)
     assert config["points"]["keypoints"] == 1024 and config["points"]["grid_stride"] == 16
     assert config["teacher_cache"]["folder"] == str(Path("w") / "teacher_cache_aliked-n16_480x640_v16_points1024-16")
+    assert config["teacher"]["point_scale"] == 1.0
+    args.teacher_point_scale = 0.25  # other teacher outputs: another cache
+    config = learning_curve.distill_config(args, Path("t"), Path("v"), steps=10)
+    assert config["teacher"]["point_scale"] == 0.25
+    assert config["teacher_cache"]["folder"] == str(Path("w") / "teacher_cache_aliked-n16_480x640_v16_points1024-16_scale0.25")
 
 
 def test_student_speed_variant_specs():
