@@ -34,7 +34,7 @@ import torch
 from detkd.data.pairs import synthetic_pairs_from_folder
 from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
 from detkd.export.records import write_table_files
-from detkd.models.keypoint_ops import detect_keypoints
+from detkd.models.keypoint_ops import CELL, detect_keypoints
 from detkd.models.keypoint_teachers.base import KeypointTeacher
 from detkd.models.keypoint_teachers.loader import load_keypoint_teacher
 
@@ -61,6 +61,29 @@ class TeacherMapReadAsStudent:
 
         out = self.teacher(image, select_points=pick)
         return {"keypoints": [out["points"][0]], "descriptors": [out["point_descriptors"][0]]}
+
+
+@torch.no_grad()
+def cell_sums(teacher: KeypointTeacher, images: list[torch.Tensor]) -> torch.Tensor:
+    """Sum ``S`` of the teacher's per-pixel scores over each 8x8 cell, every cell of every image.
+
+    Read at point scale 1/64, where no cell can sum above 1 and the 64 pixel bins hold ``q / 64`` (within the
+    probability floor), so ``S = 64 x`` their sum.
+
+    Args:
+        images: ``(1, H, W)`` grey images, sides multiples of 8.
+
+    Returns:
+        ``(cells,)`` sums.
+    """
+    saved = teacher.point_scale
+    teacher.set_point_scale(1 / (CELL * CELL))
+    try:
+        sums = [teacher(image[None])["logits"].softmax(dim=1)[:, :CELL * CELL].sum(dim=1).flatten() * CELL * CELL
+                for image in images]
+    finally:
+        teacher.set_point_scale(saved)
+    return torch.cat(sums)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,6 +118,12 @@ def main(argv: list[str] | None = None) -> None:
             models[f"its map at c={scale:g}, NMS radius {radius}"] = TeacherMapReadAsStudent(
                 teacher, scale, radius, args.threshold)
     started = time.perf_counter()
+    sums = cell_sums(teacher, [pair.image0 for pair in pairs[:: args.pairs_per_image]])  # each photo once
+    quantiles = {q: float(sums.quantile(q)) for q in (0.5, 0.9, 0.99)}
+    cells_text = (f"Cells of {args.teacher}'s map (the first image of each photo's pairs, {len(sums)} cells): "
+                  f"{float((sums > 1).float().mean()):.1%} sum above 1, where point scale 1 divides them by their sum; "
+                  + ", ".join(f"{q:.0%} of the sums are below {v:.2f}" for q, v in quantiles.items())
+                  + f", the largest is {float(sums.max()):.2f}.")
     result = evaluate_keypoint_models(models, pairs)
     teacher.set_point_scale(1.0)
     command = shlex.join(["python", "benchmarks/keypoint_teacher_readout.py", *(sys.argv[1:] if argv is None else argv)])
@@ -107,10 +136,12 @@ def main(argv: list[str] | None = None) -> None:
         "at most 1000 points, mutual nearest neighbours, RANSAC at 3 px. Rows below the first: the teacher's "
         f"heatmap at point scale c, threshold {args.threshold:g}, that NMS radius, sub-pixel radius 2, border 4, "
         "described by the teacher at the points found.", "",
-        format_metrics_table(result.summary), ""])
+        format_metrics_table(result.summary), "", cells_text, ""])
     print(text)
     stem = f"keypoint_teacher_readout{'_' + args.tag if args.tag else ''}"
-    print(f"written: {write_table_files(args.out, stem, text, {'command': command, 'models': result.summary})}")
+    payload = {"command": command, "models": result.summary,
+               "cell_sums": {"above_1": float((sums > 1).float().mean()), "quantiles": quantiles, "max": float(sums.max())}}
+    print(f"written: {write_table_files(args.out, stem, text, payload)}")
 
 
 if __name__ == "__main__":

@@ -33,3 +33,16 @@ def test_a_small_point_scale_reads_the_per_pixel_probabilities_as_they_are():
     assert found["descriptors"][0].shape == (40, 128)
     torch.testing.assert_close(found["descriptors"][0].norm(dim=-1), torch.ones(40))
     assert teacher.point_scale == 1 / 64
+
+
+def test_cell_sums_are_the_sums_of_the_per_pixel_probabilities():
+    torch.manual_seed(0)
+    teacher = disk.build("disk").eval()
+    image = F.avg_pool2d(torch.rand(1, 1, 36, 52), 5, stride=1)[0]  # (1, 32, 48)
+    sums = readout.cell_sums(teacher.set_point_scale(0.5), [image])
+    with torch.no_grad():
+        heat, _ = teacher.net.heatmap_and_dense_descriptors(image[None].expand(-1, 3, -1, -1))
+    cells = F.pixel_unshuffle(heat, CELL)
+    expected = (cells.softmax(dim=1) * cells.sigmoid()).sum(dim=1).flatten()  # 4 x 6 cells
+    torch.testing.assert_close(sums, expected, atol=1e-3, rtol=1e-3)
+    assert teacher.point_scale == 0.5  # put back
