@@ -103,10 +103,11 @@ def main() -> None:
     records = [r for r in records if r["steps"] <= args.steps]
     student = load_keypoint_model(source).eval()
     teacher = config["teacher"]["checkpoint"] or "detkd's shipped teacher (default)"
+    point_scale = float(config["teacher"].get("point_scale", 1.0))
     start = initial_weights_text(config["student"].get("init"))  # before the file it may name is replaced
     meta = {"name": args.name, "teacher": str(teacher), "steps": args.steps,
             "student": config["student"]["variant"], "data": str(config["data"]["images"]),
-            **({"init": start} if start else {})}
+            **({"init": start} if start else {}), **({"teacher_point_scale": point_scale} if point_scale != 1 else {})}
     save_keypoint_model(student, shipped.path, meta=meta)
     digest = hashlib.sha256(shipped.path.read_bytes()).hexdigest()
     train = config["train"]
@@ -122,7 +123,9 @@ def main() -> None:
         f"Use it by name: `detkd.Predictor('{args.name}')`, `detkd keypoints match A B --model {args.name}`, "
         f"`detkd export {args.name} ...`.", "",
         "## How it was made", "",
-        f"- Teacher: {teacher}.",
+        f"- Teacher: {teacher}"
+        + (f", its per-pixel scores x{point_scale:g} before they became 65-bin cells (`teacher.point_scale`: no cell "
+           "divided by its sum, the teacher's ranking kept)." if point_scale != 1 else "."),
         f"- Data: the 58 training images of `benchmarks/learning_curve.py` (28 of the 34 shared photos, "
         "scikit-image's training photos, the training block of aerial tree tiles), no labels; "
         f"{config['teacher_cache']['views_per_image']} fixed augmented views per image "
