@@ -120,8 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     sums = cell_sums(teacher, [pair.image0 for pair in pairs[:: args.pairs_per_image]])  # each photo once
     quantiles = {q: float(sums.quantile(q)) for q in (0.5, 0.9, 0.99)}
+    divided = {scale: float((sums * scale > 1).float().mean()) for scale in args.scales}
     cells_text = (f"Cells of {args.teacher}'s map (the first image of each photo's pairs, {len(sums)} cells): "
-                  f"{float((sums > 1).float().mean()):.1%} sum above 1, where point scale 1 divides them by their sum; "
+                  + ", ".join(f"{share:.1%} sum above {1 / scale:g} (divided by their sum at point scale {scale:g})"
+                              for scale, share in divided.items()) + "; "
                   + ", ".join(f"{q:.0%} of the sums are below {v:.2f}" for q, v in quantiles.items())
                   + f", the largest is {float(sums.max()):.2f}.")
     result = evaluate_keypoint_models(models, pairs)
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     stem = f"keypoint_teacher_readout{'_' + args.tag if args.tag else ''}"
     payload = {"command": command, "models": result.summary,
-               "cell_sums": {"above_1": float((sums > 1).float().mean()), "quantiles": quantiles, "max": float(sums.max())}}
+               "cell_sums": {"divided_at_scale": divided, "quantiles": quantiles, "max": float(sums.max())}}
     print(f"written: {write_table_files(args.out, stem, text, payload)}")
 
 

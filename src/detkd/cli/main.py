@@ -42,7 +42,8 @@ _TEACHER_WEIGHTS_HELP = ("Weight file of a teacher given by name (e.g. aliked-n1
                          "cache, downloaded when online.")
 _POINT_SCALE_HELP = ("DISK and ALIKED teachers: multiply their per-pixel scores by this before they become SuperPoint's "
                      "65-bin cells (teacher.point_scale). At 1 a cell whose scores sum above 1 is divided by its sum, "
-                     "which reorders the points of textured areas; 0.125 keeps ALIKED-n16's ranking. [default: 1]")
+                     "which reorders the points of textured areas; 0.25 keeps ALIKED-n16's ranking in all but about 2% of its "
+                     "cells (scale the heatmap loss weights by 1/C^2 to keep their size). [default: 1]")
 _MODEL_NAMES = f"{_SHIPPED_STUDENTS} (shipped students), disk, aliked-t16, aliked-n16, aliked-n32, xfeat, sift, orb"
 
 _MATCHER_HELP = ("mnn: mutual nearest neighbours of the descriptors. lightglue: kornia's LightGlue with the published "

@@ -92,10 +92,11 @@ def cell_distribution_logits(
     sum to 1. ``softmax(logits)`` is ``max(p, floor) / sum max(p, floor)``: ``p`` within
     ``65 floor``.
 
-    Why a scale: at ``c = 1`` a textured cell of ALIKED-n16 sums to 2-8 (5-27% of the cells of a
-    480x640 photo sum above 1), and dividing it by its sum reorders points across cells: read with
-    the students' NMS, the teacher's own map loses repeatability that way. At ``c = 1/8`` almost no
-    cell is divided and the heatmap is ``c q`` itself, ranking intact (teacher option ``point_scale``).
+    Why a scale: at ``c = 1`` a textured cell of ALIKED-n16 sums to up to 8 (16% of the cells of six
+    480x640 photos sum above 1), and dividing it by its sum reorders points across cells: read with
+    the students' NMS, the teacher's own map loses repeatability that way
+    (``benchmarks/keypoint_teacher_readout.py``). At ``c = 1/4`` about 2% of the cells are divided, at
+    ``c = 1/8`` none, and the heatmap is ``c q`` itself, ranking intact (teacher option ``point_scale``).
 
     Args:
         point_probs: ``(B, 64, Hc, Wc)`` values in ``[0, 1]`` (e.g. ``F.pixel_unshuffle(q, 8)``).
