@@ -30,12 +30,15 @@ from typing import Any
 
 import torch
 
-from detkd.data.pairs import synthetic_pairs_from_folder
 from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
 from detkd.export.records import write_table_files
 from detkd.models.keypoint_teachers.base import KeypointTeacher
 from detkd.models.keypoint_teachers.loader import load_keypoint_teacher
 from detkd.models.superpoint import SuperPoint
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from validation_pairs import add_pair_options, pairs_from_args  # noqa: E402
 
 
 class TeacherPointsStudentDescriptors:
@@ -75,17 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--student", required=True, help="a shipped student's name or a student file")
     parser.add_argument("--teacher", required=True, help="a teacher name of detkd.models.keypoint_teachers (aliked-n16, disk, ...)")
     parser.add_argument("--teacher-weights", type=Path, help="the teacher's weight file (offline)")
-    parser.add_argument("--images", type=Path, required=True, help="folder of photos the pairs are made from (validation photos)")
-    parser.add_argument("--pairs-per-image", type=int, default=8)
-    parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
-    parser.add_argument("--seed", type=int, default=1234, help="pair seed (1234: the validation pairs of learning_curve.py)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--tag", default="", help="output name: keypoint_swap_<tag>.{md,json}")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    add_pair_options(parser, "keypoint_swap")
     args = parser.parse_args(argv)
-    if args.size[0] % 8 or args.size[1] % 8:
-        parser.error(f"--size {args.size[0]} {args.size[1]}: both sides must be multiples of 8 (the models' cells)")
-    torch.set_num_threads(args.threads)
+    pairs = pairs_from_args(parser, args)
 
     teacher, teacher_origin = load_keypoint_teacher(args.teacher, args.teacher_weights)
     if not isinstance(teacher, KeypointTeacher):
@@ -96,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     if student.conf.get("input_scale", 1.0) != 1.0:
         raise SystemExit(f"--student {args.student} runs at input_scale {student.conf['input_scale']}: the swap reads its "
                          "maps of the image as given, so give a student that runs at input_scale 1")
-    pairs = synthetic_pairs_from_folder(args.images, pairs_per_image=args.pairs_per_image, size=tuple(args.size), seed=args.seed)
     models = {
         "teacher": teacher,
         "student": student,

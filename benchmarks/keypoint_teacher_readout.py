@@ -31,12 +31,15 @@ from typing import Any
 
 import torch
 
-from detkd.data.pairs import synthetic_pairs_from_folder
 from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
 from detkd.export.records import write_table_files
 from detkd.models.keypoint_ops import CELL, detect_keypoints
 from detkd.models.keypoint_teachers.base import KeypointTeacher
 from detkd.models.keypoint_teachers.loader import load_keypoint_teacher
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from validation_pairs import add_pair_options, pairs_from_args  # noqa: E402
 
 
 class TeacherMapReadAsStudent:
@@ -90,28 +93,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True, help="a teacher with per-pixel scores: aliked-n16, disk, ...")
     parser.add_argument("--teacher-weights", type=Path, help="the teacher's weight file (offline)")
-    parser.add_argument("--images", type=Path, required=True, help="photos the pairs are made from (validation photos)")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.25, 0.125],
                         help="point scales c of the rows [1 0.25 0.125]")
     parser.add_argument("--nms-radii", type=int, nargs="+", default=[4, 2], help="NMS radii of the rows [4 2]")
     parser.add_argument("--threshold", type=float, default=0.015, help="threshold on the heatmap [0.015, the students']")
-    parser.add_argument("--pairs-per-image", type=int, default=8)
-    parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
-    parser.add_argument("--seed", type=int, default=1234, help="pair seed (1234: the validation pairs of learning_curve.py)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--tag", default="", help="output name: keypoint_teacher_readout_<tag>.{md,json}")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    add_pair_options(parser, "keypoint_teacher_readout")
     args = parser.parse_args(argv)
-    if args.size[0] % 8 or args.size[1] % 8:
-        parser.error(f"--size {args.size[0]} {args.size[1]}: both sides must be multiples of 8 (the models' cells)")
-    torch.set_num_threads(args.threads)
+    pairs = pairs_from_args(parser, args)
 
     teacher, origin = load_keypoint_teacher(args.teacher, args.teacher_weights)
     if not isinstance(teacher, KeypointTeacher) or not teacher.per_pixel_scores:
         raise SystemExit(f"--teacher {args.teacher}: the point scale applies to teachers with per-pixel scores "
                          "(disk, aliked-*)")
-    pairs = synthetic_pairs_from_folder(args.images, pairs_per_image=args.pairs_per_image, size=tuple(args.size),
-                                        seed=args.seed)
     models: dict[str, Any] = {f"{args.teacher} extract (its own)": teacher}
     for scale in args.scales:
         for radius in args.nms_radii:
