@@ -57,12 +57,16 @@ class TeacherMapReadAsStudent:
         """``(1, 1 | 3, H, W)`` -> one image's ``keypoints`` ``(N, 2)`` and unit ``descriptors`` ``(N, D)``."""
         if image.shape[0] != 1:
             raise ValueError(f"one image at a time, got a batch of {image.shape[0]}")
-        self.teacher.set_point_scale(self.point_scale)
 
         def pick(heatmap: torch.Tensor) -> torch.Tensor:
             return detect_keypoints(heatmap, max_keypoints=max_keypoints, **self.post)[0][0][None]
 
-        out = self.teacher(image, select_points=pick)
+        saved = self.teacher.point_scale  # the teacher is shared with the other rows: put its scale back
+        self.teacher.set_point_scale(self.point_scale)
+        try:
+            out = self.teacher(image, select_points=pick)
+        finally:
+            self.teacher.set_point_scale(saved)
         return {"keypoints": [out["points"][0]], "descriptors": [out["point_descriptors"][0]]}
 
 
@@ -120,7 +124,6 @@ def main(argv: list[str] | None = None) -> None:
                   + ", ".join(f"{q:.0%} of the sums are below {v:.2f}" for q, v in quantiles.items())
                   + f", the largest is {float(sums.max()):.2f}.")
     result = evaluate_keypoint_models(models, pairs)
-    teacher.set_point_scale(1.0)
     command = shlex.join(["python", "benchmarks/keypoint_teacher_readout.py", *(sys.argv[1:] if argv is None else argv)])
     text = "\n".join([
         f"# {args.teacher}'s own map read the students' way", "",

@@ -110,14 +110,14 @@ def distill_config(args: argparse.Namespace, train: Path, val: Path, steps: int)
     h, w = args.train_size
     teacher = args.teacher or "shipped"
     points = point_sampling(merge_config(DEFAULT_DISTILL_CONFIG, {"loss": dict(args.loss), "points": dict(args.points)}))
-    with_points = f"_points{points.keypoints}-{points.grid_stride}" if points else ""  # another cache fingerprint
+    outputs = f"_points{points.keypoints}-{points.grid_stride}" if points else ""  # other teacher outputs, another cache
     if args.teacher_point_scale != 1.0:
-        with_points += f"_scale{args.teacher_point_scale:g}"
+        outputs += f"_scale{args.teacher_point_scale:g}"
     return merge_config(DEFAULT_DISTILL_CONFIG, {
         "teacher": {"checkpoint": args.teacher, "weights": args.teacher_weights, "point_scale": args.teacher_point_scale},
         "student": {"variant": args.student, "init": args.init, **args.student_option},
         "data": {"images": str(train), "height": h, "width": w},
-        "teacher_cache": {"folder": str(args.work / f"teacher_cache_{teacher}_{h}x{w}_v{args.views_per_image}{with_points}"),
+        "teacher_cache": {"folder": str(args.work / f"teacher_cache_{teacher}_{h}x{w}_v{args.views_per_image}{outputs}"),
                           "views_per_image": args.views_per_image},
         "loss": dict(args.loss),
         "points": dict(args.points),

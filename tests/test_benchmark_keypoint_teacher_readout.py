@@ -32,7 +32,7 @@ def test_a_small_point_scale_reads_the_per_pixel_probabilities_as_they_are():
     torch.testing.assert_close(found["keypoints"][0], expected[0], atol=1e-3, rtol=1e-3)
     assert found["descriptors"][0].shape == (40, 128)
     torch.testing.assert_close(found["descriptors"][0].norm(dim=-1), torch.ones(40))
-    assert teacher.point_scale == 1 / 64
+    assert teacher.point_scale == 1.0  # put back: the teacher's own extract shares it in the benchmark
 
 
 def test_cell_sums_are_the_sums_of_the_per_pixel_probabilities():

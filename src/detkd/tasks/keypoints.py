@@ -56,7 +56,7 @@ DEFAULT_DISTILL_CONFIG: dict[str, Any] = {
     "teacher": {
         "checkpoint": None,  # null: the shipped teacher; disk | aliked-t16 | aliked-n16 | aliked-n32 | xfeat; or a weight file
         "weights": None,  # weight file of a named teacher; null: kornia's download cache (downloaded when online)
-        "point_scale": 1.0,  # DISK/ALIKED: per-pixel scores x this before they become 65-bin cells (1/8: ranking kept)
+        "point_scale": 1.0,  # DISK/ALIKED: per-pixel scores x this before they become 65-bin cells (0.25: ranking kept)
     },
     "student": {
         "variant": "fast-m",  # fast-s | fast-m | fast-l (strided encoder, fast on a CPU) | superpoint | half | tiny
