@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from detkd.models.pretrained import SHIPPED_MODELS
@@ -71,6 +72,18 @@ def heldout_lines(path: Path, name: str) -> list[str]:
     return lines
 
 
+def set_nms_radius(student: torch.nn.Module, radius: int | None) -> str:
+    """Give ``student``'s extract the NMS ``radius`` (pixels) chosen on validation pairs, in place.
+
+    Returns the model card's line that says so, or ``""`` when ``radius`` is None or the run's own."""
+    trained = int(student.conf["nms_radius"])
+    if radius is None or radius == trained:
+        return ""
+    student.conf["nms_radius"] = int(radius)
+    return (f"- Post-processing: NMS radius {radius} px, chosen on the validation pairs (the run trained and "
+            f"validated with {trained}); the other post-processing settings are the run's.")
+
+
 def initial_weights_text(init: str | None) -> str:
     """Where a fine-tuned student started (``student.init`` of its run): a shipped model is named with the
     digest of the file shipped under that name *now*, which shipping a successor replaces."""
@@ -94,7 +107,12 @@ def main() -> None:
                         help="the student's row in --heldout when it was judged under another name (NAME of "
                              "keypoint_anchors.py --model NAME=FILE) [--name]")
     parser.add_argument("--choice", default="", help="how this milestone was chosen (validation), one sentence")
+    parser.add_argument("--nms-radius", type=int, default=None,
+                        help="NMS radius in pixels written into the shipped file's post-processing, when one other "
+                             "than the run's was chosen on validation pairs (keypoint_postprocessing.py) [the run's]")
     args = parser.parse_args()
+    if args.nms_radius is not None and args.nms_radius < 1:
+        parser.error(f"--nms-radius must be at least 1 pixel, got {args.nms_radius}")
 
     shipped = SHIPPED_MODELS[args.name]
     source = args.run / f"student_{args.steps}.pt"
@@ -102,6 +120,7 @@ def main() -> None:
     records = [json.loads(line) for line in args.curve.read_text().splitlines() if line.strip()]
     records = [r for r in records if r["steps"] <= args.steps]
     student = load_keypoint_model(source).eval()
+    post_processing = set_nms_radius(student, args.nms_radius)
     teacher = config["teacher"]["checkpoint"] or "detkd's shipped teacher (default)"
     point_scale = float(config["teacher"].get("point_scale", 1.0))
     start = initial_weights_text(config["student"].get("init"))  # before the file it may name is replaced
@@ -142,6 +161,8 @@ def main() -> None:
     ]
     if args.choice:
         lines.append(f"- Choice: {args.choice}")
+    if post_processing:
+        lines.append(post_processing)
     lines += ["", "## Validation (the learning curve; 6 shared photos kept out of training)", "",
               f"{config['eval']['pairs_per_image']} synthetic pairs per validation photo at "
               f"{config['eval']['height']}x{config['eval']['width']}, teacher and student at input scale 1, "

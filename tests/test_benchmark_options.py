@@ -273,3 +273,19 @@ def test_detection_benchmark_refuses_an_unknown_student_option_before_training(t
     error = capsys.readouterr().err
     assert "head_conv: not an option of fcos_nano_fpn" in error and "head_convs" in error
     assert not any(tmp_path.iterdir())  # nothing was trained
+
+
+def test_ship_student_writes_the_nms_radius_chosen_on_validation_into_the_shipped_file(tmp_path):
+    """benchmarks/ship_student.py --nms-radius: the file keeps the new radius (a Predictor reads it from the conf),
+    the card says so, and the run's own radius (or none given) changes nothing and adds no line."""
+    from detkd.models.superpoint import SuperPoint
+    from detkd.models.weights import load_keypoint_model, save_keypoint_model
+
+    ship_student = load_benchmark_script("ship_student")
+    student = SuperPoint(channels=(8, 8, 8, 8), head_channels=8, descriptor_dim=16, nms_radius=4)
+    assert ship_student.set_nms_radius(student, None) == "" and student.conf["nms_radius"] == 4
+    assert ship_student.set_nms_radius(student, 4) == "" and student.conf["nms_radius"] == 4
+    line = ship_student.set_nms_radius(student, 3)
+    assert line.startswith("- Post-processing: NMS radius 3 px") and "validated with 4" in line
+    save_keypoint_model(student, tmp_path / "s.pt")
+    assert load_keypoint_model(tmp_path / "s.pt").conf["nms_radius"] == 3
