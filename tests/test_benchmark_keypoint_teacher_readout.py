@@ -46,3 +46,14 @@ def test_cell_sums_are_the_sums_of_the_per_pixel_probabilities():
     expected = (cells.softmax(dim=1) * cells.sigmoid()).sum(dim=1).flatten()  # 4 x 6 cells
     torch.testing.assert_close(sums, expected, atol=1e-3, rtol=1e-3)
     assert teacher.point_scale == 0.5  # put back
+
+
+def test_a_readout_row_is_matched_by_its_teachers_lightglue():
+    """--matcher lightglue: each row describes its points with the teacher's head, so it keeps the teacher's
+    descriptor space and size, and the LightGlue weights that read the teacher read the row."""
+    from detkd.evaluation.lightglue import lightglue_kind, lightglue_misfit
+
+    teacher = disk.build("disk").eval()
+    row = readout.TeacherMapReadAsStudent(teacher, 0.25, nms_radius=4)
+    assert (row.descriptor_space, row.descriptor_dim) == ("disk", 128)
+    assert lightglue_misfit(row) is None and lightglue_kind(row) == lightglue_kind(teacher)
