@@ -55,8 +55,8 @@ from detkd.evaluation.keypoints import (
     WithExtractOptions,
     descriptor_agreement,
     evaluate_keypoint_models,
-    extract_features,
     format_metrics_table,
+    pair_features,
 )
 from detkd.evaluation.lightglue import build_matchers, lightglue_misfit
 from detkd.evaluation.matching import mutual_nearest_neighbours
@@ -182,12 +182,8 @@ class _Extract(torch.nn.Module):
 def match_latency(judged: dict[str, Any], matchers: dict[str, Any], pair: Any, repeats: int,
                   warmup: int) -> dict[str, float]:
     """Median ms to match one pair's features (each row's own points and matcher), rows interleaved."""
-    runners, features = {}, {}  # features by model: a 'NAME + LightGlue' row shares NAME's model
-    for name, model in judged.items():
-        if id(model) not in features:
-            features[id(model)] = (*extract_features(model, pair.image0, BUDGET, "cpu"),
-                                   *extract_features(model, pair.image1, BUDGET, "cpu"))
-        runners[name] = match_runner(matchers.get(name), *features[id(model)], pair)
+    features = pair_features(judged, pair, BUDGET, "cpu")  # a 'NAME + LightGlue' row shares NAME's features
+    runners = {name: match_runner(matchers.get(name), *features[name], pair) for name in judged}
     return {name: stats.median_ms for name, stats in interleaved_latency(runners, repeats, warmup).items()}
 
 

@@ -15,6 +15,7 @@ from detkd.evaluation.keypoints import (
     KeypointEvaluation,
     evaluate_keypoint_models,
     format_metrics_table,
+    pair_features,
 )
 from detkd.geometry.homography import warp_points
 from detkd.models.superpoint import create_model
@@ -164,3 +165,17 @@ def test_descriptor_agreement_is_one_for_the_teacher_itself_and_minus_one_for_ne
     assert descriptor_agreement(negated, teacher, images, max_keypoints=50) == pytest.approx(-1.0, abs=1e-5)
     teacher.conf["detection_threshold"] = 2.0  # above every probability: no points, no agreement
     assert math.isnan(descriptor_agreement(teacher, teacher, images))
+
+
+def test_one_model_under_two_names_extracts_each_image_once():
+    """Two rows of one model object (the same points before two matchers) share its features: two extracts per
+    pair, not four, and both rows score what the model alone scores."""
+    pairs = tiny_pairs()
+    oracle = OracleModel(pairs)
+    alone = evaluate_keypoint_models({"oracle": oracle}, pairs, max_keypoints=30, progress=False)["oracle"]
+    oracle.max_keypoints_seen.clear()
+    result = evaluate_keypoint_models({"a": oracle, "b": oracle}, pairs, max_keypoints=30, progress=False)
+    assert len(oracle.max_keypoints_seen) == 2 * len(pairs)
+    assert result["a"] == alone and result["b"] == alone
+    features = pair_features({"a": oracle, "b": oracle}, pairs[0], 30, "cpu")
+    assert features["a"] is features["b"] and len(oracle.max_keypoints_seen) == 2 * len(pairs) + 2

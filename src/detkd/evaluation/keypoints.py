@@ -114,6 +114,22 @@ def extract_features(
     return output["keypoints"][0].detach().cpu(), output["descriptors"][0].detach().cpu()
 
 
+def pair_features(
+    models: Mapping[str, KeypointExtractor], pair: ImagePair, max_keypoints: int, device: str | torch.device
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each row's ``(keypoints0, descriptors0, keypoints1, descriptors1)`` of ``pair`` (see :func:`extract_features`).
+
+    One model object under several names (the same points before two matchers: ``NAME`` and
+    ``NAME + LightGlue``) extracts each image once; its rows share the tensors.
+    """
+    by_model: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    for model in models.values():
+        if id(model) not in by_model:
+            by_model[id(model)] = (*extract_features(model, pair.image0, max_keypoints, device),
+                                   *extract_features(model, pair.image1, max_keypoints, device))
+    return {name: by_model[id(model)] for name, model in models.items()}
+
+
 def evaluate_pair(
     pair: ImagePair,
     keypoints0: torch.Tensor,
@@ -202,7 +218,8 @@ def evaluate_keypoint_models(
 
     Each model is put in eval mode (its training mode is restored afterwards) and, if it is an
     ``nn.Module``, moved to ``device``. Pairs are read once, in order (a generator such as
-    :func:`detkd.data.pairs.iter_hpatches_pairs` works), and every model sees every pair.
+    :func:`detkd.data.pairs.iter_hpatches_pairs` works), and every model sees every pair (one model
+    object under several names extracts each image once: :func:`pair_features`).
 
     Args:
         models: name -> model with ``extract(images (B, 1, H, W), max_keypoints=...)``; the
@@ -224,9 +241,9 @@ def evaluate_keypoint_models(
     try:
         with torch.no_grad(), tqdm(total=total, desc="key-point eval", disable=not progress) as bar:
             for pair in pairs:
-                for name, model in models.items():
-                    kpts0, desc0 = extract_features(model, pair.image0, max_keypoints, device)
-                    kpts1, desc1 = extract_features(model, pair.image1, max_keypoints, device)
+                features = pair_features(models, pair, max_keypoints, device)
+                for name in models:
+                    kpts0, desc0, kpts1, desc1 = features[name]
                     metrics, example = evaluate_pair(pair, kpts0, kpts1, desc0, desc1, (matchers or {}).get(name))
                     result.per_pair.append({"model": name, "pair": pair.name, "kind": pair.kind, **metrics})
                     result.examples.setdefault(name, example)
