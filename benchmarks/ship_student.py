@@ -23,6 +23,7 @@ import yaml
 from detkd.models.pretrained import SHIPPED_MODELS
 from detkd.models.superpoint import inference_parameter_count
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
+from detkd.tasks.keypoint_students import STUDENT_START_FILE
 
 SHARES = (("mma@3", "MMA@3"), ("homography_accuracy@1", "HA@1"), ("homography_accuracy@3", "HA@3"))
 
@@ -84,11 +85,19 @@ def set_nms_radius(student: torch.nn.Module, radius: int | None) -> str:
             f"validated with {trained}); the other post-processing settings are the run's.")
 
 
-def initial_weights_text(init: str | None) -> str:
-    """Where a fine-tuned student started (``student.init`` of its run): a shipped model is named with the
-    digest of the file shipped under that name *now*, which shipping a successor replaces."""
+def initial_weights_text(init: str | None, run: Path) -> str:
+    """Where a fine-tuned student started (``student.init`` of its run).
+
+    The run's ``student_init.json`` (written at its step 0) names the file by its digest then; a run
+    started before that record existed falls back to the digest of the file shipped under that name
+    *now*, which is right only until a successor is shipped (restore the run's starting file first)."""
     if not init:
         return ""
+    record_path = run / STUDENT_START_FILE
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        return (f"fine-tuned from `{record['init']}` as it was when the run started "
+                f"(sha256 `{record['sha256'][:16]}...`{', card in git history' if init in SHIPPED_MODELS else ''})")
     shipped = SHIPPED_MODELS.get(init)
     if shipped is None or not shipped.path.exists():
         return f"fine-tuned from `{init}`"
@@ -123,7 +132,7 @@ def main() -> None:
     post_processing = set_nms_radius(student, args.nms_radius)
     teacher = config["teacher"]["checkpoint"] or "detkd's shipped teacher (default)"
     point_scale = float(config["teacher"].get("point_scale", 1.0))
-    start = initial_weights_text(config["student"].get("init"))  # before the file it may name is replaced
+    start = initial_weights_text(config["student"].get("init"), args.run)  # before the file it may name is replaced
     meta = {"name": args.name, "teacher": str(teacher), "steps": args.steps,
             "student": config["student"]["variant"], "data": str(config["data"]["images"]),
             **({"init": start} if start else {}), **({"teacher_point_scale": point_scale} if point_scale != 1 else {})}

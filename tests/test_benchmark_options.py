@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -195,17 +196,23 @@ def test_ship_student_held_out_lines_come_from_the_anchors_file(tmp_path):
     assert "holds no row 'other'" in ship_student.heldout_lines(tmp_path / "anchors.json", "other")[0]
 
 
-def test_ship_student_names_a_fine_tuned_students_start_by_the_digest_of_the_file_it_replaces():
+def test_ship_student_names_a_fine_tuned_students_start_by_the_digest_of_the_file_it_started_from(tmp_path: Path):
     import hashlib
 
     from detkd.models.pretrained import SHIPPED_MODELS
 
     ship_student = load_benchmark_script("ship_student")
     digest = hashlib.sha256(SHIPPED_MODELS["student-fast-s"].path.read_bytes()).hexdigest()
-    assert ship_student.initial_weights_text("student-fast-s") == (
+    run = tmp_path / "run"  # a run started before runs recorded their start: the file shipped now
+    run.mkdir()
+    assert ship_student.initial_weights_text("student-fast-s", run) == (
         f"fine-tuned from `student-fast-s` as shipped before this file (sha256 `{digest[:16]}...`, card in git history)")
-    assert ship_student.initial_weights_text("runs/x/student.pt") == "fine-tuned from `runs/x/student.pt`"
-    assert ship_student.initial_weights_text(None) == ""
+    assert ship_student.initial_weights_text("runs/x/student.pt", run) == "fine-tuned from `runs/x/student.pt`"
+    assert ship_student.initial_weights_text(None, run) == ""
+    # a run's own record of its step 0 wins over the file shipped now
+    (run / "student_init.json").write_text(json.dumps({"init": "student-fast-s", "sha256": "ab" * 32}))
+    assert ship_student.initial_weights_text("student-fast-s", run) == (
+        f"fine-tuned from `student-fast-s` as it was when the run started (sha256 `{'ab' * 8}...`, card in git history)")
 
 
 def test_learning_curve_extra_images_join_the_training_images_and_never_a_validation_photo(tmp_path: Path):

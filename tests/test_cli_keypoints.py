@@ -112,6 +112,32 @@ def test_resume_keeps_the_runs_student_and_refuses_another_by_name(workspace):
     assert load_keypoint_model(out / "student.pt").conf["encoder"] == "fast"
 
 
+def test_a_run_records_the_file_its_student_started_from_and_keeps_it_when_that_file_is_replaced(workspace):
+    import hashlib
+    import shutil
+
+    runner = CliRunner()
+    for name, steps in (("a", 2), ("b", 1)):
+        made = runner.invoke(main, distill_args(workspace, workspace / name, steps=steps, extra=["--student", "fast-s"]))
+        assert made.exit_code == 0, made.output
+    start = workspace / "start.pt"  # stands for a shipped model's file, which shipping a successor replaces
+    shutil.copy2(workspace / "a" / "student.pt", start)
+    first_digest = hashlib.sha256(start.read_bytes()).hexdigest()
+    out = workspace / "fine"
+    began = runner.invoke(main, distill_args(workspace, out, steps=1, extra=["--student", "fast-s", "--init", str(start)]))
+    assert began.exit_code == 0, began.output
+    record = json.loads((out / "student_init.json").read_text())
+    assert record["sha256"] == first_digest and record["init"] == str(start)
+    assert record["description"].startswith(str(start)) and ", 2 steps from " in record["description"]
+    shutil.copy2(workspace / "b" / "student.pt", start)  # the name now holds other weights (1 step)
+    resumed = runner.invoke(main, distill_args(workspace, out, steps=2,
+                                               extra=["--student", "fast-s", "--init", str(start), "--resume"]))
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "student_init.json").read_text()) == record  # the step-0 record, not the file now
+    meta = torch.load(out / "student.pt", weights_only=True)["meta"]
+    assert meta["init"] == record["description"] and meta["init_sha256"] == first_digest
+
+
 def test_init_fine_tunes_a_students_weights_and_refuses_another_structure(workspace):
     from detkd.models.superpoint import create_model
     from detkd.models.weights import save_keypoint_model

@@ -251,13 +251,16 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ helpers
+    def has_checkpoint(self) -> bool:
+        """Whether ``out_dir`` holds a checkpoint (``last.pt``, or the ``previous.pt`` kept beside it) to resume."""
+        return self.checkpoint_path.exists() or previous_checkpoint_path(self.checkpoint_path).exists()
+
     def _starting_state(self, resume: bool, is_global_zero: bool = True) -> tuple[int, dict[str, Any] | None, bool]:
         """``(first step, checkpoint to resume or None, whether last.pt is damaged and previous.pt is used)``."""
         if is_global_zero:
             for orphan in remove_orphan_temp_files(self.checkpoint_path.parent):
                 log.info("Removed '%s', left by a write that was interrupted", orphan)
-        previous = previous_checkpoint_path(self.checkpoint_path)
-        if not (self.checkpoint_path.exists() or previous.exists()):
+        if not self.has_checkpoint():
             if resume:
                 log.warning("No checkpoint at '%s': starting from step 0", self.checkpoint_path)
             return 0, None, False
@@ -283,8 +286,7 @@ class Trainer:
 
     def refuse_existing_run(self, resume: bool) -> None:
         """Raise :class:`ExistingRunError` if ``out_dir`` holds checkpoints and ``resume`` is off."""
-        has_run = self.checkpoint_path.exists() or previous_checkpoint_path(self.checkpoint_path).exists()
-        if has_run and not resume:
+        if self.has_checkpoint() and not resume:
             raise ExistingRunError(
                 f"'{self.out_dir}' already holds a run ({self._describe_checkpoint()}). "
                 "Pass --resume to continue it, or choose another --out folder."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -129,6 +131,32 @@ def initialise_student(student: SuperPoint, init: str | Path) -> str:
     trained = f", {meta['steps']} steps from {meta['teacher']}" if meta.get("steps") and meta.get("teacher") else ""
     grown = "".join(f" (grown to {growth.said})" for growth in growths.values())
     return f"{path}{trained}{grown}"
+
+
+#: File in a run folder that says which file the student started from, written when training starts at step 0.
+STUDENT_START_FILE = "student_init.json"
+
+
+def record_student_start(out: str | Path, init: str | Path, description: str, resuming: bool) -> dict[str, str]:
+    """Record (or, when ``resuming``, read back) the file a run's student started from: ``out/student_init.json``.
+
+    ``student.init`` may name a shipped model, and shipping a successor replaces that file: from then on the
+    name points at other weights than the run started from. The record keeps the file's sha256 and
+    description as they were at step 0, so that a resumed run and the model card of a shipped milestone
+    name the right start. A run resumed from a folder without the record (started before it existed)
+    gets none: ``{}``.
+
+    Returns:
+        ``{"init": str, "file": str, "sha256": str (64 hex), "description": str}``, or ``{}`` as said.
+    """
+    record_path = Path(out) / STUDENT_START_FILE
+    if resuming:
+        return json.loads(record_path.read_text()) if record_path.exists() else {}
+    path = init_file(init)
+    record = {"init": str(init), "file": str(path.resolve()),
+              "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "description": description}
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 class Growth(NamedTuple):

@@ -45,6 +45,7 @@ from detkd.tasks.keypoint_students import (
     STUDENT_STRUCTURE_KEYS,
     build_student,
     initialise_student,
+    record_student_start,
     structure_for_init,
     student_description,
 )
@@ -368,8 +369,9 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
 
     Writes into ``out_dir``: ``config.yaml`` (resolved), ``student.pt``, ``checkpoints/``,
     ``history.jsonl``, ``tensorboard/``, ``metrics.json``, ``metrics.md``, ``loss_curves.png``,
-    ``matches.png``. With ``teacher_cache.folder`` set, missing teacher outputs are computed
-    first and training reads them from the cache instead of running the teacher.
+    ``matches.png``, and with ``student.init`` ``student_init.json`` (the starting file's digest at step 0,
+    :func:`~detkd.tasks.keypoint_students.record_student_start`). With ``teacher_cache.folder`` set, missing
+    teacher outputs are computed first and training reads them from the cache instead of running the teacher.
     """
     out = Path(out_dir)
     config = copy.deepcopy(config)
@@ -399,6 +401,10 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
         + (f", initial weights from {init}" if init else ""))
     say(f"images  : {data_text}")
     open_run_folder(config, train_cfg, out, "views", rank_zero, resume, path_keys=RUN_PATH_KEYS, is_name=is_model_name)
+    start: dict[str, str] = {}
+    if init and rank_zero:  # the file the student started from, as it was at step 0
+        start = record_student_start(out, student_cfg["init"], init,
+                                     resuming=resume and Trainer(train_cfg, out).has_checkpoint())
 
     train_data: UnlabeledImageStream | CachedTeacherViews = stream
     if config["teacher_cache"]["folder"]:
@@ -414,7 +420,8 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
     student_path = save_keypoint_model(
         student.eval(), out / "student.pt",
         meta={"teacher": origin, "steps": result.step, "variant": config["student"]["variant"],
-              **({"init": init} if init else {}), **descriptor_space_meta(teacher)},
+              **({"init": start.get("description", init)} if init else {}),
+              **({"init_sha256": start["sha256"]} if start else {}), **descriptor_space_meta(teacher)},
     )
     print(f"student saved to {student_path} after {result.step} steps ({result.seconds:.0f} s this session)")
 
