@@ -37,7 +37,8 @@ from detkd.export.records import write_table_files
 from detkd.models.keypoint_ops import sample_descriptors
 from detkd.models.keypoint_teachers import load_keypoint_teacher
 from detkd.models.keypoint_teachers.base import KeypointTeacher, as_channels, cell_centres, pad_to_multiple
-from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG, evaluation_pairs
+from detkd.tasks.keypoint_report import evaluation_pairs
+from detkd.tasks.keypoints import DEFAULT_DISTILL_CONFIG
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_curve import prepare_images  # noqa: E402

@@ -135,7 +135,8 @@ def evaluate(
         name -> metrics (``mma@3``, ``homography_accuracy@3``, ``repeatability`` ...).
     """
     from detkd.evaluation.lightglue import build_matchers
-    from detkd.tasks.keypoints import build_device, evaluate_and_report
+    from detkd.tasks.keypoint_report import evaluate_and_report
+    from detkd.tasks.keypoints import build_device
 
     loaded = {name: model if hasattr(model, "extract") else load(model) for name, model in models.items()}
     eval_cfg = {"images": str(images) if images else None, "hpatches": str(hpatches) if hpatches else None,

@@ -302,7 +302,7 @@ def evaluate(models: tuple[str, ...], teacher: str | None, teacher_weights: str 
              input_scale: float | None, matcher: str, matcher_weights: tuple[str, ...], device: str,
              out: Path | None) -> None:
     """Repeatability, localisation error, MMA@1-10, homography accuracy@1/3/5, matching score, F1."""
-    from detkd.tasks.keypoints import evaluate_and_report
+    from detkd.tasks.keypoint_report import evaluate_and_report
 
     named = {}
     if teacher:

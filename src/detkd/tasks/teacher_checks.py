@@ -63,7 +63,7 @@ def check_adapt_stage(images: list[np.ndarray], points: list[np.ndarray], folder
 
 def check_joint_stage(model: SuperPoint, check_cfg: dict[str, Any], folder: Path) -> None:
     """The teacher's metrics on held-out photo pairs, printed and written to ``folder`` (metrics.md/json)."""
-    from detkd.tasks.keypoints import evaluate_and_report
+    from detkd.tasks.keypoint_report import evaluate_and_report
 
     pairs_per_image = int(check_cfg["pairs_per_image"])
     if pairs_per_image <= 0:
