@@ -23,7 +23,7 @@ import yaml
 from detkd.models.pretrained import SHIPPED_MODELS
 from detkd.models.superpoint import inference_parameter_count
 from detkd.models.weights import load_keypoint_model, save_keypoint_model
-from detkd.tasks.keypoint_students import STUDENT_START_FILE
+from detkd.tasks.keypoint_students import read_student_start
 
 SHARES = (("mma@3", "MMA@3"), ("homography_accuracy@1", "HA@1"), ("homography_accuracy@3", "HA@3"))
 
@@ -93,9 +93,8 @@ def initial_weights_text(init: str | None, run: Path) -> str:
     *now*, which is right only until a successor is shipped (restore the run's starting file first)."""
     if not init:
         return ""
-    record_path = run / STUDENT_START_FILE
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
+    record = read_student_start(run)
+    if record:
         return (f"fine-tuned from `{record['init']}` as it was when the run started "
                 f"(sha256 `{record['sha256'][:16]}...`{', card in git history' if init in SHIPPED_MODELS else ''})")
     shipped = SHIPPED_MODELS.get(init)

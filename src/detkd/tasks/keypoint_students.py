@@ -149,14 +149,19 @@ def record_student_start(out: str | Path, init: str | Path, description: str, re
     Returns:
         ``{"init": str, "file": str, "sha256": str (64 hex), "description": str}``, or ``{}`` as said.
     """
-    record_path = Path(out) / STUDENT_START_FILE
     if resuming:
-        return json.loads(record_path.read_text()) if record_path.exists() else {}
+        return read_student_start(out)
     path = init_file(init)
     record = {"init": str(init), "file": str(path.resolve()),
               "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "description": description}
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    (Path(out) / STUDENT_START_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def read_student_start(out: str | Path) -> dict[str, str]:
+    """The record :func:`record_student_start` wrote in the run folder ``out``; ``{}`` without one."""
+    record_path = Path(out) / STUDENT_START_FILE
+    return json.loads(record_path.read_text()) if record_path.exists() else {}
 
 
 class Growth(NamedTuple):
