@@ -134,6 +134,7 @@ def test_a_run_records_the_file_its_student_started_from_and_keeps_it_when_that_
                                                extra=["--student", "fast-s", "--init", str(start), "--resume"]))
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((out / "student_init.json").read_text()) == record  # the step-0 record, not the file now
+    assert f"initial weights from {record['description']} (at step 0;" in resumed.output  # the banner too
     meta = torch.load(out / "student.pt", weights_only=True)["meta"]
     assert meta["init"] == record["description"] and meta["init_sha256"] == first_digest
 

@@ -44,6 +44,7 @@ from detkd.tasks.keypoint_students import (
     STUDENT_STRUCTURE_KEYS,
     build_student,
     initialise_student,
+    read_student_start,
     record_student_start,
     structure_for_init,
     student_description,
@@ -392,18 +393,21 @@ def run_distillation(config: dict[str, Any], out_dir: str | Path, resume: bool =
         stream.preload()  # decode once here; forked workers share the pixels
     loss = KeypointDistillationLoss(KeypointDistillWeights.from_dict(config["loss"]))
     say = rank_zero_say(rank_zero)
+    resuming = resume and Trainer(train_cfg, out).has_checkpoint()
+    # a resumed run started from the file as it was at step 0 (recorded), not from what the name holds now
+    started_from = (read_student_start(out).get("description", init) if resuming else init) if init else None
 
     say(f"teacher : {origin} ({count_parameters(teacher):,} parameters)")
     trained_only = count_parameters(student) - inference_parameter_count(student)
     say(f"student : {student_description(student, student_cfg['variant'])} ({count_parameters(student):,} parameters"
         + (f", {trained_only:,} of them in branches merged away for inference" if trained_only else "") + ")"
-        + (f", initial weights from {init}" if init else ""))
+        + (f", initial weights from {started_from}" if started_from else "")
+        + (" (at step 0; the checkpoint holds the weights trained since)" if started_from and resuming else ""))
     say(f"images  : {data_text}")
     open_run_folder(config, train_cfg, out, "views", rank_zero, resume, path_keys=RUN_PATH_KEYS, is_name=is_model_name)
     start: dict[str, str] = {}
     if init and rank_zero:  # the file the student started from, as it was at step 0
-        start = record_student_start(out, student_cfg["init"], init,
-                                     resuming=resume and Trainer(train_cfg, out).has_checkpoint())
+        start = record_student_start(out, student_cfg["init"], init, resuming=resuming)
 
     train_data: UnlabeledImageStream | CachedTeacherViews = stream
     if config["teacher_cache"]["folder"]:
