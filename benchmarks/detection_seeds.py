@@ -44,14 +44,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def last_quarter_gain(curve: Sequence[dict[str, float]], steps: int) -> float | None:
-    """mAP of the last validation minus the one nearest 75% of ``steps``; ``None`` without a curve."""
+def late_gain(curve: Sequence[dict[str, float]], steps: int, fraction: float = 0.25) -> float | None:
+    """mAP of the last validation minus the one nearest ``(1 - fraction) * steps``; ``None`` without a curve.
+
+    ``fraction`` 0.25 (the last quarter) spans the default lr drop at 75% of the steps and so includes the jump
+    it gives; 0.125 (the last eighth) starts after it: near 0 there, the curve has flattened within its schedule.
+    """
     if len(curve) < 2:
         return None
     at = {int(r["step"]): float(r["map"]) for r in curve}
     last = max(at)
-    three_quarters = min(at, key=lambda k: abs(k - 0.75 * steps))
-    return at[last] - at[three_quarters]
+    start = min(at, key=lambda k: abs(k - (1 - fraction) * steps))
+    return at[last] - at[start]
 
 
 def verdict(gains: Sequence[float], baseline_spread: float) -> str:
@@ -72,7 +76,8 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]], baseline: str 
 
     Returns dicts with ``run``, ``seeds``, ``map``/``ap50`` (mean, std), ``gain`` (mean, std) and
     ``min_gain`` over paired seeds (``None`` for the teacher and the baseline), ``verdict``,
-    ``teacher_share`` (mean over seeds of mAP / that seed's teacher mAP), ``last_quarter`` (mean, or ``None``).
+    ``teacher_share`` (mean over seeds of mAP / that seed's teacher mAP), ``last_quarter`` and ``last_eighth``
+    (mean :func:`late_gain` over the final 25% / 12.5% of the steps, or ``None``).
     """
     all_seeds = sorted(runs_by_seed)
     names = list(dict.fromkeys(run for seed in all_seeds for run in runs_by_seed[seed]))
@@ -97,8 +102,9 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]], baseline: str 
         teacher_maps = {s: own_teacher_map(runs_by_seed[s], run) for s in seeds}
         shares = [runs_by_seed[s][run]["map"] / t for s, t in teacher_maps.items() if t]
         summary["teacher_share"] = statistics.fmean(shares) if shares else None
-        quarters = [q for q in (last_quarter_gain(r.get("curve") or [], int(r["steps"])) for r in rows) if q is not None]
-        summary["last_quarter"] = statistics.fmean(quarters) if quarters else None
+        for key, fraction in (("last_quarter", 0.25), ("last_eighth", 0.125)):
+            gains_late = [g for g in (late_gain(r.get("curve") or [], int(r["steps"]), fraction) for r in rows) if g is not None]
+            summary[key] = statistics.fmean(gains_late) if gains_late else None
         summaries.append(summary)
     return summaries
 
@@ -128,16 +134,16 @@ def teacher_note(runs_by_seed: dict[int, dict[str, dict[str, Any]]]) -> str | No
 
 
 def table(summaries: list[dict[str, Any]], baseline: str = "baseline") -> str:
-    lines = [f"| run | seeds | mAP | AP50 | mAP gain over {baseline} (paired) | smallest gain | AP50 gain | helped? | of teacher's mAP | last quarter of schedule |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = [f"| run | seeds | mAP | AP50 | mAP gain over {baseline} (paired) | smallest gain | AP50 gain | helped? | of teacher's mAP | last quarter of schedule | last eighth |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for s in summaries:
         gain = "n/a" if s["gain"] is None else f"{s['gain'][0]:+.1f} ± {s['gain'][1]:.1f}"
         gain_ap50 = "n/a" if s.get("gain_ap50") is None else f"{s['gain_ap50'][0]:+.1f} ± {s['gain_ap50'][1]:.1f}"
         smallest = "n/a" if s["min_gain"] is None else f"{s['min_gain']:+.1f}"
         share = "n/a" if s["teacher_share"] is None else f"{100 * s['teacher_share']:.0f}%"
-        quarter = "n/a" if s["last_quarter"] is None else f"{s['last_quarter']:+.1f}"
+        quarter, eighth = ("n/a" if s.get(key) is None else f"{s[key]:+.1f}" for key in ("last_quarter", "last_eighth"))
         lines.append(f"| {s['run']} | {len(s['seeds'])} | {s['map'][0]:.1f} ± {s['map'][1]:.1f} | "
-                     f"{s['ap50'][0]:.1f} ± {s['ap50'][1]:.1f} | {gain} | {smallest} | {gain_ap50} | {s['verdict'] or 'n/a'} | {share} | {quarter} |")
+                     f"{s['ap50'][0]:.1f} ± {s['ap50'][1]:.1f} | {gain} | {smallest} | {gain_ap50} | {s['verdict'] or 'n/a'} | {share} | {quarter} | {eighth} |")
     return "\n".join(lines)
 
 
@@ -194,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> None:
              "Gains are paired by seed (same initial student, same data stream). helped? = yes when every seed "
              "gained and the mean gain exceeds the baseline's seed spread; unclear when the mean gain is positive "
              "but not both; no otherwise. 'last quarter' = validation mAP gained over the final 25% of the "
-             "steps (near 0: the curve has flattened).", ""]
+             "steps, which includes the jump of the lr drop at 75%; 'last eighth' = over the final 12.5%, after "
+             "it (near 0: the curve has flattened within its schedule; whether a longer schedule helps is "
+             "another run's question).", ""]
     for name, runs_by_seed in by_set.items():
         if not any(args.baseline in rows for rows in runs_by_seed.values()):
             raise SystemExit(f"--baseline {args.baseline}: no such run in '{name}' (runs: "

@@ -18,7 +18,8 @@ MAPS = {  # seed -> run -> mAP
 
 
 def rows(seed: int) -> dict[str, dict]:
-    curve = [{"step": 25, "map": 10.0}, {"step": 50, "map": 20.0}, {"step": 75, "map": 30.0}, {"step": 100, "map": 33.0}]
+    curve = [{"step": 25, "map": 10.0}, {"step": 50, "map": 20.0}, {"step": 75, "map": 30.0}, {"step": 88, "map": 32.5},
+             {"step": 100, "map": 33.0}]
     return {run: {"map": value, "ap50": value + 10, "steps": 100, "curve": curve if run == "gid" else []}
             for run, value in MAPS[seed].items()}
 
@@ -33,10 +34,11 @@ def test_summary_by_hand():
     assert gid["teacher_share"] == pytest.approx(47.0 / 60.0)
     assert gid["ap50"][0] == pytest.approx(57.0)
     assert gid["last_quarter"] == pytest.approx(3.0)  # 33 at step 100 - 30 at step 75
+    assert gid["last_eighth"] == pytest.approx(0.5)  # 33 at step 100 - 32.5 at step 88 (nearest 87.5)
     assert summaries["pkd"]["gain"][0] == pytest.approx(1.0 / 3.0)  # gains 1, -1, 1
     assert summaries["pkd"]["verdict"] == "unclear"
     assert summaries["cwd"]["verdict"] == "no"  # gains -1, -1, -1
-    assert summaries["cwd"]["last_quarter"] is None
+    assert summaries["cwd"]["last_quarter"] is None and summaries["cwd"]["last_eighth"] is None
 
 
 def test_a_run_missing_from_a_seed_is_summarised_over_the_seeds_it_has():
