@@ -59,6 +59,7 @@ from detkd.evaluation.keypoints import (
     pair_features,
 )
 from detkd.evaluation.lightglue import build_matchers, lightglue_misfit
+from detkd.evaluation.uncertainty import paired_ratio_interval
 from detkd.evaluation.matching import mutual_nearest_neighbours
 from detkd.export.bench import count_gflops
 from detkd.export.match_bench import match_runner
@@ -126,24 +127,45 @@ def load_models(extra: dict[str, str]) -> dict[str, Any]:
 
 
 def student_shares(accuracy: dict[str, dict[str, dict[str, float]]], pair_counts: dict[str, int],
-                   teacher_of: dict[str, str], agreement: dict[str, float] | None = None) -> list[str]:
+                   teacher_of: dict[str, str], agreement: dict[str, float] | None = None,
+                   per_pair: list[dict[str, Any]] | None = None) -> list[str]:
     """Markdown table: each student's MMA@3, HA@1, HA@3 over all pairs and as a share of its teacher's,
-    and ``agreement`` (student row -> :func:`descriptor_agreement`) where measured."""
+    and ``agreement`` (student row -> :func:`descriptor_agreement`) where measured.
+
+    With ``per_pair`` (records ``{"set", "pair", "model", metric: value}``, every model on every pair) each
+    share also gets its 95% paired bootstrap interval over the pairs
+    (:func:`~detkd.evaluation.uncertainty.paired_ratio_interval`): how far one pair more or less moves it.
+    """
     agreement = agreement or {}
     keys = (("mma@3", "MMA@3"), ("homography_accuracy@1", "HA@1"), ("homography_accuracy@3", "HA@3"))
     total = sum(pair_counts.values())
+    by_model: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+    for record in per_pair or []:
+        by_model.setdefault(record["model"], {})[(record["set"], record["pair"])] = record
 
     def overall(row: str, key: str) -> float:  # mean over all pairs = pair-weighted mean of the sets' means
         return sum(accuracy[s][row][key] * n for s, n in pair_counts.items()) / total
 
+    def share(student: str, teacher: str, key: str) -> str:
+        s, t = overall(student, key), overall(teacher, key)
+        if not t:
+            return "-"
+        if student not in by_model or teacher not in by_model:
+            return f"{s / t:.0%}"
+        pairs = sorted(by_model[teacher])
+        low, high = paired_ratio_interval([by_model[student][p][key] for p in pairs],
+                                          [by_model[teacher][p][key] for p in pairs])
+        return f"{s / t:.0%} ({low:.0%}-{high:.0%})"
+
+    interval = " (95% interval)" if per_pair else ""
     lines = ["| student | its teacher | " + " | ".join(f"{label} (student / teacher)" for _, label in keys)
-             + " | " + " | ".join(f"{label} share" for _, label in keys)
+             + " | " + " | ".join(f"{label} share{interval}" for _, label in keys)
              + " | descriptor cosine to the teacher's at its points |",
              "|---|---|" + "---:|" * (2 * len(keys) + 1)]
     for student, teacher in teacher_of.items():
         pairs = [(overall(student, k), overall(teacher, k)) for k, _ in keys]
         lines.append(f"| {student} | {teacher} | " + " | ".join(f"{s:.3f} / {t:.3f}" for s, t in pairs) + " | "
-                     + " | ".join(f"{s / t:.0%}" if t else "-" for s, t in pairs)
+                     + " | ".join(share(student, teacher, k) for k, _ in keys)
                      + f" | {fmt(agreement.get(student), '.2f')} |")
     return lines
 
@@ -248,10 +270,11 @@ def main() -> None:
                            if f"{s} + LightGlue" in glued and f"{t} + LightGlue" in glued})
     pair_sets = heldout_pairs(tuple(args.size), args.pairs_per_image, Path(tempfile.mkdtemp(prefix="detkd-anchors-")),
                               args.more_photos)
-    accuracy = {}
+    accuracy, per_pair = {}, []
     for set_name, pairs in pair_sets.items():
-        accuracy[set_name] = evaluate_keypoint_models(judged, pairs, max_keypoints=BUDGET, matchers=matchers,
-                                                      progress=False).summary
+        evaluation = evaluate_keypoint_models(judged, pairs, max_keypoints=BUDGET, matchers=matchers, progress=False)
+        accuracy[set_name] = evaluation.summary
+        per_pair += [{"set": set_name, **record} for record in evaluation.per_pair]
     h, w = args.size
     costs = cost_rows(models, h, w, args.repeats, args.warmup)
     first_pair = next(iter(pair_sets.values()))[0]
@@ -296,7 +319,9 @@ def main() -> None:
     if teacher_of:
         counts = {k: len(v) for k, v in pair_sets.items()}
         lines += [f"## Students against their teachers (all {sum(counts.values())} pairs)", "",
-                  *student_shares(accuracy, counts, teacher_of, agreement), "",
+                  *student_shares(accuracy, counts, teacher_of, agreement, per_pair), "",
+                  "Intervals: 95% paired bootstrap over the pairs (2000 draws of the pairs with replacement, the "
+                  "same draws for student and teacher; `detkd.evaluation.uncertainty.paired_ratio_interval`).",
                   "Descriptor cosine: the student's descriptors (read as its extract reads them) against the "
                   "teacher's, at the teacher's key points of the first image of every pair "
                   "(`detkd.evaluation.keypoints.descriptor_agreement`; 1: the teacher's own descriptor space, "
@@ -309,7 +334,8 @@ def main() -> None:
     print(text)
     stem = args.stem or ("keypoint_anchors_quick" if args.quick else "keypoint_anchors")
     written = write_table_files(args.out, stem, text, {
-        "cost": costs, "match_ms": matching_ms, "accuracy": accuracy, "descriptor_agreement": agreement,
+        "cost": costs, "match_ms": matching_ms, "accuracy": accuracy, "per_pair": per_pair,
+        "descriptor_agreement": agreement,
         "args": vars(args), "argv": sys.argv[1:]})
     print(f"written: {written}")
 
