@@ -61,7 +61,8 @@ def main() -> None:
                         help="shipped students by name (trained), or variants (fast-s, fast-m, tiny ...: random "
                              "weights unless --runs has them) [student-fast-s-mnn student-fast-l-mnn]")
     parser.add_argument("--no-anchors", action="store_true",
-                        help="leave out the table beside SIFT, ORB, XFeat, ALIKED and DISK (full extract, PyTorch/OpenCV)")
+                        help="leave out the table beside SIFT, ORB, XFeat, ALIKED and DISK (full extract, "
+                             "PyTorch/OpenCV)")
     parser.add_argument("--runs", type=Path, default=None,
                         help="folder with one distillation run per variant (RUNS/<variant>/student.pt)")
     parser.add_argument("--size", type=int, nargs=2, default=[480, 640], help="input H W [480 640]")
@@ -176,7 +177,8 @@ def main() -> None:
     stem = "deploy_quick" if args.quick else "deploy"
     written = write_table_files(args.out, stem, text, {
         "bench": report.to_dict(), "dense_parity": {k: v.__dict__ for k, v in dense.items()},
-        "anchors": anchor_data, "detectors": detector_data, "args": vars(args), "torch_threads_default": torch.get_num_threads()})
+        "anchors": anchor_data, "detectors": detector_data, "args": vars(args),
+        "torch_threads_default": torch.get_num_threads()})
     print(f"written: {written}")
 
 
@@ -184,8 +186,8 @@ def anchor_section(sources: list[Any], report: Any, height: int, width: int,
                    args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     """The detkd models' full ``extract`` interleaved with the anchors' (see the module docstring).
 
-    Returns the markdown lines and ``{row: {"median_ms", "p90_ms", "runtime"}}`` plus ``"not_measured"``
-    (row -> reason).
+    Returns the markdown lines and ``{"rows": {row: {"median_ms", "p90_ms", "runtime"}}, "not_measured":
+    {row: reason}}``.
     """
     import cv2
 
@@ -196,8 +198,8 @@ def anchor_section(sources: list[Any], report: Any, height: int, width: int,
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from keypoint_anchors import BUDGET, NETWORKS, extract_runner, load_anchors
 
-    rows = dict(zip((row.name for row in report.rows), sources))  # the table's names, e.g. "teacher (input x1.5)"
-    models: dict[str, Any] = {name: source.module for name, source in rows.items()}
+    # under the names of the table above, e.g. "teacher (input x1.5)"
+    models: dict[str, Any] = {row.name: source.module for row, source in zip(report.rows, sources)}
     models.update(load_anchors({}))  # SIFT and ORB
     missing: dict[str, str] = {}
     for row, spec in ({} if args.quick else NETWORKS).items():  # --quick: OpenCV only, no weights to load
@@ -215,7 +217,7 @@ def anchor_section(sources: list[Any], report: Any, height: int, width: int,
     finally:
         torch.set_num_threads(previous[0])
         cv2.setNumThreads(previous[1])
-    ort = {row.name: row.latency["onnxruntime-cpu"].median_ms for row in report.rows}  # keys as in rows
+    ort = {row.name: row.latency["onnxruntime-cpu"].median_ms for row in report.rows}
     reference = "XFeat" if "XFeat" in latency else next(iter(latency))
     lines = [f"## Beside the anchors: full extract at {height}x{width}, {BUDGET} points", "",
              f"Every model's `extract` (network, NMS, descriptors) on the same photo, PyTorch (OpenCV for SIFT and "
@@ -229,7 +231,8 @@ def anchor_section(sources: list[Any], report: Any, height: int, width: int,
         runtime = "OpenCV" if name in ("SIFT", "ORB") else "PyTorch"
         speedup = latency[reference].median_ms / stats.median_ms
         exported = f"{ort[name]:.1f}" if name in ort else "-"
-        lines.append(f"| {name} | {runtime} | {stats.median_ms:.1f} | {stats.p90_ms:.1f} | {speedup:.2f}x | {exported} |")
+        lines.append(f"| {name} | {runtime} | {stats.median_ms:.1f} | {stats.p90_ms:.1f} | {speedup:.2f}x | "
+                     f"{exported} |")
         data[name] = {"median_ms": stats.median_ms, "p90_ms": stats.p90_ms, "runtime": runtime}
     for row, reason in missing.items():
         lines.append(f"| {row} | PyTorch | not measured: {reason} | | | |")

@@ -103,8 +103,9 @@ def summarise(runs_by_seed: dict[int, dict[str, dict[str, Any]]], baseline: str 
         shares = [runs_by_seed[s][run]["map"] / t for s, t in teacher_maps.items() if t]
         summary["teacher_share"] = statistics.fmean(shares) if shares else None
         for key, fraction in (("last_quarter", 0.25), ("last_eighth", 0.125)):
-            gains_late = [g for g in (late_gain(r.get("curve") or [], int(r["steps"]), fraction) for r in rows) if g is not None]
-            summary[key] = statistics.fmean(gains_late) if gains_late else None
+            late = [late_gain(r.get("curve") or [], int(r["steps"]), fraction) for r in rows]
+            late = [gain for gain in late if gain is not None]
+            summary[key] = statistics.fmean(late) if late else None
         summaries.append(summary)
     return summaries
 
