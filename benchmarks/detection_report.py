@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from detkd.tasks.detection_eval import plot_detection_validation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from detection_seeds import late_gain, map_at  # noqa: E402
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}"
 
 
 def curve_table(rows: dict[str, dict[str, Any]]) -> list[str]:
@@ -21,15 +29,10 @@ def curve_table(rows: dict[str, dict[str, Any]]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run, curve in curves.items():
         steps = rows[run]["steps"]
-        at = {int(r["step"]): r["map"] for r in curve}
-
-        def near(fraction: float) -> float:
-            return at[min(at, key=lambda k: abs(k - fraction * steps))]
-
-        best_step = max(at, key=lambda k: at[k])
-        cells = " | ".join(f"{near(f):.1f}" for f in (0.25, 0.5, 0.75, 1.0))
-        lines.append(f"| {run} | {steps} | {cells} | {at[best_step]:.1f} ({best_step}) | {near(1.0) - near(0.75):+.1f} | "
-                     f"{near(1.0) - near(0.875):+.1f} |")
+        best = max(curve, key=lambda r: r["map"])
+        cells = " | ".join(f"{map_at(curve, steps, f):.1f}" for f in (0.25, 0.5, 0.75, 1.0))
+        lines.append(f"| {run} | {steps} | {cells} | {best['map']:.1f} ({int(best['step'])}) | "
+                     f"{_signed(late_gain(curve, steps, 0.25))} | {_signed(late_gain(curve, steps, 0.125))} |")
     return lines
 
 

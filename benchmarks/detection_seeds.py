@@ -44,6 +44,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def map_at(curve: Sequence[dict[str, float]], steps: int, fraction: float) -> float:
+    """mAP of the validation nearest ``fraction * steps`` in a ``--val-every`` curve (``[{"step", "map"}, ...]``)."""
+    at = {int(r["step"]): float(r["map"]) for r in curve}
+    return at[min(at, key=lambda k: abs(k - fraction * steps))]
+
+
 def late_gain(curve: Sequence[dict[str, float]], steps: int, fraction: float = 0.25) -> float | None:
     """mAP of the last validation minus the one nearest ``(1 - fraction) * steps``; ``None`` without a curve.
 
@@ -52,10 +58,8 @@ def late_gain(curve: Sequence[dict[str, float]], steps: int, fraction: float = 0
     """
     if len(curve) < 2:
         return None
-    at = {int(r["step"]): float(r["map"]) for r in curve}
-    last = max(at)
-    start = min(at, key=lambda k: abs(k - (1 - fraction) * steps))
-    return at[last] - at[start]
+    last = max(curve, key=lambda r: int(r["step"]))
+    return float(last["map"]) - map_at(curve, steps, 1 - fraction)
 
 
 def verdict(gains: Sequence[float], baseline_spread: float) -> str:
