@@ -24,7 +24,10 @@ gid`` in another): their runs are merged per seed, and a run in both (the baseli
 same mAP in both. A file whose teacher differs from the seed's (a teacher retrained with the same
 settings, the first one lost) adds its distilled runs with their own teacher, named in a note. A run
 trained on some of the seeds only (at least two) is summarised over those, paired with their
-baselines, and the table's notes name its seeds.
+baselines, and the table's notes name its seeds. ``FILE.json:RUN,RUN`` takes only those runs from a file (its
+teacher row too only when named): e.g. a seed's baseline from a file whose ``gid`` came from an older teacher.
+
+    python benchmarks/detection_seeds.py new_gid_seed0.json old_seed0.json:baseline --tag mine
 """
 
 from __future__ import annotations
@@ -152,11 +155,20 @@ def table(summaries: list[dict[str, Any]], baseline: str = "baseline") -> str:
     return "\n".join(lines)
 
 
+def parse_source(text: str) -> tuple[Path, set[str] | None]:
+    """``FILE.json`` -> (path, ``None``: every run); ``FILE.json:RUN,RUN`` -> (path, those run names)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head.endswith(".json") and tail and "/" not in tail:
+        return Path(head), {run.strip() for run in tail.split(",") if run.strip()}
+    return Path(text), None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", type=Path,
+    parser.add_argument("results", nargs="+", metavar="FILE.json[:RUN,...]",
                         help="detection benchmark .json files of one teacher and schedule: one per student seed, or "
-                             "several per seed with other methods (a run in two files of a seed must agree)")
+                             "several per seed with other methods (a run in two files of a seed must agree); "
+                             ":RUN,RUN takes only those runs from a file")
     parser.add_argument("--baseline", default="baseline",
                         help="the run every gain is paired with, e.g. baseline+ema0.999 to compare averaged students "
                              "with the averaged baseline [baseline]")
@@ -168,11 +180,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     whole_description: dict[str, str] = {}
     commands: list[str] = []
     teacher_notes: list[str] = []
-    for path in args.results:
+    for source in args.results:
+        path, wanted = parse_source(source)
         payload = json.loads(path.read_text())
         seed = int(payload["args"]["student_seed"])
-        commands.append(f"`{payload['command']}` ({payload['date']}, commit {payload['git_commit']})")
+        taken = "" if wanted is None else f", runs {', '.join(sorted(wanted))} only"
+        commands.append(f"`{payload['command']}` ({payload['date']}, commit {payload['git_commit']}{taken})")
         for name, result in payload["results"].items():
+            if wanted is not None:
+                missing = wanted - set(result["rows"])
+                if missing:
+                    raise SystemExit(f"{path}: no run {', '.join(sorted(missing))} in '{name}' (runs: "
+                                     f"{', '.join(result['rows'])})")
+                result = {**result, "rows": {run: row for run, row in result["rows"].items() if run in wanted}}
             rows = by_set.setdefault(name, {}).setdefault(seed, {})
             file_teacher = result["rows"].get("teacher")
             other_teacher = ("teacher" in rows and file_teacher is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -123,6 +124,20 @@ def test_a_seed_file_with_another_teacher_keeps_it_for_its_runs(tmp_path):
     whole_table = (tmp_path / "detection_seeds_w.md").read_text().split("scored whole")[1]
     # gid whole shares 22.5/25, 23/30, 25/30 -> 0.8333
     assert "| gid | 3 | 23.5 ± 1.3 | 47.0 ± 2.6 | +2.5 ± 0.5 | +2.0 | +5.0 ± 1.0 | yes | 83% | n/a |" in whole_table
+
+
+def test_runs_taken_from_a_file_by_name(tmp_path):
+    """``FILE:baseline``: seed 0's baseline from a file whose gid (and teacher) are another's; gid from a new file."""
+    old = write_seed_file(tmp_path / "old.json", 0, {**rows(0), "gid": {**rows(0)["gid"], "map": 30.0}})
+    new = write_seed_file(tmp_path / "new.json", 0, {"teacher": rows(0)["teacher"], "gid": rows(0)["gid"]})
+    seeds_script.main([new, f"{old}:baseline", "--tag", "sel", "--out", str(tmp_path)])
+    text = (tmp_path / "detection_seeds_sel.md").read_text()
+    assert "| gid | 1 | 45.0 ± 0.0 | 55.0 ± 0.0 | +5.0 ± 0.0 | +5.0 |" in text  # 45 - 40, not 30 - 40
+    assert "runs baseline only" in text and "pkd" not in text.split("From:")[1].split("## ")[1]
+    assert seeds_script.parse_source("a/b.json:baseline, gid") == (Path("a/b.json"), {"baseline", "gid"})
+    assert seeds_script.parse_source("c:/x/b.json") == (Path("c:/x/b.json"), None)
+    with pytest.raises(SystemExit, match="no run hint in 'shapes'"):
+        seeds_script.main([f"{old}:hint", "--out", str(tmp_path)])
 
 
 def test_a_set_scored_whole_gets_its_own_table(tmp_path):
