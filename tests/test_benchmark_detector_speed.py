@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import load_benchmark_script
-from detkd.models.detection import create_detector, save_detector
+from detkd.models.detection import create_detector, load_detector, save_detector
 
 inference_speed = load_benchmark_script("detector_inference_speed")
 pair_speed = load_benchmark_script("detector_pair_speed")
@@ -78,6 +78,20 @@ def test_pair_speed_script_benches_every_size(two_detectors, tmp_path, monkeypat
     payload = json.loads((tmp_path / "detector_pair_speed.json").read_text())
     rows = payload["sizes"]["128"]["rows"]
     assert [r["name"] for r in rows] == ["teacher", "student"]
+
+
+def test_pair_speed_untrained_candidates_take_the_teachers_classes_and_options(two_detectors, tmp_path):
+    assert pair_speed.untrained_options("fcos_nano_fpn:head_convs=1, fpn_channels=16") == \
+        ("fcos_nano_fpn", {"head_convs": 1, "fpn_channels": 16})
+    assert pair_speed.untrained_options("fcos_nano_fpn") == ("fcos_nano_fpn", {})
+    specs = pair_speed.materialise([two_detectors[0], "light=untrained:fcos_nano_fpn:head_convs=1"], tmp_path)
+    assert specs[0] == two_detectors[0] and specs[1].startswith("light=")
+    candidate = load_detector(specs[1].partition("=")[2])
+    assert candidate.num_classes == 2 and candidate.config["overrides"] == {"head_convs": 1}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        pair_speed.untrained_options("fcos_nano_fpn:head_convs")
+    with pytest.raises(SystemExit, match="the first model is the teacher"):
+        pair_speed.materialise(["t=untrained:fcos_nano_fpn"], tmp_path)
 
 
 def test_postprocess_speed_script_times_both_ways_and_checks_they_agree(two_detectors, tmp_path, monkeypatch):
