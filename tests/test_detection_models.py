@@ -432,3 +432,19 @@ def test_gflops_count_the_forward_pass():
     assert detector_gflops(small, 128, 128) > detector_gflops(tiny, 128, 128) > 0
     nano = create_detector("fcos_nano_fpn", 3)
     assert detector_gflops(create_detector("fcos_small_fpn", 3), 256, 256) > 4 * detector_gflops(nano, 256, 256)
+
+
+def test_models_command_explains_every_option_of_a_named_detector():
+    from click.testing import CliRunner
+
+    from detkd.cli.main import main
+    from detkd.models.detection.registry import OPTION_HELP, _REGISTRY
+
+    assert {option for v in _REGISTRY.values() for option in v.defaults} <= set(OPTION_HELP)  # none unexplained
+    result = CliRunner().invoke(main, ["detect", "models", "fcos_nano_fpn"])
+    assert result.exit_code == 0, result.output
+    assert "fcos_nano_fpn: fcos on nano + FPN P3-P7 (32 channels)" in result.output
+    head_convs = next(line for line in result.output.splitlines() if line.strip().startswith("head_convs"))
+    assert head_convs.split()[1] == "2" and OPTION_HELP["head_convs"] in head_convs
+    unknown = CliRunner().invoke(main, ["detect", "models", "fcos_huge_fpn"])
+    assert unknown.exit_code != 0 and "Unknown detector 'fcos_huge_fpn'" in unknown.output

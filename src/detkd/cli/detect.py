@@ -378,10 +378,24 @@ def make_synthetic(out_dir: Path, num_train: int, num_val: int, size: int, seed:
 
 
 @detect.command("models")
-def models_command() -> None:
-    """List the registered detectors with their parameter counts (for 5 classes)."""
-    from detkd.models.detection import count_parameters, create_detector, get_variant
+@click.argument("name", required=False)
+def models_command(name: str | None) -> None:
+    """List the registered detectors with their parameter counts (for 5 classes).
 
-    for name in _detector_names():
-        variant = get_variant(name)
-        click.echo(f"{name:32s} {count_parameters(create_detector(name, 5)):>12,}  {variant.description}")
+    With NAME, that detector's structure options and their defaults: what `model.overrides` /
+    `student.overrides` in a config or the benchmark's --student-option may change.
+    """
+    from detkd.models.detection import count_parameters, create_detector, get_variant
+    from detkd.models.detection.registry import OPTION_HELP
+
+    if name is None:
+        for detector in _detector_names():
+            variant = get_variant(detector)
+            click.echo(f"{detector:32s} {count_parameters(create_detector(detector, 5)):>12,}  {variant.description}")
+        return
+    variant = get_variant(name)  # an unknown name: a ConfigError listing the registered ones
+    click.echo(f"{name}: {variant.description}, {count_parameters(create_detector(name, 5)):,} parameters for 5 classes")
+    click.echo("options (default: meaning):")
+    for option, default in variant.defaults.items():
+        shown = list(default) if isinstance(default, tuple) else default
+        click.echo(f"  {option:26s} {str(shown):22s} {OPTION_HELP.get(option, '')}")

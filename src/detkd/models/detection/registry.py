@@ -92,6 +92,25 @@ _FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
     },
 }
 
+#: What each option means, for ``detkd detect models NAME`` (units in brackets).
+OPTION_HELP: dict[str, str] = {
+    "fpn_channels": "channels of every FPN level and of the heads (a multiple of 16, >= 32)",
+    "tiny_widths": "channels of the tiny CNN backbone: stem, stage 1..4 (nano / tiny / small variants)",
+    "anchor_size": "anchor side at P3 [pixels]; doubles per level",
+    "fg_iou_thresh": "IoU from which an anchor is foreground",
+    "bg_iou_thresh": "IoU below which an anchor is background",
+    "topk_candidates": "candidates per level kept before NMS at inference",
+    "center_sampling_radius": "FCOS: locations within this many strides of a box centre are positives",
+    "head_convs": "FCOS: 3x3 convs per head branch (classification, regression)",
+    "rpn_pre_nms_top_n_train": "RPN proposals per level before NMS, training",
+    "rpn_pre_nms_top_n_test": "RPN proposals per level before NMS, inference",
+    "rpn_post_nms_top_n_train": "RPN proposals per image after NMS, training",
+    "rpn_post_nms_top_n_test": "RPN proposals per image after NMS, inference (the RoI head's work)",
+    "rpn_batch_size_per_image": "anchors sampled per image for the RPN loss",
+    "box_batch_size_per_image": "proposals sampled per image for the RoI-head loss",
+    "representation_size": "width of the RoI head's two-layer MLP",
+}
+
 #: Smaller two-stage settings for the CPU-sized variants (few objects in 128-256 px images).
 _SMALL_FASTER_RCNN = {
     "rpn_pre_nms_top_n_train": 600,
