@@ -134,6 +134,29 @@ def test_comparison_figure_has_a_column_per_model_and_a_row_per_image(tmp_path):
         draw_model_comparison(images, truths, {"student": predictions["student"][:1]})
 
 
+def test_labels_sit_on_their_boxes_without_covering_each_other_or_leaving_the_image():
+    """Two detections on one box (scores 0.9 and 0.6), one at the right edge, one touching the top edge."""
+    image = np.zeros((256, 256, 3), np.float32)
+    truth = {"boxes": [[100, 100, 150, 150], [226, 120, 256, 150], [20, 0, 60, 40]], "labels": [0, 1, 0]}
+    detections = pred([[100, 100, 150, 150], [100, 100, 150, 150], [226, 120, 256, 150], [20, 0, 60, 40]],
+                      [0.9, 0.6, 0.8, 0.7], [0, 1, 1, 0])
+    fig = draw_model_comparison([image], [truth], {"m": [detections]}, ["circle", "rectangle"])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    patches = {t.get_text(): t.get_bbox_patch().get_window_extent(renderer) for t in ax.texts}
+    assert set(patches) == {"circle 0.90", "rectangle 0.60", "rectangle 0.80", "circle 0.70"}
+    corner = ax.transData.transform((99.5, 99.5))  # the box's top-left corner, display pixels (y up)
+    best = patches["circle 0.90"]  # placed first: just above the corner
+    assert best.x0 == pytest.approx(corner[0], abs=0.5) and best.y0 == pytest.approx(corner[1], abs=0.5)
+    second = patches["rectangle 0.60"]  # the same place is taken: the next one, under the box's top edge
+    assert not best.overlaps(second) and second.y1 == pytest.approx(corner[1], abs=0.5)
+    axes = ax.get_window_extent(renderer)
+    assert patches["rectangle 0.80"].x1 <= axes.x1 + 0.5  # shifted left, not cut by the image's right edge
+    top = patches["circle 0.70"]  # its box touches the image's top: the label goes inside, under the edge
+    assert top.y1 <= axes.y1 + 0.5 and top.y1 == pytest.approx(ax.transData.transform((19.5, -0.5))[1], abs=0.5)
+
+
 @pytest.mark.usefixtures("one_torch_thread")
 def test_evaluate_plot_draws_every_model_with_the_plot_threshold(tmp_path, monkeypatch):
     from detkd.cli.main import main

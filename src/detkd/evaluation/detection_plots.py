@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from detkd.viz.canvas import ArrayLike, as_image, save_figure, to_numpy
+from detkd.viz.labels import LabelPlacer
 
 HIT_IOU = 0.5  # a detection is a hit at IoU >= this with an unmatched ground-truth box of its class
 HIT_COLOUR = "#1db31d"  # green
@@ -262,14 +263,6 @@ def _box(ax: Any, box: np.ndarray, colour: str, gid: str, linestyle: str = "-", 
                            linewidth=linewidth, gid=gid))
 
 
-def _label(ax: Any, box: np.ndarray, text: str, colour: str, image_height: int) -> None:
-    """``text`` on ``colour`` above the box's top-left corner (inside the box when it touches the top edge)."""
-    inside = box[1] < 0.04 * image_height
-    ax.text(max(box[0], 0.0) - 0.5, max(box[1], 0.0) - 0.5, text, fontsize=7, color="black",
-            va="top" if inside else "bottom", ha="left", clip_on=True,
-            bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
-
-
 def draw_panel(
     ax: Any,
     image: ArrayLike,
@@ -309,15 +302,19 @@ def draw_panel(
         _box(ax, gt_boxes[k], IGNORED_COLOUR, "ignored", linestyle=":", linewidth=1.2)
     for k in np.flatnonzero(match.missed):
         _box(ax, gt_boxes[k], MISS_COLOUR, "miss", linestyle="--")
-        if labelled and several:
-            _label(ax, gt_boxes[k], name(int(gt_labels[k])), MISS_COLOUR, height)
+    labels_to_place = []  # (box, text, colour), most important first: detections by score, then misses
     for i in np.argsort(scores, kind="stable"):  # highest score drawn last, on top
         colour, gid = ((HIT_COLOUR, "hit") if match.hit[i] else (FALSE_ALARM_COLOUR, "false-alarm")
                        if match.false_alarm[i] else (IGNORED_COLOUR, "ignored-detection"))
         _box(ax, boxes[i], colour, gid)
-        if labelled:
-            text = f"{name(int(labels[i]))} {scores[i]:.2f}" if several else f"{scores[i]:.2f}"
-            _label(ax, boxes[i], text, colour, height)
+        text = f"{name(int(labels[i]))} {scores[i]:.2f}" if several else f"{scores[i]:.2f}"
+        labels_to_place.insert(0, (boxes[i], text, colour))
+    if several:
+        labels_to_place += [(gt_boxes[k], name(int(gt_labels[k])), MISS_COLOUR) for k in np.flatnonzero(match.missed)]
+    if labelled:
+        placer = LabelPlacer(ax, width, height)
+        for box, text, colour in labels_to_place:
+            placer.place(box, text, colour)
     return match
 
 

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from detkd.viz.canvas import ArrayLike, as_image, figure_for, save_figure, show, title_height_in, to_numpy
+from detkd.viz.labels import LabelPlacer
 
 GROUND_TRUTH_COLOUR = "#ffffff"
 CLASS_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
@@ -65,17 +66,16 @@ def draw_detections_on(
                                linestyle="--", linewidth=1.0, gid="ground-truth"))
     boxes, labels, scores = _targets(predictions, "predictions", with_scores=True)
     order = np.argsort(-scores)[:max_detections] if scores is not None else []
+    placer = LabelPlacer(ax, img.shape[1], img.shape[0])
     drawn = 0
-    for i in order:
+    for i in order:  # highest score first: its label gets the first choice of place
         if scores[i] < score_threshold:
             continue
         x1, y1, x2, y2 = boxes[i]
         colour = CLASS_COLOURS[int(labels[i]) % len(CLASS_COLOURS)]
         ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5,
                                gid="detection"))
-        ax.text(x1 - 0.5, y1 - 0.5, f"{_class_name(int(labels[i]), class_names)} {scores[i]:.2f}", fontsize=7,
-                color="black", va="bottom", ha="left", clip_on=True,
-                bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
+        placer.place(boxes[i], f"{_class_name(int(labels[i]), class_names)} {scores[i]:.2f}", colour)
         drawn += 1
     return drawn
 
