@@ -22,7 +22,7 @@ class LabelPlacer:
     def __init__(self, ax: Any, width: int, height: int) -> None:
         """``ax`` shows an image ``width`` x ``height`` pixels and is already placed in its figure."""
         self.ax, self.width, self.height = ax, width, height
-        self.placed: list[tuple[float, float, float, float]] = []  # x1, y1, x2, y2 in image pixels
+        self.placed: list[tuple[float, float, float, float]] = []  # label rectangles, data coordinates
 
     def _sizes(self, label: Any) -> tuple[float, float, float, float]:
         """The label's width and height with its background, and that background's margin around the text
@@ -34,15 +34,17 @@ class LabelPlacer:
         return (extent.width + 2 * pad) * per_x, (extent.height + 2 * pad) * per_y, pad * per_x, pad * per_y
 
     def candidates(self, box: np.ndarray, size: tuple[float, float]) -> list[tuple[float, float, float, float]]:
-        """Label rectangles ``(x1, y1, x2, y2)`` in image pixels for ``box``, in order of preference."""
+        """Label rectangles ``(x1, y1, x2, y2)`` for ``box``, in order of preference, in the axes' data
+        coordinates (image pixels with pixel centres at integers: the image spans ``[-0.5, W - 0.5]``)."""
         w, h = size
         x1, y1, _, y2 = (float(v) - 0.5 for v in box)
         left = min(max(x1, -0.5), self.width - 0.5 - w)  # shifted left to end inside the image
         return [(left, top, left + w, top + h) for top in (y1 - h, y1, y2, y2 - h)]
 
     def place(self, box: np.ndarray, text: str, colour: str) -> Any:
-        """Draw ``text`` on a ``colour`` background by ``box`` (``x1, y1, x2, y2``, pixel edges as the boxes
-        are drawn); returns the matplotlib text."""
+        """Draw ``text`` on a ``colour`` background by ``box``, ``(x1, y1, x2, y2)`` in the continuous pixel
+        frame (the image spans ``[0, W] x [0, H]``, as the boxes of :mod:`detkd.data.detection`); returns the
+        matplotlib text."""
         label = self.ax.text(0.0, 0.0, text, fontsize=LABEL_FONT_SIZE, color="black", va="top", ha="left",
                              clip_on=True, bbox={"facecolor": colour, "edgecolor": "none", "pad": LABEL_PAD,
                                                  "alpha": 0.8})
