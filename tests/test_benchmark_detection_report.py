@@ -15,3 +15,5 @@ def test_curve_table_reads_each_fraction_of_the_schedule_and_both_late_gains():
     # 25/50/75/100% of 8 steps = steps 2/4/6/8; last quarter 35 - 30 (step 6), last eighth 35 - 34 (step 7)
     assert rows == ["| gid | 8 | 10.0 | 20.0 | 30.0 | 35.0 | 35.0 (8) | +5.0 | +1.0 |"]
     assert not any(line.startswith("| teacher ") for line in lines)  # no curve, no row
+    one = report.curve_table({"short": {"steps": 8, "curve": [{"step": 8, "map": 5.0}]}})
+    assert one[-1] == "| short | 8 | 5.0 | 5.0 | 5.0 | 5.0 | 5.0 (8) | n/a | n/a |"  # one validation: no late gain
