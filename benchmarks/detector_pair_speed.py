@@ -22,6 +22,7 @@ proposal count is capped by ``rpn_post_nms_top_n_test`` whatever its weights), i
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import tempfile
@@ -33,9 +34,7 @@ import yaml
 
 from detkd.export.bench import benchmark
 from detkd.export.records import write_table_files
-from detkd.models.detection import load_detector
-from detkd.models.detection.registry import create_detector
-from detkd.models.detection.weights import save_detector
+from detkd.models.detection import create_detector, load_detector, save_detector
 
 UNTRAINED = "untrained:"
 
@@ -44,7 +43,8 @@ def untrained_options(text: str) -> tuple[str, dict]:
     """``VARIANT[:KEY=VALUE,...]`` -> (variant, options with YAML values), e.g. ``fasterrcnn_nano_fpn:head_convs=1``."""
     variant, _, tail = text.partition(":")
     options = {}
-    for item in filter(None, (part.strip() for part in tail.split(","))):
+    # a comma starts a new option only before KEY=, so that list values keep theirs: tiny_widths=[8,16,24,32,48]
+    for item in filter(None, (part.strip() for part in re.split(r",(?=\s*\w+\s*=)", tail))):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"untrained:{text}: options are KEY=VALUE separated by commas, got {item!r}")

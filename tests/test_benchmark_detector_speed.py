@@ -84,6 +84,8 @@ def test_pair_speed_untrained_candidates_take_the_teachers_classes_and_options(t
     assert pair_speed.untrained_options("fcos_nano_fpn:head_convs=1, fpn_channels=16") == \
         ("fcos_nano_fpn", {"head_convs": 1, "fpn_channels": 16})
     assert pair_speed.untrained_options("fcos_nano_fpn") == ("fcos_nano_fpn", {})
+    assert pair_speed.untrained_options("fcos_nano_fpn:tiny_widths=[8, 8,16,16,32],head_convs=1") == \
+        ("fcos_nano_fpn", {"tiny_widths": [8, 8, 16, 16, 32], "head_convs": 1})  # a list keeps its commas
     specs = pair_speed.materialise([two_detectors[0], "light=untrained:fcos_nano_fpn:head_convs=1"], tmp_path)
     assert specs[0] == two_detectors[0] and specs[1].startswith("light=")
     candidate = load_detector(specs[1].partition("=")[2])
