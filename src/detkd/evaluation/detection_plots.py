@@ -302,19 +302,20 @@ def draw_panel(
         _box(ax, gt_boxes[k], IGNORED_COLOUR, "ignored", linestyle=":", linewidth=1.2)
     for k in np.flatnonzero(match.missed):
         _box(ax, gt_boxes[k], MISS_COLOUR, "miss", linestyle="--")
-    labels_to_place = []  # (box, text, colour), most important first: detections by score, then misses
+    detection_labels = []  # (box, text, colour) in drawing order: lowest score first
     for i in np.argsort(scores, kind="stable"):  # highest score drawn last, on top
         colour, gid = ((HIT_COLOUR, "hit") if match.hit[i] else (FALSE_ALARM_COLOUR, "false-alarm")
                        if match.false_alarm[i] else (IGNORED_COLOUR, "ignored-detection"))
         _box(ax, boxes[i], colour, gid)
-        text = f"{name(int(labels[i]))} {scores[i]:.2f}" if several else f"{scores[i]:.2f}"
-        labels_to_place.insert(0, (boxes[i], text, colour))
-    if several:
-        labels_to_place += [(gt_boxes[k], name(int(gt_labels[k])), MISS_COLOUR) for k in np.flatnonzero(match.missed)]
-    if labelled:
+        if labelled:
+            text = f"{name(int(labels[i]))} {scores[i]:.2f}" if several else f"{scores[i]:.2f}"
+            detection_labels.append((boxes[i], text, colour))
+    if labelled:  # most important first: detections by decreasing score, then the misses' classes
         placer = LabelPlacer(ax, width, height)
-        for box, text, colour in labels_to_place:
+        for box, text, colour in reversed(detection_labels):
             placer.place(box, text, colour)
+        for k in np.flatnonzero(match.missed) if several else ():
+            placer.place(gt_boxes[k], name(int(gt_labels[k])), MISS_COLOUR)
     return match
 
 

@@ -23,15 +23,17 @@ class LabelPlacer:
         """``ax`` shows an image ``width`` x ``height`` pixels and is already placed in its figure."""
         self.ax, self.width, self.height = ax, width, height
         self.placed: list[tuple[float, float, float, float]] = []  # label rectangles, data coordinates
+        axes = ax.get_window_extent()  # display pixels
+        self._per_x, self._per_y = width / axes.width, height / axes.height  # image pixels per display pixel
+        self._pad = LABEL_PAD * ax.figure.dpi / 72.0  # display pixels
 
     def _sizes(self, label: Any) -> tuple[float, float, float, float]:
         """The label's width and height with its background, and that background's margin around the text
         (x, y), all in image pixels."""
         extent = label.get_window_extent()  # the text alone (the figure's renderer measures it)
-        pad = LABEL_PAD * self.ax.figure.dpi / 72.0  # display pixels
-        axes = self.ax.get_window_extent()
-        per_x, per_y = self.width / axes.width, self.height / axes.height
-        return (extent.width + 2 * pad) * per_x, (extent.height + 2 * pad) * per_y, pad * per_x, pad * per_y
+        pad = self._pad
+        return ((extent.width + 2 * pad) * self._per_x, (extent.height + 2 * pad) * self._per_y,
+                pad * self._per_x, pad * self._per_y)
 
     def candidates(self, box: np.ndarray, size: tuple[float, float]) -> list[tuple[float, float, float, float]]:
         """Label rectangles ``(x1, y1, x2, y2)`` for ``box``, in order of preference, in the axes' data
